@@ -1,0 +1,470 @@
+"""Frozen, typed configuration: YAML defaults, an environment overlay and WB_* overrides.
+
+Load order (later wins):
+
+1. ``config/workbench.yaml`` — the defaults, committed;
+2. ``config/<WB_ENV>.yaml`` — an optional overlay chosen by the ``WB_ENV`` variable;
+3. ``config/strategies/*.yaml`` — one file per strategy, merged under ``strategies.<file stem>``;
+4. ``WB_<SECTION>__<FIELD>[__<SUBFIELD>...]`` environment variables, values parsed as YAML
+   (``WB_SIMULATOR__ALPHA=0.02``, ``WB_DATA__SYMBOLS='[SYN000, SYN001]'``).
+
+Unknown keys anywhere are errors naming the key, where it was found and the closest valid key.
+Secrets (``APCA_API_KEY_ID``, ``APCA_API_SECRET_KEY``) are read only from the environment, are
+never part of :func:`config_hash`, and are masked in every dump.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from workbench.errors import ConfigError
+
+RESERVED_ENV = frozenset({"WB_ENV", "WB_CONFIG_DIR", "WB_PROJECT_ROOT"})
+SECRET_ENV = ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class StoreConfig(_Frozen):
+    """Where bars live: a local folder (relative to the project) or, later, any fsspec URL."""
+
+    root: str = "data/bars"  # bar store root
+    partition: Literal["day", "month", "year"] = "month"  # period of one parquet file per symbol
+    features_root: str = "data/features"  # feature store root
+
+
+class DataConfig(_Frozen):
+    """The default universe and window every stage starts from."""
+
+    source: str = "synthetic"  # registered source name: synthetic | files | alpaca
+    symbols: tuple[str, ...] = tuple(f"SYN{i:03d}" for i in range(8))  # default universe
+    timeframe: str = "5Min"  # 1Min | 5Min | 15Min | 1Hour | 1Day
+    start: date = date(2024, 1, 2)  # first session (inclusive)
+    end: date = date(2024, 3, 28)  # last session (inclusive)
+    calendar: str = "XNYS"  # exchange calendar code (exchange_calendars)
+
+    @field_validator("timeframe")
+    @classmethod
+    def _tf(cls, v: str) -> str:
+        from workbench.data.timeframe import Timeframe
+
+        return Timeframe.parse(v).name
+
+    @field_validator("end")
+    @classmethod
+    def _window(cls, v: date, info: Any) -> date:
+        start = info.data.get("start")
+        if start is not None and v < start:
+            raise ValueError(f"end {v} is before start {start}; set end on or after start")
+        return v
+
+
+class SimulatorConfig(_Frozen):
+    """The embedded market simulator (see :mod:`workbench.data.sources.synthetic`)."""
+
+    seed: int = 7  # master seed: same seed, same bars
+    alpha: float = Field(0.0, ge=0.0, le=0.5)  # planted predictability; 0 = martingale
+    n_sectors: int = Field(3, ge=1)  # sector factors
+    start_price: float = Field(100.0, gt=0)  # mean starting price
+    annual_vol: float = Field(0.25, gt=0)  # average annualised volatility of a symbol
+    base_volume: float = Field(50_000.0, gt=0)  # average shares per 5 minutes at midday
+    base_spread_bps: float = Field(4.0, ge=0)  # average quoted spread at midday, bps
+
+
+class IngestConfig(_Frozen):
+    """How ingest splits work into chunks."""
+
+    chunk_days: int = Field(30, ge=1)  # calendar days of one chunk
+    chunk_symbols: int = Field(20, ge=1)  # symbols of one chunk
+    progress: bool = True  # show a progress bar
+
+
+class AlpacaConfig(_Frozen):
+    """Alpaca endpoints and data options. Keys come only from the environment."""
+
+    data_url: str = "https://data.alpaca.markets"  # market-data REST base URL
+    trading_url: str = "https://paper-api.alpaca.markets"  # trading REST base URL (paper)
+    stream_url: str | None = None  # market-data websocket URL override
+    feed: Literal["iex", "sip"] = "iex"  # data feed
+    adjustment: Literal["raw", "split", "dividend", "all"] = "all"  # corporate-action adjustment
+    free_plan: bool = True  # clamp SIP requests to 15 minutes ago
+    rate_limit_per_minute: int = Field(200, ge=1)  # client-side request budget
+    max_retries: int = Field(6, ge=0)  # retries on 429/5xx/timeouts
+    timeout_seconds: float = Field(30.0, gt=0)  # per-request timeout
+    max_pages_per_chunk: int = Field(1000, ge=1)  # pagination bound per chunk
+    asset_cache_ttl_seconds: int = Field(3600, ge=0)  # asset facts cache lifetime
+    live_trading: bool = False  # explicit opt-in to the live (real money) endpoint
+
+
+class MlflowConfig(_Frozen):
+    """Tracking store. ``MLFLOW_TRACKING_URI`` in the environment wins over this."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"  # relative sqlite paths resolve against the project
+    artifact_root: str = "mlartifacts"  # artifact folder for new experiments
+    experiment: str = "workbench"  # experiment name
+
+
+class FeatureSpec(_Frozen):
+    """One feature of a feature set: a registered indicator, its keyword arguments, a column alias."""
+
+    name: str  # registered indicator name
+    params: dict[str, int | float | str | bool] = Field(default_factory=dict)  # keyword arguments
+    alias: str | None = None  # output column (default: name plus parameters)
+
+
+class CostsConfig(_Frozen):
+    """Trading costs applied by the backtest and the simulated broker."""
+
+    commission_per_share: float = Field(0.0, ge=0)  # $ per share
+    commission_min: float = Field(0.0, ge=0)  # $ minimum per order (with per-share)
+    commission_bps: float = Field(0.0, ge=0)  # bps of notional
+    commission_flat: float = Field(0.0, ge=0)  # $ per order
+    half_spread_bps: float = Field(2.0, ge=0)  # half the quoted spread when bars carry none
+    spread_from_bars: bool = False  # estimate the spread from high/low instead of config
+    slippage_bps: float = Field(0.0, ge=0)  # base slippage
+    impact_coef: float = Field(0.0, ge=0)  # square-root impact coefficient (x sigma x sqrt(q/V))
+    intraday_u_shape: float = Field(0.0, ge=0)  # extra slippage at open/close (fraction of base)
+    borrow_bps_annual: float = Field(0.0, ge=0)  # borrow fee on short notional, bps per year
+
+
+class BacktestConfig(_Frozen):
+    """Backtest defaults."""
+
+    initial_cash: float = Field(100_000.0, gt=0)  # starting equity
+    fill_price: Literal["open", "vwap"] = "open"  # next bar's open or vwap
+    sizing: Literal["fraction", "notional", "shares"] = "fraction"  # how targets are read
+    fractional: bool = False  # allow fractional shares
+    allow_short: bool = True  # allow short positions
+    costs: CostsConfig = CostsConfig()
+
+
+class GatesConfig(_Frozen):
+    """Promotion gates: a model becomes ``challenger`` only if all pass."""
+
+    min_sharpe: float | None = 0.5  # annualised out-of-sample Sharpe
+    min_deflated_sharpe: float | None = None  # probability, 0..1
+    max_pbo: float | None = None  # probability of backtest overfitting, 0..1
+    max_drawdown: float | None = 0.25  # fraction, positive number
+    min_trades: int | None = 20  # out-of-sample trades
+    min_win_rate: float | None = None  # fraction
+    min_ic: float | None = None  # out-of-sample information coefficient
+    max_turnover: float | None = None  # average daily turnover, x equity
+
+
+class LabelConfig(_Frozen):
+    """How the training target is built."""
+
+    kind: Literal["forward_return", "triple_barrier", "mean_reversion", "trend"] = "forward_return"
+    horizon: int = Field(12, ge=1)  # bars
+    params: dict[str, int | float | str | bool] = Field(default_factory=dict)
+
+
+class StrategyConfig(_Frozen):
+    """A strategy: the features it reads, what it predicts, how it trades, how it is judged."""
+
+    feature_set: str  # key of feature_sets
+    label: LabelConfig = LabelConfig()
+    model: dict[str, int | float | str | bool] = Field(default_factory=dict)  # LightGBM params
+    long_threshold: float = 0.0  # predicted return above which to be long
+    short_threshold: float = 0.0  # predicted return below which to be short (<= long)
+    max_position: float = Field(0.1, gt=0, le=1)  # fraction of equity per symbol
+    gates: GatesConfig = GatesConfig()
+
+
+class Secrets(BaseModel):
+    """Broker keys, read from the environment only. Never hashed, never dumped in clear."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    apca_api_key_id: SecretStr | None = None
+    apca_api_secret_key: SecretStr | None = None
+
+    @classmethod
+    def from_env(cls) -> Secrets:
+        return cls(
+            apca_api_key_id=os.environ.get("APCA_API_KEY_ID") or None,
+            apca_api_secret_key=os.environ.get("APCA_API_SECRET_KEY") or None,
+        )
+
+    @property
+    def has_alpaca(self) -> bool:
+        return self.apca_api_key_id is not None and self.apca_api_secret_key is not None
+
+
+class WorkbenchConfig(_Frozen):
+    """The whole configuration tree."""
+
+    data: DataConfig = DataConfig()
+    store: StoreConfig = StoreConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    ingest: IngestConfig = IngestConfig()
+    alpaca: AlpacaConfig = AlpacaConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    backtest: BacktestConfig = BacktestConfig()
+    feature_sets: dict[str, tuple[FeatureSpec, ...]] = Field(default_factory=dict)
+    strategies: dict[str, StrategyConfig] = Field(default_factory=dict)
+    secrets: Secrets = Field(default_factory=Secrets, exclude=True)
+    project_root: Path = Field(default=Path("."), exclude=True)
+
+    def path(self, value: str | Path) -> Path:
+        """Resolve a project-relative path (absolute paths pass through)."""
+        p = Path(value)
+        return p if p.is_absolute() else (self.project_root / p)
+
+    def strategy(self, name: str) -> StrategyConfig:
+        """Return a strategy by name; unknown names get a did-you-mean error."""
+        if name not in self.strategies:
+            raise ConfigError(
+                f"unknown strategy {name!r}; configured: {sorted(self.strategies)}{_did_you_mean(name, self.strategies)}. "
+                "Fix: add config/strategies/<name>.yaml or pick a configured one."
+            )
+        return self.strategies[name]
+
+    def dump(self) -> dict[str, Any]:
+        """Return the config as plain data with secrets masked (for display)."""
+        out = self.model_dump(mode="json")
+        out["secrets"] = {
+            k: ("********" if v is not None else None) for k, v in self.secrets.model_dump().items()
+        }
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """Return ``WB_PROJECT_ROOT`` or the nearest folder upwards holding ``config/workbench.yaml``."""
+    if env := os.environ.get("WB_PROJECT_ROOT"):
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "config" / "workbench.yaml").is_file():
+            return d
+    return here
+
+
+def _did_you_mean(key: str, valid: Any) -> str:
+    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path in a YAML document to its 1-based line number."""
+    out: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = (*path, str(k.value))
+                out[p] = k.start_mark.line + 1
+                walk(v, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, (*path, str(i)))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return out
+    if root is not None:
+        walk(root, ())
+    return out
+
+
+class _Layer:
+    """One source of config values, with a way to say where a key came from."""
+
+    def __init__(
+        self,
+        data: dict[str, Any],
+        where: str,
+        lines: dict[tuple[str, ...], int] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        self.data, self.where, self.lines, self.prefix = data, where, lines or {}, prefix
+
+    def locate(self, path: tuple[str, ...]) -> str:
+        rel = path[len(self.prefix) :] if path[: len(self.prefix)] == self.prefix else path
+        line = self.lines.get(tuple(rel))
+        return f"{self.where}, line {line}" if line else self.where
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"{path}: not valid YAML ({exc}). Fix the syntax at the position shown."
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of sections at the top, got {type(data).__name__}."
+        )
+    return data, _line_index(text)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _check_keys(model: type[BaseModel], data: Any, path: tuple[str, ...], layer: _Layer) -> None:
+    """Reject unknown keys with their place and the closest valid key (before pydantic runs)."""
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    for key, value in data.items():
+        if key in {"secrets", "project_root"} and model is WorkbenchConfig:
+            raise ConfigError(
+                f"{'.'.join((*path, key))} at {layer.locate((*path, key))}: secrets are read only from "
+                f"the environment ({', '.join(SECRET_ENV)}). Fix: remove the key from the file and export "
+                "the variables instead."
+            )
+        if key not in fields:
+            dotted = ".".join((*path, str(key)))
+            raise ConfigError(
+                f"unknown config key {dotted!r} at {layer.locate((*path, str(key)))}"
+                f"{_did_you_mean(key, fields)}. Valid keys here: {sorted(fields)}."
+            )
+        ann = fields[key].annotation
+        sub = _submodel(ann)
+        if sub is not None:
+            _check_keys(sub, value, (*path, str(key)), layer)
+        elif key in ("strategies",) and isinstance(value, dict):
+            for name, strat in value.items():
+                _check_keys(StrategyConfig, strat, (*path, key, str(name)), layer)
+        elif key == "feature_sets" and isinstance(value, dict):
+            for name, specs in value.items():
+                for i, spec in enumerate(specs or []):
+                    _check_keys(FeatureSpec, spec, (*path, key, str(name), str(i)), layer)
+
+
+def _submodel(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    return None
+
+
+def _env_layer(model: type[BaseModel]) -> _Layer:
+    data: dict[str, Any] = {}
+    for name, raw in sorted(os.environ.items()):
+        if not name.startswith("WB_") or name in RESERVED_ENV:
+            continue
+        parts = [p.lower() for p in name[3:].split("__")]
+        if len(parts) < 2:
+            raise ConfigError(
+                f"environment variable {name} does not address a config field: use "
+                f"WB_<SECTION>__<FIELD>, e.g. WB_SIMULATOR__ALPHA; sections: {sorted(model.model_fields)}"
+                f"{_did_you_mean(parts[0], model.model_fields)}."
+            )
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return _Layer(data, "environment (WB_* variables)")
+
+
+def load_config(root: str | Path | None = None, env: str | None = None) -> WorkbenchConfig:
+    """Load the frozen config tree.
+
+    Parameters
+    ----------
+    root : path, optional
+        Project root (default: :func:`find_project_root`).
+    env : str, optional
+        Overlay name (default: ``WB_ENV``); ``config/<env>.yaml`` must exist when given.
+
+    Raises
+    ------
+    ConfigError
+        On unknown keys, bad values or a missing overlay, naming the place and the fix.
+    """
+    project = Path(root).resolve() if root is not None else find_project_root()
+    cfg_dir = Path(os.environ.get("WB_CONFIG_DIR") or project / "config")
+    layers: list[_Layer] = []
+    base = cfg_dir / "workbench.yaml"
+    if base.is_file():
+        d, lines = _read_yaml(base)
+        layers.append(_Layer(d, str(base), lines))
+    env = env if env is not None else os.environ.get("WB_ENV")
+    if env:
+        overlay = cfg_dir / f"{env}.yaml"
+        if not overlay.is_file():
+            have = sorted(p.stem for p in cfg_dir.glob("*.yaml") if p.stem != "workbench")
+            raise ConfigError(
+                f"WB_ENV={env!r} but {overlay} does not exist; overlays present: {have}. "
+                "Fix: create the file or unset WB_ENV."
+            )
+        d, lines = _read_yaml(overlay)
+        layers.append(_Layer(d, str(overlay), lines))
+    strat_dir = cfg_dir / "strategies"
+    if strat_dir.is_dir():
+        for f in sorted(strat_dir.glob("*.yaml")):
+            d, lines = _read_yaml(f)
+            layers.append(
+                _Layer({"strategies": {f.stem: d}}, str(f), lines, ("strategies", f.stem))
+            )
+    layers.append(_env_layer(WorkbenchConfig))
+
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        _check_keys(WorkbenchConfig, layer.data, (), layer)
+        merged = _merge(merged, layer.data)
+    try:
+        cfg = WorkbenchConfig(**merged, secrets=Secrets.from_env(), project_root=project)
+    except ValidationError as exc:
+        msgs = []
+        for err in exc.errors():
+            loc = tuple(str(p) for p in err["loc"])
+            where = next(
+                (lay.locate(loc) for lay in reversed(layers) if _has(lay.data, loc)), "defaults"
+            )
+            msgs.append(f"{'.'.join(loc)} = {err.get('input')!r} at {where}: {err['msg']}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(msgs)) from None
+    for name, strat in cfg.strategies.items():
+        if strat.feature_set not in cfg.feature_sets:
+            raise ConfigError(
+                f"strategies.{name}.feature_set = {strat.feature_set!r} is not a configured feature set"
+                f"{_did_you_mean(strat.feature_set, cfg.feature_sets)}; configured: {sorted(cfg.feature_sets)}."
+            )
+    return cfg
+
+
+def _has(data: Any, loc: tuple[str, ...]) -> bool:
+    node = data
+    for p in loc:
+        if isinstance(node, dict) and p in node:
+            node = node[p]
+        elif isinstance(node, list | tuple) and p.isdigit() and int(p) < len(node):
+            node = node[int(p)]
+        else:
+            return False
+    return True
+
+
+def config_hash(cfg: WorkbenchConfig) -> str:
+    """Return the sha256 of the canonical JSON of the config (secrets and paths excluded)."""
+    payload = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
