@@ -1,0 +1,1 @@
+"""Market data: bar contract, sources, store, calendar, quality and ingest."""

@@ -1,0 +1,217 @@
+"""Ingest: fetch bars from a source in chunks, validate, upsert into the store, resume on re-run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+from tqdm.auto import tqdm
+
+from workbench.data.ledger import ChunkLedger
+from workbench.data.sources.base import Source
+from workbench.data.store import BarStore
+from workbench.data.timeframe import Timeframe
+from workbench.errors import SourceError
+
+_GRID_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A unit of ingest work: a batch of symbols over a half-open UTC window."""
+
+    symbols: tuple[str, ...]
+    start: datetime
+    end: datetime
+
+
+@dataclass
+class IngestReport:
+    """Outcome of one ingest: a row per chunk and the totals."""
+
+    chunks: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        return pl.DataFrame(self.chunks) if self.chunks else pl.DataFrame()
+
+    def total(self, key: str) -> int:
+        return int(sum(c.get(key, 0) for c in self.chunks))
+
+    @property
+    def fetched(self) -> int:
+        return sum(1 for c in self.chunks if c["status"] == "fetched")
+
+    @property
+    def skipped(self) -> int:
+        return sum(1 for c in self.chunks if c["status"] == "skipped")
+
+
+def to_window(
+    start: date | datetime | str, end: date | datetime | str
+) -> tuple[datetime, datetime]:
+    """Turn user bounds into a half-open UTC window.
+
+    Dates are sessions and ``end`` is inclusive: ``(2024-01-02, 2024-01-31)`` becomes
+    ``[2024-01-02T00:00Z, 2024-02-01T00:00Z)``. Datetimes are taken as given (naive means UTC).
+    """
+
+    def conv(v: date | datetime | str, is_end: bool) -> datetime:
+        if isinstance(v, str):
+            v = datetime.fromisoformat(v) if "T" in v or " " in v else date.fromisoformat(v)
+        if isinstance(v, datetime):
+            return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+        d = datetime(v.year, v.month, v.day, tzinfo=UTC)
+        return d + timedelta(days=1) if is_end else d
+
+    lo, hi = conv(start, False), conv(end, True)
+    if hi <= lo:
+        raise SourceError(
+            f"empty ingest window: start {lo.isoformat()} is not before end {hi.isoformat()}. "
+            "Fix: pass an end on or after the start."
+        )
+    return lo, hi
+
+
+def plan_chunks(
+    symbols: Sequence[str], start: datetime, end: datetime, *, chunk_days: int, chunk_symbols: int
+) -> list[Chunk]:
+    """Split work into symbol batches x time windows on a fixed grid of ``chunk_days`` days.
+
+    Windows are aligned to a fixed epoch so that runs over overlapping periods share chunk keys.
+    """
+    if chunk_days < 1 or chunk_symbols < 1:
+        raise SourceError(
+            f"chunk_days and chunk_symbols must be >= 1; got {chunk_days}, {chunk_symbols}."
+        )
+    step = timedelta(days=chunk_days)
+    k = (start - _GRID_EPOCH) // step
+    edges = []
+    t = _GRID_EPOCH + k * step
+    while t < end:
+        edges.append((max(t, start), min(t + step, end)))
+        t += step
+    syms = list(dict.fromkeys(symbols))
+    batches = [tuple(syms[i : i + chunk_symbols]) for i in range(0, len(syms), chunk_symbols)]
+    return [Chunk(b, lo, hi) for lo, hi in edges for b in batches]
+
+
+def source_key(source: Source) -> str:
+    """Return a short id of a source's provenance (different data, different key)."""
+    payload = json.dumps(source.provenance(), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _stored_rows(store: BarStore, symbol: str, tf: Timeframe, lo: datetime, hi: datetime) -> int:
+    return store.scan([symbol], tf, lo, hi).select(pl.len()).collect(engine="in-memory").item()
+
+
+def ingest(
+    source: Source,
+    store: BarStore,
+    symbols: Sequence[str],
+    timeframe: str | Timeframe,
+    start: date | datetime | str,
+    end: date | datetime | str,
+    *,
+    chunk_days: int = 30,
+    chunk_symbols: int = 20,
+    progress: bool = True,
+    settle: timedelta = timedelta(hours=1),
+    now: datetime | None = None,
+) -> IngestReport:
+    """Fetch bars chunk by chunk, validate, upsert into the store and record each chunk.
+
+    A re-run skips chunks the ledger records as complete whose bars are still in the store, so it
+    fetches only what the store lacks. A chunk whose window ends less than ``settle`` before
+    ``now`` is written but not marked complete (more bars may still arrive).
+
+    Parameters
+    ----------
+    source : Source
+    store : BarStore
+    symbols : sequence of str
+    timeframe : str or Timeframe
+    start, end : date, datetime or ISO string
+        Dates are inclusive sessions; datetimes a half-open UTC window.
+    chunk_days, chunk_symbols : int
+        Size of one chunk.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    IngestReport
+    """
+    tf = Timeframe.parse(timeframe)
+    if not symbols:
+        raise SourceError(
+            "no symbols to ingest. Fix: pass --symbols or set data.symbols in config."
+        )
+    lo, hi = to_window(start, end)
+    now = now or datetime.now(UTC)
+    key = source_key(source)
+    ledger = ChunkLedger(store.root / "_ledger.sqlite")
+    chunks = plan_chunks(symbols, lo, hi, chunk_days=chunk_days, chunk_symbols=chunk_symbols)
+    report = IngestReport()
+    t0 = time.perf_counter()
+    bar = tqdm(
+        chunks,
+        desc=f"ingest {source.name} {tf.name}",
+        unit="chunk",
+        disable=not progress,
+        leave=False,
+    )
+    for chunk in bar:
+        todo = []
+        for s in chunk.symbols:
+            rec = ledger.get(key, tf.name, s, chunk.start, chunk.end)
+            if (
+                rec is None
+                or not rec[1]
+                or _stored_rows(store, s, tf, chunk.start, chunk.end) < rec[0]
+            ):
+                todo.append(s)
+        row = {"symbols": ",".join(chunk.symbols), "start": chunk.start, "end": chunk.end}
+        if not todo:
+            report.chunks.append(
+                {**row, "status": "skipped", "rows": 0, "inserted": 0, "updated": 0, "seconds": 0.0}
+            )
+            continue
+        c0 = time.perf_counter()
+        bars = source.fetch(todo, tf, chunk.start, chunk.end)
+        outside = bars.filter(
+            (pl.col("ts") < chunk.start)
+            | (pl.col("ts") >= chunk.end)
+            | ~pl.col("symbol").is_in(todo)
+        )
+        if outside.height:
+            raise SourceError(
+                f"source {source.name!r} returned {outside.height} bar(s) outside the requested chunk "
+                f"{chunk.start.isoformat()}..{chunk.end.isoformat()} / {todo}; first: {outside.head(3).to_dicts()}. "
+                "Fix the source's window or symbol filtering."
+            )
+        wr = store.write(bars, tf, provenance=source.provenance())
+        complete = chunk.end <= now - settle
+        counts = dict(bars.group_by("symbol").len().iter_rows()) if bars.height else {}
+        for s in todo:
+            ledger.record(key, tf.name, s, chunk.start, chunk.end, int(counts.get(s, 0)), complete)
+        report.chunks.append(
+            {
+                **row,
+                "status": "fetched",
+                "rows": bars.height,
+                "inserted": wr.inserted,
+                "updated": wr.updated,
+                "seconds": round(time.perf_counter() - c0, 4),
+            }
+        )
+        bar.set_postfix(rows=report.total("rows"))
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -1,0 +1,1 @@
+"""Data sources behind one protocol, registered by name."""
