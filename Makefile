@@ -1,0 +1,58 @@
+# Every target creates .venv and installs the pinned stack when missing (python3.11, git and make only).
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+PIP     := $(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.lock
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help demo test lint format lab ui bench lock clean
+
+help:  ## list targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.base: $(BIN)/python pyproject.toml requirements.lock
+	$(PIP) -e .
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.base
+	$(PIP) -e '.[dev]'
+	@touch $@
+
+$(VENV)/.bench: $(VENV)/.dev
+	$(PIP) -e '.[dev,bench]'
+	@touch $@
+
+demo: $(VENV)/.base  ## set up and run the main job on the embedded simulator
+	$(BIN)/wb ingest
+
+test: $(VENV)/.dev  ## set up and run every test
+	$(BIN)/ruff check workbench tests benchmarks
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev  ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.dev  ## apply ruff formatting and fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+lab: $(VENV)/.base  ## JupyterLab on notebooks/
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1
+
+ui: $(VENV)/.base  ## MLflow UI on 127.0.0.1:5000 over the project's tracking store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts --host 127.0.0.1 --port 5000
+
+bench: $(VENV)/.bench  ## side-by-side benchmarks (not part of make test)
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+lock: $(BIN)/python  ## re-resolve and rewrite requirements.lock (then commit it)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev,bench]'
+	( echo '# Exact versions of the whole stack (pip constraints). Regenerate with `make lock`.'; \
+	  $(BIN)/python -m pip freeze --exclude-editable ) > requirements.lock
+
+clean:  ## remove the venv and generated data (keeps nothing you committed)
+	rm -rf $(VENV) data runs mlruns mlartifacts mlflow.db

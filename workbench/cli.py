@@ -1,0 +1,159 @@
+"""The ``wb`` command: ingest data, inspect the store and config, run pipelines.
+
+Every command reads config/workbench.yaml (plus the WB_ENV overlay and WB_* variables); options
+given on the command line win over config for that run only.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Annotated
+
+import polars as pl
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from workbench.config import config_hash, load_config
+from workbench.errors import WorkbenchError
+
+app = typer.Typer(
+    help="Quant workbench: ingest bars, inspect the store, run research pipelines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(
+    help="Show the effective configuration (secrets masked).", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+console = Console()
+
+
+def frame_table(df: pl.DataFrame, title: str | None = None) -> Table:
+    """Render a polars frame as a rich table."""
+    table = Table(title=title, show_lines=False)
+    for c in df.columns:
+        table.add_column(c, justify="right" if df.schema[c].is_numeric() else "left")
+    for row in df.iter_rows():
+        table.add_row(*[f"{v:,.4g}" if isinstance(v, float) else str(v) for v in row])
+    return table
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def ingest(
+    source: Annotated[
+        str | None, typer.Option(help="Data source: synthetic (default, offline), files or alpaca.")
+    ] = None,
+    symbols: Annotated[
+        str | None, typer.Option(help="Comma-separated symbols (default: data.symbols).")
+    ] = None,
+    timeframe: Annotated[
+        str | None, typer.Option(help="1Min, 5Min, 15Min, 1Hour or 1Day (default: data.timeframe).")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option(help="First session, YYYY-MM-DD (default: data.start).")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option(help="Last session, inclusive, YYYY-MM-DD (default: data.end).")
+    ] = None,
+    store: Annotated[str | None, typer.Option(help="Store folder (default: store.root).")] = None,
+    path: Annotated[
+        list[str] | None,
+        typer.Option(help="Files to import when --source files (repeatable, globs ok)."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Fetch bars into the store. Re-running fetches only what the store lacks.
+
+    Example: wb ingest --symbols SYN000,SYN001 --timeframe 5Min --start 2024-01-02 --end 2024-01-31
+    """
+    from workbench.data.ingest import ingest as run_ingest
+    from workbench.data.sources.factory import make_source
+    from workbench.data.store import BarStore
+
+    try:
+        cfg = load_config()
+        src = make_source(cfg, source or cfg.data.source, paths=path)
+        st = BarStore(store, cfg.store.partition) if store else BarStore.from_config(cfg)
+        syms = (
+            [s.strip() for s in symbols.split(",") if s.strip()]
+            if symbols
+            else list(cfg.data.symbols)
+        )
+        rep = run_ingest(
+            src,
+            st,
+            syms,
+            timeframe or cfg.data.timeframe,
+            date.fromisoformat(start) if start else cfg.data.start,
+            date.fromisoformat(end) if end else cfg.data.end,
+            chunk_days=cfg.ingest.chunk_days,
+            chunk_symbols=cfg.ingest.chunk_symbols,
+            progress=progress,
+        )
+    except (WorkbenchError, ValueError) as exc:
+        _fail(exc)
+    console.print(
+        f"ingested from [bold]{src.name}[/]: {rep.fetched} chunk(s) fetched, {rep.skipped} skipped, "
+        f"{rep.total('rows'):,} bars ({rep.total('inserted'):,} new, {rep.total('updated'):,} updated) "
+        f"in {rep.seconds:.1f}s into {st.root}"
+    )
+    console.print(frame_table(st.coverage(), title="store coverage"))
+
+
+@app.command()
+def coverage(
+    store: Annotated[str | None, typer.Option(help="Store folder (default: store.root).")] = None,
+) -> None:
+    """Show, per timeframe and symbol, the first and last bar and the number of bars stored."""
+    from workbench.data.store import BarStore
+
+    try:
+        cfg = load_config()
+        st = BarStore(store, cfg.store.partition) if store else BarStore.from_config(cfg)
+    except WorkbenchError as exc:
+        _fail(exc)
+    cov = st.coverage()
+    if cov.is_empty():
+        console.print(f"the store at {st.root} is empty. Fill it with `wb ingest`.")
+        return
+    console.print(frame_table(cov, title=f"store coverage ({st.root})"))
+
+
+@config_app.command("show")
+def config_show(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+) -> None:
+    """Print the effective config (file + overlay + WB_* variables), secrets masked, and its hash."""
+    import yaml
+
+    try:
+        cfg = load_config()
+    except WorkbenchError as exc:
+        _fail(exc)
+    data = cfg.dump()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        typer.echo(yaml.safe_dump(data, sort_keys=False))
+    typer.echo(f"# config_hash: {config_hash(cfg)}")
+
+
+@config_app.command("hash")
+def config_hash_cmd() -> None:
+    """Print the config hash that tags every run."""
+    try:
+        typer.echo(config_hash(load_config()))
+    except WorkbenchError as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
