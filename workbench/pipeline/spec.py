@@ -1,0 +1,282 @@
+"""Pipeline specs: name, shared parameters, notebook steps and the outputs they hand on.
+
+A spec is YAML::
+
+    name: research
+    parameters:            # shared; override with `wb run research -p alpha=0.05`
+      seed: 7
+    steps:
+      - name: ingest
+        notebook: notebooks/01_ingest.ipynb
+        parameters: {seed: "${seed}"}
+        outputs: [store_root]            # keys this step hands on
+      - name: features
+        notebook: notebooks/02_features.ipynb
+        parameters: {store_root: "${steps.ingest.store_root}"}
+
+``${name}`` is a shared parameter, ``${steps.<step>.<key>}`` an output of an earlier step,
+``${run.dir}`` the run folder. A string that is exactly one reference takes the referenced value
+with its type; references inside longer strings are formatted in. An undefined reference is an
+error, never a blank. Every parameter must exist in the notebook's ``parameters`` cell with a
+compatible type (papermill only warns about unknown parameters; we refuse).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from workbench.errors import PipelineError
+
+RUNNER_PARAMETERS = ("output_path", "parent_run_id", "pipeline")
+_REF = re.compile(r"\$\{([^}]+)\}")
+
+
+class StepSpec(BaseModel):
+    """One notebook step."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    notebook: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    outputs: tuple[str, ...] = ()
+    description: str = ""
+
+
+class PipelineSpec(BaseModel):
+    """A pipeline: shared parameters and ordered steps."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    steps: tuple[StepSpec, ...]
+
+
+def _plain(value: Any) -> Any:
+    """Dates from YAML become ISO strings (notebook parameters are plain literals)."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def resolve_spec_path(name_or_path: str | Path, root: Path) -> Path:
+    """Accept ``research``, ``research.yaml`` or a path; raise naming the available pipelines."""
+    p = Path(name_or_path)
+    candidates = [p, root / p, root / "pipelines" / p, root / "pipelines" / f"{p}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    have = sorted(f.stem for f in (root / "pipelines").glob("*.yaml"))
+    raise PipelineError(
+        f"pipeline {str(name_or_path)!r} not found; available: {have}.{_suggest(p.stem, have)}"
+    )
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read and check a pipeline spec file (unknown keys are errors)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML ({exc}).") from exc
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: expected a mapping with name, parameters and steps.")
+    raw = _plain(raw)
+    try:
+        spec = PipelineSpec(**raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            hint = ""
+            if err["type"] == "extra_forbidden":
+                model = StepSpec if "steps" in loc else PipelineSpec
+                hint = _suggest(str(err["loc"][-1]), model.model_fields)
+            lines.append(f"{loc}: {err['msg']}.{hint}")
+        raise PipelineError(f"{path}: invalid pipeline spec:\n  " + "\n  ".join(lines)) from None
+    names = [s.name for s in spec.steps]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise PipelineError(f"{path}: step names must be unique; repeated: {dup}.")
+    return spec
+
+
+def parse_overrides(items: typing.Sequence[str], spec: PipelineSpec) -> dict[str, Any]:
+    """Parse ``key=value`` overrides (values as YAML) and refuse unknown keys."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise PipelineError(f"override {item!r} is not key=value; e.g. -p alpha=0.05")
+        k, v = item.split("=", 1)
+        k = k.strip()
+        if k not in spec.parameters:
+            raise PipelineError(
+                f"pipeline {spec.name!r} has no parameter {k!r}; valid: {sorted(spec.parameters)}.{_suggest(k, spec.parameters)}"
+            )
+        try:
+            out[k] = _plain(yaml.safe_load(v))
+        except yaml.YAMLError:
+            out[k] = v
+    return out
+
+
+def substitute(value: Any, scope: dict[str, Any], where: str) -> Any:
+    """Replace ``${...}`` references using ``scope`` (dotted keys); undefined is an error."""
+    if isinstance(value, dict):
+        return {k: substitute(v, scope, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, scope, where) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def look(ref: str) -> Any:
+        if ref not in scope:
+            raise PipelineError(
+                f"{where}: undefined reference ${{{ref}}}; defined: {sorted(scope)}.{_suggest(ref, scope)}"
+            )
+        return scope[ref]
+
+    whole = _REF.fullmatch(value.strip())
+    if whole:
+        return look(whole.group(1).strip())
+    return _REF.sub(lambda m: str(look(m.group(1).strip())), value)
+
+
+def references(value: Any) -> list[str]:
+    """Return every ``${...}`` reference in a parameter value."""
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in references(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in references(v)]
+    return [m.strip() for m in _REF.findall(value)] if isinstance(value, str) else []
+
+
+_TYPE_NS = {n: getattr(typing, n) for n in ("Any", "Optional", "Union", "Literal")} | {
+    "list": list,
+    "dict": dict,
+    "tuple": tuple,
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "None": None,
+}
+
+
+def annotation(type_name: str) -> Any:
+    """Turn papermill's inferred type text (``'list[str]'``) into a type; ``None`` if untyped."""
+    if not type_name or type_name == "None":
+        return None
+    try:
+        return eval(type_name, {"__builtins__": {}}, _TYPE_NS)
+    except Exception as exc:  # an exotic annotation: be explicit rather than guess
+        raise PipelineError(
+            f"cannot interpret the parameter annotation {type_name!r}; use builtin types."
+        ) from exc
+
+
+def check_type(value: Any, type_name: str) -> str | None:
+    """Return None if ``value`` fits the annotation, else a short reason."""
+    ann = annotation(type_name)
+    if ann is None:
+        return None
+    try:
+        TypeAdapter(ann).validate_python(value, strict=True)
+    except ValidationError as exc:
+        return exc.errors()[0]["msg"]
+    return None
+
+
+def notebook_parameters(path: Path) -> dict[str, dict[str, Any]]:
+    """Return the notebook's parameters cell as papermill sees it (name -> type, default, help)."""
+    import papermill
+
+    if not path.is_file():
+        raise PipelineError(f"notebook {path} does not exist.")
+    return papermill.inspect_notebook(str(path))
+
+
+def validate_spec(spec: PipelineSpec, overrides: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Validate a whole spec before anything runs; return the shared parameters after overrides.
+
+    Checks every notebook exists and declares the runner's parameters, every step parameter
+    exists in its notebook with a compatible type, and every reference is defined (outputs only
+    of earlier steps that declare them). All problems are reported together.
+    """
+    shared = {**spec.parameters, **overrides}
+    problems: list[str] = []
+    declared: dict[str, tuple[str, ...]] = {}
+    for step in spec.steps:
+        where = f"step {step.name!r}"
+        try:
+            nb_params = notebook_parameters(root / step.notebook)
+        except PipelineError as exc:
+            problems.append(f"{where}: {exc}")
+            declared[step.name] = step.outputs
+            continue
+        missing = [p for p in RUNNER_PARAMETERS if p not in nb_params]
+        if missing:
+            problems.append(
+                f"{where}: notebook {step.notebook} lacks runner parameter(s) {missing} in its parameters cell."
+            )
+        for pname, value in step.parameters.items():
+            if pname not in nb_params:
+                valid = sorted(p for p in nb_params if p not in RUNNER_PARAMETERS)
+                problems.append(
+                    f"{where}: parameter {pname!r} is not in {step.notebook}'s parameters cell; valid names: {valid}.{_suggest(pname, valid)}"
+                )
+                continue
+            refs = references(value)
+            bad = False
+            for ref in refs:
+                if ref.startswith("steps."):
+                    parts = ref.split(".")
+                    if len(parts) != 3 or parts[1] not in declared:
+                        problems.append(
+                            f"{where}: ${{{ref}}} must name an earlier step as steps.<step>.<output>; earlier: {sorted(declared)}."
+                        )
+                        bad = True
+                    elif parts[2] not in declared[parts[1]]:
+                        problems.append(
+                            f"{where}: step {parts[1]!r} does not hand on {parts[2]!r}; it declares outputs {list(declared[parts[1]])}."
+                        )
+                        bad = True
+                elif ref != "run.dir" and ref not in shared:
+                    problems.append(
+                        f"{where}: undefined reference ${{{ref}}}; shared parameters: {sorted(shared)}.{_suggest(ref, shared)}"
+                    )
+                    bad = True
+            if bad or any(r.startswith("steps.") or r == "run.dir" for r in refs):
+                continue  # checked again at run time, once the value exists
+            resolved = substitute(value, shared, where)
+            reason = check_type(resolved, nb_params[pname]["inferred_type_name"])
+            if reason:
+                problems.append(
+                    f"{where}: parameter {pname!r} = {resolved!r} does not fit its annotation "
+                    f"{nb_params[pname]['inferred_type_name']} ({reason})."
+                )
+        declared[step.name] = step.outputs
+    if problems:
+        raise PipelineError(
+            f"pipeline {spec.name!r} is invalid; nothing was run:\n  - " + "\n  - ".join(problems)
+        )
+    return shared
