@@ -40,6 +40,7 @@ class StoreConfig(_Frozen):
     """Where bars live: a local folder (relative to the project) or, later, any fsspec URL."""
 
     root: str = "data/bars"  # bar store root
+    sim_root: str = "data/sim"  # simulator stores, one folder per (seed, alpha)
     partition: Literal["day", "month", "year"] = "month"  # period of one parquet file per symbol
     features_root: str = "data/features"  # feature store root
 
@@ -135,7 +136,12 @@ class CostsConfig(_Frozen):
     slippage_bps: float = Field(0.0, ge=0)  # base slippage
     impact_coef: float = Field(0.0, ge=0)  # square-root impact coefficient (x sigma x sqrt(q/V))
     intraday_u_shape: float = Field(0.0, ge=0)  # extra slippage at open/close (fraction of base)
-    borrow_bps_annual: float = Field(0.0, ge=0)  # borrow fee on short notional, bps per year
+    borrow_bps_annual: float = Field(
+        0.0, ge=0
+    )  # borrow fee on short notional, bps per year (ACT/360)
+    estimate_span: int = Field(
+        20, ge=1
+    )  # EWMA span (bars) of the spread, volatility and volume estimates
 
 
 class BacktestConfig(_Frozen):
@@ -146,6 +152,12 @@ class BacktestConfig(_Frozen):
     sizing: Literal["fraction", "notional", "shares"] = "fraction"  # how targets are read
     fractional: bool = False  # allow fractional shares
     allow_short: bool = True  # allow short positions
+    max_leverage: float = Field(
+        1.0, gt=0
+    )  # cap on gross exposure / equity for orders that add exposure
+    rebalance: Literal["on_change", "every_bar"] = (
+        "on_change"  # order when the target changes, or every bar
+    )
     costs: CostsConfig = CostsConfig()
 
 

@@ -34,3 +34,7 @@ class CredentialsError(WorkbenchError):
 
 class PipelineError(WorkbenchError):
     """A pipeline spec is invalid or a step failed."""
+
+
+class DataQualityError(WorkbenchError):
+    """Ingested bars fail a severe data-quality check; the message is the readable report."""

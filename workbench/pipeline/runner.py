@@ -7,10 +7,11 @@ failed notebook, and reports which cell failed and why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +73,21 @@ class PipelineResult:
         """Return the outputs a step handed on."""
         path = self.run_dir / f"{step}.outputs.json"
         return json.loads(path.read_text())["outputs"] if path.exists() else {}
+
+
+@contextlib.contextmanager
+def _kernel_env(**values: str) -> Iterator[None]:
+    """Set environment variables for the kernels papermill starts, and restore them after."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _read_outputs(path: Path) -> dict[str, Any]:
@@ -155,7 +171,7 @@ def run_pipeline(
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     run_dir = Path(runs_root or root / "runs") / spec.name / stamp
     run_dir.mkdir(parents=True, exist_ok=False)
-    os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(cfg)  # kernels inherit it
+    uri = tracking.tracking_uri(cfg)
     exp_id = tracking.setup(cfg)
     client = mlflow.MlflowClient()
     parent = client.create_run(
@@ -198,15 +214,16 @@ def run_pipeline(
         res = StepResult(step.name, "ok", notebook=str(out_nb))
         t_pm = time.perf_counter()
         try:
-            papermill.execute_notebook(
-                str(nb_path),
-                str(out_nb),
-                parameters=params,
-                kernel_name="python3",
-                progress_bar=False,
-                cwd=str(nb_path.parent),
-                execution_timeout=execution_timeout,
-            )
+            with _kernel_env(MLFLOW_TRACKING_URI=uri):
+                papermill.execute_notebook(
+                    str(nb_path),
+                    str(out_nb),
+                    parameters=params,
+                    kernel_name="python3",
+                    progress_bar=False,
+                    cwd=str(nb_path.parent),
+                    execution_timeout=execution_timeout,
+                )
         except PapermillExecutionError as exc:
             res.status = "failed"
             res.error = f"cell {exc.cell_index} (In [{exc.exec_count}]): {exc.ename}: {exc.evalue}"

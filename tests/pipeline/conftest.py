@@ -1,0 +1,91 @@
+"""A throw-away project with tiny notebooks, its own config, store and MLflow database."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jupytext
+import pytest
+
+STEP = """# %% tags=["parameters"]
+x: int = 1  # a number
+label: str = "a"  # a name
+fail: bool = False  # raise in the body
+output_path: str = ""  # set by the runner
+parent_run_id: str = ""  # set by the runner
+pipeline: str = ""  # set by the runner
+
+# %%
+from workbench.tracking import start_stage
+
+stage = start_stage("{step}", dict(x=x, label=label), pipeline=pipeline, parent_run_id=parent_run_id,
+                    output_path=output_path)
+stage.log_metrics({{"x2": x * 2}})
+
+# %%
+if fail:
+    raise ValueError(f"boom x={{x}}")
+stage.hand_on(y=x + 1)
+stage.finish()
+"""
+
+NO_RUNNER = """# %% tags=["parameters"]
+x: int = 1  # a number
+"""
+
+SPEC = """name: tiny
+parameters:
+  x: 1
+  fail: false
+steps:
+  - name: a
+    notebook: nb/a.ipynb
+    parameters: {x: "${x}", label: "run ${run.dir}"}
+    outputs: [y]
+  - name: b
+    notebook: nb/b.ipynb
+    parameters: {x: "${steps.a.y}", fail: "${fail}"}
+    outputs: [y]
+  - name: c
+    notebook: nb/c.ipynb
+    parameters: {x: "${steps.b.y}"}
+"""
+
+
+def write_notebook(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nb = jupytext.reads(text, fmt="py:percent")
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    jupytext.write(nb, path)
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point config, stores and MLflow at ``tmp_path`` (nothing lands in the repository)."""
+    for k in list(os.environ):
+        if k.startswith("WB_") or k == "MLFLOW_TRACKING_URI":
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("WB_MLFLOW__ARTIFACT_ROOT", str(tmp_path / "mlartifacts"))
+    monkeypatch.setenv("WB_STORE__ROOT", str(tmp_path / "data" / "bars"))
+    monkeypatch.setenv("WB_STORE__SIM_ROOT", str(tmp_path / "data" / "sim"))
+    monkeypatch.setenv("WB_STORE__FEATURES_ROOT", str(tmp_path / "data" / "features"))
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_project(isolated: Path) -> Path:
+    root = isolated / "proj"
+    (root / "config").mkdir(parents=True)
+    (root / "config" / "workbench.yaml").write_text("mlflow:\n  experiment: tiny\n")
+    (root / "pipelines").mkdir()
+    (root / "pipelines" / "tiny.yaml").write_text(SPEC)
+    for step in "abc":
+        write_notebook(root / "nb" / f"{step}.ipynb", STEP.format(step=step))
+    write_notebook(root / "nb" / "norunner.ipynb", NO_RUNNER)
+    return root

@@ -1,0 +1,483 @@
+"""Numba kernels over 2-D arrays ``[time x symbol]``: estimates, the portfolio simulation, trades.
+
+Every kernel is ``njit(cache=True)``: the first call in a fresh process loads machine code from
+``__pycache__`` instead of compiling. Callers pass C-contiguous float64 / int64 / bool arrays only,
+so one compiled signature serves every call. A missing bar is ``NaN`` in the price arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# fill record columns
+F_ROW, F_COL, F_DEC, F_QTY, F_REF, F_PX, F_COMM, F_SPREAD, F_SLIP, F_BORROW, F_POS = range(11)
+N_FILL = 11
+# denial record columns
+D_DEC, D_COL, D_CODE, D_TARGET, D_REQ, D_ALLOWED = range(6)
+N_DENIAL = 6
+# denial reasons (codes index REASONS in engine.py)
+NOT_TRADABLE, NOT_SHORTABLE, SHORT_DISABLED, NOT_FRACTIONABLE, BUYING_POWER, END_OF_DATA = range(
+    1, 7
+)
+# simulation parameters (one float64 vector keeps the kernel signature fixed)
+(
+    P_CASH,
+    P_SIZING,
+    P_FRACTIONAL,
+    P_ALLOW_SHORT,
+    P_LEVERAGE,
+    P_EVERY_BAR,
+    P_PER_SHARE,
+    P_MIN,
+    P_BPS,
+    P_FLAT,
+    P_IMPACT,
+    P_CLIP_TOL,
+) = range(12)
+N_PARAMS = 12
+SIZING_CODES = {"fraction": 0, "notional": 1, "shares": 2}
+# trade record columns
+(
+    T_COL,
+    T_ENTRY_ROW,
+    T_EXIT_ROW,
+    T_DIR,
+    T_SIZE,
+    T_ENTRY_PX,
+    T_EXIT_PX,
+    T_PNL,
+    T_COMM,
+    T_SLIP,
+    T_BORROW,
+    T_MAE,
+    T_MFE,
+    T_OPEN,
+    T_NOTIONAL,
+) = range(15)
+N_TRADE = 15
+
+
+@njit(cache=True, nogil=True)
+def estimates_nb(high, low, close, volume, span, want_spread, want_vol):
+    """EWMA half-spread (Corwin-Schultz over bars t-1, t), return volatility and volume, causal."""
+    n_t, n_s = close.shape
+    alpha = 2.0 / (span + 1.0)
+    half = np.full((n_t, n_s), np.nan)
+    sigma = np.full((n_t, n_s), np.nan)
+    vol = np.full((n_t, n_s), np.nan)
+    k = 3.0 - 2.0 * np.sqrt(2.0)
+    for j in range(n_s):
+        prev = -1
+        s_ewm = np.nan
+        v2_ewm = np.nan
+        vol_ewm = np.nan
+        for t in range(n_t):
+            c = close[t, j]
+            if np.isnan(c):
+                continue
+            if want_vol:
+                v = volume[t, j]
+                vol_ewm = v if np.isnan(vol_ewm) else vol_ewm + alpha * (v - vol_ewm)
+                vol[t, j] = vol_ewm
+            if prev >= 0:
+                if want_vol:
+                    r = np.log(c / close[prev, j])
+                    v2_ewm = r * r if np.isnan(v2_ewm) else v2_ewm + alpha * (r * r - v2_ewm)
+                    sigma[t, j] = np.sqrt(v2_ewm)
+                if want_spread:
+                    b1 = np.log(high[t, j] / low[t, j])
+                    b0 = np.log(high[prev, j] / low[prev, j])
+                    beta = b1 * b1 + b0 * b0
+                    hh = max(high[t, j], high[prev, j])
+                    ll = min(low[t, j], low[prev, j])
+                    g = np.log(hh / ll)
+                    a = (np.sqrt(2.0 * beta) - np.sqrt(beta)) / k - np.sqrt(g * g / k)
+                    s = 2.0 * (np.exp(a) - 1.0) / (1.0 + np.exp(a))
+                    s = max(s, 0.0)
+                    s_ewm = s if np.isnan(s_ewm) else s_ewm + alpha * (s - s_ewm)
+                    half[t, j] = 0.5 * s_ewm
+            prev = t
+    return half, sigma, vol
+
+
+@njit(cache=True, inline="always")
+def _flex(a, t, j):
+    return a[t if a.shape[0] > 1 else 0, j if a.shape[1] > 1 else 0]
+
+
+@njit(cache=True, inline="always")
+def _commission(n, notional, p):
+    var = p[P_PER_SHARE] * n + p[P_BPS] * 1e-4 * notional
+    return max(var, p[P_MIN]) + p[P_FLAT]
+
+
+@njit(cache=True)
+def _grow(buf):
+    out = np.empty((buf.shape[0] * 2, buf.shape[1]))
+    out[: buf.shape[0]] = buf
+    return out
+
+
+@njit(cache=True, nogil=True)
+def simulate_nb(
+    ref, close, target, half_spread, sigma, volume, slip_row, borrow_row, tradable, shortable,
+    fractionable, p,
+):  # fmt: skip
+    """Run the portfolio: decisions at row t fill at the symbol's next bar at ``ref`` prices."""
+    n_t, n_s = close.shape
+    cash = p[P_CASH]
+    sizing = int(p[P_SIZING])
+    lev = p[P_LEVERAGE]
+    q = np.zeros(n_s)
+    last_close = np.full(n_s, np.nan)
+    pend_dec = np.full(n_s, -1, dtype=np.int64)
+    pend_tgt = np.zeros(n_s)
+    last_tgt = np.full(n_s, np.nan)
+    cum_borrow = np.zeros(n_s)
+    delta = np.zeros(n_s)
+    ord_dec = np.zeros(n_s, dtype=np.int64)
+    has_order = np.zeros(n_s, dtype=np.bool_)
+
+    equity = np.empty(n_t)
+    cash_out = np.empty(n_t)
+    gross_out = np.empty(n_t)
+    costs_out = np.zeros(n_t)
+    traded_out = np.zeros(n_t)
+    positions = np.empty((n_t, n_s))
+    fills = np.empty((max(64, min(n_t * n_s, 4096)), N_FILL))
+    n_fill = 0
+    denials = np.empty((64, N_DENIAL))
+    n_den = 0
+
+    for t in range(n_t):
+        # 1. value the book at this row's reference prices (last close where the symbol has no bar)
+        e_open = cash
+        gross = 0.0
+        any_order = False
+        for j in range(n_s):
+            has_order[j] = False
+            if q[j] != 0.0:
+                m = ref[t, j] if not np.isnan(close[t, j]) else last_close[j]
+                e_open += q[j] * m
+                gross += abs(q[j]) * m
+            if pend_dec[j] >= 0 and not np.isnan(close[t, j]):
+                any_order = True
+        # 2. turn pending decisions into desired order quantities (risk rules recorded)
+        if any_order:
+            for j in range(n_s):
+                if pend_dec[j] < 0 or np.isnan(close[t, j]):
+                    continue
+                dec = pend_dec[j]
+                tg = pend_tgt[j]
+                pend_dec[j] = -1
+                px = ref[t, j]
+                if sizing == 0:
+                    qd = tg * e_open / px
+                elif sizing == 1:
+                    qd = tg / px
+                else:
+                    qd = tg
+                code = 0
+                req = qd - q[j]
+                if not tradable[j]:
+                    code = NOT_TRADABLE
+                    qd = q[j]
+                elif qd < 0.0 and p[P_ALLOW_SHORT] == 0.0:
+                    code = SHORT_DISABLED
+                    qd = 0.0
+                elif qd < 0.0 and not shortable[j]:
+                    code = NOT_SHORTABLE
+                    qd = 0.0
+                if p[P_FRACTIONAL] == 0.0 or not fractionable[j]:
+                    rounded = np.trunc(qd + 1e-9 * np.sign(qd))
+                    if (
+                        code == 0
+                        and p[P_FRACTIONAL] != 0.0
+                        and abs(rounded - qd) > 1e-9
+                    ):
+                        code = NOT_FRACTIONABLE
+                    qd = rounded
+                d = qd - q[j]
+                if code != 0:
+                    if n_den == denials.shape[0]:
+                        denials = _grow(denials)
+                    denials[n_den, D_DEC] = dec
+                    denials[n_den, D_COL] = j
+                    denials[n_den, D_CODE] = code
+                    denials[n_den, D_TARGET] = tg
+                    denials[n_den, D_REQ] = req
+                    denials[n_den, D_ALLOWED] = d
+                    n_den += 1
+                if abs(d) > 1e-12:
+                    has_order[j] = True
+                    delta[j] = d
+                    ord_dec[j] = dec
+            # 3. two passes: pure reductions first (they free cash), then orders adding exposure
+            for pass_ in range(2):
+                for j in range(n_s):
+                    if not has_order[j]:
+                        continue
+                    d = delta[j]
+                    q0 = q[j]
+                    reducing = q0 * d < 0.0 and abs(d) <= abs(q0)
+                    if (pass_ == 0) != reducing:
+                        continue
+                    dec = ord_dec[j]
+                    px = ref[t, j]
+                    hs = _flex(half_spread, dec, j)
+                    if np.isnan(hs):
+                        hs = 0.0
+                    sg = _flex(sigma, dec, j)
+                    vv = _flex(volume, dec, j)
+                    base_slip = slip_row[t]
+                    if p[P_IMPACT] > 0.0 and not np.isnan(sg) and not np.isnan(vv):
+                        imp_k = p[P_IMPACT] * sg / np.sqrt(max(vv, 1.0))
+                    else:
+                        imp_k = 0.0
+                    if not reducing:
+                        qd = q0 + d
+                        if q0 == 0.0 or q0 * qd > 0.0:
+                            red = 0.0
+                            inc = abs(qd) - abs(q0)
+                        else:
+                            red = abs(q0)
+                            inc = abs(qd)
+                        n = abs(d)
+                        rate = hs + base_slip + imp_k * np.sqrt(n)
+                        pxx = px * (1.0 + rate)
+                        cost = n * px * rate + _commission(n, n * pxx, p)
+                        g_after = gross - red * px + inc * px
+                        if g_after > lev * (e_open - cost) + 1e-9:
+                            kk = px * rate + p[P_PER_SHARE] + p[P_BPS] * 1e-4 * px * (1.0 + rate)
+                            fixed = p[P_FLAT] + p[P_MIN]
+                            inc_max = (lev * (e_open - fixed - red * kk) - gross + red * px) / (
+                                px + lev * kk
+                            )
+                            inc_max = max(inc_max, 0.0)
+                            if p[P_FRACTIONAL] == 0.0 or not fractionable[j]:
+                                inc_max = np.floor(inc_max)
+                            if inc_max < inc:
+                                sgn = 1.0 if qd > 0.0 else -1.0
+                                new_qd = sgn * inc_max
+                                if red == 0.0 and q0 != 0.0:
+                                    new_qd = sgn * (abs(q0) + inc_max)
+                                new_d = new_qd - q0
+                                if inc_max == 0.0 or (inc - inc_max) > p[P_CLIP_TOL] * inc:
+                                    if n_den == denials.shape[0]:
+                                        denials = _grow(denials)
+                                    denials[n_den, D_DEC] = dec
+                                    denials[n_den, D_COL] = j
+                                    denials[n_den, D_CODE] = BUYING_POWER
+                                    denials[n_den, D_TARGET] = target[dec, j]
+                                    denials[n_den, D_REQ] = d
+                                    denials[n_den, D_ALLOWED] = new_d
+                                    n_den += 1
+                                d = new_d
+                                if abs(d) <= 1e-12:
+                                    continue
+                    n = abs(d)
+                    side = 1.0 if d > 0.0 else -1.0
+                    spread_px = px * hs
+                    slip_px = px * (base_slip + imp_k * np.sqrt(n))
+                    pxx = px + side * (spread_px + slip_px)
+                    comm = _commission(n, n * pxx, p)
+                    cash -= d * pxx + comm
+                    gross += (abs(q0 + d) - abs(q0)) * px
+                    spread_cost = n * spread_px
+                    slip_cost = n * slip_px
+                    e_open -= spread_cost + slip_cost + comm
+                    q[j] = q0 + d
+                    costs_out[t] += spread_cost + slip_cost + comm
+                    traded_out[t] += n * px
+                    if n_fill == fills.shape[0]:
+                        fills = _grow(fills)
+                    fills[n_fill, F_ROW] = t
+                    fills[n_fill, F_COL] = j
+                    fills[n_fill, F_DEC] = dec
+                    fills[n_fill, F_QTY] = d
+                    fills[n_fill, F_REF] = px
+                    fills[n_fill, F_PX] = pxx
+                    fills[n_fill, F_COMM] = comm
+                    fills[n_fill, F_SPREAD] = spread_cost
+                    fills[n_fill, F_SLIP] = slip_cost
+                    fills[n_fill, F_BORROW] = cum_borrow[j]
+                    fills[n_fill, F_POS] = q[j]
+                    n_fill += 1
+        # 4. mark at the close, charge borrow on shorts, record the row
+        value = 0.0
+        g_close = 0.0
+        br = borrow_row[t]
+        for j in range(n_s):
+            c = close[t, j]
+            if not np.isnan(c):
+                last_close[j] = c
+            qj = q[j]
+            positions[t, j] = qj
+            if qj != 0.0:
+                lc = last_close[j]
+                value += qj * lc
+                g_close += abs(qj) * lc
+                if qj < 0.0 and br > 0.0:
+                    fee = -qj * lc * br
+                    cash -= fee
+                    cum_borrow[j] += fee
+                    costs_out[t] += fee
+        equity[t] = cash + value
+        cash_out[t] = cash
+        gross_out[t] = g_close
+        # 5. decisions made at this close
+        for j in range(n_s):
+            if np.isnan(close[t, j]):
+                continue
+            tg = target[t, j]
+            if np.isnan(tg):
+                continue
+            if p[P_EVERY_BAR] != 0.0 or tg != last_tgt[j]:
+                pend_dec[j] = t
+                pend_tgt[j] = tg
+                last_tgt[j] = tg
+    for j in range(n_s):
+        if pend_dec[j] >= 0:
+            if n_den == denials.shape[0]:
+                denials = _grow(denials)
+            denials[n_den, D_DEC] = pend_dec[j]
+            denials[n_den, D_COL] = j
+            denials[n_den, D_CODE] = END_OF_DATA
+            denials[n_den, D_TARGET] = pend_tgt[j]
+            denials[n_den, D_REQ] = np.nan
+            denials[n_den, D_ALLOWED] = 0.0
+            n_den += 1
+    return (
+        equity,
+        cash_out,
+        gross_out,
+        costs_out,
+        traded_out,
+        positions,
+        fills[:n_fill].copy(),
+        denials[:n_den].copy(),
+        last_close,
+        cum_borrow,
+    )
+
+
+@njit(cache=True)
+def _excursion(high, low, j, r0, r1, last_px, direction, entry_px):
+    hi = last_px
+    lo = last_px
+    for r in range(r0, r1):
+        h = high[r, j]
+        if not np.isnan(h):
+            hi = max(hi, h)
+            lo = min(lo, low[r, j])
+    if direction > 0:
+        return min(lo / entry_px - 1.0, 0.0), max(hi / entry_px - 1.0, 0.0)
+    return min(1.0 - hi / entry_px, 0.0), max(1.0 - lo / entry_px, 0.0)
+
+
+@njit(cache=True, nogil=True)
+def trades_nb(fills, high, low, last_close, cum_borrow, n_t):
+    """Group fills into round trips (flat to flat; a flip closes one trade and opens the next)."""
+    n_s = high.shape[1]
+    pos = np.zeros(n_s)
+    d_ = np.zeros(n_s)
+    entry_row = np.zeros(n_s, dtype=np.int64)
+    q_in = np.zeros(n_s)
+    v_in = np.zeros(n_s)
+    q_out = np.zeros(n_s)
+    v_out = np.zeros(n_s)
+    comm = np.zeros(n_s)
+    slip = np.zeros(n_s)
+    b0 = np.zeros(n_s)
+    out = np.empty((max(16, fills.shape[0] // 2 + n_s), N_TRADE))
+    n = 0
+    for i in range(fills.shape[0]):
+        row = int(fills[i, F_ROW])
+        j = int(fills[i, F_COL])
+        qty = fills[i, F_QTY]
+        px = fills[i, F_PX]
+        c = fills[i, F_COMM]
+        s = fills[i, F_SPREAD] + fills[i, F_SLIP]
+        a = abs(qty)
+        if pos[j] != 0.0 and qty * d_[j] < 0.0:
+            close_q = min(a, abs(pos[j]))
+            frac = close_q / a
+            q_out[j] += close_q
+            v_out[j] += close_q * px
+            comm[j] += c * frac
+            slip[j] += s * frac
+            pos[j] += qty * frac
+            if abs(pos[j]) <= 1e-9 * max(1.0, q_in[j]):
+                pos[j] = 0.0
+                ep = v_in[j] / q_in[j]
+                mae, mfe = _excursion(high, low, j, entry_row[j], row, fills[i, F_REF], d_[j], ep)
+                if n == out.shape[0]:
+                    out = _grow(out)
+                out[n, T_COL] = j
+                out[n, T_ENTRY_ROW] = entry_row[j]
+                out[n, T_EXIT_ROW] = row
+                out[n, T_DIR] = d_[j]
+                out[n, T_SIZE] = q_in[j]
+                out[n, T_ENTRY_PX] = ep
+                out[n, T_EXIT_PX] = v_out[j] / q_out[j]
+                borrow = fills[i, F_BORROW] - b0[j]
+                out[n, T_PNL] = d_[j] * (v_out[j] - v_in[j]) - comm[j] - borrow
+                out[n, T_COMM] = comm[j]
+                out[n, T_SLIP] = slip[j]
+                out[n, T_BORROW] = borrow
+                out[n, T_MAE] = mae
+                out[n, T_MFE] = mfe
+                out[n, T_OPEN] = 0.0
+                out[n, T_NOTIONAL] = v_in[j]
+                n += 1
+            a -= close_q
+            c *= 1.0 - frac
+            s *= 1.0 - frac
+            if a <= 1e-12:
+                continue
+            qty = qty * (a / abs(qty))
+        if pos[j] == 0.0:
+            d_[j] = 1.0 if qty > 0.0 else -1.0
+            entry_row[j] = row
+            q_in[j] = 0.0
+            v_in[j] = 0.0
+            q_out[j] = 0.0
+            v_out[j] = 0.0
+            comm[j] = 0.0
+            slip[j] = 0.0
+            b0[j] = fills[i, F_BORROW]
+        pos[j] += qty
+        q_in[j] += a
+        v_in[j] += a * px
+        comm[j] += c
+        slip[j] += s
+    for j in range(n_s):
+        if pos[j] == 0.0:
+            continue
+        rest = abs(pos[j])
+        lc = last_close[j]
+        ep = v_in[j] / q_in[j]
+        mae, mfe = _excursion(high, low, j, entry_row[j], n_t, lc, d_[j], ep)
+        if n == out.shape[0]:
+            out = _grow(out)
+        qo = q_out[j] + rest
+        vo = v_out[j] + rest * lc
+        borrow = cum_borrow[j] - b0[j]
+        out[n, T_COL] = j
+        out[n, T_ENTRY_ROW] = entry_row[j]
+        out[n, T_EXIT_ROW] = n_t - 1
+        out[n, T_DIR] = d_[j]
+        out[n, T_SIZE] = q_in[j]
+        out[n, T_ENTRY_PX] = ep
+        out[n, T_EXIT_PX] = vo / qo
+        out[n, T_PNL] = d_[j] * (vo - v_in[j] * qo / q_in[j]) - comm[j] - borrow
+        out[n, T_COMM] = comm[j]
+        out[n, T_SLIP] = slip[j]
+        out[n, T_BORROW] = borrow
+        out[n, T_MAE] = mae
+        out[n, T_MFE] = mfe
+        out[n, T_OPEN] = 1.0
+        out[n, T_NOTIONAL] = v_in[j]
+        n += 1
+    return out[:n].copy()

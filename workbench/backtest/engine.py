@@ -1,0 +1,296 @@
+"""The frame API: validate bars and targets, lay them on a ``[time x symbol]`` grid, simulate.
+
+Time contract: the target at row ``ts`` is decided at the close of bar ``ts`` and fills at that
+symbol's next bar, at its open (or vwap, ``fill_price``); the last bar's decision never fills (it is
+recorded as ``end_of_data``). Equity is marked at each bar's close (the last close for a symbol
+without a bar at that time). Orders blocked or cut by a risk rule are recorded in
+``result.rejections`` with a reason, never raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import polars as pl
+
+from workbench.backtest import _kernels as K
+from workbench.backtest.costs import CostModel
+from workbench.backtest.result import BacktestResult, SimOutput
+from workbench.config import BacktestConfig
+from workbench.data.assets import AssetFacts, facts_for
+from workbench.data.schema import BAR_COLUMNS, TS_DTYPE, validate_bars
+from workbench.errors import SchemaError
+
+_US_PER_DAY = 86_400_000_000
+_SESSION_SHIFT_US = 4 * 3_600_000_000  # UTC - 4h puts every US session (and midnight ET) on its date
+TARGET_COLUMNS = ("symbol", "ts", "target")
+CLIP_TOLERANCE = 0.01  # buying-power cuts under 1% of the order are applied without a record
+
+
+def run_backtest(
+    bars: pl.DataFrame,
+    targets: pl.DataFrame,
+    *,
+    config: BacktestConfig | None = None,
+    assets: Mapping[str, AssetFacts] | None = None,
+    periods_per_year: float | None = None,
+    validate: bool = True,
+) -> BacktestResult:
+    """Simulate trading ``targets`` on ``bars`` and return equity, positions, trades and stats.
+
+    Parameters
+    ----------
+    bars : pl.DataFrame
+        Bars in the bar contract (see :func:`workbench.data.schema.validate_bars`).
+    targets : pl.DataFrame
+        Columns ``symbol, ts, target``; one row per decision, keys a subset of the bars' keys.
+        ``target`` is read per ``config.sizing``: a signed fraction of equity (``fraction``), signed
+        currency notional (``notional``) or signed shares (``shares``). A null target (or a missing
+        row) is no decision: the position is held. With ``rebalance='on_change'`` an order is sent
+        only when the target differs from the symbol's previous target.
+    config : BacktestConfig, optional
+        Cash, fill price, sizing, share rules and costs (default ``BacktestConfig()``).
+    assets : Mapping[str, AssetFacts], optional
+        Per-symbol facts (shortable, fractionable, tradable); unknown symbols are permissive.
+    periods_per_year : float, optional
+        Annualisation factor of the statistics (default: observed bars per session x 252).
+    validate : bool, default True
+        Run :func:`validate_bars`; pass False only for bars that already passed it (e.g. read
+        from the store), which saves its cost on large inputs.
+
+    Returns
+    -------
+    BacktestResult
+        ``equity``, ``positions``, ``fills``, ``trades``, ``rejections`` and ``stats``.
+
+    Raises
+    ------
+    SchemaError
+        When bars or targets break their contract, naming the column, the bad value and the fix.
+    """
+    cfg = config if config is not None else BacktestConfig()
+    if validate:
+        bars = validate_bars(bars)
+    else:
+        bars = _check_trusted_bars(bars)
+    if bars.height == 0:
+        raise SchemaError(
+            "bars rejected: the frame is empty. Fix: load at least two bars per symbol.",
+            rule="empty",
+        )
+    grid = _Grid.build(bars)
+    target_vec = _align_targets(bars, targets)
+
+    price_col = "vwap" if cfg.fill_price == "vwap" else "open"
+    ref_vec = bars["open"].to_numpy()
+    if price_col == "vwap":
+        ref_vec = bars.select(pl.col("vwap").fill_null(pl.col("open")))["vwap"].to_numpy()
+    close = grid.to_2d(bars["close"].to_numpy())
+    ref = grid.to_2d(ref_vec)
+    target = grid.to_2d(target_vec)
+    costs = cfg.costs
+    need_hl = costs.spread_from_bars or costs.impact_coef > 0
+    if need_hl:
+        high = grid.to_2d(bars["high"].to_numpy())
+        low = grid.to_2d(bars["low"].to_numpy())
+        volume = grid.to_2d(bars["volume"].to_numpy())
+    else:
+        high = low = volume = np.empty((0, grid.n_symbols))
+    cost_arrays = CostModel.from_config(costs).prepare(
+        high, low, close, volume, grid.ts_us, intraday=grid.intraday
+    )
+    facts = facts_for(grid.symbols, assets)
+    tradable = np.array([facts[s].tradable for s in grid.symbols], dtype=np.bool_)
+    shortable = np.array([facts[s].shortable for s in grid.symbols], dtype=np.bool_)
+    fractionable = np.array([facts[s].fractionable for s in grid.symbols], dtype=np.bool_)
+
+    params = np.zeros(K.N_PARAMS)
+    params[K.P_CASH] = cfg.initial_cash
+    params[K.P_SIZING] = K.SIZING_CODES[cfg.sizing]
+    params[K.P_FRACTIONAL] = float(cfg.fractional)
+    params[K.P_ALLOW_SHORT] = float(cfg.allow_short)
+    params[K.P_LEVERAGE] = cfg.max_leverage
+    params[K.P_EVERY_BAR] = float(cfg.rebalance == "every_bar")
+    params[K.P_PER_SHARE] = costs.commission_per_share
+    params[K.P_MIN] = costs.commission_min
+    params[K.P_BPS] = costs.commission_bps
+    params[K.P_FLAT] = costs.commission_flat
+    params[K.P_IMPACT] = costs.impact_coef
+    params[K.P_CLIP_TOL] = CLIP_TOLERANCE
+    out = K.simulate_nb(
+        ref,
+        close,
+        target,
+        cost_arrays.half_spread,
+        cost_arrays.sigma,
+        cost_arrays.volume,
+        cost_arrays.slip_row,
+        cost_arrays.borrow_row,
+        tradable,
+        shortable,
+        fractionable,
+        params,
+    )
+    sim = SimOutput(*out)
+    ppy = periods_per_year if periods_per_year is not None else grid.periods_per_year()
+    return BacktestResult(
+        sim=sim,
+        bars=bars,
+        close=close,
+        symbols=grid.symbols,
+        ts_us=grid.ts_us,
+        config=cfg,
+        periods_per_year=float(ppy),
+    )
+
+
+def _check_trusted_bars(bars: pl.DataFrame) -> pl.DataFrame:
+    if not isinstance(bars, pl.DataFrame):
+        raise SchemaError(
+            f"bars rejected: expected a polars DataFrame, got {type(bars).__name__}. "
+            "Fix: convert with pl.from_pandas(df.reset_index()).",
+            rule="not a frame",
+        )
+    if list(bars.columns) != list(BAR_COLUMNS) or bars.schema["ts"] != TS_DTYPE:
+        raise SchemaError(
+            "bars rejected: validate=False needs frames that already passed validate_bars "
+            f"(columns {list(BAR_COLUMNS)}, ts {TS_DTYPE}); got {bars.schema}. "
+            "Fix: call run_backtest(..., validate=True).",
+            rule="unvalidated",
+        )
+    return bars
+
+
+class _Grid:
+    """Row/column positions of long bars on the union ``[time x symbol]`` grid."""
+
+    def __init__(
+        self, symbols: list[str], ts_us: np.ndarray, rows: np.ndarray | None, cols: np.ndarray
+    ) -> None:
+        self.symbols = symbols
+        self.ts_us = ts_us
+        self.rows = rows  # None: every symbol has every timestamp (reshape fast path)
+        self.cols = cols
+        self.n_symbols = len(symbols)
+        self.n_rows = len(ts_us)
+        spacing = np.median(np.diff(ts_us)) if len(ts_us) > 1 else _US_PER_DAY
+        self.intraday = bool(spacing < _US_PER_DAY * 0.99)
+
+    @classmethod
+    def build(cls, bars: pl.DataFrame) -> _Grid:
+        sym = bars["symbol"]
+        runs = sym.rle()
+        symbols = runs.struct.field("value").to_list()
+        lengths = runs.struct.field("len").to_numpy()
+        ts = bars["ts"].dt.epoch("us").to_numpy()
+        n_s = len(symbols)
+        first = int(lengths[0])
+        if (lengths == first).all():
+            block = ts.reshape(n_s, first)
+            if (block == block[0]).all():
+                return cls(symbols, block[0].copy(), None, np.empty(0, dtype=np.int64))
+        grid = pl.Series(ts).unique().sort().to_numpy()
+        rows = np.searchsorted(grid, ts)
+        cols = np.repeat(np.arange(n_s), lengths)
+        return cls(symbols, grid, rows, cols)
+
+    def to_2d(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        if self.rows is None:
+            return np.ascontiguousarray(values.reshape(self.n_symbols, self.n_rows).T)
+        out = np.full((self.n_rows, self.n_symbols), np.nan)
+        out[self.rows, self.cols] = values
+        return out
+
+    def periods_per_year(self) -> float:
+        sessions = np.unique((self.ts_us - _SESSION_SHIFT_US) // _US_PER_DAY)
+        return 252.0 * self.n_rows / max(len(sessions), 1)
+
+
+def _align_targets(bars: pl.DataFrame, targets: pl.DataFrame) -> np.ndarray:
+    """Return the target of every bar row (NaN = no decision), in bar order."""
+    if not isinstance(targets, pl.DataFrame):
+        raise SchemaError(
+            f"targets rejected: expected a polars DataFrame with columns {list(TARGET_COLUMNS)}, "
+            f"got {type(targets).__name__}. Fix: build it with pl.DataFrame or signals_to_targets().",
+            rule="not a frame",
+        )
+    missing = [c for c in TARGET_COLUMNS if c not in targets.columns]
+    if missing:
+        raise SchemaError(
+            f"targets rejected: missing column(s) {missing}; got {targets.columns}. Fix: provide "
+            f"{list(TARGET_COLUMNS)}, e.g. df.rename({{'weight': 'target'}}).",
+            rule="missing column",
+        )
+    tgt_dtype = targets.schema["target"]
+    if not (tgt_dtype.is_numeric() or tgt_dtype == pl.Null):
+        raise SchemaError(
+            f"targets rejected: column 'target' has type {tgt_dtype}, expected a number. "
+            "Fix: pl.col('target').cast(pl.Float64).",
+            rule="mistyped column",
+        )
+    ts_dtype = targets.schema["ts"]
+    if not isinstance(ts_dtype, pl.Datetime) or ts_dtype.time_zone != "UTC":
+        raise SchemaError(
+            f"targets rejected: column 'ts' has type {ts_dtype}, expected Datetime(time_zone='UTC') "
+            "like the bars. Fix: pl.col('ts').dt.convert_time_zone('UTC') (or replace_time_zone for "
+            "naive UTC values).",
+            rule="mistyped column",
+        )
+    t = targets.select(
+        pl.col("symbol").cast(pl.String),
+        pl.col("ts").cast(TS_DTYPE),
+        pl.col("target").cast(pl.Float64),
+    )
+    bad = t.filter(pl.col("target").is_not_null() & ~pl.col("target").is_finite())
+    if bad.height:
+        raise SchemaError(
+            f"targets rejected: {bad.height} row(s) have a NaN/inf target, first: "
+            f"{bad.row(0, named=True)}. Fix: use null for 'no decision' "
+            "(pl.col('target').fill_nan(None)) and finite numbers otherwise.",
+            rule="target is finite",
+            n_rows=bad.height,
+        )
+    dup = t.filter(pl.struct("symbol", "ts").is_duplicated())
+    if dup.height:
+        raise SchemaError(
+            f"targets rejected: {dup.height} row(s) repeat a (symbol, ts) key, first: "
+            f"{dup.row(0, named=True)}. Fix: keep one decision per bar, e.g. "
+            "targets.unique(subset=['symbol', 'ts'], keep='last').",
+            rule="unique (symbol, ts)",
+            n_rows=dup.height,
+        )
+    keys = bars.select("symbol", "ts")
+    if t.height == keys.height:
+        t_sorted = t if t["symbol"].is_sorted() and _keys_sorted(t) else t.sort("symbol", "ts")
+        if t_sorted["symbol"].equals(keys["symbol"]) and t_sorted["ts"].equals(keys["ts"]):
+            return t_sorted["target"].to_numpy().astype(np.float64)
+    unmatched = t.join(keys, on=["symbol", "ts"], how="anti")
+    if unmatched.height:
+        known = set(bars["symbol"].unique().to_list())
+        row = unmatched.row(0, named=True)
+        why = (
+            f"symbol {row['symbol']!r} has no bars"
+            if row["symbol"] not in known
+            else f"there is no bar for {row['symbol']!r} at {row['ts']}"
+        )
+        raise SchemaError(
+            f"targets rejected: {unmatched.height} row(s) do not match a bar; first: {row} ({why}). "
+            "Fix: make decisions only at bar timestamps, e.g. join the targets to the bars' "
+            "(symbol, ts) keys before calling run_backtest.",
+            rule="targets aligned to bars",
+            n_rows=unmatched.height,
+        )
+    aligned = keys.join(t, on=["symbol", "ts"], how="left", maintain_order="left")
+    return aligned["target"].to_numpy().astype(np.float64)
+
+
+def _keys_sorted(t: pl.DataFrame) -> bool:
+    # sorted by (symbol, ts) if symbol is sorted and ts increases inside each symbol run
+    ts = t["ts"].dt.epoch("us").to_numpy()
+    sym_change = np.ones(len(ts), dtype=bool)
+    s = t["symbol"]
+    if len(ts) > 1:
+        sym_change[1:] = (s[1:] != s[:-1]).to_numpy()
+    return bool(np.all((np.diff(ts) > 0) | sym_change[1:]))

@@ -1,0 +1,1 @@
+"""Stage helpers: the logic behind each research notebook, callable (and tested) without Jupyter."""
