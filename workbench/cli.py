@@ -127,6 +127,59 @@ def coverage(
     console.print(frame_table(cov, title=f"store coverage ({st.root})"))
 
 
+@app.command()
+def run(
+    pipeline: Annotated[
+        str,
+        typer.Argument(
+            help="Pipeline name or spec path, e.g. research or pipelines/research.yaml."
+        ),
+    ],
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-p",
+            "--param",
+            help="Override a shared pipeline parameter: -p alpha=0.05 (repeatable).",
+        ),
+    ] = None,
+) -> None:
+    """Run a pipeline of notebooks with papermill, tracked in MLflow.
+
+    The spec is validated first (unknown or mistyped parameters are refused); each step's executed
+    notebook lands in runs/<pipeline>/<timestamp>/ and in MLflow. Stops at the first failing step.
+
+    Example: wb run research -p alpha=0.05 -p seed=3
+    """
+    from workbench.pipeline import run_pipeline
+
+    try:
+        res = run_pipeline(pipeline, list(param or []), echo=console.print)
+    except WorkbenchError as exc:
+        _fail(exc)
+    rows = [
+        {
+            "step": s.step,
+            "status": s.status,
+            "seconds": s.seconds,
+            "metrics": ", ".join(f"{k}={v:.4g}" for k, v in list(s.metrics.items())[:4]),
+            "mlflow_run_id": s.mlflow_run_id,
+        }
+        for s in res.steps
+    ]
+    console.print(
+        frame_table(pl.DataFrame(rows), title=f"{res.pipeline}: {'ok' if res.ok else 'FAILED'}")
+    )
+    console.print(
+        f"run folder: {res.run_dir}  (summary.json)  MLflow parent run: {res.parent_run_id}"
+    )
+    failed = [s for s in res.steps if s.status == "failed"]
+    if failed:
+        console.print(f"[bold red]step {failed[0].step!r} failed[/] at {failed[0].error}")
+        console.print(f"failed notebook: {failed[0].notebook}")
+        raise typer.Exit(code=1)
+
+
 @config_app.command("show")
 def config_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
