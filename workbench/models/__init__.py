@@ -1,0 +1,1 @@
+"""Models: the LightGBM wrapper, training splits and MLflow registry helpers."""

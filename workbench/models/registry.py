@@ -1,0 +1,92 @@
+"""MLflow model registry helpers: one registered model per strategy, aliases only (never stages)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from workbench.errors import WorkbenchError
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+
+
+class ModelNotFoundError(WorkbenchError):
+    """No model version carries the requested alias."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A registered model version."""
+
+    name: str
+    version: str
+    alias: str | None
+    run_id: str
+    uri: str
+
+
+def log_lightgbm(
+    model: Any, x_example: Any, *, registered_name: str, tags: dict[str, str] | None = None
+) -> ModelRef:
+    """Log a fitted LightGBM model with signature and input example, and register a new version.
+
+    Must be called inside an active MLflow run (the stage run).
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    example = x_example.head(5)
+    signature = infer_signature(example, model.predict(example))
+    info = mlflow.lightgbm.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example,
+        registered_model_name=registered_name,
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for k, v in (tags or {}).items():
+        client.set_model_version_tag(registered_name, version, k, v)
+    run = mlflow.active_run()
+    return ModelRef(
+        registered_name,
+        version,
+        None,
+        run.info.run_id if run else "",
+        f"models:/{registered_name}/{version}",
+    )
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Point ``alias`` of registered model ``name`` at ``version``."""
+    import mlflow
+
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def resolve_alias(name: str, aliases: Sequence[str] = (CHAMPION, CHALLENGER)) -> ModelRef:
+    """Return the first version found among ``aliases`` (default: champion, else challenger)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    for alias in aliases:
+        try:
+            mv = client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            continue
+        return ModelRef(name, str(mv.version), alias, mv.run_id or "", f"models:/{name}@{alias}")
+    raise ModelNotFoundError(
+        f"registered model {name!r} has no version with alias {list(aliases)}. Fix: run the research "
+        f"pipeline (`wb run research`) so validation can set '{CHALLENGER}', or set an alias in the MLflow UI."
+    )
+
+
+def load_model(ref: ModelRef) -> Any:
+    """Load the LightGBM model of a registered version."""
+    import mlflow
+
+    return mlflow.lightgbm.load_model(f"models:/{ref.name}/{ref.version}")
