@@ -1,0 +1,1 @@
+"""Execution: broker protocol, simulated broker, orders and fills, the trading-session engine."""
