@@ -191,11 +191,7 @@ def simulate_nb(
                     qd = 0.0
                 if p[P_FRACTIONAL] == 0.0 or not fractionable[j]:
                     rounded = np.trunc(qd + 1e-9 * np.sign(qd))
-                    if (
-                        code == 0
-                        and p[P_FRACTIONAL] != 0.0
-                        and abs(rounded - qd) > 1e-9
-                    ):
+                    if code == 0 and p[P_FRACTIONAL] != 0.0 and abs(rounded - qd) > 1e-9:
                         code = NOT_FRACTIONABLE
                     qd = rounded
                 d = qd - q[j]

@@ -146,8 +146,8 @@ def u_shape(grid_us: np.ndarray) -> np.ndarray:
     """
     import polars as pl
 
-    local = pl.Series(grid_us).cast(pl.Datetime("us", "UTC")).dt.convert_time_zone(
-        "America/New_York"
+    local = (
+        pl.Series(grid_us).cast(pl.Datetime("us", "UTC")).dt.convert_time_zone("America/New_York")
     )
     minutes = (local.dt.hour().cast(pl.Int32) * 60 + local.dt.minute().cast(pl.Int32)).to_numpy()
     x = (minutes - _SESSION_OPEN_MIN) / _SESSION_MIN

@@ -23,7 +23,9 @@ from workbench.data.schema import BAR_COLUMNS, TS_DTYPE, validate_bars
 from workbench.errors import SchemaError
 
 _US_PER_DAY = 86_400_000_000
-_SESSION_SHIFT_US = 4 * 3_600_000_000  # UTC - 4h puts every US session (and midnight ET) on its date
+_SESSION_SHIFT_US = (
+    4 * 3_600_000_000
+)  # UTC - 4h puts every US session (and midnight ET) on its date
 TARGET_COLUMNS = ("symbol", "ts", "target")
 CLIP_TOLERANCE = 0.01  # buying-power cuts under 1% of the order are applied without a record
 
@@ -70,10 +72,7 @@ def run_backtest(
         When bars or targets break their contract, naming the column, the bad value and the fix.
     """
     cfg = config if config is not None else BacktestConfig()
-    if validate:
-        bars = validate_bars(bars)
-    else:
-        bars = _check_trusted_bars(bars)
+    bars = validate_bars(bars) if validate else _check_trusted_bars(bars)
     if bars.height == 0:
         raise SchemaError(
             "bars rejected: the frame is empty. Fix: load at least two bars per symbol.",
