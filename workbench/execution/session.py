@@ -9,7 +9,8 @@ At each bar ``t`` of the session, in this order:
 4. the difference between target and current shares becomes an order, filled at ``t+1``'s open;
 5. equity is marked at bar ``t``'s close.
 
-Decisions on the last ``flatten_bars`` bars of the session target zero, so the session ends flat.
+Decisions from ``flatten_bars`` bars before the last bar on target zero; they fill by the last
+bar's open, so the session ends flat (the last bar's own decision cannot fill in the session).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def run_session(
         feats = engine.update(now)
         closes = dict(zip(now["symbol"].to_list(), now["close"].to_list(), strict=True))
         equity = broker.mark(closes)
-        flatten = i >= len(stamps) - flatten_bars
+        flatten = i >= len(stamps) - 1 - flatten_bars  # fills at the open of the last bar(s)
         ready = feats.filter(pl.col("ts") == t).drop_nulls(features) if feats.height else feats
         preds = (
             dict(zip(ready["symbol"].to_list(), predict(ready).tolist(), strict=True))

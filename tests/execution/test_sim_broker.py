@@ -1,0 +1,131 @@
+"""Simulated broker and session engine: fills at the next open with costs, ends flat, no peeking."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from workbench.config import CostsConfig, StrategyConfig
+from workbench.execution.orders import Order
+from workbench.execution.session import run_session
+from workbench.execution.sim_broker import BrokerError, SimulatedBroker
+
+T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+COSTS = CostsConfig(
+    commission_per_share=0.01, commission_min=1.0, half_spread_bps=5.0, slippage_bps=1.0
+)
+
+
+def test_hand_computed_round_trip() -> None:
+    b = SimulatedBroker(10_000, COSTS)
+    b.submit(Order("o1", "A", 100, T0))
+    (f,) = b.on_bar_open("A", T0 + timedelta(minutes=5), 50.0)
+    assert f.price == pytest.approx(50.0 * 1.0006)  # 5 bps half-spread + 1 bp slippage, adverse
+    assert f.commission == pytest.approx(1.0)  # 100 x $0.01 = $1, the minimum
+    assert b.cash == pytest.approx(10_000 - 100 * 50.03 - 1.0)
+    b.submit(Order("o2", "A", -100, T0 + timedelta(minutes=5)))
+    (g,) = b.on_bar_open("A", T0 + timedelta(minutes=10), 51.0)
+    assert g.price == pytest.approx(51.0 * 0.9994)
+    assert b.position("A") == 0
+    assert b.mark({"A": 52.0}) == pytest.approx(10_000 + 100 * (51 * 0.9994 - 50.03) - 2.0)
+
+
+def test_order_cannot_fill_on_its_decision_bar() -> None:
+    b = SimulatedBroker(1_000)
+    b.submit(Order("o", "A", 1, T0))
+    with pytest.raises(BrokerError, match="not after its decision bar"):
+        b.on_bar_open("A", T0, 10.0)
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(BrokerError, match="'cash' parameter of SimulatedBroker must be > 0"):
+        SimulatedBroker(0)
+    with pytest.raises(BrokerError, match="qty 0"):
+        SimulatedBroker(1).submit(Order("o", "A", 0, T0))
+
+
+class RetFeature:
+    """Feature = last bar's return, computed from bars seen so far only."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+
+    def update(self, bars: pl.DataFrame) -> pl.DataFrame:
+        rows = []
+        for r in bars.sort("ts").iter_rows(named=True):
+            prev = self.last.get(r["symbol"])
+            rows.append(
+                {
+                    "symbol": r["symbol"],
+                    "ts": r["ts"],
+                    "ret": None if prev is None else r["close"] / prev - 1,
+                }
+            )
+            self.last[r["symbol"]] = r["close"]
+        return pl.DataFrame(
+            rows, schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC"), "ret": pl.Float64}
+        )
+
+
+def session_bars(n: int = 30) -> pl.DataFrame:
+    rng = np.random.default_rng(0)
+    c = 100 * np.exp(np.cumsum(rng.normal(0, 0.002, n)))
+    o = np.r_[100.0, c[:-1]]
+    return pl.DataFrame(
+        {
+            "symbol": "A",
+            "ts": [T0 + timedelta(minutes=5 * i) for i in range(n)],
+            "open": o,
+            "high": np.maximum(o, c),
+            "low": np.minimum(o, c),
+            "close": c,
+            "volume": 1000.0,
+        }
+    )
+
+
+def test_session_trades_on_next_open_and_ends_flat() -> None:
+    bars = session_bars()
+    strat = StrategyConfig(
+        feature_set="x", long_threshold=0.0, short_threshold=0.0, max_position=0.5
+    )
+    broker = SimulatedBroker(100_000, COSTS)
+    res = run_session(
+        bars,
+        T0 + timedelta(minutes=25),
+        engine=RetFeature(),
+        predict=lambda f: -f["ret"].to_numpy(),
+        features=["ret"],
+        strategy=strat,
+        broker=broker,
+    )
+    assert res.fills.height > 0
+    assert (res.fills["ts"] > res.fills["decided_at"]).all()
+    opens = dict(zip(bars["ts"].to_list(), bars["open"].to_list(), strict=True))
+    assert all(opens[t] == p for t, p in zip(res.fills["ts"], res.fills["ref_price"], strict=True))
+    assert broker.position("A") == 0  # flattened before the close
+    assert res.pnl["cum_pnl"][-1] == pytest.approx(broker.equity - 100_000)
+    assert res.decisions.filter(
+        pl.col("ts") < T0 + timedelta(minutes=25)
+    ).is_empty()  # warm-up only
+
+
+def test_costs_never_help() -> None:
+    bars = session_bars(60)
+    strat = StrategyConfig(feature_set="x", max_position=0.5)
+    out = []
+    for costs in (CostsConfig(half_spread_bps=0.0), COSTS):
+        res = run_session(
+            bars,
+            T0 + timedelta(minutes=10),
+            engine=RetFeature(),
+            predict=lambda f: -f["ret"].to_numpy(),
+            features=["ret"],
+            strategy=strat,
+            broker=SimulatedBroker(100_000, costs),
+        )
+        out.append(res.net_pnl)
+    assert out[1] < out[0]
