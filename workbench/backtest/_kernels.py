@@ -219,6 +219,7 @@ def simulate_nb(
                     reducing = q0 * d < 0.0 and abs(d) <= abs(q0)
                     if (pass_ == 0) != reducing:
                         continue
+                    has_order[j] = False
                     dec = ord_dec[j]
                     px = ref[t, j]
                     hs = _flex(half_spread, dec, j)
