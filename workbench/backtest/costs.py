@@ -158,12 +158,12 @@ def u_shape(grid_us: np.ndarray) -> np.ndarray:
 def borrow_by_row(grid_us: np.ndarray, bps_annual: float) -> np.ndarray:
     """Return the borrow fee fraction charged at each row's close (ACT/360 calendar accrual).
 
-    The first row accrues one typical bar interval (the median spacing of the grid).
+    The first row accrues one bar interval (the smallest spacing of the grid).
     """
     n = len(grid_us)
     if bps_annual <= 0 or n == 0:
         return np.zeros(n)
     dt = np.diff(grid_us).astype(float)
-    first = float(np.median(dt)) if n > 1 else float(_US_PER_DAY)
+    first = float(dt.min()) if n > 1 else float(_US_PER_DAY)
     days = np.concatenate(([first], dt)) / _US_PER_DAY
     return bps_annual * 1e-4 * days / 360.0
