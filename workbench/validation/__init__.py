@@ -1,0 +1,1 @@
+"""Validation: splitters, overfitting statistics and promotion gates."""
