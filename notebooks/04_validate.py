@@ -1,0 +1,79 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Validate
+# Backtest the model's out-of-sample signals with costs (commission, half spread), measure it and
+# apply the strategy's gates. Passing sets the registry alias `challenger`; failing says why.
+
+# %% tags=["parameters"]
+features_path: str = ""  # feature table (parquet) from the features step
+store_root: str = ""  # bar store folder (from the ingest step)
+model_name: str = "intraday_mean_reversion"  # registered model
+model_version: str = ""  # version to validate (from the train step)
+split_ts: str = ""  # first out-of-sample timestamp, ISO 8601 (from the train step)
+strategy: str = "intraday_mean_reversion"  # strategy: thresholds, sizing and gates
+timeframe: str = "5Min"  # bar length
+output_path: str = ""  # set by the pipeline runner: where this step hands on its outputs
+parent_run_id: str = ""  # set by the pipeline runner: MLflow parent run
+pipeline: str = ""  # set by the pipeline runner: pipeline name
+
+# %%
+from workbench.backtest import tearsheet_figures
+from workbench.config import load_config
+from workbench.models.registry import CHALLENGER, ModelRef, set_alias
+from workbench.notebook import setup_display
+from workbench.stages.validate import run_validate
+from workbench.tracking import start_stage
+
+setup_display()
+cfg = load_config()
+params = dict(features_path=features_path, store_root=store_root, model_name=model_name, model_version=model_version,
+              split_ts=split_ts, strategy=strategy, timeframe=timeframe)
+stage = start_stage("validate", params, pipeline=pipeline, parent_run_id=parent_run_id, output_path=output_path, cfg=cfg)
+
+# %%
+model = ModelRef(model_name, model_version, None, "", f"models:/{model_name}/{model_version}")
+res = run_validate(cfg, features_path=features_path, store_root=store_root, model=model, split_ts=split_ts,
+                   strategy=strategy, timeframe=timeframe)
+stage.log_metrics(res.metrics)
+{k: round(v, 4) for k, v in res.metrics.items()}
+
+# %% [markdown]
+# ## Tearsheet (out of sample, costs on)
+
+# %%
+for name, fig in tearsheet_figures(res.backtest).items():
+    stage.log_figure(fig, f"tearsheet_{name}")
+    fig.show()
+
+# %% [markdown]
+# ## Gates
+
+# %%
+stage.log_table(res.gates.frame, "gate_report")
+import mlflow
+
+mlflow.set_tags(res.gates.tags())
+if res.gates.passed:
+    set_alias(model_name, CHALLENGER, model_version)
+    print(f"gates passed: {model_name} v{model_version} is now '{CHALLENGER}'")
+else:
+    print("gates refused promotion:\n  " + "\n  ".join(res.gates.failures()))
+res.gates.frame
+
+# %%
+stage.hand_on(passed=res.gates.passed)
+stage.finish()

@@ -1,0 +1,73 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Trade session
+# Load the strategy's `champion` model (else `challenger`) from the registry and replay one
+# session bar by bar against the simulated broker: features from the past only, decisions at each
+# bar's close, fills at the next bar's open plus costs. Writes the fills and the PnL.
+
+# %% tags=["parameters"]
+store_root: str = ""  # bar store folder (from the ingest step)
+model_name: str = "intraday_mean_reversion"  # registered model to load by alias
+strategy: str = "intraday_mean_reversion"  # strategy: feature set, thresholds, sizing
+timeframe: str = "5Min"  # bar length
+symbols: list[str] = ["SYN000", "SYN001", "SYN002", "SYN003"]  # symbols to trade
+session_date: str = ""  # session to replay (YYYY-MM-DD); empty means the last stored session
+output_path: str = ""  # set by the pipeline runner: where this step hands on its outputs
+parent_run_id: str = ""  # set by the pipeline runner: MLflow parent run
+pipeline: str = ""  # set by the pipeline runner: pipeline name
+
+# %%
+from workbench.config import load_config
+from workbench.models.registry import ModelNotFoundError
+from workbench.notebook import setup_display, work_dir
+from workbench.stages.session import equity_figure, run_trade_session
+from workbench.tracking import start_stage
+
+setup_display()
+cfg = load_config()
+params = dict(store_root=store_root, model_name=model_name, strategy=strategy, timeframe=timeframe, symbols=symbols,
+              session_date=session_date)
+stage = start_stage("trade_session", params, pipeline=pipeline, parent_run_id=parent_run_id, output_path=output_path,
+                    cfg=cfg)
+
+# %%
+try:
+    res = run_trade_session(cfg, store_root=store_root or str(cfg.path(cfg.store.root)), model_name=model_name,
+                            strategy=strategy, timeframe=timeframe, symbols=symbols, session_date=session_date)
+except ModelNotFoundError as exc:
+    res = None
+    print(f"nothing to trade: {exc}")
+
+# %%
+if res is not None:
+    out = work_dir(cfg, output_path, "trade_session")
+    res.result.fills.write_parquet(out / "fills.parquet")
+    res.result.pnl.write_parquet(out / "pnl.parquet")
+    stage.log_params({"model_version": res.model.version, "model_alias": res.model.alias,
+                      "session_date": res.session_date.isoformat()})
+    stage.log_metrics({"fills": res.result.fills.height, "net_pnl": res.result.net_pnl,
+                       "commission": float(res.result.fills["commission"].sum())})
+    stage.log_table(res.result.fills, "fills")
+    fig = equity_figure(res.result.pnl, f"{strategy} on {res.session_date} with {model_name} v{res.model.version} "
+                                        f"({res.model.alias})")
+    stage.log_figure(fig, "session_equity")
+    fig.show()
+    stage.hand_on(fills_path=str(out / "fills.parquet"), pnl_path=str(out / "pnl.parquet"))
+    display(res.result.fills)  # noqa: F821 - IPython builtin
+
+# %%
+stage.finish()

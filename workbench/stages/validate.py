@@ -1,0 +1,59 @@
+"""Validate stage: out-of-sample backtest of the model's signals with costs, gates, alias."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from workbench.backtest import BacktestResult, run_backtest, signals_to_targets
+from workbench.config import WorkbenchConfig
+from workbench.data.store import BarStore
+from workbench.models.lgbm import predict
+from workbench.models.registry import ModelRef, load_model
+from workbench.stages.train import feature_columns, ic
+from workbench.validation.gates import GateReport, evaluate_gates
+
+
+@dataclass
+class ValidateResult:
+    """Out-of-sample predictions, backtest, measurements and the gate report."""
+
+    predictions: pl.DataFrame
+    backtest: BacktestResult
+    metrics: dict[str, float]
+    gates: GateReport
+
+
+def run_validate(
+    cfg: WorkbenchConfig,
+    *,
+    features_path: str | Path,
+    store_root: str,
+    model: ModelRef,
+    split_ts: str,
+    strategy: str,
+    timeframe: str,
+) -> ValidateResult:
+    """Backtest the model's out-of-sample signals (``ts >= split_ts``) with the configured costs."""
+    strat = cfg.strategy(strategy)
+    split = datetime.fromisoformat(split_ts)
+    table = pl.read_parquet(features_path).filter(pl.col("ts") >= split)
+    feats = feature_columns(table)
+    lgbm = load_model(model)
+    preds = predict(lgbm, table, feats).with_columns(label=table["label"])
+    targets = signals_to_targets(
+        preds.rename({"prediction": "score"}),
+        long_threshold=strat.long_threshold,
+        short_threshold=strat.short_threshold,
+        max_position=strat.max_position,
+        allow_short=cfg.backtest.allow_short,
+    )
+    symbols = sorted(table["symbol"].unique().to_list())
+    bars = BarStore(store_root, cfg.store.partition).read(symbols, timeframe, start=split)
+    bt = run_backtest(bars, targets, config=cfg.backtest)
+    metrics = {k: float(v) for k, v in bt.stats.items() if isinstance(v, int | float)}
+    metrics["ic"] = ic(preds["prediction"], preds["label"])
+    return ValidateResult(preds, bt, metrics, evaluate_gates(metrics, strat.gates))
