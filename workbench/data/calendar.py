@@ -113,9 +113,7 @@ def _from_us(us: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(us))
 
 
-def sessions(
-    start: date | str, end: date | str, calendar: str = DEFAULT_CALENDAR
-) -> pl.DataFrame:
+def sessions(start: date | str, end: date | str, calendar: str = DEFAULT_CALENDAR) -> pl.DataFrame:
     """Return the sessions from ``start`` to ``end`` (both inclusive) with their open and close.
 
     Holidays and weekends are absent; early closes carry their early close time.
