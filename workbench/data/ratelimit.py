@@ -71,7 +71,9 @@ class RateLimiter:
             self._log.popleft()
         delay = self._paused_until - now
         if len(self._log) >= self.max_requests:
-            delay = max(delay, self._log[0] + self.window_seconds - now)
+            # full: the oldest is still inside the window, so a positive wait is due even when
+            # rounding makes the difference look like zero
+            delay = max(delay, self._log[0] + self.window_seconds - now, 1e-6)
         return delay
 
     def acquire(self) -> float:
