@@ -7,7 +7,7 @@ given on the command line win over config for that run only.
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated
 
 import polars as pl
@@ -37,8 +37,16 @@ def frame_table(df: pl.DataFrame, title: str | None = None) -> Table:
     for c in df.columns:
         table.add_column(c, justify="right" if df.schema[c].is_numeric() else "left")
     for row in df.iter_rows():
-        table.add_row(*[f"{v:,.4g}" if isinstance(v, float) else str(v) for v in row])
+        table.add_row(*[_cell(v) for v in row])
     return table
+
+
+def _cell(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:,.4g}"
+    if isinstance(v, datetime):
+        return v.strftime("%Y-%m-%d %H:%M %Z")
+    return str(v)
 
 
 def _fail(exc: Exception) -> None:

@@ -40,7 +40,6 @@ class StoreConfig(_Frozen):
     """Where bars live: a local folder (relative to the project) or, later, any fsspec URL."""
 
     root: str = "data/bars"  # bar store root
-    sim_root: str = "data/sim"  # simulator stores, one folder per (seed, alpha)
     partition: Literal["day", "month", "year"] = "month"  # period of one parquet file per symbol
     features_root: str = "data/features"  # feature store root
 

@@ -73,7 +73,6 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("WB_MLFLOW__ARTIFACT_ROOT", str(tmp_path / "mlartifacts"))
     monkeypatch.setenv("WB_STORE__ROOT", str(tmp_path / "data" / "bars"))
-    monkeypatch.setenv("WB_STORE__SIM_ROOT", str(tmp_path / "data" / "sim"))
     monkeypatch.setenv("WB_STORE__FEATURES_ROOT", str(tmp_path / "data" / "features"))
     return tmp_path
 

@@ -10,7 +10,6 @@ import polars as pl
 
 from workbench.config import WorkbenchConfig
 from workbench.data.ingest import IngestReport, ingest, to_window
-from workbench.data.sources.base import Source
 from workbench.data.sources.factory import make_source
 from workbench.data.store import BarStore
 
@@ -32,16 +31,6 @@ def simulator_config(cfg: WorkbenchConfig, seed: int, alpha: float) -> Workbench
     return cfg.model_copy(update={"simulator": sim})
 
 
-def default_store_root(cfg: WorkbenchConfig, source: Source) -> str:
-    """Return a store folder per simulator setting (so alpha/seed runs never mix), else store.root."""
-    prov = source.provenance()
-    if prov.get("source") == "synthetic":
-        return str(
-            cfg.path(cfg.store.sim_root) / f"seed={prov.get('seed')}-alpha={prov.get('alpha')}"
-        )
-    return str(cfg.path(cfg.store.root))
-
-
 def run_ingest(
     cfg: WorkbenchConfig,
     *,
@@ -57,7 +46,7 @@ def run_ingest(
 ) -> IngestStageResult:
     """Ingest ``symbols`` into the store and return coverage and the data fingerprint."""
     src = make_source(simulator_config(cfg, seed, alpha), source)
-    store = BarStore(store_root or default_store_root(cfg, src), cfg.store.partition)
+    store = BarStore(cfg.path(store_root or cfg.store.root), cfg.store.partition)
     rep = ingest(
         src,
         store,
