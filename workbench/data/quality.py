@@ -26,6 +26,7 @@ carrying the readable text, so a pipeline's ingest step fails with the report as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from workbench.data import calendar as cal
-from workbench.data.schema import BAR_COLUMNS, TS_DTYPE
+from workbench.data.schema import BAR_COLUMNS, BAR_SCHEMA, NULLABLE, TS_DTYPE
 from workbench.data.timeframe import Timeframe
 from workbench.errors import DataQualityError
 
@@ -345,7 +346,10 @@ def _price_jumps(df: pl.DataFrame, sigma: float, min_n: int) -> list[dict]:
     )
     out = []
     for (sym,), part in hits.group_by("symbol", maintain_order=True):
-        ex = [f"{_fmt_ts(t)} ({r_:+.2%})" for t, r_ in zip(part["ts"], part["ret"], strict=True)]
+        ex = [
+            f"{_fmt_ts(t)} ({math.expm1(r_):+.2%})"
+            for t, r_ in zip(part["ts"], part["ret"], strict=True)
+        ]
         out.append(
             _finding(
                 "price_jump",
@@ -517,7 +521,10 @@ def check_quality(
     tf = Timeframe.parse(timeframe)
     th = thresholds or QualityThresholds()
     now = (now or datetime.now(UTC)).astimezone(UTC)
-    df = bars.select([c for c in BAR_COLUMNS if c in bars.columns]).sort("symbol", "ts")
+    missing = [
+        pl.lit(None, dtype=BAR_SCHEMA[c]).alias(c) for c in NULLABLE if c not in bars.columns
+    ]
+    df = bars.with_columns(missing).select(BAR_COLUMNS).sort("symbol", "ts")
     syms = list(
         dict.fromkeys(symbols if symbols is not None else df["symbol"].unique().sort().to_list())
     )
