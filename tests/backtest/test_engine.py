@@ -204,3 +204,31 @@ def test_trusted_bars_give_the_same_result(daily_bars, targets_factory):
     part = tg.sample(fraction=0.7, seed=3)
     c = run_backtest(daily_bars, part, config=BacktestConfig(costs=COSTS))
     assert c.equity.height == a.equity.height
+
+
+def test_fused_contract_check_defers_every_doubt_to_validate_bars(daily_bars):
+    from workbench.backtest.engine import _conforms
+    from workbench.data.schema import validate_bars
+
+    assert _conforms(daily_bars)
+    row = pl.int_range(pl.len()) == 5
+    bad = [
+        daily_bars.sample(fraction=1.0, shuffle=True, seed=2),  # unsorted
+        pl.concat([daily_bars, daily_bars.tail(1)]),  # duplicate key
+        daily_bars.with_columns(open=pl.when(row).then(np.nan).otherwise("open")),
+        daily_bars.with_columns(high=pl.when(row).then(pl.col("low") * 0.5).otherwise("high")),
+        daily_bars.with_columns(low=pl.when(row).then(pl.col("high") * 2).otherwise("low")),
+        daily_bars.with_columns(volume=pl.when(row).then(-1.0).otherwise("volume")),
+        daily_bars.with_columns(vwap=pl.when(row).then(0.0).otherwise("vwap")),
+        daily_bars.with_columns(trade_count=pl.when(row).then(-1).otherwise("trade_count")),
+        daily_bars.with_columns(symbol=pl.when(row).then(pl.lit("")).otherwise("symbol")),
+        daily_bars.with_columns(volume=pl.col("volume").cast(pl.Float32)),
+        daily_bars.drop("trade_count"),
+    ]
+    for frame in bad:
+        assert not _conforms(frame)
+        try:
+            out = validate_bars(frame)
+        except SchemaError:
+            continue
+        assert _conforms(out)  # what validate_bars returns passes the fused check

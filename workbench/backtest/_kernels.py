@@ -113,10 +113,17 @@ def _commission(n, notional, p):
 
 
 @njit(cache=True)
-def _grow(buf):
-    out = np.empty((buf.shape[0] * 2, buf.shape[1]))
-    out[: buf.shape[0]] = buf
-    return out
+def _count_decisions(close, target, every_bar):
+    n_t, n_s = close.shape
+    n = 0
+    last = np.full(n_s, np.nan)
+    for t in range(n_t):
+        for j in range(n_s):
+            tg = target[t, j]
+            if not np.isnan(tg) and not np.isnan(close[t, j]) and (every_bar or tg != last[j]):
+                n += 1
+                last[j] = tg
+    return n
 
 
 @njit(cache=True, nogil=True)
@@ -140,29 +147,30 @@ def simulate_nb(
     has_order = np.zeros(n_s, dtype=np.bool_)
 
     equity = np.empty(n_t)
-    cash_out = np.empty(n_t)
-    gross_out = np.empty(n_t)
-    costs_out = np.zeros(n_t)
-    traded_out = np.zeros(n_t)
     positions = np.empty((n_t, n_s))
-    fills = np.empty((max(64, min(n_t * n_s, 4096)), N_FILL))
+    # every decision gives at most one fill and two denials: size the records once (arrays are
+    # never re-bound inside the loop, which would cost reference counting on every bar)
+    n_dec = _count_decisions(close, target, p[P_EVERY_BAR] != 0.0)
+    fills = np.empty((n_dec, N_FILL))
     n_fill = 0
-    denials = np.empty((64, N_DENIAL))
+    denials = np.empty((2 * n_dec + n_s, N_DENIAL))
     n_den = 0
 
+    every_bar = p[P_EVERY_BAR] != 0.0
+    n_pending = 0
     for t in range(n_t):
         # 1. value the book at this row's reference prices (last close where the symbol has no bar)
+        any_order = False
         e_open = cash
         gross = 0.0
-        any_order = False
-        for j in range(n_s):
-            has_order[j] = False
-            if q[j] != 0.0:
-                m = ref[t, j] if not np.isnan(close[t, j]) else last_close[j]
-                e_open += q[j] * m
-                gross += abs(q[j]) * m
-            if pend_dec[j] >= 0 and not np.isnan(close[t, j]):
-                any_order = True
+        if n_pending > 0:
+            for j in range(n_s):
+                if q[j] != 0.0:
+                    m = ref[t, j] if not np.isnan(close[t, j]) else last_close[j]
+                    e_open += q[j] * m
+                    gross += abs(q[j]) * m
+                if pend_dec[j] >= 0 and not np.isnan(close[t, j]):
+                    any_order = True
         # 2. turn pending decisions into desired order quantities (risk rules recorded)
         if any_order:
             for j in range(n_s):
@@ -171,6 +179,7 @@ def simulate_nb(
                 dec = pend_dec[j]
                 tg = pend_tgt[j]
                 pend_dec[j] = -1
+                n_pending -= 1
                 px = ref[t, j]
                 if sizing == 0:
                     qd = tg * e_open / px
@@ -196,8 +205,6 @@ def simulate_nb(
                     qd = rounded
                 d = qd - q[j]
                 if code != 0:
-                    if n_den == denials.shape[0]:
-                        denials = _grow(denials)
                     denials[n_den, D_DEC] = dec
                     denials[n_den, D_COL] = j
                     denials[n_den, D_CODE] = code
@@ -261,8 +268,6 @@ def simulate_nb(
                                     new_qd = sgn * (abs(q0) + inc_max)
                                 new_d = new_qd - q0
                                 if inc_max == 0.0 or (inc - inc_max) > p[P_CLIP_TOL] * inc:
-                                    if n_den == denials.shape[0]:
-                                        denials = _grow(denials)
                                     denials[n_den, D_DEC] = dec
                                     denials[n_den, D_COL] = j
                                     denials[n_den, D_CODE] = BUYING_POWER
@@ -285,10 +290,6 @@ def simulate_nb(
                     slip_cost = n * slip_px
                     e_open -= spread_cost + slip_cost + comm
                     q[j] = q0 + d
-                    costs_out[t] += spread_cost + slip_cost + comm
-                    traded_out[t] += n * px
-                    if n_fill == fills.shape[0]:
-                        fills = _grow(fills)
                     fills[n_fill, F_ROW] = t
                     fills[n_fill, F_COL] = j
                     fills[n_fill, F_DEC] = dec
@@ -301,43 +302,31 @@ def simulate_nb(
                     fills[n_fill, F_BORROW] = cum_borrow[j]
                     fills[n_fill, F_POS] = q[j]
                     n_fill += 1
-        # 4. mark at the close, charge borrow on shorts, record the row
+        # 4. mark at the close, charge borrow on shorts, record the row; take this close's decisions
         value = 0.0
-        g_close = 0.0
         br = borrow_row[t]
         for j in range(n_s):
             c = close[t, j]
             if not np.isnan(c):
                 last_close[j] = c
+                tg = target[t, j]
+                if not np.isnan(tg) and (every_bar or tg != last_tgt[j]):
+                    pend_dec[j] = t
+                    pend_tgt[j] = tg
+                    last_tgt[j] = tg
+                    n_pending += 1
             qj = q[j]
             positions[t, j] = qj
             if qj != 0.0:
                 lc = last_close[j]
                 value += qj * lc
-                g_close += abs(qj) * lc
                 if qj < 0.0 and br > 0.0:
                     fee = -qj * lc * br
                     cash -= fee
                     cum_borrow[j] += fee
-                    costs_out[t] += fee
         equity[t] = cash + value
-        cash_out[t] = cash
-        gross_out[t] = g_close
-        # 5. decisions made at this close
-        for j in range(n_s):
-            if np.isnan(close[t, j]):
-                continue
-            tg = target[t, j]
-            if np.isnan(tg):
-                continue
-            if p[P_EVERY_BAR] != 0.0 or tg != last_tgt[j]:
-                pend_dec[j] = t
-                pend_tgt[j] = tg
-                last_tgt[j] = tg
     for j in range(n_s):
         if pend_dec[j] >= 0:
-            if n_den == denials.shape[0]:
-                denials = _grow(denials)
             denials[n_den, D_DEC] = pend_dec[j]
             denials[n_den, D_COL] = j
             denials[n_den, D_CODE] = END_OF_DATA
@@ -347,10 +336,6 @@ def simulate_nb(
             n_den += 1
     return (
         equity,
-        cash_out,
-        gross_out,
-        costs_out,
-        traded_out,
         positions,
         fills[:n_fill].copy(),
         denials[:n_den].copy(),
@@ -387,7 +372,7 @@ def trades_nb(fills, high, low, last_close, cum_borrow, n_t):
     comm = np.zeros(n_s)
     slip = np.zeros(n_s)
     b0 = np.zeros(n_s)
-    out = np.empty((max(16, fills.shape[0] // 2 + n_s), N_TRADE))
+    out = np.empty((fills.shape[0] + n_s, N_TRADE))  # a fill opens at most one trade
     n = 0
     for i in range(fills.shape[0]):
         row = int(fills[i, F_ROW])
@@ -409,8 +394,6 @@ def trades_nb(fills, high, low, last_close, cum_borrow, n_t):
                 pos[j] = 0.0
                 ep = v_in[j] / q_in[j]
                 mae, mfe = _excursion(high, low, j, entry_row[j], row, fills[i, F_REF], d_[j], ep)
-                if n == out.shape[0]:
-                    out = _grow(out)
                 out[n, T_COL] = j
                 out[n, T_ENTRY_ROW] = entry_row[j]
                 out[n, T_EXIT_ROW] = row
@@ -456,8 +439,6 @@ def trades_nb(fills, high, low, last_close, cum_borrow, n_t):
         lc = last_close[j]
         ep = v_in[j] / q_in[j]
         mae, mfe = _excursion(high, low, j, entry_row[j], n_t, lc, d_[j], ep)
-        if n == out.shape[0]:
-            out = _grow(out)
         qo = q_out[j] + rest
         vo = v_out[j] + rest * lc
         borrow = cum_borrow[j] - b0[j]

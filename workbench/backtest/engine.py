@@ -9,6 +9,7 @@ without a bar at that time). Orders blocked or cut by a risk rule are recorded i
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,7 +20,7 @@ from workbench.backtest.costs import CostModel
 from workbench.backtest.result import BacktestResult, SimOutput
 from workbench.config import BacktestConfig
 from workbench.data.assets import AssetFacts, facts_for
-from workbench.data.schema import BAR_COLUMNS, TS_DTYPE, validate_bars
+from workbench.data.schema import BAR_COLUMNS, BAR_SCHEMA, PRICE_COLUMNS, TS_DTYPE, validate_bars
 from workbench.errors import SchemaError
 
 _US_PER_DAY = 86_400_000_000
@@ -72,7 +73,10 @@ def run_backtest(
         When bars or targets break their contract, naming the column, the bad value and the fix.
     """
     cfg = config if config is not None else BacktestConfig()
-    bars = validate_bars(bars) if validate else _check_trusted_bars(bars)
+    if not validate:
+        bars = _check_trusted_bars(bars)
+    elif not _conforms(bars):
+        bars = validate_bars(bars)  # conforms, sorts, or raises the contract's own error
     if bars.height == 0:
         raise SchemaError(
             "bars rejected: the frame is empty. Fix: load at least two bars per symbol.",
@@ -139,9 +143,46 @@ def run_backtest(
         close=close,
         symbols=grid.symbols,
         ts_us=grid.ts_us,
+        borrow_row=cost_arrays.borrow_row,
         config=cfg,
         periods_per_year=float(ppy),
     )
+
+
+def _conforms(bars: object) -> bool:
+    """Return True when ``validate_bars`` would return ``bars`` unchanged (one fused pass).
+
+    Checks the exact schema, every value rule of the bar contract and the ``(symbol, ts)`` order
+    (which implies unique keys). Any doubt returns False and the caller runs ``validate_bars``,
+    which raises the contract's own error or conforms the frame.
+    """
+    if not isinstance(bars, pl.DataFrame) or bars.height == 0:
+        return False
+    if list(bars.columns) != list(BAR_COLUMNS) or dict(bars.schema) != BAR_SCHEMA:
+        return False
+    o, h, lo, c = (pl.col(x) for x in PRICE_COLUMNS)
+    finite = [pl.col(x).is_finite() & (pl.col(x) > 0) for x in PRICE_COLUMNS]
+    ok = pl.all_horizontal(
+        pl.col("symbol").str.len_bytes() > 0,
+        pl.col("ts").is_not_null(),
+        *finite,
+        h >= pl.max_horizontal(o, c),
+        lo <= pl.min_horizontal(o, c),
+        pl.col("volume").is_finite() & (pl.col("volume") >= 0),
+        pl.col("vwap").is_null() | (pl.col("vwap").is_finite() & (pl.col("vwap") > 0)),
+        pl.col("trade_count").is_null() | (pl.col("trade_count") >= 0),
+    )
+    if not bars.select(ok.fill_null(False).all()).item():
+        return False
+    runs = bars["symbol"].rle()
+    symbols = runs.struct.field("value").to_list()
+    if any(a >= b for a, b in itertools.pairwise(symbols)):
+        return False  # symbols out of order or split into several runs
+    ts = bars["ts"].dt.epoch("us").to_numpy()
+    step_ok = np.diff(ts) > 0
+    starts = np.cumsum(runs.struct.field("len").to_numpy())[:-1]
+    step_ok[starts - 1] = True  # a new symbol may restart the clock
+    return bool(step_ok.all())
 
 
 def _check_trusted_bars(bars: pl.DataFrame) -> pl.DataFrame:
@@ -173,7 +214,9 @@ class _Grid:
         self.cols = cols
         self.n_symbols = len(symbols)
         self.n_rows = len(ts_us)
-        spacing = np.median(np.diff(ts_us)) if len(ts_us) > 1 else _US_PER_DAY
+        # median bar spacing from a sample (cheap on a million bars)
+        sample = np.diff(ts_us[:10_001])
+        spacing = np.median(sample) if len(sample) else _US_PER_DAY
         self.intraday = bool(spacing < _US_PER_DAY * 0.99)
 
     @classmethod
@@ -203,8 +246,9 @@ class _Grid:
         return out
 
     def periods_per_year(self) -> float:
-        sessions = np.unique((self.ts_us - _SESSION_SHIFT_US) // _US_PER_DAY)
-        return 252.0 * self.n_rows / max(len(sessions), 1)
+        days = (self.ts_us - _SESSION_SHIFT_US) // _US_PER_DAY  # sorted grid: count day changes
+        sessions = 1 + int(np.count_nonzero(np.diff(days))) if len(days) else 1
+        return 252.0 * self.n_rows / sessions
 
 
 def _align_targets(bars: pl.DataFrame, targets: pl.DataFrame) -> np.ndarray:
@@ -251,6 +295,14 @@ def _align_targets(bars: pl.DataFrame, targets: pl.DataFrame) -> np.ndarray:
             rule="target is finite",
             n_rows=bad.height,
         )
+    # fast path: one target per bar, same keys (bar keys are unique, so these are too)
+    keys = bars.select("symbol", "ts")
+    if t.height == keys.height:
+        if _same_keys(t, keys):
+            return t["target"].to_numpy().astype(np.float64)
+        t_sorted = t.sort("symbol", "ts")
+        if _same_keys(t_sorted, keys):
+            return t_sorted["target"].to_numpy().astype(np.float64)
     dup = t.filter(pl.struct("symbol", "ts").is_duplicated())
     if dup.height:
         raise SchemaError(
@@ -260,11 +312,6 @@ def _align_targets(bars: pl.DataFrame, targets: pl.DataFrame) -> np.ndarray:
             rule="unique (symbol, ts)",
             n_rows=dup.height,
         )
-    keys = bars.select("symbol", "ts")
-    if t.height == keys.height:
-        t_sorted = t if t["symbol"].is_sorted() and _keys_sorted(t) else t.sort("symbol", "ts")
-        if t_sorted["symbol"].equals(keys["symbol"]) and t_sorted["ts"].equals(keys["ts"]):
-            return t_sorted["target"].to_numpy().astype(np.float64)
     unmatched = t.join(keys, on=["symbol", "ts"], how="anti")
     if unmatched.height:
         known = set(bars["symbol"].unique().to_list())
@@ -285,11 +332,5 @@ def _align_targets(bars: pl.DataFrame, targets: pl.DataFrame) -> np.ndarray:
     return aligned["target"].to_numpy().astype(np.float64)
 
 
-def _keys_sorted(t: pl.DataFrame) -> bool:
-    # sorted by (symbol, ts) if symbol is sorted and ts increases inside each symbol run
-    ts = t["ts"].dt.epoch("us").to_numpy()
-    sym_change = np.ones(len(ts), dtype=bool)
-    s = t["symbol"]
-    if len(ts) > 1:
-        sym_change[1:] = (s[1:] != s[:-1]).to_numpy()
-    return bool(np.all((np.diff(ts) > 0) | sym_change[1:]))
+def _same_keys(t: pl.DataFrame, keys: pl.DataFrame) -> bool:
+    return t["ts"].equals(keys["ts"]) and t["symbol"].equals(keys["symbol"])

@@ -30,10 +30,6 @@ class SimOutput(NamedTuple):
     """Raw arrays returned by :func:`workbench.backtest._kernels.simulate_nb`."""
 
     equity: np.ndarray
-    cash: np.ndarray
-    gross: np.ndarray
-    costs: np.ndarray
-    traded: np.ndarray
     positions: np.ndarray
     fills: np.ndarray
     denials: np.ndarray
@@ -66,6 +62,7 @@ class BacktestResult:
         close: np.ndarray,
         symbols: list[str],
         ts_us: np.ndarray,
+        borrow_row: np.ndarray,
         config: BacktestConfig,
         periods_per_year: float,
     ) -> None:
@@ -76,6 +73,7 @@ class BacktestResult:
         self._bars = bars
         self._close = close
         self._ts_us = ts_us
+        self._borrow_row = borrow_row
 
     def __repr__(self) -> str:
         s = self.stats
@@ -96,31 +94,43 @@ class BacktestResult:
         """
         eq = self.sim.equity
         prev = np.concatenate(([self.config.initial_cash], eq[:-1]))
+        n_t = len(eq)
+        q = self.sim.positions
+        marks = self._marks
+        value = np.where(q != 0.0, q * marks, 0.0)
+        f = self.sim.fills
+        rows = f[:, K.F_ROW].astype(np.int64)
+        trade_costs = f[:, K.F_COMM] + f[:, K.F_SPREAD] + f[:, K.F_SLIP]
+        borrow = self._borrow_row * np.maximum(-value, 0.0).sum(axis=1)
         return pl.DataFrame(
             {
                 "ts": _ts(self._ts_us),
                 "equity": eq,
-                "cash": self.sim.cash,
-                "gross_exposure": self.sim.gross,
+                "cash": eq - value.sum(axis=1),
+                "gross_exposure": np.abs(value).sum(axis=1),
                 "returns": eq / prev - 1.0,
-                "costs": self.sim.costs,
-                "traded": self.sim.traded,
+                "costs": np.bincount(rows, trade_costs, minlength=n_t) + borrow,
+                "traded": np.bincount(rows, np.abs(f[:, K.F_QTY]) * f[:, K.F_REF], minlength=n_t),
                 "buy_and_hold": self.config.initial_cash * _buy_and_hold_curve(self._close),
             }
         )
 
     @cached_property
+    def _marks(self) -> np.ndarray:
+        return _ffill(self._close)
+
+    @cached_property
     def positions(self) -> pl.DataFrame:
         """Long frame ``ts, symbol, shares, value`` at each close (every grid cell)."""
         n_t, n_s = self.sim.positions.shape
-        marks = _ffill(self._close)
+        marks = self._marks
         shares = self.sim.positions
         return pl.DataFrame(
             {
                 "ts": _ts(np.repeat(self._ts_us, n_s)),
                 "symbol": np.tile(np.asarray(self.symbols, dtype=object), n_t).astype(str),
                 "shares": shares.ravel(),
-                "value": np.nan_to_num(shares * marks).ravel(),
+                "value": np.where(shares != 0.0, shares * marks, 0.0).ravel(),
             }
         ).sort("symbol", "ts")
 
