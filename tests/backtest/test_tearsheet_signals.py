@@ -26,6 +26,23 @@ def test_figures(result):
     assert len(figs["trade_pnl"].data[0].x) == result.stats["n_trades"]
 
 
+def test_lazy_reexports_and_flat_runs(daily_bars, tmp_path: Path):
+    from workbench.backtest import save_tearsheet, tearsheet_figures
+
+    flat = run_backtest(daily_bars, daily_bars.select("symbol", "ts", target=pl.lit(0.0)))
+    assert len(tearsheet_figures(flat)["rolling_sharpe"].data[0].x) == 0  # undefined, not inf
+    assert save_tearsheet(flat, tmp_path / "flat.html").stat().st_size > 100_000
+
+
+def test_kernels_are_cached_on_disk():
+    from numba.core.caching import NullCache
+
+    from workbench.backtest import _kernels as K
+
+    for name in ("simulate_nb", "trades_nb", "estimates_nb"):
+        assert not isinstance(getattr(K, name)._cache, NullCache), name
+
+
 def test_save_tearsheet_is_self_contained(result, tmp_path: Path):
     out = result.save_tearsheet(tmp_path / "deep" / "tearsheet.html", title="SMA <test>")
     text = out.read_text()

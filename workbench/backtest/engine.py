@@ -146,6 +146,7 @@ def run_backtest(
         borrow_row=cost_arrays.borrow_row,
         config=cfg,
         periods_per_year=float(ppy),
+        to_2d=grid.to_2d,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -65,6 +66,7 @@ class BacktestResult:
         borrow_row: np.ndarray,
         config: BacktestConfig,
         periods_per_year: float,
+        to_2d: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.sim = sim
         self.config = config
@@ -74,6 +76,7 @@ class BacktestResult:
         self._close = close
         self._ts_us = ts_us
         self._borrow_row = borrow_row
+        self._to_2d = to_2d
 
     def __repr__(self) -> str:
         s = self.stats
@@ -111,7 +114,7 @@ class BacktestResult:
                 "returns": eq / prev - 1.0,
                 "costs": np.bincount(rows, trade_costs, minlength=n_t) + borrow,
                 "traded": np.bincount(rows, np.abs(f[:, K.F_QTY]) * f[:, K.F_REF], minlength=n_t),
-                "buy_and_hold": self.config.initial_cash * _buy_and_hold_curve(self._close),
+                "buy_and_hold": self.config.initial_cash * _buy_and_hold_curve(self._close, marks),
             }
         )
 
@@ -223,10 +226,11 @@ class BacktestResult:
         return [syms[int(c)] for c in cols]
 
     def _bars_2d(self, col: str) -> np.ndarray:
-        from workbench.backtest.engine import _Grid
+        if self._to_2d is None:
+            from workbench.backtest.engine import _Grid
 
-        grid = _Grid.build(self._bars)
-        return grid.to_2d(self._bars[col].to_numpy())
+            self._to_2d = _Grid.build(self._bars).to_2d
+        return self._to_2d(self._bars[col].to_numpy())
 
     def summary(self) -> dict[str, Any]:
         """Return the stats plus run facts (symbols, bars, periods per year) for logging."""
@@ -246,8 +250,7 @@ def _ffill(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _buy_and_hold_curve(close: np.ndarray) -> np.ndarray:
-    marks = _ffill(close)
+def _buy_and_hold_curve(close: np.ndarray, marks: np.ndarray) -> np.ndarray:
     first_idx = np.argmax(~np.isnan(close), axis=0)
     first = close[first_idx, np.arange(close.shape[1])]
     rel = marks / first[None, :]

@@ -99,7 +99,7 @@ def rolling_sharpe_figure(result: BacktestResult, window: int | None = None) -> 
             pl.col("returns").rolling_mean(w) / pl.col("returns").rolling_std(w) * math.sqrt(ppy)
         ).alias("sharpe"),
     )
-    eq = _thin(eq.drop_nulls())
+    eq = _thin(eq.filter(pl.col("sharpe").is_finite()))
     fig = go.Figure(go.Scatter(x=eq["ts"], y=eq["sharpe"], mode="lines", name="rolling sharpe"))
     fig.update_layout(title=f"Rolling Sharpe ({w} bars)")
     return fig
