@@ -16,6 +16,7 @@ from numba import njit
 
 _ZERO = 1e-8  # TA-Lib's TA_IS_ZERO threshold
 _REFRESH = 512  # rolling sums are recomputed from scratch this often (bounds rounding drift)
+_ILL = 1e4  # re-anchor when mean(y^2) exceeds the variance by this factor (cancellation guard)
 
 
 @njit(cache=True, nogil=True)
@@ -247,6 +248,14 @@ def _window_sums(x, lo, hi, c):
 
 
 @njit(cache=True, nogil=True)
+def _window_mean(x, lo, hi):
+    tot = 0.0
+    for k in range(lo, hi + 1):
+        tot += x[k]
+    return tot / (hi - lo + 1)
+
+
+@njit(cache=True, nogil=True)
 def _anchor(x, lo, hi):
     for k in range(hi, lo - 1, -1):
         if not np.isnan(x[k]):
@@ -292,9 +301,15 @@ def rolling_moments(gid, x, n, ddof):
                             s2 += y * y
                 if bad == 0:
                     m = s1 / n
+                    var = (s2 - s1 * m) / (n - ddof) if n > ddof else 0.0
+                    if var * _ILL < s2 / n:  # cancellation: re-anchor on the window mean
+                        steps = 0
+                        c = _window_mean(x, k - n + 1, k)
+                        s1, s2, bad = _window_sums(x, k - n + 1, k, c)
+                        m = s1 / n
+                        var = (s2 - s1 * m) / (n - ddof) if n > ddof else 0.0
                     mean[k] = c + m
                     if n > ddof:
-                        var = (s2 - s1 * m) / (n - ddof)
                         std[k] = np.sqrt(var) if var > 0.0 else 0.0
         i = j
     return mean, std
@@ -340,6 +355,12 @@ def rolling_zscore(gid, x, n, ddof):
                 if bad == 0:
                     m = s1 * inv
                     var = (s2 - s1 * m) * inv_dof
+                    if var * _ILL < s2 * inv:  # cancellation: re-anchor on the window mean
+                        steps = 0
+                        c = _window_mean(x, k - n + 1, k)
+                        s1, s2, bad = _window_sums(x, k - n + 1, k, c)
+                        m = s1 * inv
+                        var = (s2 - s1 * m) * inv_dof
                     mean = c + m
                     if var > 0.0 and var > 1e-24 * mean * mean:
                         out[k] = (x[k] - mean) / np.sqrt(var)

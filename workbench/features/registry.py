@@ -137,6 +137,11 @@ def register_feature(
     return deco
 
 
+def unregister_feature(name: str) -> None:
+    """Remove ``name`` from the registry (for temporary features in tests and notebooks)."""
+    _REGISTRY.pop(name, None)
+
+
 def get_feature(name: str) -> FeatureDef:
     """Return the registered feature ``name``; unknown names raise with a suggestion."""
     _load_builtins()

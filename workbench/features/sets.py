@@ -398,6 +398,7 @@ class FeatureEngine:
             combined = new
         feats = build_features(combined, self.feature_set)
         out = feats.join(new.select(KEY), on=list(KEY), how="semi", maintain_order="left")
-        keep = pl.int_range(pl.len()).over("symbol") >= pl.len().over("symbol") - self.history
+        n = pl.len().over("symbol").cast(pl.Int64)  # UInt32 would wrap below zero
+        keep = pl.int_range(pl.len(), dtype=pl.Int64).over("symbol") >= n - self.history
         self._tail = combined.filter(keep)
         return out

@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
-from workbench.features._expr import check_int, check_str, lag_within
+from workbench.features._expr import check_int, check_str, f64, segments
 from workbench.features.registry import register_feature
 
 
-def _value(fn: str, column: str, periods: int, symbol: str) -> pl.Expr:
+def _cross_section(fn: str, column: str, periods: int, by: str, symbol: str) -> pl.Expr:
+    """Build the expression: the per-symbol value first, then the statistic across ``by``.
+
+    Both steps run inside one UDF because a per-symbol shift cannot be nested in ``over(by)``.
+    """
     check_str(fn, "column", column)
+    check_str(fn, "by", by)
     check_str(fn, "symbol", symbol)
     periods = check_int(fn, "periods", periods, 0)
-    x = pl.col(column).cast(pl.Float64)
-    return x if periods == 0 else x / lag_within(x, periods, symbol) - 1.0
+
+    def run(series: list[pl.Series]) -> pl.Series:
+        gid = series[0].to_numpy()
+        x = f64(series[2])
+        if periods:
+            lag = np.full(x.shape[0], np.nan)
+            same = gid[periods:] == gid[:-periods]
+            lag[periods:] = np.where(same, x[:-periods], np.nan)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                x = x / lag - 1.0
+        v = pl.col("v")
+        if fn == "cs_rank":
+            n = v.count().over("g")
+            stat = pl.when(n > 1).then((v.rank("average").over("g") - 1.0) / (n - 1.0))
+        else:
+            sd = v.std().over("g")
+            stat = pl.when(sd > 0).then((v - v.mean().over("g")) / sd)
+        frame = pl.DataFrame({"g": series[1], "v": pl.Series(x, nan_to_null=True)})
+        return frame.select(stat.otherwise(None).alias(fn)).to_series()
+
+    inputs = [segments(symbol), pl.col(by), pl.col(column)]
+    return pl.map_batches(inputs, run, return_dtype=pl.Float64).alias(fn)
 
 
 @register_feature(warmup=lambda p, tf: p["periods"], kind="cross_section")
@@ -43,11 +69,7 @@ def cs_rank(
     pl.Expr
         Float64 expression named ``cs_rank``.
     """
-    check_str("cs_rank", "by", by)
-    v = _value("cs_rank", column, periods, symbol)
-    n = v.count().over(by)
-    rank = v.rank("average").over(by)
-    return pl.when(n > 1).then((rank - 1.0) / (n - 1.0)).otherwise(None).alias("cs_rank")
+    return _cross_section("cs_rank", column, periods, by, symbol)
 
 
 @register_feature(warmup=lambda p, tf: p["periods"], kind="cross_section")
@@ -76,8 +98,4 @@ def cs_zscore(
     pl.Expr
         Float64 expression named ``cs_zscore``.
     """
-    check_str("cs_zscore", "by", by)
-    v = _value("cs_zscore", column, periods, symbol)
-    sd = v.std().over(by)
-    mean = v.mean().over(by)
-    return pl.when(sd > 0).then((v - mean) / sd).otherwise(None).alias("cs_zscore")
+    return _cross_section("cs_zscore", column, periods, by, symbol)
