@@ -172,11 +172,13 @@ def run_shape(name: str, bars: pl.DataFrame, n_symbols: int, fast: int, slow: in
     params[K.P_CLIP_TOL] = 0.01
     ones = np.ones(n_symbols, dtype=np.bool_)
 
+    kernel_args = K.frozen(
+        arrays["ref"], arrays["close"], arrays["target"], ca.half_spread, ca.sigma,
+        ca.volume, ca.slip_row, ca.borrow_row, ones, ones, ones, params,
+    )  # fmt: skip
+
     def kernel():
-        return K.simulate_nb(
-            arrays["ref"], arrays["close"], arrays["target"], ca.half_spread, ca.sigma,
-            ca.volume, ca.slip_row, ca.borrow_row, ones, ones, ones, params,
-        )  # fmt: skip
+        return K.simulate_nb(*kernel_args)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -212,6 +212,8 @@ def test_fused_contract_check_defers_every_doubt_to_validate_bars(daily_bars):
 
     assert _conforms(daily_bars)
     row = pl.int_range(pl.len()) == 5
+    assert _conforms(daily_bars.with_columns(vwap=pl.when(row).then(None).otherwise("vwap")))
+    assert _conforms(daily_bars.with_columns(vwap=pl.lit(None, dtype=pl.Float64)))
     bad = [
         daily_bars.sample(fraction=1.0, shuffle=True, seed=2),  # unsorted
         pl.concat([daily_bars, daily_bars.tail(1)]),  # duplicate key
@@ -220,6 +222,9 @@ def test_fused_contract_check_defers_every_doubt_to_validate_bars(daily_bars):
         daily_bars.with_columns(low=pl.when(row).then(pl.col("high") * 2).otherwise("low")),
         daily_bars.with_columns(volume=pl.when(row).then(-1.0).otherwise("volume")),
         daily_bars.with_columns(vwap=pl.when(row).then(0.0).otherwise("vwap")),
+        daily_bars.with_columns(vwap=pl.when(row).then(np.nan).otherwise("vwap")),
+        daily_bars.with_columns(close=pl.when(row).then(np.inf).otherwise("close")),
+        daily_bars.with_columns(ts=pl.when(row).then(pl.col("ts").shift(1)).otherwise("ts")),
         daily_bars.with_columns(trade_count=pl.when(row).then(-1).otherwise("trade_count")),
         daily_bars.with_columns(symbol=pl.when(row).then(pl.lit("")).otherwise("symbol")),
         daily_bars.with_columns(volume=pl.col("volume").cast(pl.Float32)),

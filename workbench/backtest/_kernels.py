@@ -58,6 +58,46 @@ SIZING_CODES = {"fraction": 0, "notional": 1, "shares": 2}
 N_TRADE = 15
 
 
+def frozen(*args):
+    """Return array arguments as read-only C-contiguous views (one compiled signature for all).
+
+    polars hands out read-only arrays and numpy writable ones; numba compiles (and caches) each
+    flavour separately, so every kernel call goes through this to hit one warm cache entry.
+    """
+    out = []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            a = np.ascontiguousarray(a).view()
+            a.flags.writeable = False
+        out.append(a)
+    return tuple(out)
+
+
+@njit(cache=True, nogil=True)
+def bars_ok_nb(o, h, lo, c, v, w):
+    """Check the bar contract's value rules in one pass; return (ok, NaN count of vwap)."""
+    n_nan = 0
+    for i in range(len(c)):
+        oi, hi, li, ci, vi = o[i], h[i], lo[i], c[i], v[i]
+        if not (
+            np.isfinite(oi)
+            and np.isfinite(hi)
+            and np.isfinite(ci)
+            and np.isfinite(vi)
+            and li > 0.0
+            and hi >= max(oi, ci)
+            and li <= min(oi, ci)
+            and vi >= 0.0
+        ):
+            return False, n_nan
+        wi = w[i]
+        if np.isnan(wi):
+            n_nan += 1
+        elif not (wi > 0.0 and np.isfinite(wi)):
+            return False, n_nan
+    return True, n_nan
+
+
 @njit(cache=True, nogil=True)
 def estimates_nb(high, low, close, volume, span, want_spread, want_vol):
     """EWMA half-spread (Corwin-Schultz over bars t-1, t), return volatility and volume, causal."""

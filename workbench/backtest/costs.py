@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from workbench.backtest._kernels import estimates_nb
+from workbench.backtest._kernels import estimates_nb, frozen
 from workbench.config import CostsConfig
 
 _US_PER_DAY = 86_400_000_000
@@ -106,7 +106,7 @@ class CostModel:
         nan11 = np.full((1, 1), np.nan)
         if need_spread or need_vol:
             half, sigma, vol = estimates_nb(
-                high, low, close, volume, float(c.estimate_span), need_spread, need_vol
+                *frozen(high, low, close, volume), float(c.estimate_span), need_spread, need_vol
             )
         if need_spread:
             half = np.where(np.isnan(half), c.half_spread_bps * 1e-4, half)

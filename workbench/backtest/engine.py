@@ -122,18 +122,20 @@ def run_backtest(
     params[K.P_IMPACT] = costs.impact_coef
     params[K.P_CLIP_TOL] = CLIP_TOLERANCE
     out = K.simulate_nb(
-        ref,
-        close,
-        target,
-        cost_arrays.half_spread,
-        cost_arrays.sigma,
-        cost_arrays.volume,
-        cost_arrays.slip_row,
-        cost_arrays.borrow_row,
-        tradable,
-        shortable,
-        fractionable,
-        params,
+        *K.frozen(
+            ref,
+            close,
+            target,
+            cost_arrays.half_spread,
+            cost_arrays.sigma,
+            cost_arrays.volume,
+            cost_arrays.slip_row,
+            cost_arrays.borrow_row,
+            tradable,
+            shortable,
+            fractionable,
+            params,
+        )
     )
     sim = SimOutput(*out)
     ppy = periods_per_year if periods_per_year is not None else grid.periods_per_year()
@@ -151,34 +153,31 @@ def run_backtest(
 
 
 def _conforms(bars: object) -> bool:
-    """Return True when ``validate_bars`` would return ``bars`` unchanged (one fused pass).
+    """Return True when ``validate_bars`` would return ``bars`` unchanged (one fast pass).
 
     Checks the exact schema, every value rule of the bar contract and the ``(symbol, ts)`` order
-    (which implies unique keys). Any doubt returns False and the caller runs ``validate_bars``,
-    which raises the contract's own error or conforms the frame.
+    (which implies unique keys) on zero-copy arrays. Any doubt returns False and the caller runs
+    ``validate_bars``, which raises the contract's own error or conforms the frame.
     """
     if not isinstance(bars, pl.DataFrame) or bars.height == 0:
         return False
     if list(bars.columns) != list(BAR_COLUMNS) or dict(bars.schema) != BAR_SCHEMA:
         return False
-    o, h, lo, c = (pl.col(x) for x in PRICE_COLUMNS)
-    finite = [pl.col(x).is_finite() & (pl.col(x) > 0) for x in PRICE_COLUMNS]
-    ok = pl.all_horizontal(
-        pl.col("symbol").str.len_bytes() > 0,
-        pl.col("ts").is_not_null(),
-        *finite,
-        h >= pl.max_horizontal(o, c),
-        lo <= pl.min_horizontal(o, c),
-        pl.col("volume").is_finite() & (pl.col("volume") >= 0),
-        pl.col("vwap").is_null() | (pl.col("vwap").is_finite() & (pl.col("vwap") > 0)),
-        pl.col("trade_count").is_null() | (pl.col("trade_count") >= 0),
-    )
-    if not bars.select(ok.fill_null(False).all()).item():
+    required = ("symbol", "ts", *PRICE_COLUMNS, "volume")
+    if any(bars[c].null_count() for c in required):
+        return False
+    vwap = bars["vwap"]
+    arrays = (*(bars[x].to_numpy() for x in (*PRICE_COLUMNS, "volume")), vwap.to_numpy())
+    ok, n_nan = K.bars_ok_nb(*K.frozen(*arrays))
+    if not ok or n_nan != vwap.null_count():  # nulls become NaN: more NaN than nulls is a bad NaN
+        return False
+    tc_min = bars["trade_count"].min()
+    if tc_min is not None and tc_min < 0:  # type: ignore[operator]
         return False
     runs = bars["symbol"].rle()
     symbols = runs.struct.field("value").to_list()
-    if any(a >= b for a, b in itertools.pairwise(symbols)):
-        return False  # symbols out of order or split into several runs
+    if "" in symbols or any(a >= b for a, b in itertools.pairwise(symbols)):
+        return False  # empty symbol, symbols out of order or split into several runs
     ts = bars["ts"].dt.epoch("us").to_numpy()
     step_ok = np.diff(ts) > 0
     starts = np.cumsum(runs.struct.field("len").to_numpy())[:-1]

@@ -64,11 +64,13 @@ def trades_from_fills(
         from the entry bar's start to the exit bar's start; ``bars_held`` counts grid rows.
     """
     raw = K.trades_nb(
-        sim.fills,  # type: ignore[attr-defined]
-        np.ascontiguousarray(high),
-        np.ascontiguousarray(low),
-        sim.last_close,  # type: ignore[attr-defined]
-        sim.cum_borrow,  # type: ignore[attr-defined]
+        *K.frozen(
+            sim.fills,  # type: ignore[attr-defined]
+            high,
+            low,
+            sim.last_close,  # type: ignore[attr-defined]
+            sim.cum_borrow,  # type: ignore[attr-defined]
+        ),
         len(ts_us),
     )
     entry = raw[:, K.T_ENTRY_ROW].astype(np.int64)
