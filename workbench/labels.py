@@ -24,6 +24,7 @@ for every registered label that nothing after ``t1`` is used.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -593,7 +594,5 @@ def trend(
 
 def label_params(name: str) -> Mapping[str, Any]:
     """Return the keyword parameters (with defaults) of a registered label, horizon included."""
-    import inspect
-
     sig = inspect.signature(get_label(name))
     return {p.name: p.default for p in list(sig.parameters.values())[1:]}

@@ -88,6 +88,9 @@ def test_definition_hash_tracks_parameters_not_spelling(cfg):
     b = resolve_feature_set([{"name": "rsi", "params": {"window": 14}, "alias": "rsi"}])
     c = resolve_feature_set([FeatureSpec(name="rsi", params={"window": 15}, alias="rsi")])
     assert a.hash == b.hash != c.hash
+    k_int = resolve_feature_set([{"name": "bollinger", "params": {"k": 2}, "alias": "b"}])
+    k_float = resolve_feature_set([{"name": "bollinger", "params": {"k": 2.0}, "alias": "b"}])
+    assert k_int.hash == k_float.hash
     assert resolve_feature_set("swing_trend_following", cfg).hash != a.hash
 
 

@@ -66,6 +66,13 @@ class FeatureDef:
                 f"feature {self.name!r} has no parameter {key!r}{did_you_mean(key, self.defaults)}. "
                 f"Valid parameters: {sorted(self.defaults)}."
             )
+        for key, value in given.items():  # 2 and 2.0 are one parameter value (one hash)
+            if (
+                isinstance(self.defaults[key], float)
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+            ):
+                given[key] = float(value)
         return {**self.defaults, **given}
 
     def expr(self, given: Mapping[str, Any] | None = None) -> pl.Expr:

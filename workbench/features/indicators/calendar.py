@@ -28,7 +28,7 @@ def _clock(ts: str, tz: str, fn: str, name: str, what: str) -> pl.Expr:
 
 @register_feature(warmup=0)
 def time_of_day(*, ts: str = "ts", tz: str = "America/New_York") -> pl.Expr:
-    """Minutes since local midnight at the bar's start.
+    """Return the minutes since local midnight at the bar's start.
 
     ``09:30`` New York is 570.0. Uses only the row's own timestamp. Warm-up: 0 bars.
 
@@ -49,7 +49,7 @@ def time_of_day(*, ts: str = "ts", tz: str = "America/New_York") -> pl.Expr:
 
 @register_feature(warmup=0)
 def day_of_week(*, ts: str = "ts", tz: str = "America/New_York") -> pl.Expr:
-    """Local day of the week at the bar's start, Monday = 0 ... Sunday = 6.
+    """Return the local day of the week at the bar's start, Monday = 0 ... Sunday = 6.
 
     Warm-up: 0 bars.
 

@@ -46,7 +46,7 @@ def _cross_section(fn: str, column: str, periods: int, by: str, symbol: str) -> 
 def cs_rank(
     *, column: str = "close", periods: int = 12, by: str = "ts", symbol: str = "symbol"
 ) -> pl.Expr:
-    """Cross-sectional percentile rank at each timestamp.
+    """Return the cross-sectional percentile rank at each timestamp.
 
     The ranked value is the ``periods``-bar return of ``column`` (``periods=0`` ranks the column
     itself, e.g. another feature's alias). ``(rank - 1) / (n - 1)`` with average ranks over the
@@ -76,7 +76,7 @@ def cs_rank(
 def cs_zscore(
     *, column: str = "close", periods: int = 12, by: str = "ts", symbol: str = "symbol"
 ) -> pl.Expr:
-    """Cross-sectional z-score at each timestamp.
+    """Return the cross-sectional z-score at each timestamp.
 
     ``(v - mean) / std`` over the non-null values sharing the timestamp (sample σ), where ``v`` is
     the ``periods``-bar return of ``column`` (``periods=0``: the column itself); null when fewer

@@ -21,7 +21,7 @@ def spread(
     window: int = 20,
     by: str = "symbol",
 ) -> pl.Expr:
-    """Corwin-Schultz (2012) bid-ask spread estimate from two consecutive bars' high and low.
+    """Return the Corwin-Schultz (2012) bid-ask spread estimate from two consecutive bars' high and low.
 
     Bar ``t``'s range is first shifted to remove a gap against ``c_{t-1}`` (if ``l_t > c_{t-1}``
     both ``h_t`` and ``l_t`` drop by the difference; if ``h_t < c_{t-1}`` both rise). Then

@@ -13,7 +13,7 @@ from workbench.features.registry import register_feature
 def returns(
     *, column: str = "close", periods: int = 1, log: bool = False, by: str = "symbol"
 ) -> pl.Expr:
-    """Trailing return over ``periods`` bars.
+    """Return the trailing return over ``periods`` bars.
 
     ``x_t / x_{t-periods} - 1``, or ``ln(x_t / x_{t-periods})`` with ``log=True``.
     Warm-up: ``periods`` bars (exact).
@@ -43,7 +43,7 @@ def returns(
 
 @register_feature(warmup=lambda p, tf: p["window"] + settle(1.0 - 1.0 / p["window"]))
 def rsi(*, column: str = "close", window: int = 14, by: str = "symbol") -> pl.Expr:
-    """Relative strength index with Wilder smoothing (TA-Lib's RSI).
+    """Return the relative strength index with Wilder smoothing (TA-Lib's RSI).
 
     Gains ``g`` and losses ``l`` of ``x_t - x_{t-1}``; averages seeded with the mean of the first
     ``window`` changes, then ``avg_t = (avg_{t-1} (window - 1) + v_t) / window``;

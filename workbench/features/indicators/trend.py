@@ -29,7 +29,7 @@ def _ema_settle(window: int) -> int:
 
 @register_feature(warmup=lambda p, tf: p["window"] - 1)
 def sma(*, column: str = "close", window: int = 20, by: str = "symbol") -> pl.Expr:
-    """Simple moving average.
+    """Return the simple moving average.
 
     ``sma_t = mean(x_{t-window+1}, ..., x_t)``. Warm-up: ``window - 1`` bars (first value at the
     ``window``-th row; exact thereafter). Matches ``talib.SMA``.
@@ -59,7 +59,7 @@ def sma(*, column: str = "close", window: int = 20, by: str = "symbol") -> pl.Ex
 
 @register_feature(warmup=lambda p, tf: p["window"] - 1 + _ema_settle(p["window"]))
 def ema(*, column: str = "close", window: int = 20, by: str = "symbol") -> pl.Expr:
-    """Exponential moving average seeded with an SMA (TA-Lib's EMA).
+    """Return the exponential moving average seeded with an SMA (TA-Lib's EMA).
 
     ``alpha = 2 / (window + 1)``; ``ema_{w-1} = mean(x_0..x_{w-1})``;
     ``ema_t = ema_{t-1} + alpha * (x_t - ema_{t-1})``. First value at row ``window - 1``.
@@ -102,7 +102,7 @@ def macd(
     signal: int = 9,
     by: str = "symbol",
 ) -> pl.Expr:
-    """Moving average convergence/divergence (TA-Lib's MACD).
+    """Return the moving average convergence/divergence (TA-Lib's MACD).
 
     ``macd = EMA_fast - EMA_slow`` where the fast EMA is seeded on the ``fast`` rows ending where
     the slow EMA's seed ends (TA-Lib's convention), ``signal = EMA_signal(macd)`` seeded with the
@@ -148,7 +148,7 @@ def macd(
 def ema_slope(
     *, column: str = "close", window: int = 20, lag: int = 5, by: str = "symbol"
 ) -> pl.Expr:
-    """Slope of the EMA as a fractional change per bar.
+    """Return the slope of the EMA as a fractional change per bar.
 
     ``ema_slope_t = (ema_t / ema_{t-lag} - 1) / lag``. Warm-up: the EMA's warm-up plus ``lag``.
 
@@ -184,7 +184,7 @@ def adx(
     window: int = 14,
     by: str = "symbol",
 ) -> pl.Expr:
-    """Average directional index (Wilder), as TA-Lib computes it.
+    """Return the average directional index (Wilder), as TA-Lib computes it.
 
     ``+DM``/``-DM`` and the true range are Wilder-smoothed (running sums seeded with the first
     ``window - 1`` values, then ``S_t = S_{t-1} - S_{t-1}/window + x_t``);
@@ -217,7 +217,7 @@ def adx(
 
 @register_feature(warmup=lambda p, tf: p["window"])
 def trend_strength(*, column: str = "close", window: int = 20, by: str = "symbol") -> pl.Expr:
-    """Signed Kaufman efficiency ratio: net move over the path length.
+    """Return the signed Kaufman efficiency ratio: net move over the path length.
 
     ``(x_t - x_{t-window}) / sum_{k=t-window+1..t} |x_k - x_{k-1}|`` in [-1, 1]; +1 is a straight
     rise, -1 a straight fall, ~0 a choppy market; null when the path length is zero.

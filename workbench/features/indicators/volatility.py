@@ -27,7 +27,7 @@ def atr(
     relative: bool = False,
     by: str = "symbol",
 ) -> pl.Expr:
-    """Average true range with Wilder smoothing (TA-Lib's ATR).
+    """Return the average true range with Wilder smoothing (TA-Lib's ATR).
 
     ``TR_t = max(h_t, c_{t-1}) - min(l_t, c_{t-1})`` (undefined on a symbol's first row);
     ``ATR = mean(TR_1..TR_window)`` at row ``window``, then
@@ -77,7 +77,7 @@ def _bbands(gid, x, n, k):
 def bollinger(
     *, column: str = "close", window: int = 20, k: float = 2.0, by: str = "symbol"
 ) -> pl.Expr:
-    """Bollinger bands and %b (TA-Lib's BBANDS with an SMA middle band).
+    """Return the Bollinger bands and %b (TA-Lib's BBANDS with an SMA middle band).
 
     ``middle = SMA_window``, ``upper/lower = middle ± k σ`` with the population standard
     deviation over the window, ``pct_b = (x - lower) / (upper - lower)`` (null when the bands
@@ -116,7 +116,7 @@ def bollinger(
 
 @register_feature(warmup=lambda p, tf: p["window"] - 1)
 def zscore(*, column: str = "close", window: int = 20, by: str = "symbol") -> pl.Expr:
-    """Rolling z-score.
+    """Return the rolling z-score.
 
     ``(x_t - mean_window) / std_window`` with the population standard deviation over the last
     ``window`` rows including ``t``; null when the window is flat. Warm-up: ``window - 1`` bars
@@ -143,7 +143,7 @@ def zscore(*, column: str = "close", window: int = 20, by: str = "symbol") -> pl
 
 @register_feature(warmup=lambda p, tf: p["window"])
 def realized_vol(*, column: str = "close", window: int = 20, by: str = "symbol") -> pl.Expr:
-    """Realized volatility over a window of log returns.
+    """Return the realized volatility over a window of log returns.
 
     ``sqrt(sum_{k=t-window+1..t} ln(x_k / x_{k-1})^2)`` (not annualised, not de-meaned).
     Warm-up: ``window`` bars (exact).

@@ -76,7 +76,7 @@ def vwap(
     tz: str = "America/New_York",
     by: str = "symbol",
 ) -> pl.Expr:
-    """Session-anchored volume-weighted average price (registered as ``session_vwap``).
+    """Return the session-anchored volume-weighted average price (registered as ``session_vwap``).
 
     ``VWAP_t = sum(p_k v_k) / sum(v_k)`` over the bars ``k <= t`` of the same session date in
     ``tz`` (bars are stamped at their UTC start). ``p`` is the bar's own ``vwap`` and falls back
@@ -124,7 +124,7 @@ def vwap_zscore(
     tz: str = "America/New_York",
     by: str = "symbol",
 ) -> pl.Expr:
-    """Distance of the close from the session VWAP in session VWAP standard deviations.
+    """Return the distance of the close from the session VWAP in session VWAP standard deviations.
 
     ``(close_t - VWAP_t) / σ_t`` with ``σ_t^2 = sum(v_k (p_k - VWAP_t)^2) / sum(v_k)`` over the
     session so far (the VWAP bands' σ); null on a session's first bar (σ = 0). Warm-up: as
@@ -162,7 +162,7 @@ def vwap_zscore(
 def volume_zscore(
     *, column: str = "volume", window: int = 20, log: bool = True, by: str = "symbol"
 ) -> pl.Expr:
-    """Rolling z-score of (log) volume.
+    """Return the rolling z-score of (log) volume.
 
     ``z(ln(1 + v))`` over the last ``window`` bars (population σ), or of raw ``v`` with
     ``log=False``; null when the window is flat. Warm-up: ``window - 1`` bars (exact).
@@ -200,7 +200,7 @@ def order_flow_imbalance(
     window: int = 20,
     by: str = "symbol",
 ) -> pl.Expr:
-    """Order-flow imbalance proxy from bars (close-location-weighted volume).
+    """Return an order-flow imbalance proxy from bars (close-location-weighted volume).
 
     Each bar's volume is split by where it closed in its range,
     ``clv = (2c - h - l) / (h - l)`` (0 when ``h == l``), and
