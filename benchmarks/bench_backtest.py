@@ -9,7 +9,7 @@ filled at the next bar's open in both engines:
 - 500 symbols x 2,000 daily bars with one shared cash account: a fixed $150 notional per symbol
   (our ``sizing='notional'``; vectorbt ``size_type='value'`` with ``cash_sharing=True``).
 
-Reported per shape: seconds (best of ``--repeat``) and bars/s (symbols x bars / s) for
+Reported per shape: seconds (best of ``--repeat`` runs, the engines interleaved) and bars/s (symbols x bars / s) for
 
 - ``wb run_backtest`` — the full frame API: validate_bars, target alignment, grid, costs, kernel;
 - ``wb run_backtest (validate=False)`` — bars already validated (e.g. read from the store);
@@ -98,13 +98,18 @@ def sma_state(close: np.ndarray, fast: int, slow: int) -> np.ndarray:
     return np.nan_to_num(f) > np.nan_to_num(s, nan=np.inf)
 
 
-def best(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
-    times, out = [], None
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeat: int
+) -> dict[str, tuple[float, object]]:
+    """Best time and last output of each function, runs interleaved (fair on a shared machine)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    outs: dict[str, object] = {}
     for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    return {k: (min(v), outs[k]) for k, v in times.items()}
 
 
 def wide(bars: pl.DataFrame, col: str, n_symbols: int) -> np.ndarray:
@@ -184,11 +189,18 @@ def run_shape(name: str, bars: pl.DataFrame, n_symbols: int, fast: int, slow: in
         warnings.simplefilter("ignore")
         vbt_run().final_value()  # compile / warm
         wb_run().stats  # noqa: B018
-        t_vbt, pf = best(lambda: vbt_run().final_value(), repeat)
-    t_wb, res = best(wb_run, repeat)
-    t_wb_trusted, _ = best(lambda: wb_run(False), repeat)
-    t_kernel, _ = best(kernel, repeat)
-    t_wb_stats, _ = best(lambda: wb_run().stats, max(1, repeat - 1))
+        r = interleaved(
+            {
+                "vbt": lambda: vbt_run().final_value(),
+                "wb": wb_run,
+                "wb_trusted": lambda: wb_run(False),
+                "kernel": kernel,
+                "wb_stats": lambda: wb_run().stats,
+            },
+            repeat,
+        )
+    (t_vbt, pf), (t_wb, res) = r["vbt"], r["wb"]
+    t_wb_trusted, t_kernel, t_wb_stats = (r[k][0] for k in ("wb_trusted", "kernel", "wb_stats"))
 
     cells = n_symbols * n_bars
     print(
