@@ -22,7 +22,7 @@
 
 # %% tags=["parameters"]
 features_path: str = ""  # feature table (parquet) from the features step
-strategy: str = "intraday_mean_reversion"  # strategy: registered model name, model parameters
+strategy: str = "intraday_reversal"  # strategy: registered model name, model parameters
 seed: int = 7  # LightGBM seed
 train_frac: float = 0.6  # share of timestamps used for training; the rest validates
 output_path: str = ""  # set by the pipeline runner: where this step hands on its outputs

@@ -21,10 +21,10 @@
 # %% tags=["parameters"]
 features_path: str = ""  # feature table (parquet) from the features step
 store_root: str = ""  # bar store folder (from the ingest step)
-model_name: str = "intraday_mean_reversion"  # registered model
+model_name: str = "intraday_reversal"  # registered model
 model_version: str = ""  # version to validate (from the train step)
 split_ts: str = ""  # first out-of-sample timestamp, ISO 8601 (from the train step)
-strategy: str = "intraday_mean_reversion"  # strategy: thresholds, sizing and gates
+strategy: str = "intraday_reversal"  # strategy: thresholds, sizing and gates
 timeframe: str = "5Min"  # bar length
 output_path: str = ""  # set by the pipeline runner: where this step hands on its outputs
 parent_run_id: str = ""  # set by the pipeline runner: MLflow parent run

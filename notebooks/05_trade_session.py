@@ -21,8 +21,8 @@
 
 # %% tags=["parameters"]
 store_root: str = ""  # bar store folder (from the ingest step)
-model_name: str = "intraday_mean_reversion"  # registered model to load by alias
-strategy: str = "intraday_mean_reversion"  # strategy: feature set, thresholds, sizing
+model_name: str = "intraday_reversal"  # registered model to load by alias
+strategy: str = "intraday_reversal"  # strategy: feature set, thresholds, sizing
 timeframe: str = "5Min"  # bar length
 symbols: list[str] = ["SYN000", "SYN001", "SYN002", "SYN003"]  # symbols to trade
 session_date: str = ""  # session to replay (YYYY-MM-DD); empty means the last stored session
@@ -58,7 +58,7 @@ if res is not None:
     res.result.fills.write_parquet(out / "fills.parquet")
     res.result.pnl.write_parquet(out / "pnl.parquet")
     stage.log_params({"model_version": res.model.version, "model_alias": res.model.alias,
-                      "session_date": res.session_date.isoformat()})
+                      "traded_session": res.session_date.isoformat()})
     stage.log_metrics({"fills": res.result.fills.height, "net_pnl": res.result.net_pnl,
                        "commission": float(res.result.fills["commission"].sum())})
     stage.log_table(res.result.fills, "fills")
