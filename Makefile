@@ -25,8 +25,13 @@ $(VENV)/.bench: $(VENV)/.dev
 	$(PIP) -e '.[dev,bench]'
 	@touch $@
 
-demo: $(VENV)/.base  ## set up and run the main job on the embedded simulator
-	$(BIN)/wb ingest
+demo: $(VENV)/.base  ## set up and run the research pipeline on the embedded simulator
+	$(BIN)/wb run research
+	@echo ""
+	@echo "Look at the results:"
+	@echo "  make ui    # MLflow UI on http://127.0.0.1:5000 : the pipeline run, its five steps, the registered model"
+	@echo "  make lab   # JupyterLab on notebooks/"
+	@echo "  ls runs/research/   # executed notebooks (.ipynb + .html), fills, summary.json"
 
 test: $(VENV)/.dev  ## set up and run every test
 	$(BIN)/ruff check workbench tests benchmarks

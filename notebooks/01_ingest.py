@@ -57,8 +57,9 @@ res.report.frame
 # ## Coverage
 
 # %%
+# NBVAL_CHECK_OUTPUT
 stage.log_table(res.coverage, "coverage")
-res.coverage
+res.coverage.select("timeframe", "symbol", "rows")
 
 # %% [markdown]
 # ## One symbol

@@ -31,6 +31,8 @@ parent_run_id: str = ""  # set by the pipeline runner: MLflow parent run
 pipeline: str = ""  # set by the pipeline runner: pipeline name
 
 # %%
+import mlflow
+
 from workbench.backtest import tearsheet_figures
 from workbench.config import load_config
 from workbench.models.registry import CHALLENGER, ModelRef, set_alias
@@ -63,15 +65,16 @@ for name, fig in tearsheet_figures(res.backtest).items():
 # ## Gates
 
 # %%
+# NBVAL_CHECK_OUTPUT
 stage.log_table(res.gates.frame, "gate_report")
-import mlflow
-
 mlflow.set_tags(res.gates.tags())
 if res.gates.passed:
     set_alias(model_name, CHALLENGER, model_version)
     print(f"gates passed: {model_name} v{model_version} is now '{CHALLENGER}'")
 else:
     print("gates refused promotion:\n  " + "\n  ".join(res.gates.failures()))
+
+# %%
 res.gates.frame
 
 # %%

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jupytext
@@ -62,19 +61,6 @@ def write_notebook(path: Path, text: str) -> None:
         "language": "python",
     }
     jupytext.write(nb, path)
-
-
-@pytest.fixture
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point config, stores and MLflow at ``tmp_path`` (nothing lands in the repository)."""
-    for k in list(os.environ):
-        if k.startswith("WB_") or k == "MLFLOW_TRACKING_URI":
-            monkeypatch.delenv(k)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("WB_MLFLOW__ARTIFACT_ROOT", str(tmp_path / "mlartifacts"))
-    monkeypatch.setenv("WB_STORE__ROOT", str(tmp_path / "data" / "bars"))
-    monkeypatch.setenv("WB_STORE__FEATURES_ROOT", str(tmp_path / "data" / "features"))
-    return tmp_path
 
 
 @pytest.fixture
