@@ -20,7 +20,7 @@ STOCKS = ["AAPL", "MSFT", "NVDA", "SPY", "TSLA"]
 CRYPTO = ["BTC/USD"]
 START, END = date(2024, 1, 2), date(2024, 1, 10)  # 7 sessions incl. none closed
 FAST = RetryPolicy(
-    max_retries=8, timeout=0.5, backoff_initial=0.005, backoff_max=0.05, rate_limit_wait_max=0.5
+    max_retries=8, timeout=2.0, backoff_initial=0.005, backoff_max=0.05, rate_limit_wait_max=0.5
 )
 
 

@@ -118,7 +118,7 @@ def test_daily_timeframe_is_refused() -> None:
         TradeBarAggregator("1Day")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(st.integers(0, 10_000), st.sampled_from([("1Min", "1m"), ("5Min", "5m"), ("15Min", "15m")]))
 def test_aggregator_equals_the_historical_oracle(seed: int, tf: tuple[str, str]) -> None:
     trades = make_trades(["AAPL", "MSFT", "SPY"], T0, 40, seed)
