@@ -112,3 +112,17 @@ def test_process_limiter_is_one_per_name_and_budget() -> None:
     assert process_limiter("test-x", 200) is a
     assert process_limiter("test-x", 300) is not a
     assert repr(a) == "RateLimiter(200 per 60s)"
+
+
+def test_margin_widens_the_spacing_against_network_jitter() -> None:
+    clk = FakeClock()
+    lim = RateLimiter(2, 10.0, margin_seconds=0.5, clock=clk, sleep=clk.sleep)
+    got = []
+    for _ in range(5):
+        lim.acquire()
+        got.append(clk.t - 1000)
+    assert got == [0, 0, 10.5, 10.5, 21.0]
+    assert lim.per_minute == 12.0  # the nominal budget
+    assert process_limiter("test-m", 200)._span == pytest.approx(60.6)
+    with pytest.raises(ConfigError, match="margin_seconds"):
+        RateLimiter(2, 1.0, margin_seconds=-1)
