@@ -398,6 +398,12 @@ class LiveStream:
             for h in self._stale_handlers:
                 h(quiet)
 
+    def __enter__(self) -> LiveStream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the stream and the watchdog, flushing open aggregated bars."""
         self._stop.set()

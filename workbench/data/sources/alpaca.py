@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from workbench.data.ratelimit import RateLimiter, process_limiter
 from workbench.data.schema import BAR_SCHEMA, empty_bars, validate_bars
+from workbench.data.sources._alpaca_assets import AlpacaAssets
 from workbench.data.sources._alpaca_client import (
     base_url,
     crypto_client,
@@ -44,6 +45,8 @@ from workbench.errors import ConfigError, SourceError
 
 if TYPE_CHECKING:
     from workbench.config import WorkbenchConfig
+
+__all__ = ["AlpacaAssets", "AlpacaSource", "RateLimiter", "RetryPolicy", "bars_frame", "is_crypto"]
 
 log = logging.getLogger("workbench.data.alpaca")
 
