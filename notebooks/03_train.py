@@ -45,6 +45,7 @@ stage = start_stage("train", params, pipeline=pipeline, parent_run_id=parent_run
 res = run_train(cfg, features_path=features_path, strategy=strategy, seed=seed, train_frac=train_frac)
 stage.log_params({"split_ts": res.split.split_ts.isoformat(), "features": ",".join(res.features),
                   **{f"lgbm.{k}": v for k, v in res.model.get_params().items() if v is not None}})
+stage.set_fingerprint(res.data_fingerprint)
 stage.log_metrics(res.metrics)
 res.metrics
 

@@ -50,6 +50,7 @@ stage = start_stage("validate", params, pipeline=pipeline, parent_run_id=parent_
 model = ModelRef(model_name, model_version, None, "", f"models:/{model_name}/{model_version}")
 res = run_validate(cfg, features_path=features_path, store_root=store_root, model=model, split_ts=split_ts,
                    strategy=strategy, timeframe=timeframe)
+stage.set_fingerprint(res.data_fingerprint)
 stage.log_metrics(res.metrics)
 {k: round(v, 4) for k, v in res.metrics.items()}
 

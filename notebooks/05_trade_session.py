@@ -55,6 +55,7 @@ except ModelNotFoundError as exc:
 # %%
 if res is not None:
     out = work_dir(cfg, output_path, "trade_session")
+    stage.set_fingerprint(res.data_fingerprint)
     res.result.fills.write_parquet(out / "fills.parquet")
     res.result.pnl.write_parquet(out / "pnl.parquet")
     stage.log_params({"model_version": res.model.version, "model_alias": res.model.alias,

@@ -11,7 +11,7 @@ import polars as pl
 
 from workbench.config import WorkbenchConfig
 from workbench.data.calendar import sessions
-from workbench.data.store import BarStore
+from workbench.data.store import BarStore, frame_fingerprint
 from workbench.execution.session import SessionResult, run_session
 from workbench.execution.sim_broker import SimulatedBroker
 from workbench.features.sets import FeatureEngine
@@ -25,6 +25,7 @@ class SessionStageResult:
     model: ModelRef
     session_date: date
     result: SessionResult
+    data_fingerprint: str
 
 
 def pick_session(
@@ -83,7 +84,7 @@ def run_trade_session(
         strategy=strat,
         broker=broker,
     )
-    return SessionStageResult(ref, day, res)
+    return SessionStageResult(ref, day, res, frame_fingerprint(bars))
 
 
 def equity_figure(pnl: pl.DataFrame, title: str) -> go.Figure:

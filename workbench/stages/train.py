@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 import polars as pl
 
 from workbench.config import WorkbenchConfig
+from workbench.data.store import frame_fingerprint
 from workbench.models.lgbm import Split, chronological_split, fit_lgbm, importance_frame, predict
 
 NON_FEATURES = ("symbol", "ts", "label", "t1")
@@ -25,6 +26,7 @@ class TrainResult:
     split: Split
     importance: pl.DataFrame
     metrics: dict[str, float]
+    data_fingerprint: str
 
 
 def feature_columns(table: pl.DataFrame) -> list[str]:
@@ -64,7 +66,9 @@ def run_train(
         "ic_train": ic(p_train, split.train["label"]),
         "ic_valid": ic(p_valid, split.valid["label"]),
     }
-    return TrainResult(model, feats, split, importance_frame(model, feats), metrics)
+    return TrainResult(
+        model, feats, split, importance_frame(model, feats), metrics, frame_fingerprint(table)
+    )
 
 
 def importance_figure(importance: pl.DataFrame) -> go.Figure:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -10,7 +11,7 @@ import polars as pl
 
 from workbench.backtest import BacktestResult, run_backtest, signals_to_targets
 from workbench.config import WorkbenchConfig
-from workbench.data.store import BarStore
+from workbench.data.store import BarStore, frame_fingerprint
 from workbench.models.lgbm import predict
 from workbench.models.registry import ModelRef, load_model
 from workbench.stages.train import feature_columns, ic
@@ -25,6 +26,7 @@ class ValidateResult:
     backtest: BacktestResult
     metrics: dict[str, float]
     gates: GateReport
+    data_fingerprint: str
 
 
 def run_validate(
@@ -56,4 +58,5 @@ def run_validate(
     bt = run_backtest(bars, targets, config=cfg.backtest)
     metrics = {k: float(v) for k, v in bt.stats.items() if isinstance(v, int | float)}
     metrics["ic"] = ic(preds["prediction"], preds["label"])
-    return ValidateResult(preds, bt, metrics, evaluate_gates(metrics, strat.gates))
+    fp = hashlib.sha256((frame_fingerprint(table) + frame_fingerprint(bars)).encode()).hexdigest()
+    return ValidateResult(preds, bt, metrics, evaluate_gates(metrics, strat.gates), fp)

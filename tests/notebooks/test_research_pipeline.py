@@ -1,0 +1,122 @@
+"""The research pipeline end to end on the simulator, then nbval over the executed notebooks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import polars as pl
+import pytest
+
+from workbench.config import load_config
+from workbench.pipeline import run_pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = ["ingest", "features", "train", "validate", "trade_session"]
+
+
+@pytest.fixture(scope="module")
+def research(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    mp = pytest.MonkeyPatch()
+    tmp = tmp_path_factory.mktemp("research")
+    for k in list(os.environ):
+        if k.startswith("WB_") or k == "MLFLOW_TRACKING_URI":
+            mp.delenv(k)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    mp.setenv("WB_MLFLOW__ARTIFACT_ROOT", str(tmp / "mlartifacts"))
+    mp.setenv("WB_STORE__FEATURES_ROOT", str(tmp / "features"))
+    res = run_pipeline(
+        "research",
+        [f"data_dir={tmp / 'data'}"],
+        cfg=load_config(REPO),
+        runs_root=tmp / "runs",
+        echo=lambda _: None,
+    )
+    yield res, tmp
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_pipeline_runs_tracks_and_promotes(research: tuple) -> None:
+    res, _ = research
+    assert res.ok, res.summary()
+    client = mlflow.MlflowClient()
+    parent = client.get_run(res.parent_run_id)
+    assert parent.data.tags["pipeline"] == "research" and parent.info.status == "FINISHED"
+    assert parent.data.params["alpha"] == "0.25"
+    kids = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{res.parent_run_id}'"
+    )
+    by_step = {r.data.tags["step"]: r for r in kids}
+    assert sorted(by_step) == sorted(STEPS)
+    fp = by_step["ingest"].data.tags["data_fingerprint"]
+    assert len(fp) == 64
+    for step, run in by_step.items():
+        tags = run.data.tags
+        for t in ("pipeline", "step", "config_hash", "data_fingerprint", "git_commit"):
+            assert tags.get(t), (step, t)
+        names = {
+            a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run.info.run_id, "notebook")
+        }
+        assert any(n.endswith(".ipynb") for n in names) and any(
+            n.endswith(".html") for n in names
+        ), step
+        assert client.list_artifacts(run.info.run_id, "figures"), f"{step} logged no figure"
+    # train registered a model with signature; validate's gates passed and set the alias
+    train_out, val_out = res.outputs("train"), res.outputs("validate")
+    assert val_out["passed"] is True
+    mv = client.get_model_version_by_alias("intraday_reversal", "challenger")
+    assert str(mv.version) == train_out["model_version"]
+    assert by_step["validate"].data.tags["gates"] == "pass"
+    assert by_step["validate"].data.metrics["n_trades"] >= 100
+    # the out-of-sample IC recovers the planted IC (0.25, about 0.9x of it at 5Min)
+    assert 0.15 < by_step["validate"].data.metrics["ic"] < 0.3
+    # the session traded the challenger and wrote fills and PnL
+    fills = pl.read_parquet(res.outputs("trade_session")["fills_path"])
+    assert fills.height > 0 and (fills["ts"] > fills["decided_at"]).all()
+    assert by_step["trade_session"].data.params["model_alias"] == "challenger"
+
+
+@pytest.mark.slow
+def test_no_secret_reaches_parameters_or_outputs(research: tuple) -> None:
+    res, _ = research
+    for nb in res.run_dir.glob("*.ipynb"):
+        text = nb.read_text()
+        assert "APCA_API_SECRET_KEY=" not in text and "secret_key" not in text.lower()
+
+
+@pytest.mark.slow
+def test_executed_notebooks_pass_nbval(research: tuple) -> None:
+    res, _ = research
+    notebooks = sorted(str(p) for p in res.run_dir.glob("0[1-4]_*.ipynb"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--nbval-lax",
+            "--nbval-current-env",
+            "--nbval-sanitize-with",
+            str(Path(__file__).with_name("nbval_sanitize.cfg")),
+            "-W",
+            "ignore",
+            "-o",
+            "addopts=",
+            "-o",
+            "filterwarnings=",
+            *notebooks,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=res.run_dir,
+        timeout=600,
+        env={**os.environ, "WB_PROJECT_ROOT": str(REPO)},  # nbval starts kernels in the run folder
+    )
+    assert proc.returncode == 0, proc.stdout[:5000] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout
