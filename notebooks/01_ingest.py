@@ -62,6 +62,19 @@ stage.log_table(res.coverage, "coverage")
 res.coverage.select("timeframe", "symbol", "rows")
 
 # %% [markdown]
+# ## Data quality
+# Gaps against the exchange calendar, OHLC consistency, zero-volume runs, price jumps, staleness.
+# Errors fail this step (after the report is logged); warnings are shown and logged.
+
+# %%
+print(res.quality.to_text())
+stage.log_metrics(res.quality.metrics())
+stage.log_table(res.quality.findings, "quality_findings")
+fig = res.quality.figure()
+stage.log_figure(fig, "quality")
+fig.show()
+
+# %% [markdown]
 # ## One symbol
 
 # %%
@@ -72,4 +85,5 @@ fig.show()
 
 # %%
 stage.hand_on(store_root=str(res.store.root), data_fingerprint=res.fingerprint)
-stage.finish()
+stage.finish("FAILED" if res.quality.severe else "FINISHED")
+res.quality.raise_if_severe()

@@ -114,6 +114,22 @@ def ingest(
         f"in {rep.seconds:.1f}s into {st.root}"
     )
     console.print(frame_table(st.coverage(), title="store coverage"))
+    from workbench.data.quality import check_store
+
+    report = check_store(
+        st,
+        syms,
+        timeframe or cfg.data.timeframe,
+        start or cfg.data.start,
+        end or cfg.data.end,
+        calendar=cfg.data.calendar,
+    )
+    console.print(report.to_text(), markup=False)
+    if report.severe:
+        console.print(
+            "[bold red]severe data-quality findings[/]: fix the source or re-ingest, then run again."
+        )
+        raise typer.Exit(code=1)
 
 
 @app.command()

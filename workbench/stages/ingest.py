@@ -10,6 +10,7 @@ import polars as pl
 
 from workbench.config import WorkbenchConfig
 from workbench.data.ingest import IngestReport, ingest, to_window
+from workbench.data.quality import QualityReport, check_store
 from workbench.data.sources.factory import make_source
 from workbench.data.store import BarStore
 
@@ -23,6 +24,7 @@ class IngestStageResult:
     coverage: pl.DataFrame
     fingerprint: str
     provenance: dict[str, str]
+    quality: QualityReport
 
 
 def simulator_config(cfg: WorkbenchConfig, seed: int, alpha: float) -> WorkbenchConfig:
@@ -63,7 +65,8 @@ def run_ingest(
         pl.col("timeframe") == timeframe, pl.col("symbol").is_in(list(symbols))
     )
     fp = store.fingerprint(list(symbols), timeframe, lo, hi)
-    return IngestStageResult(store, rep, cov, fp, src.provenance())
+    quality = check_store(store, list(symbols), timeframe, start, end, calendar=cfg.data.calendar)
+    return IngestStageResult(store, rep, cov, fp, src.provenance(), quality)
 
 
 def candlestick(bars: pl.DataFrame, symbol: str, *, max_bars: int = 600) -> go.Figure:
