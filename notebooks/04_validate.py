@@ -35,6 +35,7 @@ import mlflow
 
 from workbench.backtest import tearsheet_figures
 from workbench.config import load_config
+from workbench.models.promotion import record_oos_window
 from workbench.models.registry import CHALLENGER, ModelRef, set_alias
 from workbench.notebook import setup_display
 from workbench.stages.validate import run_validate
@@ -70,6 +71,8 @@ for name, fig in tearsheet_figures(res.backtest).items():
 stage.log_table(res.gates.frame, "gate_report")
 mlflow.set_tags(res.gates.tags())
 if res.gates.passed:
+    record_oos_window(model_name, model_version, features_path=features_path, store_root=store_root, split_ts=split_ts,
+                      timeframe=timeframe, sharpe=res.metrics["sharpe"])
     set_alias(model_name, CHALLENGER, model_version)
     print(f"gates passed: {model_name} v{model_version} is now '{CHALLENGER}'")
 else:

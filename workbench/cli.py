@@ -204,6 +204,59 @@ def run(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def promote(
+    strategy: Annotated[
+        str, typer.Argument(help="Strategy (= registered model name), e.g. intraday_reversal.")
+    ],
+    force: Annotated[
+        bool, typer.Option(help="Promote without the out-of-sample comparison (recorded).")
+    ] = False,
+    reason: Annotated[
+        str, typer.Option(help="Why; required with --force, recorded with the decision.")
+    ] = "",
+) -> None:
+    """Move the 'champion' alias to the 'challenger' if it beats the champion out of sample.
+
+    Both models are backtested on the challenger's out-of-sample window with the same costs; the
+    decision and its reason are recorded on the model versions and in the 'promotions' experiment.
+
+    Example: wb promote intraday_reversal
+    """
+    from workbench.models.promotion import promote as run_promote
+
+    try:
+        res = run_promote(load_config(), strategy, force=force, reason=reason)
+    except WorkbenchError as exc:
+        _fail(exc)
+    verdict = "[bold green]promoted[/]" if res.promoted else "[bold yellow]not promoted[/]"
+    console.print(f"{verdict} {strategy} v{res.challenger}: {res.reason}")
+
+
+@app.command()
+def reproduce(
+    run_id: Annotated[
+        str, typer.Argument(help="MLflow run id of a notebook step run by `wb run`.")
+    ],
+) -> None:
+    """Re-execute a run's notebook with the same parameters and data; report whether metrics match.
+
+    Example: wb reproduce 3f2a...  (a child run id from the MLflow UI or summary.json)
+    """
+    from workbench.pipeline.reproduce import reproduce as run_reproduce
+
+    try:
+        rep = run_reproduce(run_id)
+    except WorkbenchError as exc:
+        _fail(exc)
+    console.print(frame_table(rep.comparison, title=f"{run_id} -> {rep.new_run_id}"))
+    console.print(
+        f"same data: {rep.same_data}   same code: {rep.same_code}   metrics match: {rep.matches}"
+    )
+    if not rep.matches:
+        raise typer.Exit(code=1)
+
+
 @config_app.command("show")
 def config_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,

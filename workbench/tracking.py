@@ -128,6 +128,14 @@ def _flat(values: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def lock_hash(root: Path) -> str:
+    """Return the sha256 of the dependency lock file (``requirements.lock``), or ``missing``."""
+    import hashlib
+
+    lock = root / "requirements.lock"
+    return hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else "missing"
+
+
 @dataclass
 class StageRun:
     """An active MLflow run for one notebook step, and the outputs it will hand on."""
@@ -138,6 +146,7 @@ class StageRun:
     cfg: WorkbenchConfig
     outputs: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
 
     def set_fingerprint(self, fingerprint: str) -> None:
         """Tag the run with the fingerprint of the data it read."""
@@ -145,6 +154,7 @@ class StageRun:
 
         mlflow.set_tag("data_fingerprint", fingerprint)
         self.outputs["data_fingerprint"] = fingerprint
+        self.manifest["data_fingerprint"] = fingerprint
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log extra parameters (secret-checked)."""
@@ -200,6 +210,7 @@ class StageRun:
         import mlflow
 
         self._write()
+        mlflow.log_dict(self.manifest, "manifest.json")
         mlflow.end_run(status=status)
 
 
@@ -233,8 +244,10 @@ def start_stage(
     setup(cfg)
     while mlflow.active_run() is not None:  # a re-executed notebook in JupyterLab
         mlflow.end_run()
+    lock = lock_hash(cfg.project_root)
     tags = {
         "pipeline": pipeline or "interactive",
+        "lock_hash": lock,
         "step": step,
         "config_hash": config_hash(cfg),
         "git_commit": git_commit(cfg.project_root),
@@ -249,5 +262,18 @@ def start_stage(
         _flat({k: v for k, v in params.items() if k not in ("output_path", "parent_run_id")})
     )
     stage = StageRun(run.info.run_id, step, output_path, cfg)
+    stage.manifest = {
+        "step": step,
+        "pipeline": pipeline or "interactive",
+        "config_hash": tags["config_hash"],
+        "git_commit": tags["git_commit"],
+        "lock_hash": lock,
+        "data_fingerprint": "",
+        "seeds": {k: v for k, v in params.items() if "seed" in k.lower()},
+        "parameters": {
+            k: v for k, v in params.items() if k not in ("output_path", "parent_run_id")
+        },
+        "versions": package_versions(),
+    }
     stage._write()  # the runner learns the run id even if the notebook fails later
     return stage

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -120,3 +121,70 @@ def test_executed_notebooks_pass_nbval(research: tuple) -> None:
     )
     assert proc.returncode == 0, proc.stdout[:5000] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
+
+
+@pytest.mark.slow
+def test_reproduce_reruns_a_step_and_matches(research: tuple) -> None:
+    from workbench.pipeline.reproduce import reproduce
+
+    res, _ = research
+    train = next(s for s in res.steps if s.step == "train")
+    rep = reproduce(train.mlflow_run_id, cfg=load_config(REPO))
+    assert rep.same_data and rep.matches, rep.comparison
+    assert rep.new_run_id != train.mlflow_run_id
+    manifest = mlflow.artifacts.load_dict(f"runs:/{rep.new_run_id}/manifest.json")
+    assert manifest["seeds"] == {"seed": 7} and len(manifest["lock_hash"]) == 64
+    assert (
+        manifest["data_fingerprint"]
+        == mlflow.MlflowClient().get_run(train.mlflow_run_id).data.tags["data_fingerprint"]
+    )
+
+
+@pytest.mark.slow
+def test_promote_needs_a_better_challenger(research: tuple) -> None:
+    import numpy as np
+
+    from workbench.models.lgbm import fit_lgbm
+    from workbench.models.promotion import PromotionError, promote
+    from workbench.models.registry import log_lightgbm, set_alias
+    from workbench.stages.train import feature_columns
+
+    res, _ = research
+    cfg = load_config(REPO)
+    client = mlflow.MlflowClient()
+    first = promote(cfg, "intraday_reversal")
+    assert first.promoted and first.reason == "no champion yet"
+    champ = client.get_model_version_by_alias("intraday_reversal", "champion")
+    assert champ.tags["promotion_reason"] == "no champion yet"
+    assert not promote(cfg, "intraday_reversal").promoted  # already the champion
+    with pytest.raises(PromotionError, match="--force needs --reason"):
+        promote(cfg, "intraday_reversal", force=True)
+
+    # a challenger trained on shuffled labels must not replace the champion
+    table = pl.read_parquet(res.outputs("features")["features_path"]).drop_nulls("label")
+    noise = table.with_columns(
+        label=pl.Series(np.random.default_rng(0).permutation(table["label"].to_numpy()))
+    )
+    feats = feature_columns(table)
+    with mlflow.start_run(run_name="noise model"):
+        bad = log_lightgbm(
+            fit_lgbm(noise, feats, params={"n_estimators": 50}),
+            table.select(feats).to_pandas(),
+            registered_name="intraday_reversal",
+        )
+    for k, v in champ.tags.items():
+        if k.startswith("oos."):
+            client.set_model_version_tag("intraday_reversal", bad.version, k, v)
+    set_alias("intraday_reversal", "challenger", bad.version)
+    second = promote(cfg, "intraday_reversal")
+    assert not second.promoted and "<=" in second.reason
+    assert (
+        client.get_model_version_by_alias("intraday_reversal", "champion").version == champ.version
+    )
+    forced = promote(cfg, "intraday_reversal", force=True, reason="operator override in a test")
+    assert forced.promoted and forced.forced
+    assert str(client.get_model_version_by_alias("intraday_reversal", "champion").version) == bad.version
+    decision = json.loads(
+        client.get_registered_model("intraday_reversal").tags["last_promotion_decision"]
+    )
+    assert decision["forced"] is True and "operator override" in decision["reason"]

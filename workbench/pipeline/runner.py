@@ -241,6 +241,8 @@ def run_pipeline(
                 scope[f"steps.{step.name}.{k}"] = v
         if res.mlflow_run_id:
             _log_notebook(res.mlflow_run_id, out_nb)
+            client.set_tag(res.mlflow_run_id, "notebook", step.notebook)
+            client.log_dict(res.mlflow_run_id, params, "notebook/parameters.json")
             if res.status == "failed":
                 client.set_terminated(res.mlflow_run_id, "FAILED")
                 client.set_tag(res.mlflow_run_id, "error", res.error[:5000])
