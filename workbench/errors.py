@@ -38,3 +38,7 @@ class PipelineError(WorkbenchError):
 
 class DataQualityError(WorkbenchError):
     """Ingested bars fail a severe data-quality check; the message is the readable report."""
+
+
+class ParameterError(WorkbenchError, ValueError):
+    """A function or estimator got an invalid parameter (splitters, overfitting statistics)."""
