@@ -45,7 +45,7 @@ def test_success_hands_outputs_forward_and_tracks_everything(tiny_project: Path)
         assert tags["pipeline"] == "tiny" and tags["step"] == step
         assert len(tags["config_hash"]) == 64 and tags["git_commit"] and "version.polars" in tags
         arts = {a.path for a in client.list_artifacts(run.info.run_id, "notebook")}
-        assert {p.rsplit(".", 1)[1] for p in arts} == {"ipynb", "html"}
+        assert {p.rsplit(".", 1)[1] for p in arts} == {"ipynb", "html", "json"}  # notebook, its HTML, parameters
     assert kids["b"].data.params["x"] == "6"
     assert kids["a"].data.params["label"].startswith("run ")
 
