@@ -391,6 +391,8 @@ def test_bad_inputs_name_the_fix() -> None:
         next(PurgedKFold(2).split(np.zeros((3, 1)), ts=df["ts"], t1=df["t1"]))
     with pytest.raises(ParameterError, match="get_n_splits needs X"):
         WalkForward(3, 2).get_n_splits()
+    with pytest.raises(ParameterError, match="get_n_splits needs X with a 'ts' column"):
+        WalkForward(3, 2).get_n_splits(np.zeros((3, 1)))
     with pytest.raises(ParameterError, match="one per split"):
         CombinatorialPurgedKFold(4, 2).stitch_paths(df, [np.zeros(3)])
 

@@ -530,13 +530,12 @@ class WalkForward(_Splitter):
         self, X: Any = None, y: Any = None, groups: Any = None, *, ts: Any = None
     ) -> int:
         """Return the number of splits for ``X`` (it depends on the number of unique timestamps)."""
-        if X is None and ts is None:
+        if ts is None and "ts" not in list(getattr(X, "columns", [])):
             raise ParameterError(
-                "WalkForward.get_n_splits needs X (or ts=): the number of walk-forward splits "
-                "depends on the number of unique timestamps."
+                "WalkForward.get_n_splits needs X with a 'ts' column (or ts=): the number of "
+                "walk-forward splits depends on the number of unique timestamps."
             )
-        src = X["ts"] if ts is None else ts
-        ts_ns, _ = _to_ns("WalkForward", "ts", src)
+        ts_ns, _ = _to_ns("WalkForward", "ts", X["ts"] if ts is None else ts)
         return len(self._starts(len(np.unique(ts_ns))))
 
     def split(
