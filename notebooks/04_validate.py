@@ -15,8 +15,10 @@
 
 # %% [markdown]
 # # 04 · Validate
-# Backtest the model's out-of-sample signals with costs (commission, half spread), measure it and
-# apply the strategy's gates. Passing sets the registry alias `challenger`; failing says why.
+# Backtest the registered model's out-of-sample signals with costs (commission, half spread), then
+# validate the strategy walk-forward over the same period (retrained per window, predictions
+# stitched, costs on). The gates judge the walk-forward result, with the deflated Sharpe ratio.
+# Passing sets the registry alias `challenger`; failing says why.
 
 # %% tags=["parameters"]
 features_path: str = ""  # feature table (parquet) from the features step
@@ -26,6 +28,8 @@ model_version: str = ""  # version to validate (from the train step)
 split_ts: str = ""  # first out-of-sample timestamp, ISO 8601 (from the train step)
 strategy: str = "intraday_reversal"  # strategy: thresholds, sizing and gates
 timeframe: str = "5Min"  # bar length
+walk_forward_folds: int = 4  # retraining windows over the out-of-sample period (0 skips walk-forward)
+seed: int = 7  # LightGBM seed of the walk-forward models
 output_path: str = ""  # set by the pipeline runner: where this step hands on its outputs
 parent_run_id: str = ""  # set by the pipeline runner: MLflow parent run
 pipeline: str = ""  # set by the pipeline runner: pipeline name
@@ -44,13 +48,14 @@ from workbench.tracking import start_stage
 setup_display()
 cfg = load_config()
 params = dict(features_path=features_path, store_root=store_root, model_name=model_name, model_version=model_version,
-              split_ts=split_ts, strategy=strategy, timeframe=timeframe)
+              split_ts=split_ts, strategy=strategy, timeframe=timeframe, walk_forward_folds=walk_forward_folds,
+              seed=seed)
 stage = start_stage("validate", params, pipeline=pipeline, parent_run_id=parent_run_id, output_path=output_path, cfg=cfg)
 
 # %%
 model = ModelRef(model_name, model_version, None, "", f"models:/{model_name}/{model_version}")
 res = run_validate(cfg, features_path=features_path, store_root=store_root, model=model, split_ts=split_ts,
-                   strategy=strategy, timeframe=timeframe)
+                   strategy=strategy, timeframe=timeframe, walk_forward_folds=walk_forward_folds, seed=seed)
 stage.set_fingerprint(res.data_fingerprint)
 stage.log_metrics(res.metrics)
 {k: round(v, 4) for k, v in res.metrics.items()}
@@ -64,6 +69,20 @@ for name, fig in tearsheet_figures(res.backtest).items():
     fig.show()
 
 # %% [markdown]
+# ## Walk-forward (what the gates judge)
+
+# %%
+if res.walk_forward is not None:
+    stage.log_table(res.walk_forward.folds, "walk_forward_folds")
+    display(res.walk_forward.folds)  # noqa: F821 - IPython builtin
+    if res.walk_forward.backtest is not None:
+        for name, fig in tearsheet_figures(res.walk_forward.backtest).items():
+            if name in ("equity", "drawdown"):
+                fig.update_layout(title=f"Walk-forward {name}")
+                stage.log_figure(fig, f"walk_forward_{name}")
+                fig.show()
+
+# %% [markdown]
 # ## Gates
 
 # %%
@@ -71,8 +90,8 @@ for name, fig in tearsheet_figures(res.backtest).items():
 stage.log_table(res.gates.frame, "gate_report")
 mlflow.set_tags(res.gates.tags())
 if res.gates.passed:
-    record_oos_window(model_name, model_version, features_path=features_path, store_root=store_root, split_ts=split_ts,
-                      timeframe=timeframe, sharpe=res.metrics["sharpe"])
+    record_oos_window(model_name, model_version, features_path=features_path, store_root=store_root,
+                      split_ts=split_ts, timeframe=timeframe, sharpe=res.metrics["sharpe"])
     set_alias(model_name, CHALLENGER, model_version)
     print(f"gates passed: {model_name} v{model_version} is now '{CHALLENGER}'")
 else:

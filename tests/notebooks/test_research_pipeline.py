@@ -73,6 +73,8 @@ def test_pipeline_runs_tracks_and_promotes(research: tuple) -> None:
     assert str(mv.version) == train_out["model_version"]
     assert by_step["validate"].data.tags["gates"] == "pass"
     assert by_step["validate"].data.metrics["n_trades"] >= 100
+    vm = by_step["validate"].data.metrics  # the gates judged the walk-forward result
+    assert vm["wf_folds"] == 4 and vm["wf_n_trades"] >= 100 and vm["wf_deflated_sharpe"] > 0.95
     # the out-of-sample IC recovers the planted IC (0.25, about 0.9x of it at 5Min)
     assert 0.15 < by_step["validate"].data.metrics["ic"] < 0.3
     # the session traded the challenger and wrote fills and PnL

@@ -12,13 +12,15 @@ import numpy as np
 import polars as pl
 
 from workbench.backtest import BacktestResult, run_backtest, signals_to_targets
-from workbench.config import WorkbenchConfig
+from workbench.config import StrategyConfig, WorkbenchConfig
 from workbench.data.store import BarStore, frame_fingerprint
 from workbench.models.lgbm import predict
 from workbench.models.registry import ModelRef, load_model
 from workbench.stages.train import feature_columns, ic
+from workbench.validation.cv import WalkForward
 from workbench.validation.gates import GateReport, evaluate_gates
 from workbench.validation.overfitting import dsr_from_returns, psr_from_returns
+from workbench.validation.walkforward import WalkForwardResult, walk_forward
 
 
 @dataclass
@@ -30,6 +32,7 @@ class ValidateResult:
     metrics: dict[str, float]
     gates: GateReport
     data_fingerprint: str
+    walk_forward: WalkForwardResult | None = None
 
 
 def sharpe_significance(
@@ -66,8 +69,16 @@ def run_validate(
     strategy: str,
     timeframe: str,
     trial_sharpes: Sequence[float] = (),
+    walk_forward_folds: int = 0,
+    seed: int = 0,
 ) -> ValidateResult:
-    """Backtest the model's out-of-sample signals (``ts >= split_ts``) with the configured costs."""
+    """Backtest the model's out-of-sample signals (``ts >= split_ts``) with the configured costs.
+
+    With ``walk_forward_folds > 0`` the strategy is also validated walk-forward over the same
+    out-of-sample period (retrained before each of ``walk_forward_folds`` windows, stitched,
+    backtested with costs); then the gates judge the walk-forward measurements (``wf_*`` metrics),
+    not the single model's.
+    """
     strat = cfg.strategy(strategy)
     split = datetime.fromisoformat(split_ts)
     table = pl.read_parquet(features_path).filter(pl.col("ts") >= split)
@@ -88,4 +99,44 @@ def run_validate(
     metrics["ic"] = ic(preds["prediction"], preds["label"])
     metrics.update(sharpe_significance(bt.equity["returns"].to_numpy(), trial_sharpes))
     fp = hashlib.sha256((frame_fingerprint(table) + frame_fingerprint(bars)).encode()).hexdigest()
-    return ValidateResult(preds, bt, metrics, evaluate_gates(metrics, strat.gates), fp)
+    if not walk_forward_folds:
+        return ValidateResult(preds, bt, metrics, evaluate_gates(metrics, strat.gates), fp)
+    wf = _walk_forward(
+        cfg, strat, features_path, store_root, symbols, timeframe, split, walk_forward_folds, seed
+    )
+    wf_metrics = dict(wf.metrics)
+    if wf.backtest is not None:
+        wf_metrics.update(
+            sharpe_significance(wf.backtest.equity["returns"].to_numpy(), trial_sharpes)
+        )
+    metrics.update({f"wf_{k}": v for k, v in wf_metrics.items()})
+    return ValidateResult(preds, bt, metrics, evaluate_gates(wf_metrics, strat.gates), fp, wf)
+
+
+def _walk_forward(
+    cfg: WorkbenchConfig,
+    strat: StrategyConfig,
+    features_path: str | Path,
+    store_root: str,
+    symbols: list[str],
+    timeframe: str,
+    split: datetime,
+    folds: int,
+    seed: int,
+) -> WalkForwardResult:
+    """Retrain the strategy's model per window from ``split`` on, ``folds`` windows, costs on."""
+    full = pl.read_parquet(features_path).sort("ts", "symbol")
+    n_train = full.filter(pl.col("ts") < split)["ts"].n_unique()
+    n_test = full.filter(pl.col("ts") >= split)["ts"].n_unique()
+    splitter = WalkForward(train_size=n_train, test_size=max(1, n_test // folds), embargo=1)
+    bars = BarStore(store_root, cfg.store.partition).read(symbols, timeframe, start=split)
+    return walk_forward(
+        full,
+        feature_columns(full),
+        splitter=splitter,
+        params=dict(strat.model),
+        seed=seed,
+        bars=bars,
+        strategy=strat,
+        backtest=cfg.backtest,
+    )
