@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from workbench.errors import ParameterError
 from workbench.models.lgbm import feature_matrix, label_vector
 
 VALID_NAME = "valid"
@@ -148,14 +149,14 @@ class LGBMForecaster(BaseEstimator):
 
         Raises
         ------
-        ValueError
+        ParameterError
             When ``extra_params`` repeats a hyperparameter that has its own argument.
         """
         extra = dict(self.extra_params or {})
         for arg, aliases in _RESERVED.items():
             clash = sorted(set(aliases) & set(extra))
             if clash:
-                raise ValueError(
+                raise ParameterError(
                     f"The 'extra_params' parameter of LGBMForecaster must not set {clash}. "
                     f"Got {clash[0]}={extra[clash[0]]!r}. Fix: pass {arg}= instead."
                 )
@@ -214,7 +215,7 @@ class LGBMForecaster(BaseEstimator):
 
         Raises
         ------
-        ValueError
+        ParameterError
             When a hyperparameter is out of range or only one of ``eval_X``/``eval_y`` is given.
         SchemaError
             When the features or labels break their contract.
@@ -229,7 +230,7 @@ class LGBMForecaster(BaseEstimator):
         evals: dict[str, Any] = {}
         if (eval_X is None) != (eval_y is None):
             given, missing = ("eval_X", "eval_y") if eval_y is None else ("eval_y", "eval_X")
-            raise ValueError(
+            raise ParameterError(
                 f"The '{missing}' parameter of LGBMForecaster.fit must be given with '{given}'. "
                 f"Got {missing}=None. Fix: pass both or neither."
             )
@@ -240,7 +241,7 @@ class LGBMForecaster(BaseEstimator):
             cbs.append(lgb.record_evaluation(evals))
         if self.early_stopping_rounds is not None:
             if not valid_sets:
-                raise ValueError(
+                raise ParameterError(
                     "The 'early_stopping_rounds' parameter of LGBMForecaster needs evaluation "
                     f"rows. Got early_stopping_rounds={self.early_stopping_rounds} and no eval_X. "
                     "Fix: pass eval_X and eval_y to fit, or set early_stopping_rounds=None."
@@ -290,7 +291,7 @@ class LGBMForecaster(BaseEstimator):
             if value is None and allow_none:
                 return
             if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
-                raise ValueError(
+                raise ParameterError(
                     f"The '{name}' parameter of LGBMForecaster must be an int >= {low}. "
                     f"Got {value!r} instead. Fix: pass a whole number >= {low}."
                 )
@@ -301,7 +302,7 @@ class LGBMForecaster(BaseEstimator):
         for name in ("feature_fraction", "bagging_fraction"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
-                raise ValueError(
+                raise ParameterError(
                     f"The '{name}' parameter of LGBMForecaster must be in (0, 1]. "
                     f"Got {value!r} instead. Fix: pass a fraction such as 0.8."
                 )
