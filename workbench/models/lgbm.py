@@ -163,6 +163,20 @@ def feature_matrix(X: Any, features: Sequence[str] | None = None) -> tuple[np.nd
 def label_vector(y: Any, n_rows: int, *, name: str = "y") -> np.ndarray:
     """Return ``y`` as a finite float64 vector of length ``n_rows`` (no copy when it already is).
 
+    Parameters
+    ----------
+    y : pl.Series, pd.Series or array-like
+        Labels, one per row.
+    n_rows : int
+        Number of rows of the matching feature matrix.
+    name : str, default "y"
+        Parameter name used in error messages.
+
+    Returns
+    -------
+    np.ndarray
+        A 1-D float64 array.
+
     Raises
     ------
     SchemaError
