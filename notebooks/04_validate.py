@@ -35,14 +35,11 @@ parent_run_id: str = ""  # set by the pipeline runner: MLflow parent run
 pipeline: str = ""  # set by the pipeline runner: pipeline name
 
 # %%
-import mlflow
-
 from workbench.backtest import tearsheet_figures
 from workbench.config import load_config
-from workbench.models.promotion import record_oos_window
-from workbench.models.registry import CHALLENGER, ModelRef, set_alias
+from workbench.models.registry import ModelRef
 from workbench.notebook import setup_display
-from workbench.stages.validate import run_validate
+from workbench.stages.validate import apply_gates, run_validate
 from workbench.tracking import start_stage
 
 setup_display()
@@ -88,14 +85,8 @@ if res.walk_forward is not None:
 # %%
 # NBVAL_CHECK_OUTPUT
 stage.log_table(res.gates.frame, "gate_report")
-mlflow.set_tags(res.gates.tags())
-if res.gates.passed:
-    record_oos_window(model_name, model_version, features_path=features_path, store_root=store_root,
-                      split_ts=split_ts, timeframe=timeframe, sharpe=res.metrics["sharpe"])
-    set_alias(model_name, CHALLENGER, model_version)
-    print(f"gates passed: {model_name} v{model_version} is now '{CHALLENGER}'")
-else:
-    print("gates refused promotion:\n  " + "\n  ".join(res.gates.failures()))
+print(apply_gates(res, model, features_path=features_path, store_root=store_root, split_ts=split_ts,
+                  timeframe=timeframe))
 
 # %%
 res.gates.frame

@@ -16,6 +16,7 @@ from workbench.config import load_config
 from workbench.pipeline import run_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
+KEY_ID, SECRET = "PKFAKEKEY0000000TEST", "fake-secret-value-that-must-not-leak"
 STEPS = ["ingest", "features", "train", "validate", "trade_session"]
 
 
@@ -29,6 +30,8 @@ def research(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
     mp.setenv("WB_MLFLOW__ARTIFACT_ROOT", str(tmp / "mlartifacts"))
     mp.setenv("WB_STORE__FEATURES_ROOT", str(tmp / "features"))
+    mp.setenv("APCA_API_KEY_ID", KEY_ID)  # present in every kernel: must never reach an output
+    mp.setenv("APCA_API_SECRET_KEY", SECRET)
     res = run_pipeline(
         "research",
         [f"data_dir={tmp / 'data'}"],
@@ -85,10 +88,18 @@ def test_pipeline_runs_tracks_and_promotes(research: tuple) -> None:
 
 @pytest.mark.slow
 def test_no_secret_reaches_parameters_or_outputs(research: tuple) -> None:
-    res, _ = research
-    for nb in res.run_dir.glob("*.ipynb"):
-        text = nb.read_text()
-        assert "APCA_API_SECRET_KEY=" not in text and "secret_key" not in text.lower()
+    res, tmp = research
+    for path in [*res.run_dir.rglob("*"), *(tmp / "mlartifacts").rglob("*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert KEY_ID.encode() not in data and SECRET.encode() not in data, path
+    client = mlflow.MlflowClient()
+    parent = client.get_run(res.parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id])
+    assert len(runs) >= 6
+    for run in runs:
+        text = json.dumps([run.data.params, run.data.tags])
+        assert KEY_ID not in text and SECRET not in text
 
 
 @pytest.mark.slow
@@ -185,7 +196,10 @@ def test_promote_needs_a_better_challenger(research: tuple) -> None:
     )
     forced = promote(cfg, "intraday_reversal", force=True, reason="operator override in a test")
     assert forced.promoted and forced.forced
-    assert str(client.get_model_version_by_alias("intraday_reversal", "champion").version) == bad.version
+    assert (
+        str(client.get_model_version_by_alias("intraday_reversal", "champion").version)
+        == bad.version
+    )
     decision = json.loads(
         client.get_registered_model("intraday_reversal").tags["last_promotion_decision"]
     )

@@ -318,53 +318,12 @@ def rolling_moments(gid, x, n, ddof):
 @njit(cache=True, nogil=True)
 def rolling_zscore(gid, x, n, ddof):
     """Rolling ``(x - mean) / std``; NaN when the window holds a NaN or is flat."""
-    size = x.shape[0]
-    out = np.full(size, np.nan)
-    i = 0
-    while i < size:
-        j = _seg_end(gid, i)
-        first = i + n - 1
-        if first < j and n > ddof:
-            c = _anchor(x, i, first)
-            s1, s2, bad = _window_sums(x, i, first, c)
-            steps = 0
-            inv = 1.0 / n
-            inv_dof = 1.0 / (n - ddof)
-            for k in range(first, j):
-                if k > first:
-                    steps += 1
-                    if steps >= _REFRESH:
-                        steps = 0
-                        c = _anchor(x, k - n + 1, k)
-                        s1, s2, bad = _window_sums(x, k - n + 1, k, c)
-                    else:
-                        old = x[k - n]
-                        new = x[k]
-                        if np.isnan(old):
-                            bad -= 1
-                        else:
-                            y = old - c
-                            s1 -= y
-                            s2 -= y * y
-                        if np.isnan(new):
-                            bad += 1
-                        else:
-                            y = new - c
-                            s1 += y
-                            s2 += y * y
-                if bad == 0:
-                    m = s1 * inv
-                    var = (s2 - s1 * m) * inv_dof
-                    if var * _ILL < s2 * inv:  # cancellation: re-anchor on the window mean
-                        steps = 0
-                        c = _window_mean(x, k - n + 1, k)
-                        s1, s2, bad = _window_sums(x, k - n + 1, k, c)
-                        m = s1 * inv
-                        var = (s2 - s1 * m) * inv_dof
-                    mean = c + m
-                    if var > 0.0 and var > 1e-24 * mean * mean:
-                        out[k] = (x[k] - mean) / np.sqrt(var)
-        i = j
+    mean, std = rolling_moments(gid, x, n, ddof)
+    out = np.full(x.shape[0], np.nan)
+    for k in range(x.shape[0]):
+        sd = std[k]
+        if sd > 0.0 and sd * sd > 1e-24 * mean[k] * mean[k]:
+            out[k] = (x[k] - mean[k]) / sd
     return out
 
 

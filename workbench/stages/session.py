@@ -28,9 +28,7 @@ class SessionStageResult:
     data_fingerprint: str
 
 
-def pick_session(
-    store: BarStore, symbols: list[str], timeframe: str, session_date: str, calendar: str
-) -> date:
+def pick_session(store: BarStore, symbols: list[str], timeframe: str, session_date: str) -> date:
     """Return ``session_date`` or, when empty, the last session present in the store."""
     if session_date:
         return date.fromisoformat(session_date)
@@ -61,7 +59,7 @@ def run_trade_session(
     lgbm = load_model(ref)
     feats = list(lgbm.booster_.feature_name())
     store = BarStore(store_root, cfg.store.partition)
-    day = pick_session(store, symbols, timeframe, session_date, cfg.data.calendar)
+    day = pick_session(store, symbols, timeframe, session_date)
     sess = sessions(day - timedelta(days=warmup_days * 2), day, cfg.data.calendar)
     today = sess.filter(pl.col("session") == day)
     if today.is_empty():

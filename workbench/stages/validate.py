@@ -15,7 +15,8 @@ from workbench.backtest import BacktestResult, run_backtest, signals_to_targets
 from workbench.config import StrategyConfig, WorkbenchConfig
 from workbench.data.store import BarStore, frame_fingerprint
 from workbench.models.lgbm import predict
-from workbench.models.registry import ModelRef, load_model
+from workbench.models.promotion import record_oos_window
+from workbench.models.registry import CHALLENGER, ModelRef, load_model, set_alias
 from workbench.stages.train import feature_columns, ic
 from workbench.validation.cv import WalkForward
 from workbench.validation.gates import GateReport, evaluate_gates
@@ -81,7 +82,8 @@ def run_validate(
     """
     strat = cfg.strategy(strategy)
     split = datetime.fromisoformat(split_ts)
-    table = pl.read_parquet(features_path).filter(pl.col("ts") >= split)
+    full = pl.read_parquet(features_path).sort("ts", "symbol")
+    table = full.filter(pl.col("ts") >= split).sort("symbol", "ts")
     feats = feature_columns(table)
     lgbm = load_model(model)
     preds = predict(lgbm, table, feats).with_columns(label=table["label"])
@@ -101,9 +103,7 @@ def run_validate(
     fp = hashlib.sha256((frame_fingerprint(table) + frame_fingerprint(bars)).encode()).hexdigest()
     if not walk_forward_folds:
         return ValidateResult(preds, bt, metrics, evaluate_gates(metrics, strat.gates), fp)
-    wf = _walk_forward(
-        cfg, strat, features_path, store_root, symbols, timeframe, split, walk_forward_folds, seed
-    )
+    wf = _walk_forward(cfg, strat, full, bars, split, walk_forward_folds, seed)
     wf_metrics = dict(wf.metrics)
     if wf.backtest is not None:
         wf_metrics.update(
@@ -116,20 +116,16 @@ def run_validate(
 def _walk_forward(
     cfg: WorkbenchConfig,
     strat: StrategyConfig,
-    features_path: str | Path,
-    store_root: str,
-    symbols: list[str],
-    timeframe: str,
+    full: pl.DataFrame,
+    bars: pl.DataFrame,
     split: datetime,
     folds: int,
     seed: int,
 ) -> WalkForwardResult:
     """Retrain the strategy's model per window from ``split`` on, ``folds`` windows, costs on."""
-    full = pl.read_parquet(features_path).sort("ts", "symbol")
     n_train = full.filter(pl.col("ts") < split)["ts"].n_unique()
     n_test = full.filter(pl.col("ts") >= split)["ts"].n_unique()
     splitter = WalkForward(train_size=n_train, test_size=max(1, n_test // folds), embargo=1)
-    bars = BarStore(store_root, cfg.store.partition).read(symbols, timeframe, start=split)
     return walk_forward(
         full,
         feature_columns(full),
@@ -140,3 +136,32 @@ def _walk_forward(
         strategy=strat,
         backtest=cfg.backtest,
     )
+
+
+def apply_gates(
+    res: ValidateResult,
+    model: ModelRef,
+    *,
+    features_path: str,
+    store_root: str,
+    split_ts: str,
+    timeframe: str,
+) -> str:
+    """Act on the gate report: tag the active MLflow run; when every gate passes, record the
+    out-of-sample window on the model version and point ``challenger`` at it. Return what happened."""
+    import mlflow
+
+    mlflow.set_tags(res.gates.tags())
+    if not res.gates.passed:
+        return "gates refused promotion:\n  " + "\n  ".join(res.gates.failures())
+    record_oos_window(
+        model.name,
+        model.version,
+        features_path=features_path,
+        store_root=store_root,
+        split_ts=split_ts,
+        timeframe=timeframe,
+        sharpe=res.metrics["sharpe"],
+    )
+    set_alias(model.name, CHALLENGER, model.version)
+    return f"gates passed: {model.name} v{model.version} is now '{CHALLENGER}'"
