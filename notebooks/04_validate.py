@@ -16,8 +16,9 @@
 # %% [markdown]
 # # 04 · Validate
 # Backtest the registered model's out-of-sample signals with costs (commission, half spread), then
-# validate the strategy walk-forward over the same period (retrained per window, predictions
-# stitched, costs on). The gates judge the walk-forward result, with the deflated Sharpe ratio.
+# validate it walk-forward over the same period (its hyperparameters retrained per window,
+# predictions stitched, costs on). The gates judge the walk-forward result, with the deflated
+# Sharpe ratio (corrected for every trial of the search) and the search's PBO.
 # Passing sets the registry alias `challenger`; failing says why.
 
 # %% tags=["parameters"]
@@ -28,6 +29,10 @@ model_version: str = ""  # version to validate (from the train step)
 split_ts: str = ""  # first out-of-sample timestamp, ISO 8601 (from the train step)
 strategy: str = "intraday_reversal"  # strategy: thresholds, sizing and gates
 timeframe: str = "5Min"  # bar length
+trial_sharpes: list[float] = []  # per-bar Sharpe ratio of every search trial (from the train step)
+n_trials: int = 0  # trials the search tried, pruned ones included (from the train step)
+trial_correlation: float = 0.0  # average correlation of the trials returns; 0 treats trials as independent
+pbo: float = float("nan")  # probability of backtest overfitting (from the train step; nan means not measured)
 walk_forward_folds: int = 4  # retraining windows over the out-of-sample period (0 skips walk-forward)
 seed: int = 7  # LightGBM seed of the walk-forward models
 output_path: str = ""  # set by the pipeline runner: where this step hands on its outputs
@@ -45,14 +50,15 @@ from workbench.tracking import start_stage
 setup_display()
 cfg = load_config()
 params = dict(features_path=features_path, store_root=store_root, model_name=model_name, model_version=model_version,
-              split_ts=split_ts, strategy=strategy, timeframe=timeframe, walk_forward_folds=walk_forward_folds,
-              seed=seed)
+              split_ts=split_ts, strategy=strategy, timeframe=timeframe, n_trials=n_trials,
+              trial_correlation=trial_correlation, pbo=pbo, walk_forward_folds=walk_forward_folds, seed=seed)
 stage = start_stage("validate", params, pipeline=pipeline, parent_run_id=parent_run_id, output_path=output_path, cfg=cfg)
 
 # %%
 model = ModelRef(model_name, model_version, None, "", f"models:/{model_name}/{model_version}")
 res = run_validate(cfg, features_path=features_path, store_root=store_root, model=model, split_ts=split_ts,
-                   strategy=strategy, timeframe=timeframe, walk_forward_folds=walk_forward_folds, seed=seed)
+                   strategy=strategy, timeframe=timeframe, trial_sharpes=trial_sharpes, n_trials=n_trials,
+                   trial_correlation=trial_correlation, pbo=pbo, walk_forward_folds=walk_forward_folds, seed=seed)
 stage.set_fingerprint(res.data_fingerprint)
 stage.log_metrics(res.metrics)
 {k: round(v, 4) for k, v in res.metrics.items()}

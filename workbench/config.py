@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from workbench.errors import ConfigError
 
@@ -181,12 +189,72 @@ class LabelConfig(_Frozen):
     params: dict[str, int | float | str | bool] = Field(default_factory=dict)
 
 
+class ParamRange(_Frozen):
+    """One searched hyperparameter: a numeric range (``low``..``high``) or a list of ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False  # sample on a log scale (low > 0)
+    integer: bool = False  # draw integers
+    choices: tuple[int | float | str | bool, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamRange:
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError(
+                    "give either non-empty choices or low/high, not both. Fix: e.g. "
+                    "{low: 4, high: 64, log: true, integer: true} or {choices: [gbdt, dart]}"
+                )
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(
+                f"needs low < high; got low={self.low}, high={self.high}. Fix: e.g. "
+                "{low: 0.01, high: 0.3, log: true}"
+            )
+        if self.log and self.low <= 0:
+            raise ValueError(
+                f"log scale needs low > 0; got low={self.low}. Fix: raise low or drop log"
+            )
+        return self
+
+
+class SearchConfig(_Frozen):
+    """Hyperparameter search of the train stage: Optuna TPE scored by purged K-fold on the
+    training window, then PBO from combinatorial purged CV over the best configurations."""
+
+    score: Literal["sharpe", "ic"] = "sharpe"  # per-bar Sharpe of the fold's backtest, or the IC
+    n_trials: int = Field(20, ge=1)  # trials (completed or pruned) the study holds
+    n_folds: int = Field(5, ge=2)  # purged K-fold folds over the training window
+    embargo: float = Field(
+        0.01, ge=0, lt=1
+    )  # share of training timestamps embargoed after a test block
+    space: dict[str, ParamRange] = Field(default_factory=dict)  # empty: the library's default space
+    storage: str = "sqlite:///runs/optuna.db"  # Optuna storage URL (relative sqlite paths: project)
+    pbo_configs: int = Field(8, ge=2)  # best trials whose CPCV paths measure PBO
+    cpcv_groups: int = Field(6, ge=3)  # CPCV groups N
+    cpcv_test_groups: int = Field(2, ge=1)  # CPCV test groups k per split
+    pbo_splits: int = Field(8, ge=2, multiple_of=2)  # CSCV row blocks per CPCV path
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchConfig:
+        if self.cpcv_test_groups >= self.cpcv_groups:
+            raise ValueError(
+                f"cpcv_test_groups ({self.cpcv_test_groups}) must be below cpcv_groups "
+                f"({self.cpcv_groups}). Fix: e.g. cpcv_groups: 6, cpcv_test_groups: 2"
+            )
+        return self
+
+
 class StrategyConfig(_Frozen):
     """A strategy: the features it reads, what it predicts, how it trades, how it is judged."""
 
     feature_set: str  # key of feature_sets
     label: LabelConfig = LabelConfig()
-    model: dict[str, int | float | str | bool] = Field(default_factory=dict)  # LightGBM params
+    model: dict[str, int | float | str | bool] = Field(
+        default_factory=dict
+    )  # LGBMForecaster parameters; the searched ones (search.space) are the search's to set
+    search: SearchConfig = SearchConfig()
     long_threshold: float = 0.0  # predicted return above which to be long
     short_threshold: float = 0.0  # predicted return below which to be short (<= long)
     max_position: float = Field(0.1, gt=0, le=1)  # fraction of equity per symbol

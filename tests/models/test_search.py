@@ -262,6 +262,63 @@ def test_sharpe_score_calls_backtest_fn(
     assert res.best_score > 0  # the planted signal trades profitably
 
 
+def test_backtest_fn_beside_another_score_records_trial_sharpes(
+    tmp_path: Path, table: pl.DataFrame, experiment: str
+) -> None:
+    seen: list[int] = []
+
+    def sharpe(fold: pl.DataFrame, preds: pl.DataFrame) -> float:
+        seen.append(fold.height)
+        return float(len(seen))  # fold k of trial t returns 3 * t + k + 1
+
+    with mlflow.start_run() as parent:
+        res = _search(
+            tmp_path, table, score="ic", backtest_fn=sharpe, n_trials=3,
+            pruner=optuna.pruners.NopPruner(),
+        )  # fmt: skip
+    assert len(seen) == 3 * 3
+    # the score is still the IC; each trial's Sharpe is the mean of its folds' backtests
+    assert res.trial_sharpes() == {0: 2.0, 1: 5.0, 2: 8.0}
+    ic_scores = [t.value for t in res.study.trials]
+    assert all(-1 <= v <= 1 for v in ic_scores) and res.best_score == max(ic_scores)
+    trial1 = _children(parent.info.run_id).iloc[1]
+    assert trial1["metrics.sharpe_fold_2"] == 6.0 and "metrics.ic_fold_2" in trial1
+    top = res.top_params(2)
+    ranked = sorted(res.study.trials, key=lambda t: t.value, reverse=True)
+    assert top == [t.user_attrs["params"] for t in ranked[:2]]
+    assert top[0] == res.best_params
+
+
+def test_trial_sharpes_count_pruned_trials_and_skip_without_backtest(
+    tmp_path: Path, table: pl.DataFrame, experiment: str
+) -> None:
+    with mlflow.start_run():
+        plain = _search(tmp_path, table, n_trials=2, study_name="plain")
+    assert plain.trial_sharpes() == {}
+
+    class OddTrialsAfterFirstFold(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            step = trial.last_step or 0
+            return trial.number % 2 == 1 and step >= 100  # fold 1 starts at step 100
+
+    calls: list[float] = []
+
+    def sharpe(fold: pl.DataFrame, preds: pl.DataFrame) -> float:
+        calls.append(float(len(calls)))
+        return calls[-1]
+
+    with mlflow.start_run():
+        res = _search(
+            tmp_path, table, n_trials=4, study_name="pruned", backtest_fn=sharpe,
+            pruner=OddTrialsAfterFirstFold(),
+        )  # fmt: skip
+    states = [t.state for t in res.study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED] * 2
+    # complete trials average 3 folds; pruned ones the single fold they backtested
+    assert res.trial_sharpes() == {0: 1.0, 1: 3.0, 2: 5.0, 3: 7.0}
+    assert res.n_trials == 2 and len(res.trial_sharpes()) == 4
+
+
 @pytest.mark.parametrize("score", ["logloss", "auc"])
 def test_binary_scores(tmp_path: Path, table: pl.DataFrame, experiment: str, score: str) -> None:
     with mlflow.start_run():
@@ -305,8 +362,6 @@ def test_argument_errors(tmp_path: Path, table: pl.DataFrame) -> None:
         _search(tmp_path, table, score="sharp")
     with pytest.raises(ParameterError, match="'backtest_fn'.*required with score='sharpe'"):
         _search(tmp_path, table, score="sharpe")
-    with pytest.raises(ParameterError, match="only used with score='sharpe'"):
-        _search(tmp_path, table, backtest_fn=lambda f, p: 0.0)
     with pytest.raises(ParameterError, match="'num_leafs'.*Did you mean 'num_leaves'"):
         _search(tmp_path, table, search_space={"num_leafs": IntDistribution(2, 8)})
     with pytest.raises(ParameterError, match="must map names to Optuna distributions"):

@@ -181,7 +181,7 @@ def test_promote_needs_a_better_challenger(research: tuple) -> None:
     feats = feature_columns(table)
     with mlflow.start_run(run_name="noise model"):
         bad = log_lightgbm(
-            fit_lgbm(noise, feats, params={"n_estimators": 50}),
+            fit_lgbm(noise, feats, params={"num_boost_round": 50}),
             table.select(feats).to_pandas(),
             registered_name="intraday_reversal",
         )

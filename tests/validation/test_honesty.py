@@ -58,7 +58,9 @@ def run(seed: int, alpha: float) -> dict[str, float]:
         backtest=cfg.backtest,
     )
     gates = evaluate_gates(
-        res.metrics, GatesConfig(**{**strat.gates.model_dump(), "min_deflated_sharpe": None})
+        # no search here, so nothing to deflate for and no PBO: the pipeline tests cover those
+        res.metrics,
+        GatesConfig(**{**strat.gates.model_dump(), "min_deflated_sharpe": None, "max_pbo": None}),
     )
     # gross predictive edge: always positioned by the sign of the prediction, no costs
     gross = signals_to_targets(res.predictions.rename({"prediction": "score"}), max_position=0.2)

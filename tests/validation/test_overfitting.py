@@ -18,6 +18,7 @@ from workbench.validation.overfitting import (
     PBOResult,
     deflated_sharpe_ratio,
     dsr_from_returns,
+    effective_trials,
     expected_max_sharpe,
     min_track_record_length,
     pbo_from_cpcv,
@@ -300,3 +301,39 @@ def test_pbo_from_cpcv_pools_paths() -> None:
 def test_bad_parameters(call, message) -> None:
     with pytest.raises(ParameterError, match=message):
         call()
+
+
+@pytest.mark.parametrize(
+    ("m", "rho", "want"),
+    [(10, 0.0, 10), (10, 1.0, 1), (10, 0.5, 6), (16, 0.8686, 3), (10, -0.3, 10), (1, 0.2, 1)],
+)
+def test_effective_trials(m: int, rho: float, want: int) -> None:
+    # ceil(rho + (1 - rho) * M), hand-computed: 0.5 + 5 = 5.5 -> 6; 0.8686 + 0.1314 * 16 = 2.97 -> 3
+    assert effective_trials(m, rho) == want
+
+
+@given(st.integers(1, 500), st.floats(-1, 1))
+def test_effective_trials_bounds_and_monotone(m: int, rho: float) -> None:
+    n = effective_trials(m, rho)
+    assert 1 <= n <= m
+    assert effective_trials(m, min(1.0, rho + 0.1)) <= n
+
+
+def test_effective_trials_errors() -> None:
+    with pytest.raises(ParameterError, match="'n_trials'.*int >= 1. Got 0"):
+        effective_trials(0, 0.5)
+    with pytest.raises(ParameterError, match=r"'mean_correlation'.*\[-1, 1\]. Got 1.5"):
+        effective_trials(5, 1.5)
+
+
+def test_dsr_from_returns_with_an_explicit_trial_count() -> None:
+    r = np.random.default_rng(5).normal(0.0003, 0.001, 1000)
+    srs = [0.01, 0.03, -0.02, 0.0]
+    sr, n = r.mean() / r.std(ddof=1), len(r)
+    skew, kurt = stats.skew(r), stats.kurtosis(r, fisher=False)
+    for count in (1, 4, 40):
+        want = deflated_sharpe_ratio(sr, n, skew, kurt, count, np.var(srs, ddof=1))
+        assert dsr_from_returns(r, srs, n_trials=count) == pytest.approx(want, rel=1e-9)
+    assert dsr_from_returns(r, srs) == dsr_from_returns(r, srs, n_trials=4)
+    with pytest.raises(ParameterError, match="'n_trials'.*int >= 1. Got 0"):
+        dsr_from_returns(r, srs, n_trials=0)

@@ -21,7 +21,7 @@ SPECS = [
     {"name": "returns", "params": {"periods": 3}, "alias": "ret_3"},
     {"name": "time_of_day", "params": {}, "alias": "tod"},
 ]
-PARAMS = {"n_estimators": 60, "num_leaves": 4, "min_child_samples": 300, "learning_rate": 0.05}
+PARAMS = {"num_boost_round": 60, "num_leaves": 4, "min_child_samples": 300, "learning_rate": 0.05}
 
 
 def table_for(alpha: float) -> tuple[pl.DataFrame, pl.DataFrame]:

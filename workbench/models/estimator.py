@@ -11,7 +11,9 @@ the edge (:func:`workbench.models.lgbm.feature_matrix`); the booster is LightGBM
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import difflib
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Integral
 from typing import Any
 
@@ -306,3 +308,26 @@ class LGBMForecaster(BaseEstimator):
                     f"The '{name}' parameter of LGBMForecaster must be in (0, 1]. "
                     f"Got {value!r} instead. Fix: pass a fraction such as 0.8."
                 )
+
+
+def estimator_params() -> list[str]:
+    """Return the names of :class:`LGBMForecaster`'s keyword arguments."""
+    return list(inspect.signature(LGBMForecaster.__init__).parameters)[1:]
+
+
+def check_params(arg: str, names: Iterable[str], allowed: Sequence[str] | None = None) -> None:
+    """Raise :class:`ParameterError` for the first name that is no :class:`LGBMForecaster` argument.
+
+    ``arg`` names the offending argument or config field in the message; ``allowed`` narrows the
+    valid names (default: every keyword argument).
+    """
+    valid = list(estimator_params() if allowed is None else allowed)
+    for name in names:
+        if name not in valid:
+            hint = difflib.get_close_matches(name, valid, n=1)
+            raise ParameterError(
+                f"The '{arg}' parameter has the key {name!r}, which is no LGBMForecaster "
+                "parameter."
+                + (f" Did you mean {hint[0]!r}?" if hint else "")
+                + f" Allowed: {valid}."
+            )

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import polars as pl
 
@@ -16,17 +15,16 @@ from workbench.errors import SchemaError
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "regression",
-    "n_estimators": 200,
+    "num_boost_round": 200,
     "learning_rate": 0.03,
     "num_leaves": 15,
     "min_child_samples": 200,
-    "subsample": 0.8,
-    "subsample_freq": 1,
-    "colsample_bytree": 0.8,
-    "reg_lambda": 1.0,
-    "verbose": -1,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "lambda_l2": 1.0,
     "n_jobs": 1,
 }
+"""Baseline :class:`~workbench.models.estimator.LGBMForecaster` parameters of :func:`fit_lgbm`."""
 
 
 @dataclass(frozen=True)
@@ -75,24 +73,30 @@ def fit_lgbm(
     label: str = "label",
     params: Mapping[str, Any] | None = None,
     seed: int = 0,
-) -> lgb.LGBMRegressor:
-    """Fit a LightGBM regressor of ``label`` on ``features`` (pandas at the LightGBM edge)."""
-    p = {**DEFAULT_PARAMS, **(params or {}), "random_state": seed}
-    model = lgb.LGBMRegressor(**p)
-    x = train.select(features).to_pandas()
-    model.fit(x, train[label].to_numpy())
-    return model
+) -> Any:
+    """Fit an :class:`LGBMForecaster` of ``label`` on ``features``.
+
+    ``params`` are ``LGBMForecaster`` keyword arguments laid over :data:`DEFAULT_PARAMS`; ``seed``
+    is the model's seed. An unknown name raises :class:`~workbench.errors.ParameterError` naming
+    the closest valid one.
+    """
+    from workbench.models.estimator import LGBMForecaster, check_params
+
+    p = {**DEFAULT_PARAMS, **(params or {})}
+    check_params("params", p)
+    model = LGBMForecaster(**{**p, "seed": seed})
+    return model.fit(train.select(features), train[label].to_numpy())
 
 
-def predict(model: lgb.LGBMRegressor, table: pl.DataFrame, features: Sequence[str]) -> pl.DataFrame:
+def predict(model: Any, table: pl.DataFrame, features: Sequence[str]) -> pl.DataFrame:
     """Return (symbol, ts, prediction) for every row of ``table``."""
     pred = model.predict(table.select(features).to_pandas())
     return table.select("symbol", "ts").with_columns(prediction=pl.Series(pred, dtype=pl.Float64))
 
 
-def importance_frame(model: lgb.LGBMRegressor, features: Sequence[str]) -> pl.DataFrame:
-    """Return gain and split importances per feature, largest gain first."""
-    booster = model.booster_
+def importance_frame(model: Any, features: Sequence[str]) -> pl.DataFrame:
+    """Return gain and split importances per feature, largest gain first (model or booster)."""
+    booster = getattr(model, "booster_", model)
     return pl.DataFrame(
         {
             "feature": list(features),

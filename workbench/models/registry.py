@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,18 +28,29 @@ class ModelRef:
     uri: str
 
 
+PARAMS_TAG = "workbench.params"
+"""Model-version tag holding the :class:`LGBMForecaster` parameters (JSON) that trained it."""
+
+
 def log_lightgbm(
     model: Any, x_example: Any, *, registered_name: str, tags: dict[str, str] | None = None
 ) -> ModelRef:
     """Log a fitted LightGBM model with signature and input example, and register a new version.
 
-    Must be called inside an active MLflow run (the stage run).
+    ``model`` is a fitted :class:`~workbench.models.estimator.LGBMForecaster` (its booster is
+    logged in LightGBM's native format and its parameters go to the version tag
+    :data:`PARAMS_TAG`, so validation can retrain the same model), a ``lightgbm.Booster`` or a
+    LightGBM scikit-learn model. Must be called inside an active MLflow run (the stage run).
     """
     import mlflow
     from mlflow.models import infer_signature
 
     example = x_example.head(5)
     signature = infer_signature(example, model.predict(example))
+    tags = dict(tags or {})
+    if hasattr(model, "lgb_params"):  # LGBMForecaster: log the booster, keep the parameters
+        tags[PARAMS_TAG] = json.dumps(model.get_params(), sort_keys=True, default=str)
+        model = model.booster_
     info = mlflow.lightgbm.log_model(
         model,
         name="model",
@@ -48,7 +60,7 @@ def log_lightgbm(
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
-    for k, v in (tags or {}).items():
+    for k, v in tags.items():
         client.set_model_version_tag(registered_name, version, k, v)
     run = mlflow.active_run()
     return ModelRef(
@@ -90,3 +102,22 @@ def load_model(ref: ModelRef) -> Any:
     import mlflow
 
     return mlflow.lightgbm.load_model(f"models:/{ref.name}/{ref.version}")
+
+
+def model_params(ref: ModelRef) -> dict[str, Any]:
+    """Return the :class:`LGBMForecaster` parameters a registered version was trained with.
+
+    Raises :class:`ModelNotFoundError` when the version was not logged from an ``LGBMForecaster``
+    (it has no :data:`PARAMS_TAG` tag).
+    """
+    import mlflow
+
+    mv = mlflow.MlflowClient().get_model_version(ref.name, ref.version)
+    raw = (mv.tags or {}).get(PARAMS_TAG)
+    if raw is None:
+        raise ModelNotFoundError(
+            f"model {ref.name!r} version {ref.version} has no {PARAMS_TAG!r} tag, so its training "
+            "parameters are unknown. Fix: log it with workbench.models.registry.log_lightgbm from "
+            "an LGBMForecaster (the train stage does), or pass the parameters explicitly."
+        )
+    return dict(json.loads(raw))

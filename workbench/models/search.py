@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,12 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from workbench.errors import ParameterError, SchemaError, WorkbenchError
-from workbench.models.estimator import VALID_NAME, LGBMForecaster
+from workbench.models.estimator import (
+    VALID_NAME,
+    LGBMForecaster,
+    check_params,
+    estimator_params,
+)
 from workbench.models.lgbm import feature_matrix
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -99,6 +103,8 @@ SCORES: dict[str, _Score] = {
 ``ic`` is the Pearson correlation of prediction and label on the fold's test rows (0 for a
 constant prediction); ``logloss`` and ``auc`` model ``label > 0`` with a binary objective;
 ``sharpe`` is whatever ``backtest_fn(fold_table, predictions)`` returns (pruning watches the IC).
+With another score, a ``backtest_fn`` still backtests every fold: its Sharpe ratios are recorded
+(``fold_sharpes``) for :meth:`SearchResult.trial_sharpes`, the input of the deflated Sharpe ratio.
 """
 
 
@@ -144,6 +150,31 @@ class SearchResult:
     n_new: int
     score_variance: float
     figures: dict[str, Any] = field(repr=False)
+
+    def trial_sharpes(self, *, include_pruned: bool = True) -> dict[int, float]:
+        """Return each finished trial's Sharpe ratio: the mean over the folds it backtested.
+
+        Pruned trials count by default (a pruned trial was tried; its Sharpe is the mean of the
+        folds it reached). Their Sharpe ratios come from fewer folds, hence are noisier: leave
+        them out (``include_pruned=False``) to estimate the spread among configurations, and
+        count them in the number of trials. Empty when the search had no ``backtest_fn``.
+        """
+        out: dict[int, float] = {}
+        states = (
+            (TrialState.COMPLETE, TrialState.PRUNED) if include_pruned else (TrialState.COMPLETE,)
+        )
+        for t in self.study.get_trials(deepcopy=False, states=states):
+            key = "fold_scores" if self.score == "sharpe" else "fold_sharpes"
+            vals = [v for v in t.user_attrs.get(key, []) if math.isfinite(v)]
+            if vals:
+                out[t.number] = float(np.mean(vals))
+        return out
+
+    def top_params(self, k: int) -> list[dict[str, Any]]:
+        """Return the :class:`LGBMForecaster` parameters of the ``k`` best completed trials."""
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        ranked = sorted(complete, key=lambda t: t.value, reverse=self.direction == "maximize")
+        return [dict(t.user_attrs["params"]) for t in ranked[:k]]
 
 
 def run_search(
@@ -195,7 +226,8 @@ def run_search(
     params : Mapping[str, Any], optional
         Fixed :class:`LGBMForecaster` parameters (e.g. ``{"n_jobs": 2}``).
     backtest_fn : callable, optional
-        Required for ``score="sharpe"``: ``backtest_fn(fold_table, predictions) -> float``, where
+        Required for ``score="sharpe"`` (and recorded alongside any other score):
+        ``backtest_fn(fold_table, predictions) -> float``, the fold's Sharpe ratio, where
         both frames hold the fold's test rows sorted by ``(symbol, ts)`` and ``predictions`` has
         ``symbol, ts, prediction``.
     pruner : optuna.pruners.BasePruner, optional
@@ -317,7 +349,7 @@ def refit(
         The fitted model.
     """
     params = dict(best_params)
-    _check_names("best_params", params, _estimator_params())
+    check_params("best_params", params, estimator_params())
     data = _prepare(table, features, label, need_symbol=False, need_times=False)
     y = data[label]
     if params.get("objective") == "binary":
@@ -362,6 +394,7 @@ class _Objective:
         params = {**self.fixed, **{k: _suggest(trial, k, d) for k, d in self.space.items()}}
         trial.set_user_attr("params", params)
         scores: list[float] = []
+        sharpes: list[float] = []
         pruned: optuna.TrialPruned | None = None
         value = math.nan
         parent = mlflow.active_run()
@@ -389,11 +422,16 @@ class _Objective:
                         valid_name=VALID_NAME,
                         report_interval=REPORT_EVERY,
                     )
-                    s = self._fold(params, train, test, _FoldSteps(pruning, k * self.stride))
+                    s, sr = self._fold(params, train, test, _FoldSteps(pruning, k * self.stride))
                     scores.append(s)
                     trial.set_user_attr("fold_scores", scores)
                     if math.isfinite(s):
                         mlflow.log_metric(f"{self.score}_fold_{k}", s)
+                    if sr is not None:
+                        sharpes.append(sr)
+                        trial.set_user_attr("fold_sharpes", sharpes)
+                        if self.score != "sharpe" and math.isfinite(sr):
+                            mlflow.log_metric(f"sharpe_fold_{k}", sr)
             except optuna.TrialPruned as exc:
                 # end the MLflow run as FINISHED with state=pruned; Optuna gets the exception below
                 pruned = exc
@@ -415,7 +453,8 @@ class _Objective:
 
     def _fold(
         self, params: dict[str, Any], train: np.ndarray, test: np.ndarray, pruning: _FoldSteps
-    ) -> float:
+    ) -> tuple[float, float | None]:
+        """Return the fold's score and, with a ``backtest_fn``, its backtest Sharpe ratio."""
         x_test, y_test = self.x[test], self.y[test]
         model = LGBMForecaster(**params).fit(
             self.x[train],
@@ -426,18 +465,23 @@ class _Objective:
             callbacks=[pruning],
         )
         pred = model.predict(x_test)
+        sharpe = None if self.backtest_fn is None else self._sharpe(test, pred)
         if self.score == "ic":
-            return _pearson(pred, y_test)
+            return _pearson(pred, y_test), sharpe
         if self.score == "logloss":
             from sklearn.metrics import log_loss
 
-            return float(log_loss(y_test, pred, labels=[0.0, 1.0]))
+            return float(log_loss(y_test, pred, labels=[0.0, 1.0])), sharpe
         if self.score == "auc":
             from sklearn.metrics import roc_auc_score
 
-            return float(roc_auc_score(y_test, pred))
+            return float(roc_auc_score(y_test, pred)), sharpe
+        assert sharpe is not None  # _check_score requires a backtest_fn for score="sharpe"
+        return sharpe, sharpe
+
+    def _sharpe(self, test: np.ndarray, pred: np.ndarray) -> float:
         rows = self.data[test].with_columns(prediction=pl.Series(pred)).sort("symbol", "ts")
-        assert self.backtest_fn is not None  # checked by _check_score
+        assert self.backtest_fn is not None
         out = self.backtest_fn(rows.drop("prediction"), rows.select("symbol", "ts", "prediction"))
         try:
             return float(out)
@@ -485,11 +529,6 @@ def _check_score(score: str, backtest_fn: BacktestFn | None) -> _Score:
             "The 'backtest_fn' parameter of run_search is required with score='sharpe'. Got None. "
             "Fix: pass backtest_fn=lambda fold, preds: run_backtest(...).stats['sharpe']."
         )
-    if score != "sharpe" and backtest_fn is not None:
-        raise ParameterError(
-            f"The 'backtest_fn' parameter of run_search is only used with score='sharpe'. Got a "
-            f"backtest_fn with score={score!r}. Fix: pass score='sharpe' or drop backtest_fn."
-        )
     return SCORES[score]
 
 
@@ -501,32 +540,16 @@ def _check_int(name: str, value: Any, low: int) -> None:
         )
 
 
-def _estimator_params() -> list[str]:
-    return list(inspect.signature(LGBMForecaster.__init__).parameters)[1:]
-
-
-def _check_names(arg: str, names: Iterable[str], allowed: list[str]) -> None:
-    for name in names:
-        if name not in allowed:
-            hint = difflib.get_close_matches(name, allowed, n=1)
-            raise ParameterError(
-                f"The '{arg}' parameter has the key {name!r}, which is no LGBMForecaster "
-                f"parameter."
-                + (f" Did you mean {hint[0]!r}?" if hint else "")
-                + f" Allowed: {allowed}."
-            )
-
-
 def _fixed_params(
     spec: _Score,
     space: dict[str, BaseDistribution],
     params: Mapping[str, Any] | None,
     seed: int,
 ) -> dict[str, Any]:
-    allowed = [p for p in _estimator_params() if p not in _FIXED_BY_SEARCH]
+    allowed = [p for p in estimator_params() if p not in _FIXED_BY_SEARCH]
     fixed = dict(params or {})
-    _check_names("search_space", space, allowed)
-    _check_names("params", fixed, allowed)
+    check_params("search_space", space, allowed)
+    check_params("params", fixed, allowed)
     for name, dist in space.items():
         if not isinstance(dist, FloatDistribution | IntDistribution | CategoricalDistribution):
             raise ParameterError(

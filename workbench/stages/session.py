@@ -57,7 +57,7 @@ def run_trade_session(
     strat = cfg.strategy(strategy)
     ref = resolve_alias(model_name)
     lgbm = load_model(ref)
-    feats = list(lgbm.booster_.feature_name())
+    feats = list(getattr(lgbm, "booster_", lgbm).feature_name())
     store = BarStore(store_root, cfg.store.partition)
     day = pick_session(store, symbols, timeframe, session_date)
     sess = sessions(day - timedelta(days=warmup_days * 2), day, cfg.data.calendar)

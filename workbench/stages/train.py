@@ -1,32 +1,63 @@
-"""Train stage: LightGBM on a purged chronological split of the feature table."""
+"""Train stage: hyperparameter search by purged K-fold, refit, and PBO from CPCV.
+
+On the training part of a chronological split (rows whose label ends after the split are
+purged), an Optuna study searches the strategy's LightGBM hyperparameters, each trial scored by
+purged K-fold with embargo (the per-bar Sharpe of a costed backtest of each fold's predictions, or
+the IC). Every fold is backtested whatever the score, so each trial has a Sharpe ratio: those are
+what the deflated Sharpe ratio in validation corrects for. The best configuration is refit on the
+whole training window. The best few configurations are then re-run on combinatorial purged CV
+paths, whose backtests give the probability of backtest overfitting (PBO) of picking among them.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import plotly.graph_objects as go
 import polars as pl
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
-from workbench.config import WorkbenchConfig
-from workbench.data.store import frame_fingerprint
-from workbench.models.lgbm import Split, chronological_split, fit_lgbm, importance_frame, predict
+from workbench.backtest import run_backtest, signals_to_targets
+from workbench.config import ParamRange, StrategyConfig, WorkbenchConfig
+from workbench.data.store import BarStore, frame_fingerprint
+from workbench.errors import ParameterError
+from workbench.models.estimator import LGBMForecaster
+from workbench.models.lgbm import Split, chronological_split, importance_frame, predict
+from workbench.models.search import DEFAULT_SEARCH_SPACE, SearchResult, refit, run_search
+from workbench.validation.cpcv import CPCVResult, cpcv_pbo
+from workbench.validation.cv import CombinatorialPurgedKFold, PurgedKFold
+from workbench.validation.overfitting import effective_trials
 
 NON_FEATURES = ("symbol", "ts", "label", "t1")
+_NOT_SEARCHED = ("objective", "metric", "seed", "early_stopping_rounds")
 
 
 @dataclass
 class TrainResult:
-    """The fitted model, its split and in-/out-of-sample fit measures."""
+    """The refit model, its split, the search and the PBO measurement."""
 
-    model: lgb.LGBMRegressor
+    model: LGBMForecaster
     features: list[str]
     split: Split
     importance: pl.DataFrame
     metrics: dict[str, float]
     data_fingerprint: str
+    search: SearchResult
+    cpcv: CPCVResult | None
+    trial_sharpes: list[float]
+    study_name: str
 
 
 def feature_columns(table: pl.DataFrame) -> list[str]:
@@ -43,32 +74,205 @@ def ic(pred: pl.Series | np.ndarray, label: pl.Series | np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
+def per_bar_sharpe(returns: np.ndarray) -> float:
+    """Return mean / standard deviation (ddof=1) of per-bar returns; 0 when they do not vary."""
+    r = np.asarray(returns, dtype=float)
+    r = r[np.isfinite(r)]
+    if len(r) < 2 or r.std(ddof=1) == 0:
+        return 0.0
+    return float(r.mean() / r.std(ddof=1))
+
+
+class StrategyBacktest:
+    """Backtest a strategy's predictions on a bar window with the configured costs.
+
+    ``returns(preds, start, end)`` trades ``preds`` (``symbol, ts, prediction``) on the bars with
+    ``start <= ts <= end`` through the strategy's thresholds and sizing, and returns the per-bar
+    portfolio returns (0 where flat), one per bar timestamp of the window.
+    """
+
+    def __init__(self, cfg: WorkbenchConfig, strat: StrategyConfig, bars: pl.DataFrame) -> None:
+        self.cfg, self.strat, self.bars = cfg, strat, bars
+
+    def returns(self, preds: pl.DataFrame, start: datetime, end: datetime) -> np.ndarray:
+        targets = signals_to_targets(
+            preds.rename({"prediction": "score"}),
+            long_threshold=self.strat.long_threshold,
+            short_threshold=self.strat.short_threshold,
+            max_position=self.strat.max_position,
+            allow_short=self.cfg.backtest.allow_short,
+        )
+        window = self.bars.filter(pl.col("ts").is_between(start, end))
+        bt = run_backtest(window, targets.filter(pl.col("ts") <= end), config=self.cfg.backtest)
+        return np.nan_to_num(bt.equity["returns"].to_numpy().astype(float))
+
+    def fold_sharpe(self, fold: pl.DataFrame, preds: pl.DataFrame) -> float:
+        """``run_search``'s ``backtest_fn``: per-bar Sharpe over the fold's time span."""
+        return per_bar_sharpe(self.returns(preds, fold["ts"].min(), fold["ts"].max()))
+
+
+def search_space(space: dict[str, ParamRange]) -> dict[str, BaseDistribution]:
+    """Turn the strategy's ``search.space`` into Optuna distributions (empty: the default)."""
+    if not space:
+        return dict(DEFAULT_SEARCH_SPACE)
+    out: dict[str, BaseDistribution] = {}
+    for name, r in space.items():
+        if r.choices is not None:
+            out[name] = CategoricalDistribution(list(r.choices))
+        elif r.integer:
+            out[name] = IntDistribution(int(r.low or 0), int(r.high or 0), log=r.log)
+        else:
+            out[name] = FloatDistribution(float(r.low or 0), float(r.high or 0), log=r.log)
+    return out
+
+
+def storage_url(cfg: WorkbenchConfig, url: str) -> str:
+    """Resolve a relative SQLite path of an Optuna storage URL against the project root."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.drivername.startswith("sqlite") and u.database not in (None, "", ":memory:"):
+        path = Path(u.database)
+        if not path.is_absolute():
+            return u.set(database=str(cfg.path(path).resolve())).render_as_string(
+                hide_password=False
+            )
+    return url
+
+
 def run_train(
     cfg: WorkbenchConfig,
     *,
     features_path: str | Path,
+    store_root: str | Path,
     strategy: str,
+    timeframe: str,
     seed: int,
     train_frac: float = 0.6,
+    n_trials: int = 0,
+    n_folds: int = 0,
+    pbo_configs: int = 0,
+    storage: str = "",
+    progress: bool = True,
 ) -> TrainResult:
-    """Fit the strategy's LightGBM model on the training part of the feature table."""
+    """Search, refit and measure PBO on the training window of the feature table.
+
+    ``n_trials``, ``n_folds``, ``pbo_configs`` and ``storage`` override the strategy's ``search``
+    settings when set (0 or empty: the strategy's). The Optuna study is named after everything
+    that makes its trials comparable (strategy, training data, features, settings, seed), so a
+    re-run resumes it (only missing trials run) and a changed input starts a new one.
+    """
     strat = cfg.strategy(strategy)
+    sc = strat.search
+    n_trials, n_folds = n_trials or sc.n_trials, n_folds or sc.n_folds
+    pbo_configs = pbo_configs or sc.pbo_configs
+    for name, value in (("n_trials", n_trials), ("n_folds", n_folds), ("pbo_configs", pbo_configs)):
+        if value < 0:
+            raise ParameterError(
+                f"The '{name}' parameter of run_train must be >= 0 (0: the strategy's setting). "
+                f"Got {value}."
+            )
     table = pl.read_parquet(features_path)
     feats = feature_columns(table)
     split = chronological_split(table, train_frac=train_frac)
-    model = fit_lgbm(split.train, feats, params=dict(strat.model), seed=seed)
-    p_train = predict(model, split.train, feats)["prediction"]
+    train = split.train.sort("ts", "symbol")
+    symbols = sorted(train["symbol"].unique().to_list())
+    start, end = train["ts"].min(), train["ts"].max()
+    bars = (
+        BarStore(store_root, cfg.store.partition)
+        .read(symbols, timeframe, start=start)
+        .filter(pl.col("ts") <= end)
+    )
+    bt = StrategyBacktest(cfg, strat, bars)
+
+    space = search_space(sc.space)
+    fixed = {k: v for k, v in strat.model.items() if k not in space and k not in _NOT_SEARCHED}
+    key = {
+        "strategy": strategy,
+        "data": frame_fingerprint(train),
+        "bars": frame_fingerprint(bars),
+        "features": feats,
+        "search": sc.model_dump(mode="json", exclude={"n_trials", "storage", "pbo_configs"}),
+        "n_folds": n_folds,
+        "fixed": fixed,
+        "seed": seed,
+        "costs": cfg.backtest.model_dump(mode="json"),
+        "trading": [strat.long_threshold, strat.short_threshold, strat.max_position],
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    study_name = f"{strategy}-{digest[:12]}"
+    res = run_search(
+        train,
+        feats,
+        splitter=PurgedKFold(n_folds, embargo=sc.embargo),
+        score=sc.score,
+        n_trials=n_trials,
+        seed=seed,
+        storage=storage_url(cfg, storage or sc.storage),
+        study_name=study_name,
+        search_space=space,
+        params=fixed,
+        backtest_fn=bt.fold_sharpe,
+        progress=progress,
+    )
+    model = refit(res.best_params, train, feats)
+    # the spread among configurations from completed trials (all folds); every trial counts in N
+    trial_sharpes = list(res.trial_sharpes(include_pruned=False).values())
+    n_tried = res.n_trials + res.n_pruned
+
+    configs = res.top_params(pbo_configs)
+    cpcv = None
+    if len(configs) >= 2:
+        cpcv = cpcv_pbo(
+            train,
+            feats,
+            configs=configs,
+            splitter=CombinatorialPurgedKFold(
+                sc.cpcv_groups, sc.cpcv_test_groups, embargo=sc.embargo
+            ),
+            returns_fn=lambda preds: bt.returns(preds, start, end),
+            n_splits=sc.pbo_splits,
+            progress=progress,
+        )
+
+    p_train = predict(model, train, feats)["prediction"]
     p_valid = predict(model, split.valid, feats)["prediction"]
     metrics = {
-        "train_rows": float(split.train.height),
+        "train_rows": float(train.height),
         "valid_rows": float(split.valid.height),
         "purged_rows": float(split.purged),
-        "ic_train": ic(p_train, split.train["label"]),
+        "ic_train": ic(p_train, train["label"]),
         "ic_valid": ic(p_valid, split.valid["label"]),
+        "search_best_score": res.best_score,
+        "search_trials": float(n_tried),
+        "search_completed": float(res.n_trials),
+        "search_pruned": float(res.n_pruned),
+        "trial_correlation": cpcv.correlation if cpcv else 0.0,
+        "effective_trials": float(effective_trials(n_tried, cpcv.correlation if cpcv else 0.0)),
+        "trial_sharpe_var": float(np.var(trial_sharpes, ddof=1))
+        if len(trial_sharpes) >= 2
+        else math.nan,
+        "pbo": cpcv.pbo.pbo if cpcv else math.nan,
+        "pbo_configs": float(len(configs)),
+        "pbo_prob_oos_loss": cpcv.pbo.prob_oos_loss if cpcv else math.nan,
     }
     return TrainResult(
-        model, feats, split, importance_frame(model, feats), metrics, frame_fingerprint(table)
+        model,
+        feats,
+        split,
+        importance_frame(model, feats),
+        metrics,
+        frame_fingerprint(table),
+        res,
+        cpcv,
+        trial_sharpes,
+        study_name,
     )
+
+
+def loggable_params(model: LGBMForecaster) -> dict[str, Any]:
+    """Return the model's parameters as MLflow params (``lgbm.<name>``)."""
+    return {f"lgbm.{k}": v for k, v in model.get_params().items() if v is not None}
 
 
 def importance_figure(importance: pl.DataFrame) -> go.Figure:

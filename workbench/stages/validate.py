@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -16,11 +18,11 @@ from workbench.config import StrategyConfig, WorkbenchConfig
 from workbench.data.store import BarStore, frame_fingerprint
 from workbench.models.lgbm import predict
 from workbench.models.promotion import record_oos_window
-from workbench.models.registry import CHALLENGER, ModelRef, load_model, set_alias
+from workbench.models.registry import CHALLENGER, ModelRef, load_model, model_params, set_alias
 from workbench.stages.train import feature_columns, ic
 from workbench.validation.cv import WalkForward
 from workbench.validation.gates import GateReport, evaluate_gates
-from workbench.validation.overfitting import dsr_from_returns, psr_from_returns
+from workbench.validation.overfitting import dsr_from_returns, effective_trials, psr_from_returns
 from workbench.validation.walkforward import WalkForwardResult, walk_forward
 
 
@@ -37,26 +39,33 @@ class ValidateResult:
 
 
 def sharpe_significance(
-    returns: np.ndarray, trial_sharpes: Sequence[float] = ()
+    returns: np.ndarray,
+    trial_sharpes: Sequence[float] = (),
+    n_trials: int = 0,
+    trial_correlation: float = 0.0,
 ) -> dict[str, float]:
     """Return the PSR (vs 0) and the deflated Sharpe ratio of per-bar returns.
 
-    ``trial_sharpes`` are the per-bar Sharpe ratios of every configuration tried in the search that
-    produced the model (the selected one included). With fewer than two trials there is nothing to
-    deflate for and the DSR equals the PSR against zero; ``n_trials`` records which case applied.
+    ``trial_sharpes`` are per-bar Sharpe ratios of the configurations tried in the search that
+    produced the model (the selected one included): their variance sets the bar. ``n_trials``
+    is how many were tried (at least ``len(trial_sharpes)``; pruned trials count), and
+    ``trial_correlation`` the average correlation of the trials' returns: the DSR corrects for
+    ``effective_trials(n_trials, trial_correlation)`` independent trials (0: all independent).
+    With fewer than two Sharpe ratios there is nothing to deflate for and the DSR equals the PSR
+    against zero; the metric ``n_trials`` (the effective count) records which case applied.
     """
     r = np.asarray(returns, dtype=float)
     r = r[np.isfinite(r)]
-    out = {
-        "psr": float("nan"),
-        "deflated_sharpe": float("nan"),
-        "n_trials": float(max(len(trial_sharpes), 1)),
-    }
+    trials = [float(t) for t in trial_sharpes if np.isfinite(t)]
+    count = effective_trials(max(n_trials, len(trials), 1), trial_correlation)
+    out = {"psr": float("nan"), "deflated_sharpe": float("nan"), "n_trials": float(count)}
     if len(r) < 3 or r.std() == 0:
         return out  # nothing traded: no evidence either way, and the gates fail on NaN
     out["psr"] = float(psr_from_returns(r, 0.0))
-    trials = [t for t in trial_sharpes if np.isfinite(t)]
-    out["deflated_sharpe"] = float(dsr_from_returns(r, trials)) if len(trials) >= 2 else out["psr"]
+    if len(trials) >= 2:
+        out["deflated_sharpe"] = float(dsr_from_returns(r, trials, n_trials=count))
+    else:
+        out["deflated_sharpe"] = out["psr"]
     return out
 
 
@@ -70,15 +79,21 @@ def run_validate(
     strategy: str,
     timeframe: str,
     trial_sharpes: Sequence[float] = (),
+    n_trials: int = 0,
+    trial_correlation: float = 0.0,
+    pbo: float = math.nan,
     walk_forward_folds: int = 0,
     seed: int = 0,
 ) -> ValidateResult:
     """Backtest the model's out-of-sample signals (``ts >= split_ts``) with the configured costs.
 
-    With ``walk_forward_folds > 0`` the strategy is also validated walk-forward over the same
-    out-of-sample period (retrained before each of ``walk_forward_folds`` windows, stitched,
-    backtested with costs); then the gates judge the walk-forward measurements (``wf_*`` metrics),
-    not the single model's.
+    ``trial_sharpes`` and ``n_trials`` describe the search that chose the model (the deflated
+    Sharpe ratio corrects for them); ``pbo`` is its probability of backtest overfitting (NaN:
+    not measured, which fails a ``max_pbo`` gate). With ``walk_forward_folds > 0`` the strategy
+    is also validated walk-forward over the same out-of-sample period (the model's
+    hyperparameters retrained before each of ``walk_forward_folds`` windows, stitched, backtested
+    with costs); then the gates judge the walk-forward measurements (``wf_*`` metrics), not the
+    single model's.
     """
     strat = cfg.strategy(strategy)
     split = datetime.fromisoformat(split_ts)
@@ -99,15 +114,23 @@ def run_validate(
     bt = run_backtest(bars, targets, config=cfg.backtest)
     metrics = {k: float(v) for k, v in bt.stats.items() if isinstance(v, int | float)}
     metrics["ic"] = ic(preds["prediction"], preds["label"])
-    metrics.update(sharpe_significance(bt.equity["returns"].to_numpy(), trial_sharpes))
+    metrics.update(
+        sharpe_significance(
+            bt.equity["returns"].to_numpy(), trial_sharpes, n_trials, trial_correlation
+        )
+    )
+    metrics["pbo"] = float(pbo)
     fp = hashlib.sha256((frame_fingerprint(table) + frame_fingerprint(bars)).encode()).hexdigest()
     if not walk_forward_folds:
         return ValidateResult(preds, bt, metrics, evaluate_gates(metrics, strat.gates), fp)
-    wf = _walk_forward(cfg, strat, full, bars, split, walk_forward_folds, seed)
+    wf = _walk_forward(cfg, strat, full, bars, split, walk_forward_folds, seed, _params(model))
     wf_metrics = dict(wf.metrics)
+    wf_metrics["pbo"] = float(pbo)
     if wf.backtest is not None:
         wf_metrics.update(
-            sharpe_significance(wf.backtest.equity["returns"].to_numpy(), trial_sharpes)
+            sharpe_significance(
+                wf.backtest.equity["returns"].to_numpy(), trial_sharpes, n_trials, trial_correlation
+            )
         )
     metrics.update({f"wf_{k}": v for k, v in wf_metrics.items()})
     return ValidateResult(preds, bt, metrics, evaluate_gates(wf_metrics, strat.gates), fp, wf)
@@ -121,8 +144,9 @@ def _walk_forward(
     split: datetime,
     folds: int,
     seed: int,
+    params: dict[str, Any],
 ) -> WalkForwardResult:
-    """Retrain the strategy's model per window from ``split`` on, ``folds`` windows, costs on."""
+    """Retrain the model (``params``) per window from ``split`` on, ``folds`` windows, costs on."""
     n_train = full.filter(pl.col("ts") < split)["ts"].n_unique()
     n_test = full.filter(pl.col("ts") >= split)["ts"].n_unique()
     splitter = WalkForward(train_size=n_train, test_size=max(1, n_test // folds), embargo=1)
@@ -130,12 +154,18 @@ def _walk_forward(
         full,
         feature_columns(full),
         splitter=splitter,
-        params=dict(strat.model),
+        params=params,
         seed=seed,
         bars=bars,
         strategy=strat,
         backtest=cfg.backtest,
     )
+
+
+def _params(model: ModelRef) -> dict[str, Any]:
+    """The hyperparameters the model version was trained with, minus its seed (walk-forward
+    models take the validation seed)."""
+    return {k: v for k, v in model_params(model).items() if k != "seed"}
 
 
 def apply_gates(

@@ -25,6 +25,7 @@ References
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -194,6 +195,43 @@ def expected_max_sharpe(n_trials: Number, var_sharpe: Number) -> Number:
         return _out(np.where(n == 1, 0.0, np.sqrt(v) * z))
 
 
+def effective_trials(n_trials: int, mean_correlation: float) -> int:
+    """Return the implied number of independent trials ``ceil(ρ + (1 - ρ) · M)``.
+
+    Trials of one search (hyperparameter variants of one model) are far from independent, and the
+    deflated Sharpe ratio wants independent trials. With ``ρ`` the average pairwise correlation of
+    the trials' returns and ``M`` the number of trials, ``N ≈ ρ + (1 - ρ) · M`` interpolates
+    between one trial (``ρ = 1``) and ``M`` independent ones (``ρ = 0``); this approximation is
+    discussed with the deflated Sharpe ratio by Bailey & López de Prado (2014), who advise
+    clustering the trials for a finer estimate. Negative average correlations count as 0 (the
+    ``M`` trials are then taken as independent); the result is rounded up.
+
+    Parameters
+    ----------
+    n_trials : int
+        Number of trials M (>= 1).
+    mean_correlation : float
+        Average pairwise correlation ρ of the trials' per-period returns, in [-1, 1].
+
+    Returns
+    -------
+    int
+        N in [1, M].
+    """
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int | np.integer) or n_trials < 1:
+        raise ParameterError(
+            f"The 'n_trials' parameter of effective_trials must be an int >= 1. Got {n_trials!r}."
+        )
+    rho = float(mean_correlation)
+    if not -1.0 <= rho <= 1.0:
+        raise ParameterError(
+            f"The 'mean_correlation' parameter of effective_trials must be in [-1, 1]. Got "
+            f"{mean_correlation!r}. Fix: pass the average pairwise correlation of trial returns."
+        )
+    rho = max(rho, 0.0)
+    return int(min(n_trials, max(1, math.ceil(rho + (1.0 - rho) * n_trials - 1e-12))))
+
+
 def deflated_sharpe_ratio(
     sr: Number,
     n: Number,
@@ -233,12 +271,14 @@ def deflated_sharpe_ratio(
     return probabilistic_sharpe_ratio(sr, sr0, n, skew, kurtosis)
 
 
-def dsr_from_returns(returns: Any, trial_sharpes: Sequence[float] | np.ndarray) -> float:
+def dsr_from_returns(
+    returns: Any, trial_sharpes: Sequence[float] | np.ndarray, *, n_trials: int | None = None
+) -> float:
     """Return the DSR of the selected strategy's returns given every trial's Sharpe ratio.
 
-    ``n_trials`` is ``len(trial_sharpes)`` and ``var_trials_sr`` their variance (``ddof=1``); the
-    Sharpe ratios must be per period, like ``returns``. Count only independent trials (cluster
-    highly correlated configurations first), as the paper advises.
+    ``n_trials`` defaults to ``len(trial_sharpes)`` and ``var_trials_sr`` is their variance
+    (``ddof=1``); the Sharpe ratios must be per period, like ``returns``. Count only independent
+    trials (cluster highly correlated configurations first), as the paper advises.
 
     Parameters
     ----------
@@ -246,6 +286,10 @@ def dsr_from_returns(returns: Any, trial_sharpes: Sequence[float] | np.ndarray) 
         Per-period returns of the selected strategy.
     trial_sharpes : array-like
         Per-period Sharpe ratios of all trials, the selected one included (>= 2 values).
+    n_trials : int, optional
+        Number of independent trials N (>= 1), when it is not ``len(trial_sharpes)``: more when
+        some trials have no Sharpe ratio (pruned before any backtest), fewer when the trials are
+        correlated (:func:`effective_trials`). The variance still comes from ``trial_sharpes``.
 
     Returns
     -------
@@ -253,13 +297,19 @@ def dsr_from_returns(returns: Any, trial_sharpes: Sequence[float] | np.ndarray) 
         DSR in [0, 1].
     """
     srs = np.asarray(trial_sharpes, dtype=np.float64).reshape(-1)
+    count = len(srs) if n_trials is None else n_trials
+    if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
+        raise ParameterError(
+            f"The 'n_trials' parameter of dsr_from_returns must be an int >= 1. Got {n_trials!r} "
+            "instead. Fix: pass the number of independent trials (see effective_trials)."
+        )
     if len(srs) < 2 or not np.all(np.isfinite(srs)):
         raise ParameterError(
             "The 'trial_sharpes' parameter of dsr_from_returns must hold at least 2 finite Sharpe "
             f"ratios. Got {len(srs)} value(s)."
         )
     sr, n, skew, kurt = _sample_moments("dsr_from_returns", returns)
-    return float(deflated_sharpe_ratio(sr, n, skew, kurt, len(srs), srs.var(ddof=1)))
+    return float(deflated_sharpe_ratio(sr, n, skew, kurt, int(count), srs.var(ddof=1)))
 
 
 def min_track_record_length(
