@@ -20,27 +20,55 @@ KEY_ID, SECRET = "PKFAKEKEY0000000TEST", "fake-secret-value-that-must-not-leak"
 STEPS = ["ingest", "features", "train", "validate", "trade_session"]
 
 
-@pytest.fixture(scope="module")
-def research(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+def _run_research(tmp: Path, *params: str) -> tuple:
+    """Run the research pipeline with its own MLflow, stores and Optuna storage under ``tmp``."""
     mp = pytest.MonkeyPatch()
-    tmp = tmp_path_factory.mktemp("research")
     for k in list(os.environ):
         if k.startswith("WB_") or k == "MLFLOW_TRACKING_URI":
             mp.delenv(k)
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
     mp.setenv("WB_MLFLOW__ARTIFACT_ROOT", str(tmp / "mlartifacts"))
     mp.setenv("WB_STORE__FEATURES_ROOT", str(tmp / "features"))
+    mp.setenv("WB_STRATEGIES__INTRADAY_REVERSAL__SEARCH__STORAGE", f"sqlite:///{tmp / 'optuna.db'}")
     mp.setenv("APCA_API_KEY_ID", KEY_ID)  # present in every kernel: must never reach an output
     mp.setenv("APCA_API_SECRET_KEY", SECRET)
     res = run_pipeline(
         "research",
-        [f"data_dir={tmp / 'data'}"],
+        [f"data_dir={tmp / 'data'}", *params],
         cfg=load_config(REPO),
         runs_root=tmp / "runs",
         echo=lambda _: None,
     )
+    return res, mp
+
+
+@pytest.fixture(scope="module")
+def research(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    tmp = tmp_path_factory.mktemp("research")
+    res, mp = _run_research(tmp)
     yield res, tmp
     mp.undo()
+
+
+@pytest.fixture(scope="module")
+def null_research(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """The null run, with its own MLflow; the environment is restored right after it."""
+    tmp = tmp_path_factory.mktemp("null_research")
+    before = mlflow.get_tracking_uri()
+    res, mp = _run_research(tmp, "alpha=0")
+    mp.undo()
+    mlflow.set_tracking_uri(before)
+    return res, f"sqlite:///{tmp / 'mlflow.db'}"
+
+
+def _step_runs(res: object, uri: str | None = None) -> dict[str, object]:
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    parent = client.get_run(res.parent_run_id)  # type: ignore[attr-defined]
+    kids = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{res.parent_run_id}'",  # type: ignore[attr-defined]
+    )
+    return {r.data.tags["step"]: r for r in kids if "step" in r.data.tags}
 
 
 @pytest.mark.slow
@@ -51,10 +79,7 @@ def test_pipeline_runs_tracks_and_promotes(research: tuple) -> None:
     parent = client.get_run(res.parent_run_id)
     assert parent.data.tags["pipeline"] == "research" and parent.info.status == "FINISHED"
     assert parent.data.params["alpha"] == "0.25"
-    kids = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{res.parent_run_id}'"
-    )
-    by_step = {r.data.tags["step"]: r for r in kids}
+    by_step = _step_runs(res)
     assert sorted(by_step) == sorted(STEPS)
     fp = by_step["ingest"].data.tags["data_fingerprint"]
     assert len(fp) == 64
@@ -84,6 +109,43 @@ def test_pipeline_runs_tracks_and_promotes(research: tuple) -> None:
     fills = pl.read_parquet(res.outputs("trade_session")["fills_path"])
     assert fills.height > 0 and (fills["ts"] > fills["decided_at"]).all()
     assert by_step["trade_session"].data.params["model_alias"] == "challenger"
+
+
+@pytest.mark.slow
+def test_search_is_tracked_and_feeds_the_overfitting_gates(research: tuple) -> None:
+    from workbench.models.registry import PARAMS_TAG
+
+    res, _ = research
+    client = mlflow.MlflowClient()
+    train = _step_runs(res)["train"]
+    tm, tr = train.data.metrics, train.data.params
+    # every Optuna trial is a nested run of the train step, with parameters and fold scores
+    trials = client.search_runs(
+        [train.info.experiment_id], f"tags.mlflow.parentRunId = '{train.info.run_id}'"
+    )
+    assert len(trials) == tm["search_trials"] == 16
+    assert {t.data.tags["state"] for t in trials} <= {"complete", "pruned"}
+    done = [t for t in trials if t.data.tags["state"] == "complete"]
+    assert len(done) == tm["search_completed"] >= 2
+    assert all("sharpe_fold_3" in t.data.metrics and "num_leaves" in t.data.params for t in done)
+    arts = {a.path for a in client.list_artifacts(train.info.run_id, f"search/{tr['study_name']}")}
+    assert {
+        f"search/{tr['study_name']}/{n}.html"
+        for n in ("optimization_history", "param_importances", "fold_scores")
+    } <= arts
+    # the refit model carries its hyperparameters; validation retrained exactly those
+    out = res.outputs("train")
+    mv = client.get_model_version("intraday_reversal", out["model_version"])
+    params = json.loads(mv.tags[PARAMS_TAG])
+    assert (
+        params["num_leaves"] == int(tr["lgbm.num_leaves"]) and params["objective"] == "regression"
+    )
+    # the hand-off: Sharpe ratios of the completed trials, every trial counted, PBO from CPCV
+    assert len(out["trial_sharpes"]) == tm["search_completed"] and out["n_trials"] == 16
+    assert 0 <= out["pbo"] == tm["pbo"] < 0.3 and 0 < out["trial_correlation"] <= 1
+    vm = _step_runs(res)["validate"].data.metrics
+    assert vm["pbo"] == out["pbo"] and vm["wf_n_trials"] == tm["effective_trials"] < 16
+    assert vm["wf_deflated_sharpe"] <= vm["wf_psr"]
 
 
 @pytest.mark.slow
@@ -204,3 +266,21 @@ def test_promote_needs_a_better_challenger(research: tuple) -> None:
         client.get_registered_model("intraday_reversal").tags["last_promotion_decision"]
     )
     assert decision["forced"] is True and "operator override" in decision["reason"]
+
+
+@pytest.mark.slow
+def test_null_market_ends_with_the_gates_refusing(null_research: tuple) -> None:
+    res, uri = null_research
+    assert res.ok, res.summary()  # the pipeline ran; the gates said no
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    by_step = _step_runs(res, uri)
+    assert res.outputs("validate")["passed"] is False
+    assert by_step["validate"].data.tags["gates"] == "fail"
+    failed = {
+        k for k, v in by_step["validate"].data.tags.items() if k.startswith("gate.") and v == "fail"
+    }
+    assert {"gate.min_sharpe", "gate.min_deflated_sharpe"} <= failed
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("intraday_reversal", "challenger")
+    # the session had nothing to trade: no alias was ever set in this tracking store
+    assert "fills_path" not in res.outputs("trade_session")
