@@ -13,8 +13,8 @@ def test_gates_pass_and_fail_with_reasons() -> None:
     bad = evaluate_gates({"sharpe": 0.5, "max_drawdown": -0.3, "n_trades": 50}, g)
     assert not bad.passed
     assert bad.failures() == [
-        "min_sharpe: sharpe = 0.5 vs threshold 1",
-        "max_drawdown: max_drawdown = 0.3 vs threshold 0.2",
+        "min_sharpe: sharpe = 0.5, >= 1 required",
+        "max_drawdown: max_drawdown = 0.3, <= 0.2 required",
     ]
     assert bad.tags()["gates"] == "fail" and bad.tags()["gate.min_trades"] == "pass"
 
@@ -22,7 +22,9 @@ def test_gates_pass_and_fail_with_reasons() -> None:
 def test_missing_or_nan_measurement_fails() -> None:
     g = GatesConfig(min_sharpe=0.0, max_drawdown=None, min_trades=None)
     assert not evaluate_gates({}, g).passed
-    assert not evaluate_gates({"sharpe": float("nan")}, g).passed
+    nan = evaluate_gates({"sharpe": float("nan")}, g)
+    assert not nan.passed
+    assert nan.failures() == ["min_sharpe: sharpe not measured, >= 0 required"]
 
 
 def test_no_active_gate_never_passes() -> None:

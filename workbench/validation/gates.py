@@ -40,10 +40,14 @@ class GateReport:
 
     def failures(self) -> list[str]:
         """Return readable reasons for every failed gate."""
-        return [
-            f"{r['gate']}: {r['metric']} = {r['value']:.4g} vs threshold {r['threshold']:.4g}"
-            for r in self.frame.filter(~pl.col("passed")).iter_rows(named=True)
-        ]
+        out = []
+        for r in self.frame.filter(~pl.col("passed")).iter_rows(named=True):
+            what = f"{r['op']} {r['threshold']:.4g} required"
+            if math.isfinite(r["value"]):
+                out.append(f"{r['gate']}: {r['metric']} = {r['value']:.4g}, {what}")
+            else:  # nothing traded, or not measured (e.g. no search behind the model for PBO)
+                out.append(f"{r['gate']}: {r['metric']} not measured, {what}")
+        return out
 
     def tags(self) -> dict[str, str]:
         """Return MLflow tags (``gate.<name>`` = pass/fail, ``gates`` = pass/fail)."""
