@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ from workbench.config import load_config
 from workbench.pipeline import run_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
-KEY_ID, SECRET = "PKFAKEKEY0000000TEST", "fake-secret-value-that-must-not-leak"
+# made up per run (nothing credential-like is committed); present in every kernel, never in outputs
+KEY_ID, SECRET = "PK" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30)
 STEPS = ["ingest", "features", "train", "validate", "trade_session"]
 
 

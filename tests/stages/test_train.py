@@ -17,7 +17,7 @@ from workbench.data.timeframe import Timeframe
 from workbench.errors import ConfigError, ParameterError
 from workbench.models.search import refit
 from workbench.stages.features import run_features
-from workbench.stages.train import per_bar_sharpe, run_train
+from workbench.stages.train import run_train
 
 REPO = Path(__file__).resolve().parents[2]
 SYMBOLS = ["SYN000", "SYN001"]
@@ -101,10 +101,3 @@ def test_search_settings_are_validated(isolated: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("WB_STRATEGIES__INTRADAY_REVERSAL__SEARCH__SCORE", "auc")
     with pytest.raises(ConfigError, match="score"):
         load_config(REPO)
-
-
-def test_per_bar_sharpe_hand_case() -> None:
-    r = np.array([0.01, -0.01, 0.02, 0.0])  # mean 0.005, sd (ddof=1) sqrt(0.00025 * 4 / 3 ...)
-    sd = math.sqrt(((0.005) ** 2 + 0.015**2 + 0.015**2 + 0.005**2) / 3)
-    assert per_bar_sharpe(r) == pytest.approx(0.005 / sd)
-    assert per_bar_sharpe(np.zeros(10)) == 0.0 and per_bar_sharpe(np.array([np.nan, 1.0])) == 0.0

@@ -25,6 +25,7 @@ from workbench.validation.overfitting import (
     probabilistic_sharpe_ratio,
     probability_of_backtest_overfitting,
     psr_from_returns,
+    sharpe_per_period,
 )
 
 
@@ -337,3 +338,12 @@ def test_dsr_from_returns_with_an_explicit_trial_count() -> None:
     assert dsr_from_returns(r, srs) == dsr_from_returns(r, srs, n_trials=4)
     with pytest.raises(ParameterError, match="'n_trials'.*int >= 1. Got 0"):
         dsr_from_returns(r, srs, n_trials=0)
+
+
+def test_sharpe_per_period_hand_case() -> None:
+    r = np.array([0.01, -0.01, 0.02, 0.0])  # mean 0.005; deviations 0.005, -0.015, 0.015, -0.005
+    sd = math.sqrt((0.005**2 + 0.015**2 + 0.015**2 + 0.005**2) / 3)
+    assert sharpe_per_period(r) == pytest.approx(0.005 / sd)
+    assert sharpe_per_period([0.01, np.nan, -0.01, 0.02, 0.0]) == pytest.approx(0.005 / sd)
+    assert sharpe_per_period(np.zeros(10)) == 0.0  # never traded: no edge, still ranks
+    assert sharpe_per_period([np.nan, 1.0]) == 0.0

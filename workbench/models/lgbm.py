@@ -6,12 +6,15 @@ import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from workbench.errors import SchemaError
+
+if TYPE_CHECKING:
+    from workbench.models.estimator import LGBMForecaster
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "regression",
@@ -73,14 +76,14 @@ def fit_lgbm(
     label: str = "label",
     params: Mapping[str, Any] | None = None,
     seed: int = 0,
-) -> Any:
+) -> LGBMForecaster:
     """Fit an :class:`LGBMForecaster` of ``label`` on ``features``.
 
     ``params`` are ``LGBMForecaster`` keyword arguments laid over :data:`DEFAULT_PARAMS`; ``seed``
     is the model's seed. An unknown name raises :class:`~workbench.errors.ParameterError` naming
     the closest valid one.
     """
-    from workbench.models.estimator import LGBMForecaster, check_params
+    from workbench.models.estimator import LGBMForecaster, check_params  # it imports this module
 
     p = {**DEFAULT_PARAMS, **(params or {})}
     check_params("params", p)

@@ -29,7 +29,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from workbench.backtest import run_backtest, signals_to_targets
+from workbench.backtest import run_backtest, strategy_targets
 from workbench.config import ParamRange, StrategyConfig, WorkbenchConfig
 from workbench.data.store import BarStore, frame_fingerprint
 from workbench.errors import ParameterError
@@ -38,7 +38,7 @@ from workbench.models.lgbm import Split, chronological_split, importance_frame, 
 from workbench.models.search import DEFAULT_SEARCH_SPACE, SearchResult, refit, run_search
 from workbench.validation.cpcv import CPCVResult, cpcv_pbo
 from workbench.validation.cv import CombinatorialPurgedKFold, PurgedKFold
-from workbench.validation.overfitting import effective_trials
+from workbench.validation.overfitting import effective_trials, sharpe_per_period
 
 NON_FEATURES = ("symbol", "ts", "label", "t1")
 _NOT_SEARCHED = ("objective", "metric", "seed", "early_stopping_rounds")
@@ -74,15 +74,6 @@ def ic(pred: pl.Series | np.ndarray, label: pl.Series | np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
-def per_bar_sharpe(returns: np.ndarray) -> float:
-    """Return mean / standard deviation (ddof=1) of per-bar returns; 0 when they do not vary."""
-    r = np.asarray(returns, dtype=float)
-    r = r[np.isfinite(r)]
-    if len(r) < 2 or r.std(ddof=1) == 0:
-        return 0.0
-    return float(r.mean() / r.std(ddof=1))
-
-
 class StrategyBacktest:
     """Backtest a strategy's predictions on a bar window with the configured costs.
 
@@ -95,20 +86,14 @@ class StrategyBacktest:
         self.cfg, self.strat, self.bars = cfg, strat, bars
 
     def returns(self, preds: pl.DataFrame, start: datetime, end: datetime) -> np.ndarray:
-        targets = signals_to_targets(
-            preds.rename({"prediction": "score"}),
-            long_threshold=self.strat.long_threshold,
-            short_threshold=self.strat.short_threshold,
-            max_position=self.strat.max_position,
-            allow_short=self.cfg.backtest.allow_short,
-        )
+        targets = strategy_targets(preds, self.strat, allow_short=self.cfg.backtest.allow_short)
         window = self.bars.filter(pl.col("ts").is_between(start, end))
         bt = run_backtest(window, targets.filter(pl.col("ts") <= end), config=self.cfg.backtest)
         return np.nan_to_num(bt.equity["returns"].to_numpy().astype(float))
 
     def fold_sharpe(self, fold: pl.DataFrame, preds: pl.DataFrame) -> float:
         """``run_search``'s ``backtest_fn``: per-bar Sharpe over the fold's time span."""
-        return per_bar_sharpe(self.returns(preds, fold["ts"].min(), fold["ts"].max()))
+        return sharpe_per_period(self.returns(preds, fold["ts"].min(), fold["ts"].max()))
 
 
 def search_space(space: dict[str, ParamRange]) -> dict[str, BaseDistribution]:
@@ -235,6 +220,7 @@ def run_train(
             progress=progress,
         )
 
+    rho = cpcv.correlation if cpcv else 0.0  # no CPCV: treat the trials as independent
     p_train = predict(model, train, feats)["prediction"]
     p_valid = predict(model, split.valid, feats)["prediction"]
     metrics = {
@@ -247,8 +233,8 @@ def run_train(
         "search_trials": float(n_tried),
         "search_completed": float(res.n_trials),
         "search_pruned": float(res.n_pruned),
-        "trial_correlation": cpcv.correlation if cpcv else 0.0,
-        "effective_trials": float(effective_trials(n_tried, cpcv.correlation if cpcv else 0.0)),
+        "trial_correlation": rho,
+        "effective_trials": float(effective_trials(n_tried, rho)),
         "trial_sharpe_var": float(np.var(trial_sharpes, ddof=1))
         if len(trial_sharpes) >= 2
         else math.nan,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from workbench.backtest import BacktestResult, run_backtest, signals_to_targets
+from workbench.backtest import BacktestResult, run_backtest, strategy_targets
 from workbench.config import StrategyConfig, WorkbenchConfig
 from workbench.data.store import BarStore, frame_fingerprint
 from workbench.models.lgbm import predict
@@ -102,13 +102,7 @@ def run_validate(
     feats = feature_columns(table)
     lgbm = load_model(model)
     preds = predict(lgbm, table, feats).with_columns(label=table["label"])
-    targets = signals_to_targets(
-        preds.rename({"prediction": "score"}),
-        long_threshold=strat.long_threshold,
-        short_threshold=strat.short_threshold,
-        max_position=strat.max_position,
-        allow_short=cfg.backtest.allow_short,
-    )
+    targets = strategy_targets(preds, strat, allow_short=cfg.backtest.allow_short)
     symbols = sorted(table["symbol"].unique().to_list())
     bars = BarStore(store_root, cfg.store.partition).read(symbols, timeframe, start=split)
     bt = run_backtest(bars, targets, config=cfg.backtest)

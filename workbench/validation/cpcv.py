@@ -26,7 +26,7 @@ from workbench.errors import ParameterError
 from workbench.models.estimator import LGBMForecaster, check_params
 from workbench.models.lgbm import feature_matrix
 from workbench.validation.cv import CombinatorialPurgedKFold
-from workbench.validation.overfitting import PBOResult, pbo_from_cpcv
+from workbench.validation.overfitting import PBOResult, pbo_from_cpcv, sharpe_per_period
 
 ReturnsFn = Callable[[pl.DataFrame], np.ndarray]
 """``returns_fn(predictions) -> per-bar returns``: ``predictions`` holds ``symbol, ts,
@@ -144,7 +144,7 @@ def cpcv_pbo(
             )
         mats.append(np.column_stack(cols))
     pbo = pbo_from_cpcv(mats, n_splits)
-    sharpes = np.array([[_sharpe(m[:, j]) for j in range(m.shape[1])] for m in mats])
+    sharpes = np.array([[sharpe_per_period(m[:, j]) for j in range(m.shape[1])] for m in mats])
     corr = float(np.mean([_mean_correlation(m) for m in mats]))
     return CPCVResult(pbo, sharpes, corr, [dict(c) for c in configs], _figures(pbo))
 
@@ -166,11 +166,6 @@ def _returns(fn: ReturnsFn, preds: pl.DataFrame, path: int) -> np.ndarray:
             f"{path}. Fix: return 0 for bars without a position."
         )
     return r
-
-
-def _sharpe(r: np.ndarray) -> float:
-    sd = r.std(ddof=1)
-    return float(r.mean() / sd) if sd > 0 else 0.0
 
 
 def _figures(res: PBOResult) -> dict[str, Any]:

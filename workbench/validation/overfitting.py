@@ -123,6 +123,21 @@ def probabilistic_sharpe_ratio(
     return _out(stats.norm.cdf(z))
 
 
+def sharpe_per_period(returns: Any) -> float:
+    """Return mean / standard deviation (ddof=1) of per-period returns, ignoring non-finite ones.
+
+    0 when fewer than two finite returns remain or they do not vary (a strategy that never
+    trades has no edge): the convention for comparing trials and paths, where an undefined
+    ratio must still rank.
+    """
+    r = np.asarray(returns, dtype=np.float64).reshape(-1)
+    r = r[np.isfinite(r)]
+    if len(r) < 2:
+        return 0.0
+    sd = r.std(ddof=1)
+    return float(r.mean() / sd) if sd > 0 else 0.0
+
+
 def _sample_moments(owner: str, returns: Any) -> tuple[float, int, float, float]:
     r = np.asarray(returns, dtype=np.float64).reshape(-1)
     if len(r) < 3 or not np.all(np.isfinite(r)):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from workbench.backtest import BacktestResult, run_backtest, signals_to_targets
+from workbench.backtest import BacktestResult, run_backtest, strategy_targets
 from workbench.config import BacktestConfig, StrategyConfig
 from workbench.models.lgbm import fit_lgbm, predict
 
@@ -93,13 +93,7 @@ def walk_forward(
     bt = None
     if bars is not None and strategy is not None:
         cfg = backtest or BacktestConfig()
-        targets = signals_to_targets(
-            stitched.rename({"prediction": "score"}),
-            long_threshold=strategy.long_threshold,
-            short_threshold=strategy.short_threshold,
-            max_position=strategy.max_position,
-            allow_short=cfg.allow_short,
-        )
+        targets = strategy_targets(stitched, strategy, allow_short=cfg.allow_short)
         oos_bars = bars.filter(pl.col("ts") >= stitched["ts"].min())
         bt = run_backtest(oos_bars, targets, config=cfg)
         metrics.update({k: float(v) for k, v in bt.stats.items() if isinstance(v, int | float)})
