@@ -21,7 +21,7 @@ import json
 import os
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -246,19 +246,154 @@ class SearchConfig(_Frozen):
         return self
 
 
+class DecisionConfig(_Frozen):
+    """How a prediction becomes a side: fixed thresholds, quantiles of the training predictions,
+    or probability thresholds; optionally only with the trend (see :mod:`workbench.risk.decision`)."""
+
+    method: Literal["threshold", "quantile", "probability"] = "threshold"
+    long: float = 0.0  # threshold: prediction above which long; quantile: its level (0.8); probability: p above which long
+    short: float = 0.0  # threshold: prediction below which short; quantile: its level (0.2); probability: p below which short
+    trend_filter: int | None = Field(
+        None, ge=2
+    )  # bars of a moving average of closes: longs above it, shorts below
+
+    @model_validator(mode="after")
+    def _check(self) -> DecisionConfig:
+        if self.short > self.long:
+            raise ValueError(
+                f"short ({self.short}) must be <= long ({self.long}). Fix: swap them or set them equal"
+            )
+        if self.method == "quantile" and not (0.0 < self.short <= self.long < 1.0):
+            raise ValueError(
+                f"quantile levels need 0 < short <= long < 1; got short={self.short}, long={self.long}. "
+                "Fix: e.g. {method: quantile, long: 0.8, short: 0.2}"
+            )
+        if self.method == "probability" and not (0.0 <= self.short <= self.long <= 1.0):
+            raise ValueError(
+                f"probability thresholds need 0 <= short <= long <= 1; got short={self.short}, "
+                f"long={self.long}. Fix: e.g. {{method: probability, long: 0.55, short: 0.45}}"
+            )
+        return self
+
+
+class RegimeConfig(_Frozen):
+    """Volatility regimes from percentiles of past realised volatility only."""
+
+    window: int = Field(20, ge=2)  # bars of the realised volatility
+    lookback: int = Field(780, ge=10)  # past bars whose volatility percentiles set the regimes
+    low_pct: float = Field(33.0, gt=0, lt=100)  # percentile below which volatility is low
+    high_pct: float = Field(67.0, gt=0, lt=100)  # percentile above which volatility is high
+    multipliers: tuple[float, float, float] = (1.0, 1.0, 0.5)  # size multiplier: low, medium, high
+
+    @model_validator(mode="after")
+    def _check(self) -> RegimeConfig:
+        if self.low_pct >= self.high_pct:
+            raise ValueError(
+                f"low_pct ({self.low_pct}) must be below high_pct ({self.high_pct}). Fix: e.g. 33 and 67"
+            )
+        if any(m < 0 for m in self.multipliers):
+            raise ValueError(
+                f"multipliers must be >= 0; got {list(self.multipliers)}. Fix: e.g. [1.0, 1.0, 0.5]"
+            )
+        return self
+
+
+class SizingConfig(_Frozen):
+    """How a side becomes a target fraction of equity (see :mod:`workbench.risk.sizing`)."""
+
+    method: Literal["fixed_fraction", "atr_risk", "vol_target", "kelly"] = "fixed_fraction"
+    fraction: float = Field(0.1, gt=0, le=10)  # fixed fraction of equity (and the Kelly fallback)
+    risk_pct: float = Field(0.01, gt=0, le=1)  # atr_risk: equity risked per trade at the stop
+    atr_window: int = Field(14, ge=1)  # bars of the average true range
+    atr_k: float = Field(2.0, gt=0)  # stop distance in ATRs (atr_risk, Kelly's cap, portfolio heat)
+    vol_target: float = Field(0.15, gt=0)  # vol_target: annualised volatility of the position
+    vol_window: int = Field(20, ge=2)  # bars of the realised volatility (vol_target)
+    max_leverage: float = Field(
+        1.0, gt=0
+    )  # cap on |target| per symbol (vol_target, atr_risk, kelly)
+    kelly_mode: Literal["payoff", "mean_variance"] = "payoff"  # f = p - (1-p)/b, or f = mu/sigma^2
+    kelly_fraction: float = Field(0.5, gt=0, le=1)  # fraction of the Kelly bet
+    kelly_max_risk: float = Field(0.01, gt=0, le=1)  # cap: equity at risk per trade at the stop
+    kelly_min_trades: int = Field(30, ge=1)  # fixed fraction until this many closed trades
+    regime: RegimeConfig | None = None  # volatility-regime multiplier (off when absent)
+    min_trade: float = Field(0.0, ge=0, le=1)  # no order when |target - position| < this x equity
+
+
+class ExposureCaps(_Frozen):
+    """Gross and net exposure caps of one strategy type (fractions of equity)."""
+
+    max_gross: float | None = Field(1.0, gt=0)  # sum |position value| / equity
+    max_net: float | None = Field(1.0, gt=0)  # |sum position value| / equity
+
+
+class LimitsConfig(_Frozen):
+    """Pre-trade limits (see :mod:`workbench.risk.limits`); ``null`` turns a rule off."""
+
+    max_position: float | None = Field(0.2, gt=0)  # |position value| / equity per symbol
+    max_open_positions: int | None = Field(None, ge=1)  # symbols held at once
+    sector_cap: float | None = Field(None, gt=0)  # sum |position value| in one sector / equity
+    sectors: dict[str, str] = Field(default_factory=dict)  # symbol -> sector (default: asset facts)
+    max_correlation: float | None = Field(
+        None, gt=0, le=1
+    )  # no new same-side position this correlated with a held one
+    correlation_window: int = Field(78, ge=3)  # bars of past returns the correlation uses
+    heat_max: float | None = Field(None, gt=0)  # sum stop distance x shares / equity
+    leverage: float | None = Field(
+        1.0, gt=0
+    )  # buying power: gross exposure after the order <= leverage x equity
+    pdt: bool = (
+        False  # pattern-day-trader rule (removed by Alpaca in 2026; historical backtests only)
+    )
+
+
+class KillSwitchConfig(_Frozen):
+    """Kill-switch trips (see :mod:`workbench.risk.killswitch`); ``null`` turns a trip off."""
+
+    daily_loss: float | None = Field(
+        None, gt=0, lt=1
+    )  # loss since the session's first mark / that equity
+    max_drawdown: float | None = Field(None, gt=0, lt=1)  # drawdown from the session's peak equity
+    consecutive_losses: int | None = Field(None, ge=1)  # losing round trips in a row
+    max_violations: int | None = Field(None, ge=1)  # limit denials within the window
+    violation_window_minutes: float = Field(5.0, gt=0)  # window of max_violations
+    heat_emergency: float | None = Field(None, gt=0)  # portfolio heat that trips the switch
+
+
+class StrategyRiskConfig(_Frozen):
+    """The risk rules one strategy trades under, in backtests and sessions alike."""
+
+    limits: LimitsConfig = LimitsConfig()
+    killswitch: KillSwitchConfig = KillSwitchConfig()
+    eod_flatten_minutes: float | None = Field(
+        5.0, ge=0
+    )  # intraday strategies: flat this long before the exchange close (early closes included)
+
+
 class StrategyConfig(_Frozen):
     """A strategy: the features it reads, what it predicts, how it trades, how it is judged."""
 
     feature_set: str  # key of feature_sets
+    type: Literal["intraday", "swing"] = (
+        "intraday"  # intraday: flat by the close; swing: may hold overnight
+    )
     label: LabelConfig = LabelConfig()
     model: dict[str, int | float | str | bool] = Field(
         default_factory=dict
     )  # LGBMForecaster parameters; the searched ones (search.space) are the search's to set
     search: SearchConfig = SearchConfig()
-    long_threshold: float = 0.0  # predicted return above which to be long
-    short_threshold: float = 0.0  # predicted return below which to be short (<= long)
-    max_position: float = Field(0.1, gt=0, le=1)  # fraction of equity per symbol
+    decision: DecisionConfig = DecisionConfig()
+    sizing: SizingConfig = SizingConfig()
+    risk: StrategyRiskConfig = StrategyRiskConfig()
     gates: GatesConfig = GatesConfig()
+
+
+class RiskConfig(_Frozen):
+    """Risk settings shared by every strategy: persisted kill-switch state, exposure per type."""
+
+    state_url: str = "sqlite:///runs/risk.db"  # kill-switch state (relative sqlite paths: project)
+    exposure: dict[Literal["intraday", "swing"], ExposureCaps] = Field(
+        default_factory=lambda: {"intraday": ExposureCaps(), "swing": ExposureCaps()}
+    )  # gross/net caps by strategy type
 
 
 class Secrets(BaseModel):
@@ -291,6 +426,7 @@ class WorkbenchConfig(_Frozen):
     alpaca: AlpacaConfig = AlpacaConfig()
     mlflow: MlflowConfig = MlflowConfig()
     backtest: BacktestConfig = BacktestConfig()
+    risk: RiskConfig = RiskConfig()
     feature_sets: dict[str, tuple[FeatureSpec, ...]] = Field(default_factory=dict)
     strategies: dict[str, StrategyConfig] = Field(default_factory=dict)
     secrets: Secrets = Field(default_factory=Secrets, exclude=True)
@@ -439,6 +575,9 @@ def _check_keys(model: type[BaseModel], data: Any, path: tuple[str, ...], layer:
 def _submodel(ann: Any) -> type[BaseModel] | None:
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
+    args = [a for a in get_args(ann) if a is not type(None)]
+    if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0]  # an optional section, e.g. ``RegimeConfig | None``
     return None
 
 

@@ -8,10 +8,18 @@ import numpy as np
 import polars as pl
 import pytest
 
-from workbench.config import CostsConfig, StrategyConfig
+from workbench.config import (
+    CostsConfig,
+    DecisionConfig,
+    LimitsConfig,
+    SizingConfig,
+    StrategyConfig,
+    StrategyRiskConfig,
+)
 from workbench.execution.orders import Order
 from workbench.execution.session import run_session
 from workbench.execution.sim_broker import BrokerError, SimulatedBroker
+from workbench.risk import RiskPolicy
 
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 COSTS = CostsConfig(
@@ -87,11 +95,19 @@ def session_bars(n: int = 30) -> pl.DataFrame:
     )
 
 
-def test_session_trades_on_next_open_and_ends_flat() -> None:
-    bars = session_bars()
+def _policy(fraction: float = 0.5) -> RiskPolicy:
     strat = StrategyConfig(
-        feature_set="x", long_threshold=0.0, short_threshold=0.0, max_position=0.5
+        feature_set="x",
+        type="intraday",
+        decision=DecisionConfig(long=0.0, short=0.0),
+        sizing=SizingConfig(fraction=fraction),
+        risk=StrategyRiskConfig(limits=LimitsConfig(max_position=None), eod_flatten_minutes=5),
     )
+    return RiskPolicy.from_strategy(strat, name="fade", timeframe="5Min")
+
+
+def test_session_trades_on_next_open_and_ends_flat() -> None:
+    bars = session_bars(78)  # one full session, 09:30-15:55 ET
     broker = SimulatedBroker(100_000, COSTS)
     res = run_session(
         bars,
@@ -99,23 +115,42 @@ def test_session_trades_on_next_open_and_ends_flat() -> None:
         engine=RetFeature(),
         predict=lambda f: -f["ret"].to_numpy(),
         features=["ret"],
-        strategy=strat,
+        policy=_policy(),
         broker=broker,
     )
     assert res.fills.height > 0
     assert (res.fills["ts"] > res.fills["decided_at"]).all()
     opens = dict(zip(bars["ts"].to_list(), bars["open"].to_list(), strict=True))
     assert all(opens[t] == p for t, p in zip(res.fills["ts"], res.fills["ref_price"], strict=True))
-    assert broker.position("A") == 0  # flattened before the close
+    assert broker.position("A") == 0  # flattened 5 minutes before the close, from the calendar
+    last = res.fills.sort("ts")[-1]
+    assert last["ts"].item() == T0 + timedelta(minutes=5 * 77)  # the 15:55 bar's open
+    assert res.orders.filter(pl.col("reason") == "eod_flatten").height >= 1
     assert res.pnl["cum_pnl"][-1] == pytest.approx(broker.equity - 100_000)
     assert res.decisions.filter(
         pl.col("ts") < T0 + timedelta(minutes=25)
     ).is_empty()  # warm-up only
 
 
+def test_constant_signal_trades_once() -> None:
+    """The session rebalances on a change of target, not on every bar (it used to re-size each bar)."""
+    bars = session_bars(60)
+    broker = SimulatedBroker(100_000, COSTS)
+    res = run_session(
+        bars,
+        T0 + timedelta(minutes=10),
+        engine=RetFeature(),
+        predict=lambda f: np.ones(f.height),
+        features=["ret"],
+        policy=_policy(),
+        broker=broker,
+    )
+    assert res.fills.height == 1
+    assert broker.position("A") > 0
+
+
 def test_costs_never_help() -> None:
     bars = session_bars(60)
-    strat = StrategyConfig(feature_set="x", max_position=0.5)
     out = []
     for costs in (CostsConfig(half_spread_bps=0.0), COSTS):
         res = run_session(
@@ -124,7 +159,7 @@ def test_costs_never_help() -> None:
             engine=RetFeature(),
             predict=lambda f: -f["ret"].to_numpy(),
             features=["ret"],
-            strategy=strat,
+            policy=_policy(),
             broker=SimulatedBroker(100_000, costs),
         )
         out.append(res.net_pnl)

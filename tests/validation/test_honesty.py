@@ -18,6 +18,7 @@ from workbench.data.sources.synthetic import SyntheticSource
 from workbench.data.timeframe import Timeframe
 from workbench.features.sets import build_features
 from workbench.labels import forward_return
+from workbench.risk import RiskPolicy
 from workbench.validation.cv import WalkForward
 from workbench.validation.gates import evaluate_gates
 from workbench.validation.walkforward import walk_forward
@@ -54,7 +55,7 @@ def run(seed: int, alpha: float) -> dict[str, float]:
         params=dict(strat.model),
         seed=seed,
         bars=bars,
-        strategy=strat,
+        risk=RiskPolicy.from_config(cfg, "intraday_reversal", timeframe="5Min"),
         backtest=cfg.backtest,
     )
     gates = evaluate_gates(

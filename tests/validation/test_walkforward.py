@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from workbench.config import StrategyConfig
+from workbench.config import DecisionConfig, SizingConfig, StrategyConfig
 from workbench.data.schema import KEY
 from workbench.data.sources.synthetic import SyntheticSource
 from workbench.data.timeframe import Timeframe
 from workbench.features.sets import build_features
 from workbench.labels import forward_return
+from workbench.risk import RiskPolicy
 from workbench.validation.cv import WalkForward
 from workbench.validation.walkforward import walk_forward
 
@@ -41,7 +42,9 @@ def test_walk_forward_is_out_of_sample_and_finds_only_planted_signal(alpha: floa
     table, bars = table_for(alpha)
     wf = WalkForward(train_size=78 * 10, test_size=78 * 5)
     strat = StrategyConfig(
-        feature_set="x", long_threshold=0.0003, short_threshold=-0.0003, max_position=0.2
+        feature_set="x",
+        decision=DecisionConfig(long=0.0003, short=-0.0003),
+        sizing=SizingConfig(fraction=0.2),
     )
     res = walk_forward(
         table,
@@ -50,7 +53,7 @@ def test_walk_forward_is_out_of_sample_and_finds_only_planted_signal(alpha: floa
         params=PARAMS,
         seed=1,
         bars=bars,
-        strategy=strat,
+        risk=RiskPolicy.from_strategy(strat, timeframe="5Min"),
     )
     folds = res.folds
     assert folds.height >= 4

@@ -13,7 +13,7 @@ from workbench.backtest.costs import CostModel
 from workbench.backtest.engine import run_backtest
 from workbench.backtest.ledger import TRADE_COLUMNS, trades_from_fills
 from workbench.backtest.result import REASONS, BacktestResult
-from workbench.backtest.signals import signals_to_targets, strategy_targets
+from workbench.backtest.signals import signals_to_targets
 from workbench.backtest.stats import STAT_KEYS, compute_stats, returns_stats, trade_stats
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "run_backtest",
     "save_tearsheet",
     "signals_to_targets",
-    "strategy_targets",
     "tearsheet_figures",
     "trade_stats",
     "trades_from_fills",

@@ -153,6 +153,29 @@ def _commission(n, notional, p):
 
 
 @njit(cache=True)
+def fill_cost_nb(px, d, dec, j, t, half_spread, sigma, volume, slip_row, p):
+    """Execution price, commission, spread and slippage cost of ``d`` shares at reference ``px``
+    (the backtest's cost model: half-spread and volatility/volume estimates of the decision row,
+    time-of-day slippage of the fill row, square-root impact)."""
+    hs = _flex(half_spread, dec, j)
+    if np.isnan(hs):
+        hs = 0.0
+    sg = _flex(sigma, dec, j)
+    vv = _flex(volume, dec, j)
+    if p[P_IMPACT] > 0.0 and not np.isnan(sg) and not np.isnan(vv):
+        imp_k = p[P_IMPACT] * sg / np.sqrt(max(vv, 1.0))
+    else:
+        imp_k = 0.0
+    n = abs(d)
+    side = 1.0 if d > 0.0 else -1.0
+    spread_px = px * hs
+    slip_px = px * (slip_row[t] + imp_k * np.sqrt(n))
+    pxx = px + side * (spread_px + slip_px)
+    comm = _commission(n, n * pxx, p)
+    return pxx, comm, n * spread_px, n * slip_px
+
+
+@njit(cache=True)
 def _count_decisions(close, target, every_bar):
     n_t, n_s = close.shape
     n = 0

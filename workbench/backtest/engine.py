@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -39,6 +40,7 @@ def run_backtest(
     assets: Mapping[str, AssetFacts] | None = None,
     periods_per_year: float | None = None,
     validate: bool = True,
+    risk: Any = None,
 ) -> BacktestResult:
     """Simulate trading ``targets`` on ``bars`` and return equity, positions, trades and stats.
 
@@ -61,6 +63,15 @@ def run_backtest(
     validate : bool, default True
         Run :func:`validate_bars`; pass False only for bars that already passed it (e.g. read
         from the store), which saves its cost on large inputs.
+    risk : workbench.risk.RiskPolicy, optional
+        Trade under a risk policy: ``targets`` then carries model predictions (columns ``symbol,
+        ts, prediction``) and the policy's decision, sizing, limits, kill switch and end-of-day
+        flatten run bar by bar inside the kernel. Orders are sized in shares at the decision
+        bar's close (as a live session must) and fill at the next bar; ``result.rejections``
+        holds every denial with its rule, values and reason, ``result.orders`` every order and
+        ``result.kill_switch`` the trip, if any. ``config.sizing`` and ``config.rebalance`` do
+        not apply (the policy sizes; it rebalances on a change of target beyond
+        ``sizing.min_trade``).
 
     Returns
     -------
@@ -83,7 +94,7 @@ def run_backtest(
             rule="empty",
         )
     grid = _Grid.build(bars)
-    target_vec = _align_targets(bars, targets)
+    target_vec = _align_targets(bars, targets, "prediction" if risk is not None else "target")
 
     price_col = "vwap" if cfg.fill_price == "vwap" else "open"
     ref_vec = bars["open"].to_numpy()
@@ -93,7 +104,7 @@ def run_backtest(
     ref = grid.to_2d(ref_vec)
     target = grid.to_2d(target_vec)
     costs = cfg.costs
-    need_hl = costs.spread_from_bars or costs.impact_coef > 0
+    need_hl = costs.spread_from_bars or costs.impact_coef > 0 or risk is not None
     if need_hl:
         high = grid.to_2d(bars["high"].to_numpy())
         low = grid.to_2d(bars["low"].to_numpy())
@@ -121,6 +132,33 @@ def run_backtest(
     params[K.P_FLAT] = costs.commission_flat
     params[K.P_IMPACT] = costs.impact_coef
     params[K.P_CLIP_TOL] = CLIP_TOLERANCE
+    ppy = periods_per_year if periods_per_year is not None else grid.periods_per_year()
+    if risk is not None:
+        out, log = risk.simulate(
+            symbols=grid.symbols,
+            ts_us=grid.ts_us,
+            ref=ref,
+            close=close,
+            high=high,
+            low=low,
+            pred=target,
+            cost_arrays=cost_arrays,
+            params=params,
+            assets=assets,
+            initial_cash=cfg.initial_cash,
+        )
+        return BacktestResult(
+            sim=SimOutput(*out),
+            bars=bars,
+            close=close,
+            symbols=grid.symbols,
+            ts_us=grid.ts_us,
+            borrow_row=cost_arrays.borrow_row,
+            config=cfg,
+            periods_per_year=float(ppy),
+            to_2d=grid.to_2d,
+            risk_log=log,
+        )
     out = K.simulate_nb(
         *K.frozen(
             ref,
@@ -138,7 +176,6 @@ def run_backtest(
         )
     )
     sim = SimOutput(*out)
-    ppy = periods_per_year if periods_per_year is not None else grid.periods_per_year()
     return BacktestResult(
         sim=sim,
         bars=bars,
@@ -251,8 +288,18 @@ class _Grid:
         return 252.0 * self.n_rows / sessions
 
 
-def _align_targets(bars: pl.DataFrame, targets: pl.DataFrame) -> np.ndarray:
-    """Return the target of every bar row (NaN = no decision), in bar order."""
+def _align_targets(bars: pl.DataFrame, targets: pl.DataFrame, column: str = "target") -> np.ndarray:
+    """Return the target (or prediction) of every bar row (NaN = no decision), in bar order."""
+    if column != "target":
+        if not isinstance(targets, pl.DataFrame) or column not in targets.columns:
+            got = targets.columns if isinstance(targets, pl.DataFrame) else type(targets).__name__
+            raise SchemaError(
+                f"predictions rejected: run_backtest(..., risk=policy) reads a {column!r} column "
+                f"(symbol, ts, {column}); got {got}. Fix: pass the model's predictions, e.g. "
+                "workbench.models.lgbm.predict(model, table, features), not targets.",
+                rule="missing column",
+            )
+        targets = targets.select("symbol", "ts", pl.col(column).alias("target"))
     if not isinstance(targets, pl.DataFrame):
         raise SchemaError(
             f"targets rejected: expected a polars DataFrame with columns {list(TARGET_COLUMNS)}, "

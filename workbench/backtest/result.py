@@ -67,6 +67,7 @@ class BacktestResult:
         config: BacktestConfig,
         periods_per_year: float,
         to_2d: Callable[[np.ndarray], np.ndarray] | None = None,
+        risk_log: dict[str, pl.DataFrame] | None = None,
     ) -> None:
         self.sim = sim
         self.config = config
@@ -77,6 +78,7 @@ class BacktestResult:
         self._ts_us = ts_us
         self._borrow_row = borrow_row
         self._to_2d = to_2d
+        self._risk_log = risk_log
 
     def __repr__(self) -> str:
         s = self.stats
@@ -162,6 +164,23 @@ class BacktestResult:
             }
         )
 
+    @property
+    def risk_policy_on(self) -> bool:
+        """Whether the run traded under a risk policy (``run_backtest(..., risk=...)``)."""
+        return self._risk_log is not None
+
+    @property
+    def orders(self) -> pl.DataFrame | None:
+        """Orders of a risk-policy run (``decision_ts, symbol, qty, target, price, reason,
+        equity``); None without a policy."""
+        return None if self._risk_log is None else self._risk_log["orders"]
+
+    @property
+    def kill_switch(self) -> pl.DataFrame | None:
+        """The kill-switch trip of a risk-policy run (``ts, rule, value, limit, reason``; empty
+        when it never tripped); None without a policy."""
+        return None if self._risk_log is None else self._risk_log["kill_switch"]
+
     @cached_property
     def rejections(self) -> pl.DataFrame:
         """Orders denied or cut by a risk rule, with the reason.
@@ -169,8 +188,14 @@ class BacktestResult:
         Columns: ``decision_ts``, ``symbol``, ``reason`` (``not_tradable``, ``not_shortable``,
         ``short_disabled``, ``not_fractionable``, ``insufficient_buying_power``, ``end_of_data``),
         ``target``, ``requested_qty`` (order before the rule; null for ``end_of_data``) and
-        ``allowed_qty`` (order after it).
+        ``allowed_qty`` (order after it). Under a risk policy the reasons include its limits
+        (``max_position``, ``sector_cap``, ``correlation``, ``portfolio_heat``, ``max_gross``,
+        ``max_net``, ``max_open_positions``, ``opposite_open_order``, ``pattern_day_trader``,
+        ``kill_switch``, ``eod_flatten``) and the frame adds ``value``, ``limit`` and
+        ``detail`` (see :func:`workbench.risk.policy.denials_frame`).
         """
+        if self._risk_log is not None:
+            return self._risk_log["rejections"]
         d = self.sim.denials
         return pl.DataFrame(
             {

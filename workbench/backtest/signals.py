@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import polars as pl
 
 from workbench.errors import SchemaError
-
-if TYPE_CHECKING:
-    from workbench.config import StrategyConfig
 
 
 def signals_to_targets(
@@ -81,17 +76,3 @@ def signals_to_targets(
         .otherwise(pl.lit(0.0))
     )
     return scores.select("symbol", "ts", target.cast(pl.Float64).alias("target"))
-
-
-def strategy_targets(
-    predictions: pl.DataFrame, strategy: StrategyConfig, *, allow_short: bool = True
-) -> pl.DataFrame:
-    """Return the targets a strategy trades for model ``predictions`` (``symbol, ts, prediction``):
-    :func:`signals_to_targets` with the strategy's thresholds and position size."""
-    return signals_to_targets(
-        predictions.rename({"prediction": "score"}),
-        long_threshold=strategy.long_threshold,
-        short_threshold=strategy.short_threshold,
-        max_position=strategy.max_position,
-        allow_short=allow_short,
-    )

@@ -79,6 +79,11 @@ def _bounds_us(calendar: str) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def session_bounds_us(calendar: str = DEFAULT_CALENDAR) -> tuple[np.ndarray, np.ndarray]:
+    """Return every session's open and close as int64 microseconds since the epoch (UTC), sorted."""
+    return _bounds_us(calendar)
+
+
 def _as_date(value: date | str, what: str) -> date:
     if isinstance(value, str):
         try:

@@ -1,33 +1,41 @@
 """Trading-session engine: replay bars one timestamp at a time through features, model, risk, broker.
 
-At each bar ``t`` of the session, in this order:
+At each bar ``t`` of the session, in this order (the backtest kernel's order):
 
-1. queued orders fill at bar ``t``'s open (decided at the close of an earlier bar);
+1. orders decided at an earlier close fill at bar ``t``'s open; the risk engine books the fills;
 2. the feature engine receives bar ``t`` and returns the features of row ``t`` (past only);
-3. the model predicts; a prediction above ``long_threshold`` targets ``+max_position`` of
-   equity, below ``short_threshold`` targets ``-max_position``, otherwise flat;
-4. the difference between target and current shares becomes an order, filled at ``t+1``'s open;
-5. equity is marked at bar ``t``'s close.
+3. the model predicts;
+4. the :class:`~workbench.risk.engine.RiskEngine` marks the book at ``t``'s close, checks the
+   kill switch and decides with the strategy's :class:`~workbench.risk.RiskPolicy` (decision,
+   sizing, limits, end-of-day flatten): the same kernel functions the backtest runs;
+5. its orders go to the broker; they fill at the symbol's next bar.
 
-Decisions from ``flatten_bars`` bars before the last bar on target zero; they fill by the last
-bar's open, so the session ends flat (the last bar's own decision cannot fill in the session).
+Bars before ``session_start`` warm the feature and risk engines up; no trade is decided on them.
+A replay on the simulated broker therefore equals ``run_backtest(bars, predictions, risk=policy)``
+of the same bars: same orders, denials and fills.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import polars as pl
 
-from workbench.config import StrategyConfig
+from workbench.data.assets import AssetFacts
 from workbench.errors import SchemaError
 from workbench.execution.orders import Order
 from workbench.execution.sim_broker import SimulatedBroker
+from workbench.risk.engine import FillEvent, RiskEngine
+from workbench.risk.policy import RiskPolicy
+
+if TYPE_CHECKING:
+    from workbench.risk.state import KillSwitchStore
+
+_TS = pl.Datetime("us", "UTC")
 
 
 class FeatureUpdater(Protocol):
@@ -38,11 +46,14 @@ class FeatureUpdater(Protocol):
 
 @dataclass
 class SessionResult:
-    """Fills, per-bar PnL and every decision of a replayed session."""
+    """Fills, per-bar PnL, every decision, and the risk engine's orders, denials and trip."""
 
     fills: pl.DataFrame
     pnl: pl.DataFrame
     decisions: pl.DataFrame
+    orders: pl.DataFrame
+    rejections: pl.DataFrame
+    kill_switch: pl.DataFrame
 
     @property
     def net_pnl(self) -> float:
@@ -53,8 +64,8 @@ def _fills_frame(broker: SimulatedBroker) -> pl.DataFrame:
     schema = {
         "client_order_id": pl.String,
         "symbol": pl.String,
-        "decided_at": pl.Datetime("us", "UTC"),
-        "ts": pl.Datetime("us", "UTC"),
+        "decided_at": _TS,
+        "ts": _TS,
         "qty": pl.Float64,
         "ref_price": pl.Float64,
         "price": pl.Float64,
@@ -85,13 +96,31 @@ def run_session(
     engine: FeatureUpdater,
     predict: Callable[[pl.DataFrame], np.ndarray],
     features: list[str],
-    strategy: StrategyConfig,
+    policy: RiskPolicy,
     broker: SimulatedBroker,
-    flatten_bars: int = 1,
+    assets: Mapping[str, AssetFacts] | None = None,
+    store: KillSwitchStore | None = None,
 ) -> SessionResult:
     """Replay the bars from ``session_start`` on, bar by bar, and trade them through ``broker``.
 
-    Bars before ``session_start`` warm the feature engine up; no trade is decided on them.
+    Parameters
+    ----------
+    bars : pl.DataFrame
+        Bars of the session and the warm-up before it.
+    session_start : datetime
+        First bar of the session; earlier bars only warm the engines up.
+    engine : FeatureUpdater
+        Incremental features (``FeatureEngine``).
+    predict : callable
+        Feature rows -> predictions.
+    features : list of str
+        Columns the model reads (rows with a null among them are not predicted).
+    policy : RiskPolicy
+        The strategy's risk policy (the one its backtest and gates used).
+    broker : SimulatedBroker
+        Where orders go.
+    assets, store : optional
+        Asset facts for the limits; the persisted kill-switch state.
     """
     if bars.is_empty():
         raise SchemaError("no bars to replay; ingest the session first (`wb ingest`).")
@@ -102,53 +131,44 @@ def run_session(
         raise SchemaError(
             f"no bars at or after {session_start}; pick a session inside the stored data."
         )
+    symbols = sorted(bars["symbol"].unique().to_list())
+    risk = RiskEngine(policy, symbols, initial_cash=broker.equity, assets=assets, store=store)
     if history.height:
         engine.update(history)
-    stamps = session["ts"].unique().sort().to_list()
+        risk.warm(history)
     equity0 = broker.equity
     prev_equity = equity0
     pnl_rows, decision_rows = [], []
-    for i, t in enumerate(stamps):
-        now = session.filter(pl.col("ts") == t)
-        for row in now.iter_rows(named=True):
-            broker.on_bar_open(row["symbol"], t, row["open"])
+    seq = 0
+    for (t,), now in session.group_by(["ts"], maintain_order=True):
+        fills = []
+        for sym, open_ in now.select("symbol", "open").iter_rows():
+            fills += broker.on_bar_open(sym, t, open_)
+        risk.on_fills([FillEvent(f.symbol, f.qty, f.price, f.commission) for f in fills], t)
         feats = engine.update(now)
-        closes = dict(zip(now["symbol"].to_list(), now["close"].to_list(), strict=True))
-        equity = broker.mark(closes)
-        flatten = i >= len(stamps) - 1 - flatten_bars  # fills at the open of the last bar(s)
         ready = feats.filter(pl.col("ts") == t).drop_nulls(features) if feats.height else feats
         preds = (
             dict(zip(ready["symbol"].to_list(), predict(ready).tolist(), strict=True))
             if ready.height
             else {}
         )
-        for sym, close in closes.items():
-            p = preds.get(sym)
-            if flatten:
-                frac, why = 0.0, "flatten before the close"
-            elif p is None:
-                frac, why = 0.0, "features warming up"
-            elif p > strategy.long_threshold:
-                frac, why = strategy.max_position, f"prediction {p:.2e} > long threshold"
-            elif p < strategy.short_threshold:
-                frac, why = -strategy.max_position, f"prediction {p:.2e} < short threshold"
-            else:
-                frac, why = 0.0, "prediction inside thresholds"
-            target = math.trunc(frac * equity / close)
-            qty = target - broker.position(sym)
-            if qty != 0 and i != len(stamps) - 1:
-                broker.submit(Order(f"{sym}-{t:%Y%m%dT%H%M}", sym, float(qty), t, why))
+        orders = risk.on_bar(t, now, preds)
+        for sym, qty in orders.items():
+            seq += 1
+            broker.submit(Order(f"{policy.name}-{t:%Y%m%dT%H%M}-{sym}-{seq}", sym, qty, t))
+        closes = dict(zip(now["symbol"].to_list(), now["close"].to_list(), strict=True))
+        equity = broker.mark(closes)
+        for sym in closes:
             decision_rows.append(
                 {
                     "ts": t,
                     "symbol": sym,
-                    "prediction": p,
-                    "target_shares": float(target),
-                    "order_qty": float(qty if i < len(stamps) - 1 else 0),
-                    "reason": why,
+                    "prediction": preds.get(sym),
+                    "position": risk.position(sym),
+                    "order_qty": orders.get(sym, 0.0),
                 }
             )
-        gross = sum(abs(q) * closes.get(s, 0.0) for s, q in broker.positions.items())
+        gross = sum(abs(q) * broker._last.get(s, 0.0) for s, q in broker.positions.items())
         pnl_rows.append(
             {
                 "ts": t,
@@ -160,5 +180,36 @@ def run_session(
             }
         )
         prev_equity = equity
-    decisions = pl.DataFrame(decision_rows, schema_overrides={"prediction": pl.Float64})
-    return SessionResult(_fills_frame(broker), pl.DataFrame(pnl_rows), decisions)
+    decisions = pl.DataFrame(
+        decision_rows,
+        schema={
+            "ts": _TS,
+            "symbol": pl.String,
+            "prediction": pl.Float64,
+            "position": pl.Float64,
+            "order_qty": pl.Float64,
+        },
+    )
+    rejections = risk.rejections()
+    why = (
+        rejections.group_by("decision_ts", "symbol", maintain_order=True)
+        .agg(pl.col("detail").str.join("; ").alias("denied"))
+        .rename({"decision_ts": "ts"})
+    )
+    order_reason = (
+        risk.orders()
+        .group_by("decision_ts", "symbol", maintain_order=True)
+        .agg(pl.col("reason").last())
+        .rename({"decision_ts": "ts", "reason": "order_reason"})
+    )
+    decisions = decisions.join(order_reason, on=["ts", "symbol"], how="left").join(
+        why, on=["ts", "symbol"], how="left"
+    )
+    return SessionResult(
+        _fills_frame(broker),
+        pl.DataFrame(pnl_rows, schema_overrides={"ts": _TS}),
+        decisions,
+        risk.orders(),
+        rejections,
+        risk.kill_switch(),
+    )

@@ -19,6 +19,10 @@ A spec is YAML::
 with its type; references inside longer strings are formatted in. An undefined reference is an
 error, never a blank. Every parameter must exist in the notebook's ``parameters`` cell with a
 compatible type (papermill only warns about unknown parameters; we refuse).
+
+A shared parameter (or ``-p`` override) ``universe:NAME`` becomes the current members of that
+universe (:mod:`workbench.portfolio.universe`, ``runs/universe.db``) when the spec is validated,
+so steps take a list of symbols with ``"${symbols}"``; a universe without members is an error.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from workbench.errors import PipelineError
+from workbench.errors import PipelineError, WorkbenchError
 
 RUNNER_PARAMETERS = ("output_path", "parent_run_id", "pipeline")
 _REF = re.compile(r"\$\{([^}]+)\}")
@@ -215,15 +219,32 @@ def notebook_parameters(path: Path) -> dict[str, dict[str, Any]]:
     return papermill.inspect_notebook(str(path))
 
 
+def _universe_members(key: str, value: Any, root: Path, problems: list[str]) -> Any:
+    # a shared value "universe:NAME" becomes that universe's members; others pass through
+    if not (isinstance(value, str) and value.strip().startswith("universe:")):
+        return value
+    from workbench.portfolio.universe import resolve_symbols
+
+    try:
+        return resolve_symbols(value, root=root)
+    except WorkbenchError as exc:
+        problems.append(f"shared parameter {key!r} = {value!r}: {exc}")
+        return value
+
+
 def validate_spec(spec: PipelineSpec, overrides: dict[str, Any], root: Path) -> dict[str, Any]:
     """Validate a whole spec before anything runs; return the shared parameters after overrides.
 
     Checks every notebook exists and declares the runner's parameters, every step parameter
     exists in its notebook with a compatible type, and every reference is defined (outputs only
-    of earlier steps that declare them). All problems are reported together.
+    of earlier steps that declare them). All problems are reported together. Shared values
+    ``universe:NAME`` are replaced by the universe's members first.
     """
-    shared = {**spec.parameters, **overrides}
     problems: list[str] = []
+    shared = {
+        k: _universe_members(k, v, root, problems)
+        for k, v in {**spec.parameters, **overrides}.items()
+    }
     declared: dict[str, tuple[str, ...]] = {}
     for step in spec.steps:
         where = f"step {step.name!r}"

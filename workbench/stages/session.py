@@ -16,6 +16,8 @@ from workbench.execution.session import SessionResult, run_session
 from workbench.execution.sim_broker import SimulatedBroker
 from workbench.features.sets import FeatureEngine
 from workbench.models.registry import ModelRef, load_model, resolve_alias
+from workbench.risk import RiskPolicy
+from workbench.stages.validate import default_sectors
 
 
 @dataclass
@@ -53,7 +55,8 @@ def run_trade_session(
     session_date: str = "",
     warmup_days: int = 10,
 ) -> SessionStageResult:
-    """Load ``model_name@champion`` (else ``@challenger``) and replay one session against a simulated broker."""
+    """Load ``model_name@champion`` (else ``@challenger``) and replay one session against a
+    simulated broker under the strategy's risk policy (the one its validation used)."""
     strat = cfg.strategy(strategy)
     ref = resolve_alias(model_name)
     lgbm = load_model(ref)
@@ -69,6 +72,12 @@ def run_trade_session(
     bars = store.read(symbols, timeframe, start=first_ts, end=start_ts + timedelta(days=1))
     engine = FeatureEngine(strat.feature_set, cfg, timeframe=timeframe)
     broker = SimulatedBroker(cfg.backtest.initial_cash, cfg.backtest.costs)
+    policy = RiskPolicy.from_config(
+        cfg,
+        strategy,
+        timeframe=timeframe,
+        sectors=default_sectors(cfg, symbols) if strat.risk.limits.sector_cap else None,
+    )
 
     def predict(rows: pl.DataFrame):
         return lgbm.predict(rows.select(feats).to_pandas())
@@ -79,7 +88,7 @@ def run_trade_session(
         engine=engine,
         predict=predict,
         features=feats,
-        strategy=strat,
+        policy=policy,
         broker=broker,
     )
     return SessionStageResult(ref, day, res, frame_fingerprint(bars))

@@ -29,13 +29,14 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from workbench.backtest import run_backtest, strategy_targets
-from workbench.config import ParamRange, StrategyConfig, WorkbenchConfig
+from workbench.backtest import run_backtest
+from workbench.config import ParamRange, WorkbenchConfig
 from workbench.data.store import BarStore, frame_fingerprint
 from workbench.errors import ParameterError
 from workbench.models.estimator import LGBMForecaster
 from workbench.models.lgbm import Split, chronological_split, importance_frame, predict
 from workbench.models.search import DEFAULT_SEARCH_SPACE, SearchResult, refit, run_search
+from workbench.risk import RiskPolicy
 from workbench.validation.cpcv import CPCVResult, cpcv_pbo
 from workbench.validation.cv import CombinatorialPurgedKFold, PurgedKFold
 from workbench.validation.overfitting import effective_trials, sharpe_per_period
@@ -75,20 +76,21 @@ def ic(pred: pl.Series | np.ndarray, label: pl.Series | np.ndarray) -> float:
 
 
 class StrategyBacktest:
-    """Backtest a strategy's predictions on a bar window with the configured costs.
+    """Backtest a strategy's predictions on a bar window under its risk policy, with costs.
 
     ``returns(preds, start, end)`` trades ``preds`` (``symbol, ts, prediction``) on the bars with
-    ``start <= ts <= end`` through the strategy's thresholds and sizing, and returns the per-bar
-    portfolio returns (0 where flat), one per bar timestamp of the window.
+    ``start <= ts <= end`` through the strategy's :class:`~workbench.risk.RiskPolicy` (the one
+    validation and the session use), and returns the per-bar portfolio returns (0 where flat),
+    one per bar timestamp of the window.
     """
 
-    def __init__(self, cfg: WorkbenchConfig, strat: StrategyConfig, bars: pl.DataFrame) -> None:
-        self.cfg, self.strat, self.bars = cfg, strat, bars
+    def __init__(self, cfg: WorkbenchConfig, policy: RiskPolicy, bars: pl.DataFrame) -> None:
+        self.cfg, self.policy, self.bars = cfg, policy, bars
 
     def returns(self, preds: pl.DataFrame, start: datetime, end: datetime) -> np.ndarray:
-        targets = strategy_targets(preds, self.strat, allow_short=self.cfg.backtest.allow_short)
         window = self.bars.filter(pl.col("ts").is_between(start, end))
-        bt = run_backtest(window, targets.filter(pl.col("ts") <= end), config=self.cfg.backtest)
+        p = preds.select("symbol", "ts", "prediction").filter(pl.col("ts") <= end)
+        bt = run_backtest(window, p, config=self.cfg.backtest, risk=self.policy)
         return np.nan_to_num(bt.equity["returns"].to_numpy().astype(float))
 
     def fold_sharpe(self, fold: pl.DataFrame, preds: pl.DataFrame) -> float:
@@ -168,7 +170,14 @@ def run_train(
         .read(symbols, timeframe, start=start)
         .filter(pl.col("ts") <= end)
     )
-    bt = StrategyBacktest(cfg, strat, bars)
+    if strat.decision.method == "quantile":
+        raise ParameterError(
+            f"strategies.{strategy}.decision.method 'quantile' is not searchable yet: each trial's "
+            "thresholds would need its fold models' training predictions. Fix: search with "
+            "method: threshold, then validate the registered model with quantile thresholds."
+        )
+    policy = RiskPolicy.from_config(cfg, strategy, timeframe=timeframe)
+    bt = StrategyBacktest(cfg, policy, bars)
 
     space = search_space(sc.space)
     fixed = {k: v for k, v in strat.model.items() if k not in space and k not in _NOT_SEARCHED}
@@ -182,7 +191,7 @@ def run_train(
         "fixed": fixed,
         "seed": seed,
         "costs": cfg.backtest.model_dump(mode="json"),
-        "trading": [strat.long_threshold, strat.short_threshold, strat.max_position],
+        "risk": policy.describe(),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     study_name = f"{strategy}-{digest[:12]}"

@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from workbench.backtest import BacktestResult, run_backtest, strategy_targets
-from workbench.config import StrategyConfig, WorkbenchConfig
+from workbench.backtest import BacktestResult, run_backtest
+from workbench.config import WorkbenchConfig
 from workbench.data.store import BarStore, frame_fingerprint
 from workbench.models.lgbm import predict
 from workbench.models.promotion import record_oos_window
 from workbench.models.registry import CHALLENGER, ModelRef, load_model, model_params, set_alias
+from workbench.risk import RiskPolicy
 from workbench.stages.train import feature_columns, ic
 from workbench.validation.cv import WalkForward
 from workbench.validation.gates import GateReport, evaluate_gates
@@ -102,10 +103,12 @@ def run_validate(
     feats = feature_columns(table)
     lgbm = load_model(model)
     preds = predict(lgbm, table, feats).with_columns(label=table["label"])
-    targets = strategy_targets(preds, strat, allow_short=cfg.backtest.allow_short)
     symbols = sorted(table["symbol"].unique().to_list())
+    policy = strategy_policy(cfg, strategy, timeframe, lgbm, full, feats, split, symbols)
     bars = BarStore(store_root, cfg.store.partition).read(symbols, timeframe, start=split)
-    bt = run_backtest(bars, targets, config=cfg.backtest)
+    bt = run_backtest(
+        bars, preds.select("symbol", "ts", "prediction"), config=cfg.backtest, risk=policy
+    )
     metrics = {k: float(v) for k, v in bt.stats.items() if isinstance(v, int | float)}
     metrics["ic"] = ic(preds["prediction"], preds["label"])
     metrics.update(
@@ -117,7 +120,7 @@ def run_validate(
     fp = hashlib.sha256((frame_fingerprint(table) + frame_fingerprint(bars)).encode()).hexdigest()
     if not walk_forward_folds:
         return ValidateResult(preds, bt, metrics, evaluate_gates(metrics, strat.gates), fp)
-    wf = _walk_forward(cfg, strat, full, bars, split, walk_forward_folds, seed, _params(model))
+    wf = _walk_forward(cfg, policy, full, bars, split, walk_forward_folds, seed, _params(model))
     wf_metrics = dict(wf.metrics)
     wf_metrics["pbo"] = float(pbo)
     if wf.backtest is not None:
@@ -130,9 +133,45 @@ def run_validate(
     return ValidateResult(preds, bt, metrics, evaluate_gates(wf_metrics, strat.gates), fp, wf)
 
 
+def strategy_policy(
+    cfg: WorkbenchConfig,
+    strategy: str,
+    timeframe: str,
+    model: Any,
+    table: pl.DataFrame,
+    features: list[str],
+    split: datetime,
+    symbols: list[str],
+) -> RiskPolicy:
+    """The strategy's risk policy for this model: quantile thresholds (if any) from the model's
+    predictions on its training rows (``ts < split``), sectors from the simulator by default."""
+    strat = cfg.strategy(strategy)
+    train_preds = None
+    if strat.decision.method == "quantile":
+        train = table.filter(pl.col("ts") < split)
+        train_preds = predict(model, train, features)["prediction"].to_numpy()
+    return RiskPolicy.from_config(
+        cfg,
+        strategy,
+        timeframe=timeframe,
+        train_predictions=train_preds,
+        sectors=default_sectors(cfg, symbols) if strat.risk.limits.sector_cap else None,
+    )
+
+
+def default_sectors(cfg: WorkbenchConfig, symbols: list[str]) -> dict[str, str]:
+    """Sectors of the simulator's symbols (``sector<k>``); empty for other sources."""
+    if cfg.data.source != "synthetic":
+        return {}
+    from workbench.data.sources.synthetic import SyntheticSource
+
+    info = SyntheticSource.from_config(cfg).symbol_info(symbols)
+    return {s: f"sector{k}" for s, k in info.select("symbol", "sector").iter_rows()}
+
+
 def _walk_forward(
     cfg: WorkbenchConfig,
-    strat: StrategyConfig,
+    policy: RiskPolicy,
     full: pl.DataFrame,
     bars: pl.DataFrame,
     split: datetime,
@@ -151,7 +190,7 @@ def _walk_forward(
         params=params,
         seed=seed,
         bars=bars,
-        strategy=strat,
+        risk=policy,
         backtest=cfg.backtest,
     )
 

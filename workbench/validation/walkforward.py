@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from workbench.backtest import BacktestResult, run_backtest, strategy_targets
-from workbench.config import BacktestConfig, StrategyConfig
+from workbench.backtest import BacktestResult, run_backtest
+from workbench.config import BacktestConfig
 from workbench.models.lgbm import fit_lgbm, predict
 
 
@@ -43,7 +43,7 @@ def walk_forward(
     params: Mapping[str, Any] | None = None,
     seed: int = 0,
     bars: pl.DataFrame | None = None,
-    strategy: StrategyConfig | None = None,
+    risk: Any = None,
     backtest: BacktestConfig | None = None,
 ) -> WalkForwardResult:
     """Fit on each training window, predict its test window, stitch the predictions and backtest them.
@@ -58,9 +58,10 @@ def walk_forward(
         Yields (train_idx, test_idx); training rows are purged by ``t1`` by the splitter.
     params : mapping, optional
         LightGBM parameters.
-    bars, strategy, backtest : optional
-        When all given, the stitched predictions become targets (strategy thresholds) and are
-        backtested with costs; the backtest's statistics join the metrics.
+    bars, risk, backtest : optional
+        With ``bars`` and ``risk`` (the strategy's :class:`workbench.risk.RiskPolicy`), the
+        stitched predictions are backtested under that policy (decisions, sizing, limits, kill
+        switch, end-of-day flatten) with costs; the backtest's statistics join the metrics.
     """
     data = table.sort("ts", "symbol")
     preds, folds = [], []
@@ -91,10 +92,11 @@ def walk_forward(
         "oos_rows": float(stitched.height),
     }
     bt = None
-    if bars is not None and strategy is not None:
+    if bars is not None and risk is not None:
         cfg = backtest or BacktestConfig()
-        targets = strategy_targets(stitched, strategy, allow_short=cfg.allow_short)
         oos_bars = bars.filter(pl.col("ts") >= stitched["ts"].min())
-        bt = run_backtest(oos_bars, targets, config=cfg)
+        bt = run_backtest(
+            oos_bars, stitched.select("symbol", "ts", "prediction"), config=cfg, risk=risk
+        )
         metrics.update({k: float(v) for k, v in bt.stats.items() if isinstance(v, int | float)})
     return WalkForwardResult(stitched, pl.DataFrame(folds), bt, metrics)

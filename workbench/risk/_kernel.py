@@ -1,0 +1,935 @@
+"""Numba kernels of the risk layer: one implementation of every rule, called by the backtest loop
+(:func:`simulate_risk_nb`) and, one bar at a time, by the trading session (``RiskEngine``).
+
+State lives in two float64 arrays the caller owns: ``S[n_symbols, N_S]`` (per symbol) and
+``G[N_G]`` (portfolio), plus ``V`` (a ring of violation times). Parameters are one float64 vector
+``rp`` (indices ``R_*``; NaN turns a rule off). Every function here is ``njit(cache=True)`` and
+lives in this one module, so that numba's per-file cache can never pair a stale rule with a new
+caller.
+
+Time contract: the decision at row ``t`` uses only values known at the close of bar ``t``
+(predictions, closes, ATR, volatility, moving average, correlations over rows ``<= t``, equity
+marked at that close); its order fills at the symbol's next bar.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from workbench.backtest import _kernels as BK
+
+# ------------------------------------------------------------------ per-symbol state columns
+(
+    S_QTY,
+    S_PEND,
+    S_PEND_ROW,
+    S_HELD,
+    S_MODEL,
+    S_AVG,
+    S_STOP,
+    S_ENTRY_NOT,
+    S_RPNL,
+    S_LAST,
+    S_ENTRY_DAY,
+) = range(11)
+N_S = 11
+# ------------------------------------------------------------------ portfolio state
+(
+    G_CASH,
+    G_EQ,
+    G_KILL,
+    G_TRIP_ROW,
+    G_TRIP_RULE,
+    G_TRIP_VALUE,
+    G_TRIP_LIMIT,
+    G_DAY,
+    G_DAY_START,
+    G_DAY_PEAK,
+    G_CONSEC,
+    G_N_TRADES,
+    G_N_WINS,
+    G_SUM_WIN,
+    G_SUM_LOSS,
+    G_SUM_RET,
+    G_SUM_RET2,
+    G_VIOL_HEAD,
+    G_DT0,
+    G_DT1,
+    G_DT2,
+    G_DT3,
+    G_DT4,
+    G_PREV_EQ,
+) = range(24)
+N_G = 24
+# ------------------------------------------------------------------ parameters
+(
+    R_LONG,
+    R_SHORT,
+    R_PROBABILITY,
+    R_TREND,
+    R_ALLOW_SHORT,
+    R_FRACTIONAL,
+    R_SIZER,
+    R_FRACTION,
+    R_RISK_PCT,
+    R_ATR_K,
+    R_VOL_TARGET,
+    R_SYM_LEV,
+    R_KELLY_MODE,
+    R_KELLY_FRAC,
+    R_KELLY_MAX_RISK,
+    R_KELLY_MIN,
+    R_MIN_TRADE,
+    R_MAX_POS,
+    R_MAX_OPEN,
+    R_SECTOR_CAP,
+    R_MAX_CORR,
+    R_CORR_WIN,
+    R_HEAT_MAX,
+    R_LEVERAGE,
+    R_MAX_GROSS,
+    R_MAX_NET,
+    R_PDT,
+    R_DAILY_LOSS,
+    R_MAX_DD,
+    R_CONSEC,
+    R_MAX_VIOL,
+    R_VIOL_WIN_US,
+    R_HEAT_EMERG,
+    R_EVERY_BAR,
+) = range(34)
+N_R = 34
+SIZERS = {"fixed_fraction": 0, "atr_risk": 1, "vol_target": 2, "kelly": 3}
+KELLY_MODES = {"payoff": 0, "mean_variance": 1}
+# ------------------------------------------------------------------ rule codes (denials)
+# 1..5 are the backtest's own codes (not tradable, not shortable, short disabled, not
+# fractionable, buying power); the risk layer adds its limits and its two overrides.
+MAX_POSITION, MAX_OPEN, SECTOR, CORRELATION, HEAT, GROSS, NET, OPEN_ORDER, PDT = range(10, 19)
+KILL_SWITCH, EOD_FLATTEN = 19, 20
+# kill-switch trip codes
+TRIP_DAILY_LOSS, TRIP_DRAWDOWN, TRIP_CONSECUTIVE, TRIP_VIOLATIONS, TRIP_HEAT = range(1, 6)
+# order reasons
+ORDER_MODEL, ORDER_EOD, ORDER_KILL = 0, 1, 2
+# order record columns
+O_ROW, O_COL, O_QTY, O_TARGET, O_PRICE, O_REASON, O_EQUITY = range(7)
+N_ORDER = 7
+# denial record columns (D_DEC, D_COL, D_CODE, D_TARGET, D_REQ, D_ALLOWED as the backtest's)
+DR_VALUE, DR_LIMIT = 6, 7
+N_DENIAL = 8
+PDT_EQUITY = 25_000.0
+PDT_MAX_DAY_TRADES = 3
+
+
+def new_state(n_symbols: int, cash: float, n_violations: int) -> tuple:
+    """Return fresh ``(S, G, V)`` state arrays for ``n_symbols`` and starting ``cash``."""
+    s = np.zeros((n_symbols, N_S))
+    s[:, S_PEND_ROW] = -1.0
+    s[:, S_HELD] = np.nan
+    s[:, S_MODEL] = np.nan
+    s[:, S_LAST] = np.nan
+    s[:, S_ENTRY_DAY] = -1.0
+    g = np.zeros(N_G)
+    g[G_CASH] = cash
+    g[G_EQ] = cash
+    g[G_TRIP_ROW] = -1.0
+    g[G_DAY] = -1.0
+    g[G_DAY_START] = cash
+    g[G_DAY_PEAK] = cash
+    g[G_DT0 : G_DT4 + 1] = -1.0
+    g[G_PREV_EQ] = cash
+    v = np.full(max(n_violations, 1), -1.0)
+    return s, g, v
+
+
+# ====================================================================== inputs (past only)
+
+
+@njit(cache=True, nogil=True)
+def risk_inputs_nb(high, low, close, atr_w, vol_w, sma_w, need_atr, need_vol, need_sma, from_row):
+    """Per cell: simple ATR over ``atr_w`` bars, realised volatility (std of log returns over
+    ``vol_w`` bars, ddof=1), moving average of ``sma_w`` closes, and the simple return.
+
+    Windows run over each symbol's own bars (missing bars skipped) and are summed afresh per cell,
+    so a value depends only on the last window of bars: a session holding fewer bars of history
+    computes exactly what the backtest did. Rows before ``from_row`` are left NaN (a session asks
+    for its last row only).
+    """
+    n_t, n_s = close.shape
+    atr = np.full((n_t, n_s), np.nan)
+    vol = np.full((n_t, n_s), np.nan)
+    sma = np.full((n_t, n_s), np.nan)
+    ret = np.full((n_t, n_s), np.nan)
+    w_max = max(atr_w, vol_w + 1, sma_w, 2)
+    for j in range(n_s):
+        rows = np.empty(w_max + 1, dtype=np.int64)  # ring of this symbol's last bars
+        n = 0
+        for t in range(n_t):
+            c = close[t, j]
+            if np.isnan(c):
+                continue
+            rows[n % (w_max + 1)] = t
+            n += 1
+            if n >= 2:
+                prev = rows[(n - 2) % (w_max + 1)]
+                ret[t, j] = c / close[prev, j] - 1.0
+            if t < from_row:
+                continue
+            if need_atr and n >= atr_w + 1:
+                s = 0.0
+                for k in range(atr_w):
+                    r = rows[(n - 1 - k) % (w_max + 1)]
+                    p = rows[(n - 2 - k) % (w_max + 1)]
+                    pc = close[p, j]
+                    tr = max(high[r, j], pc) - min(low[r, j], pc)
+                    s += tr
+                atr[t, j] = s / atr_w
+            if need_vol and n >= vol_w + 1:
+                m = 0.0
+                for k in range(vol_w):
+                    r = rows[(n - 1 - k) % (w_max + 1)]
+                    p = rows[(n - 2 - k) % (w_max + 1)]
+                    m += np.log(close[r, j] / close[p, j])
+                m /= vol_w
+                ss = 0.0
+                for k in range(vol_w):
+                    r = rows[(n - 1 - k) % (w_max + 1)]
+                    p = rows[(n - 2 - k) % (w_max + 1)]
+                    x = np.log(close[r, j] / close[p, j]) - m
+                    ss += x * x
+                vol[t, j] = np.sqrt(ss / (vol_w - 1))
+            if need_sma and n >= sma_w:
+                s = 0.0
+                for k in range(sma_w):
+                    s += close[rows[(n - 1 - k) % (w_max + 1)], j]
+                sma[t, j] = s / sma_w
+    return atr, vol, sma, ret
+
+
+@njit(cache=True, nogil=True)
+def regime_nb(vol, day, lookback, lo_pct, hi_pct, m_lo, m_mid, m_hi, from_row):
+    """Size multiplier per cell from the volatility regime.
+
+    For each session the low/high cut-offs are the ``lo_pct``/``hi_pct`` percentiles (linear
+    interpolation) of the symbol's last ``lookback`` volatility values *before* that session's
+    first bar, so nothing of the session itself, let alone the future, sets them; a volatility
+    below the low cut-off is the low regime, above the high one the high regime. With fewer than
+    ``lookback // 2`` past values, or no volatility yet, the multiplier is the medium one. Rows
+    before ``from_row`` are not evaluated (medium).
+    """
+    n_t, n_s = vol.shape
+    out = np.full((n_t, n_s), m_mid)
+    buf = np.empty(lookback)
+    hist = np.empty(n_t)
+    for j in range(n_s):
+        lo = np.nan
+        hi = np.nan
+        cur_day = -1
+        n_at_start = 0
+        ready = False
+        n_hist = 0
+        for t in range(n_t):
+            if day[t] != cur_day:
+                cur_day = day[t]
+                n_at_start = n_hist
+                ready = False
+            v = vol[t, j]
+            if np.isnan(v):
+                continue
+            if t >= from_row:
+                if not ready:
+                    ready = True
+                    k = min(n_at_start, lookback)
+                    if k >= max(lookback // 2, 2):
+                        for i in range(k):
+                            buf[i] = hist[n_at_start - k + i]
+                        lo = np.percentile(buf[:k], lo_pct)
+                        hi = np.percentile(buf[:k], hi_pct)
+                    else:
+                        lo = np.nan
+                        hi = np.nan
+                if not np.isnan(lo):
+                    if v < lo:
+                        out[t, j] = m_lo
+                    elif v > hi:
+                        out[t, j] = m_hi
+            hist[n_hist] = v
+            n_hist += 1
+    return out
+
+
+@njit(cache=True, nogil=True)
+def correlation_nb(ret, t, a, b, window):
+    """Pearson correlation of columns ``a`` and ``b`` of ``ret`` over rows ``t-window+1 .. t``
+    where both are finite (NaN with fewer than 3 pairs or a constant column)."""
+    n = 0
+    sa = 0.0
+    sb = 0.0
+    saa = 0.0
+    sbb = 0.0
+    sab = 0.0
+    for r in range(max(0, t - window + 1), t + 1):
+        x = ret[r, a]
+        y = ret[r, b]
+        if np.isnan(x) or np.isnan(y):
+            continue
+        n += 1
+        sa += x
+        sb += y
+        saa += x * x
+        sbb += y * y
+        sab += x * y
+    if n < 3:
+        return np.nan
+    va = saa - sa * sa / n
+    vb = sbb - sb * sb / n
+    if va <= 0.0 or vb <= 0.0:
+        return np.nan
+    return (sab - sa * sb / n) / np.sqrt(va * vb)
+
+
+# ====================================================================== decision and sizing
+
+
+@njit(cache=True, inline="always")
+def side_nb(p, c, sma_v, rp):
+    """Side of a prediction: +1 above the long threshold, -1 below the short one, else 0; with
+    the trend filter on, longs need the close above its moving average and shorts below it (no
+    side while the average is warming up)."""
+    side = 0
+    if p > rp[R_LONG]:
+        side = 1
+    elif p < rp[R_SHORT]:
+        side = -1
+    if side != 0 and rp[R_TREND] != 0.0:
+        if np.isnan(sma_v):
+            return 0
+        if side > 0 and c < sma_v:
+            return 0
+        if side < 0 and c > sma_v:
+            return 0
+    if side < 0 and rp[R_ALLOW_SHORT] == 0.0:
+        return 0
+    return side
+
+
+@njit(cache=True, inline="always")
+def conviction_nb(p, side, rp):
+    """Probability of winning for probability decisions (p for longs, 1-p for shorts), else NaN."""
+    if rp[R_PROBABILITY] == 0.0 or side == 0:
+        return np.nan
+    return p if side > 0 else 1.0 - p
+
+
+@njit(cache=True)
+def size_nb(side, conviction, price, atr_v, vol_v, g, rp):
+    """Unsigned target fraction of equity for a side (0 for no side).
+
+    fixed_fraction: ``fraction``. atr_risk: risk ``risk_pct`` of equity with the stop ``atr_k`` ATRs
+    away, i.e. shares = risk_pct x equity / (k x ATR), as a fraction ``risk_pct x price / (k x ATR)``.
+    vol_target: ``vol_target / vol`` (per-bar volatilities). kelly: ``kelly_fraction x f*`` with
+    f* = p - (1-p)/b (payoff: p the conviction or the win rate, b the average win over the
+    average loss of closed trades) or f* = mu / sigma^2 of closed-trade returns (mean_variance),
+    capped so that at most ``kelly_max_risk`` of equity is lost at the stop; ``fraction`` while
+    fewer than ``kelly_min_trades`` trades have closed; 0 when f* <= 0 (no edge). Every sizer is
+    capped at ``max_leverage`` except fixed_fraction. No ATR / volatility yet gives 0.
+    """
+    if side == 0:
+        return 0.0
+    m = int(rp[R_SIZER])
+    if m == 0:
+        return rp[R_FRACTION]
+    cap = rp[R_SYM_LEV]
+    if m == 1:
+        if not (atr_v > 0.0):
+            return 0.0
+        return min(rp[R_RISK_PCT] * price / (rp[R_ATR_K] * atr_v), cap)
+    if m == 2:
+        if not (vol_v > 0.0):
+            return 0.0
+        return min(rp[R_VOL_TARGET] / vol_v, cap)
+    n = g[G_N_TRADES]
+    if n < rp[R_KELLY_MIN]:
+        return min(rp[R_FRACTION], cap)
+    if int(rp[R_KELLY_MODE]) == 0:
+        wins = g[G_N_WINS]
+        losses = n - wins
+        p = conviction if not np.isnan(conviction) else wins / n
+        if losses == 0.0:
+            f = p
+        elif wins == 0.0:
+            f = -1.0
+        else:
+            b = (g[G_SUM_WIN] / wins) / (g[G_SUM_LOSS] / losses)
+            f = p - (1.0 - p) / b
+    else:
+        mu = g[G_SUM_RET] / n
+        var = (g[G_SUM_RET2] - n * mu * mu) / max(n - 1.0, 1.0)
+        f = mu / var if var > 0.0 else -1.0
+    if not (f > 0.0):
+        return 0.0
+    f *= rp[R_KELLY_FRAC]
+    if atr_v > 0.0:
+        f = min(f, rp[R_KELLY_MAX_RISK] * price / (rp[R_ATR_K] * atr_v))
+    return min(f, cap)
+
+
+# ====================================================================== fills and marks
+
+
+@njit(cache=True)
+def apply_fill_nb(s, g, j, qty, px, comm, day):
+    """Book a fill of ``qty`` shares at ``px`` (costs in the price) plus ``comm``: cash, average
+    entry, realised PnL of the round trip, and, when it closes, the trade statistics the Kelly
+    sizer and the consecutive-loss trip read."""
+    if qty == 0.0:
+        return
+    g[G_CASH] -= qty * px + comm
+    q0 = s[j, S_QTY]
+    s[j, S_PEND] -= qty
+    if abs(s[j, S_PEND]) < 1e-9:
+        s[j, S_PEND] = 0.0
+        s[j, S_PEND_ROW] = -1.0
+    a = abs(qty)
+    if q0 != 0.0 and q0 * qty < 0.0:
+        closed = min(a, abs(q0))
+        share = closed / a
+        s[j, S_RPNL] += (px - s[j, S_AVG]) * closed * (1.0 if q0 > 0.0 else -1.0) - comm * share
+        q1 = q0 + qty
+        if abs(q1) < 1e-9 or q1 * q0 < 0.0:
+            pnl = s[j, S_RPNL]
+            r = pnl / s[j, S_ENTRY_NOT] if s[j, S_ENTRY_NOT] > 0.0 else 0.0
+            g[G_N_TRADES] += 1.0
+            if pnl > 0.0:
+                g[G_N_WINS] += 1.0
+                g[G_SUM_WIN] += r
+                g[G_CONSEC] = 0.0
+            else:
+                g[G_SUM_LOSS] -= r
+                g[G_CONSEC] += 1.0
+            g[G_SUM_RET] += r
+            g[G_SUM_RET2] += r * r
+            if s[j, S_ENTRY_DAY] == day:  # opened and closed in one session: a day trade
+                _count_day_trade(g, day)
+            rest = a - closed
+            if rest > 1e-9:  # a flip opens the next trade with the rest
+                s[j, S_QTY] = q1
+                s[j, S_AVG] = px
+                s[j, S_ENTRY_NOT] = rest * px
+                s[j, S_RPNL] = -comm * (1.0 - share)
+                s[j, S_ENTRY_DAY] = day
+            else:
+                s[j, S_QTY] = 0.0
+                s[j, S_AVG] = 0.0
+                s[j, S_ENTRY_NOT] = 0.0
+                s[j, S_RPNL] = 0.0
+                s[j, S_STOP] = 0.0
+                s[j, S_ENTRY_DAY] = -1.0
+        else:
+            s[j, S_QTY] = q1
+        return
+    if q0 == 0.0:
+        s[j, S_ENTRY_DAY] = day
+        s[j, S_RPNL] = 0.0
+        s[j, S_ENTRY_NOT] = 0.0
+        s[j, S_AVG] = 0.0
+    q1 = q0 + qty
+    s[j, S_AVG] = (s[j, S_AVG] * abs(q0) + px * a) / abs(q1)
+    s[j, S_ENTRY_NOT] += a * px
+    s[j, S_RPNL] -= comm
+    s[j, S_QTY] = q1
+
+
+@njit(cache=True, inline="always")
+def _count_day_trade(g, day):
+    """Remember a day trade's session id in the oldest of five slots (five are enough: the
+    rule counts day trades within the last five sessions)."""
+    oldest = G_DT0
+    for k in range(G_DT0, G_DT4 + 1):
+        if g[k] < g[oldest]:
+            oldest = k
+    g[oldest] = day
+
+
+@njit(cache=True, inline="always")
+def _day_trades(g, day):
+    n = 0
+    for k in range(G_DT0, G_DT4 + 1):
+        if g[k] >= 0.0 and day - g[k] < 5.0:
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def mark_nb(s, g, close_row, borrow):
+    """Mark the book at this row's closes (the last close where a symbol has no bar), charge
+    borrow on shorts at rate ``borrow`` and return the equity."""
+    value = 0.0
+    fee = 0.0
+    for j in range(s.shape[0]):
+        c = close_row[j]
+        if not np.isnan(c):
+            s[j, S_LAST] = c
+        q = s[j, S_QTY]
+        if q != 0.0:
+            lc = s[j, S_LAST]
+            value += q * lc
+            if q < 0.0 and borrow > 0.0:
+                fee += -q * lc * borrow
+    g[G_CASH] -= fee
+    eq = g[G_CASH] + value
+    g[G_EQ] = eq
+    return eq
+
+
+# ====================================================================== kill switch
+
+
+@njit(cache=True)
+def heat_nb(s):
+    """Portfolio heat in currency: sum of stop distance x shares (positions and pending orders)."""
+    h = 0.0
+    for j in range(s.shape[0]):
+        h += abs(s[j, S_QTY] + s[j, S_PEND]) * s[j, S_STOP]
+    return h
+
+
+@njit(cache=True)
+def _trip(g, t, code, value, limit):
+    if g[G_KILL] == 0.0:
+        g[G_KILL] = 2.0
+        g[G_TRIP_ROW] = t
+        g[G_TRIP_RULE] = code
+        g[G_TRIP_VALUE] = value
+        g[G_TRIP_LIMIT] = limit
+
+
+@njit(cache=True)
+def killswitch_nb(s, g, t, day, rp):
+    """Roll the session bookkeeping and trip on the equity rules at this row's close.
+
+    Daily loss is measured from the last mark before the session's first bar (the starting cash
+    on the first session); drawdown from the highest mark of the session so far. Returns the trip
+    code (0 when nothing tripped now).
+    """
+    eq = g[G_EQ]
+    if day != g[G_DAY]:
+        g[G_DAY] = day
+        g[G_DAY_START] = g[G_PREV_EQ]
+        g[G_DAY_PEAK] = g[G_PREV_EQ]
+    g[G_DAY_PEAK] = max(g[G_DAY_PEAK], eq)
+    g[G_PREV_EQ] = eq
+    if g[G_KILL] != 0.0:
+        return 0
+    start = g[G_DAY_START]
+    if not np.isnan(rp[R_DAILY_LOSS]) and start > 0.0:
+        loss = (start - eq) / start
+        if loss >= rp[R_DAILY_LOSS]:
+            _trip(g, t, TRIP_DAILY_LOSS, loss, rp[R_DAILY_LOSS])
+            return TRIP_DAILY_LOSS
+    peak = g[G_DAY_PEAK]
+    if not np.isnan(rp[R_MAX_DD]) and peak > 0.0:
+        dd = (peak - eq) / peak
+        if dd >= rp[R_MAX_DD]:
+            _trip(g, t, TRIP_DRAWDOWN, dd, rp[R_MAX_DD])
+            return TRIP_DRAWDOWN
+    if not np.isnan(rp[R_CONSEC]) and g[G_CONSEC] >= rp[R_CONSEC]:
+        _trip(g, t, TRIP_CONSECUTIVE, g[G_CONSEC], rp[R_CONSEC])
+        return TRIP_CONSECUTIVE
+    if not np.isnan(rp[R_HEAT_EMERG]) and eq > 0.0:
+        h = heat_nb(s) / eq
+        if h >= rp[R_HEAT_EMERG]:
+            _trip(g, t, TRIP_HEAT, h, rp[R_HEAT_EMERG])
+            return TRIP_HEAT
+    return 0
+
+
+# ====================================================================== limits and the row step
+
+
+@njit(cache=True)
+def _grow(a, n):
+    if n < a.shape[0]:
+        return a
+    b = np.empty((2 * a.shape[0] + 16, a.shape[1]))
+    b[:n] = a[:n]
+    return b
+
+
+@njit(cache=True)
+def _deny(den, n_den, t, j, code, target, req, allowed, value, limit):
+    den = _grow(den, n_den)
+    den[n_den, BK.D_DEC] = t
+    den[n_den, BK.D_COL] = j
+    den[n_den, BK.D_CODE] = code
+    den[n_den, BK.D_TARGET] = target
+    den[n_den, BK.D_REQ] = req
+    den[n_den, BK.D_ALLOWED] = allowed
+    den[n_den, DR_VALUE] = value
+    den[n_den, DR_LIMIT] = limit
+    return den, n_den + 1
+
+
+@njit(cache=True, inline="always")
+def _shares(x, frac_ok):
+    x = max(x, 0.0)
+    return x if frac_ok else np.floor(x + 1e-9)
+
+
+@njit(cache=True)
+def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, fractionable,
+              sector, sec, gross, net, heat, n_open, rp, s, g, den, n_den):  # fmt: skip
+    """Apply the pre-trade limits to an order of ``d`` shares in column ``j`` (``qe`` = position
+    plus pending). Each rule allows, cuts or denies and records a denial (rule, target,
+    requested and allowed quantity, the measured value and the limit); rules never raise.
+
+    Only exposure-adding parts are cut: an order that reduces a position always passes the caps,
+    and a cut never goes below the current same-side position. Returns ``(allowed d, denials,
+    n_denials, n_violations)``.
+    """
+    nv = 0
+    frac_ok = rp[R_FRACTIONAL] != 0.0 and fractionable[j]
+    if not tradable[j]:
+        den, n_den = _deny(den, n_den, t, j, BK.NOT_TRADABLE, target, d, 0.0, np.nan, np.nan)
+        return 0.0, den, n_den, 1
+    pend = s[j, S_PEND]
+    if pend != 0.0 and pend * d < 0.0:  # opposite side of a working order: a wash trade
+        den, n_den = _deny(den, n_den, t, j, OPEN_ORDER, target, d, 0.0, pend, 0.0)
+        return 0.0, den, n_den, 1
+    q1 = qe + d
+    if q1 < 0.0 and (rp[R_ALLOW_SHORT] == 0.0 or not shortable[j]):
+        code = BK.SHORT_DISABLED if rp[R_ALLOW_SHORT] == 0.0 else BK.NOT_SHORTABLE
+        new_q1 = 0.0 if qe >= 0.0 else max(q1, qe)
+        den, n_den = _deny(den, n_den, t, j, code, target, d, new_q1 - qe, q1, 0.0)
+        nv += 1
+        q1 = new_q1
+    held = s[j, S_QTY]
+    if (
+        rp[R_PDT] != 0.0
+        and eq < PDT_EQUITY
+        and held != 0.0
+        and s[j, S_ENTRY_DAY] == day
+        and held * (q1 - held) < 0.0
+        and _day_trades(g, day) >= PDT_MAX_DAY_TRADES
+    ):
+        den, n_den = _deny(
+            den, n_den, t, j, PDT, target, q1 - qe, 0.0, _day_trades(g, day), PDT_MAX_DAY_TRADES
+        )
+        return 0.0, den, n_den, nv + 1
+    if q1 == 0.0 or eq <= 0.0:
+        return q1 - qe, den, n_den, nv
+    sg = 1.0 if q1 > 0.0 else -1.0
+    same = qe * q1 > 0.0
+    base = abs(qe) if same else 0.0
+    a = abs(q1)
+    if a <= base:
+        return q1 - qe, den, n_den, nv
+    lc = s[j, S_LAST]
+    sym_val = abs(qe) * lc
+    req = q1 - qe
+    if not np.isnan(rp[R_MAX_POS]):
+        lim = _shares(rp[R_MAX_POS] * eq / c, frac_ok)
+        if a > lim:
+            new_a = max(lim, base)
+            den, n_den = _deny(den, n_den, t, j, MAX_POSITION, target, req, sg * new_a - qe,
+                               a * c / eq, rp[R_MAX_POS])  # fmt: skip
+            nv += 1
+            a = new_a
+    if a > base and not same and not np.isnan(rp[R_MAX_OPEN]):
+        others = n_open - (1 if qe != 0.0 else 0)
+        if others >= rp[R_MAX_OPEN]:
+            den, n_den = _deny(den, n_den, t, j, MAX_OPEN, target, req, sg * base - qe,
+                               others + 1.0, rp[R_MAX_OPEN])  # fmt: skip
+            nv += 1
+            a = base
+    if a > base and not np.isnan(rp[R_SECTOR_CAP]) and sector[j] >= 0:
+        other = sec[sector[j]] - sym_val
+        lim = _shares((rp[R_SECTOR_CAP] * eq - other) / c, frac_ok)
+        if a > lim:
+            new_a = max(lim, base)
+            den, n_den = _deny(den, n_den, t, j, SECTOR, target, req, sg * new_a - qe,
+                               (other + a * c) / eq, rp[R_SECTOR_CAP])  # fmt: skip
+            nv += 1
+            a = new_a
+    if a > base and not same and not np.isnan(rp[R_MAX_CORR]):
+        win = int(rp[R_CORR_WIN])
+        for k in range(s.shape[0]):
+            if k == j:
+                continue
+            qk = s[k, S_QTY] + s[k, S_PEND]
+            if qk * sg <= 0.0:
+                continue
+            rho = correlation_nb(ret, t, j, k, win)
+            if rho > rp[R_MAX_CORR]:
+                den, n_den = _deny(den, n_den, t, j, CORRELATION, target, req, sg * base - qe,
+                                   rho, rp[R_MAX_CORR])  # fmt: skip
+                nv += 1
+                a = base
+                break
+    if a > base and not np.isnan(rp[R_HEAT_MAX]):
+        stop = rp[R_ATR_K] * atr_j
+        other = heat - abs(qe) * s[j, S_STOP]
+        if not (stop > 0.0):
+            den, n_den = _deny(den, n_den, t, j, HEAT, target, req, sg * base - qe, np.nan,
+                               rp[R_HEAT_MAX])  # fmt: skip
+            nv += 1
+            a = base
+        else:
+            lim = _shares((rp[R_HEAT_MAX] * eq - other) / stop, frac_ok)
+            if a > lim:
+                new_a = max(lim, base)
+                den, n_den = _deny(den, n_den, t, j, HEAT, target, req, sg * new_a - qe,
+                                   (other + a * stop) / eq, rp[R_HEAT_MAX])  # fmt: skip
+                nv += 1
+                a = new_a
+    if a > base and not np.isnan(rp[R_MAX_GROSS]):
+        other = gross - sym_val
+        lim = _shares((rp[R_MAX_GROSS] * eq - other) / c, frac_ok)
+        if a > lim:
+            new_a = max(lim, base)
+            den, n_den = _deny(den, n_den, t, j, GROSS, target, req, sg * new_a - qe,
+                               (other + a * c) / eq, rp[R_MAX_GROSS])  # fmt: skip
+            nv += 1
+            a = new_a
+    if a > base and not np.isnan(rp[R_MAX_NET]):
+        other = net - qe * lc
+        room = rp[R_MAX_NET] * eq - sg * other
+        lim = _shares(room / c, frac_ok)
+        if a > lim:
+            new_a = max(lim, base)
+            den, n_den = _deny(den, n_den, t, j, NET, target, req, sg * new_a - qe,
+                               abs(other + sg * a * c) / eq, rp[R_MAX_NET])  # fmt: skip
+            nv += 1
+            a = new_a
+    if a > base and not np.isnan(rp[R_LEVERAGE]):
+        other = gross - sym_val
+        lim = _shares((rp[R_LEVERAGE] * eq - other) / c, frac_ok)
+        if a > lim:
+            new_a = max(lim, base)
+            den, n_den = _deny(den, n_den, t, j, BK.BUYING_POWER, target, req, sg * new_a - qe,
+                               (other + a * c) / eq, rp[R_LEVERAGE])  # fmt: skip
+            nv += 1
+            a = new_a
+    return sg * a - qe, den, n_den, nv
+
+
+@njit(cache=True)
+def _place(s, out_qty, orders, n_ord, t, j, d, target, c, reason, eq, stop):
+    orders = _grow(orders, n_ord)
+    orders[n_ord, O_ROW] = t
+    orders[n_ord, O_COL] = j
+    orders[n_ord, O_QTY] = d
+    orders[n_ord, O_TARGET] = target
+    orders[n_ord, O_PRICE] = c
+    orders[n_ord, O_REASON] = reason
+    orders[n_ord, O_EQUITY] = eq
+    q0 = s[j, S_QTY] + s[j, S_PEND]
+    q1 = q0 + d
+    if q1 == 0.0:
+        s[j, S_STOP] = 0.0
+    elif q0 * q1 <= 0.0 or abs(q1) > abs(q0):  # a new or bigger position: its stop from now
+        s[j, S_STOP] = stop if stop > 0.0 else 0.0
+    s[j, S_PEND] += d
+    if s[j, S_PEND_ROW] < 0.0:
+        s[j, S_PEND_ROW] = t
+    out_qty[j] += d
+    return orders, n_ord + 1
+
+
+@njit(cache=True)
+def _model_target(t, j, p, c, atr, vol, sma, regime, rp, g):
+    side = side_nb(p, c, sma[t, j], rp)
+    frac = size_nb(side, conviction_nb(p, side, rp), c, atr[t, j], vol[t, j], g, rp)
+    if regime.shape[0] > 1:
+        frac *= regime[t, j]
+    return side * frac
+
+
+@njit(cache=True)
+def decide_row_nb(t, ts_us, day, eod, pred, close, atr, vol, sma, regime, ret, tradable,
+                  shortable, fractionable, sector, n_sectors, rp, s, g, v, out_qty, orders,
+                  n_ord, den, n_den):  # fmt: skip
+    """Decide every symbol's order at the close of row ``t``: prediction -> side -> size ->
+    target -> hysteresis -> limits -> order; the kill switch and the end-of-day window override
+    the model (flatten, entries denied). ``out_qty`` receives the net order per symbol.
+
+    A symbol orders only when its target differs from the target in force (``rebalance:
+    on_change``) and the change in shares is worth at least ``min_trade`` of equity (exits
+    always pass). Arrays of records grow as needed and are returned with their counts.
+    """
+    n_s = s.shape[0]
+    out_qty[:] = 0.0
+    eq = g[G_EQ]
+    gross = 0.0
+    net = 0.0
+    heat = 0.0
+    n_open = 0
+    sec = np.zeros(max(n_sectors, 1))
+    for k in range(n_s):
+        qe = s[k, S_QTY] + s[k, S_PEND]
+        if qe != 0.0:
+            n_open += 1
+            val = qe * s[k, S_LAST]
+            gross += abs(val)
+            net += val
+            heat += abs(qe) * s[k, S_STOP]
+            if sector[k] >= 0:
+                sec[sector[k]] += abs(val)
+    n_viol = 0
+    for j in range(n_s):
+        c = close[t, j]
+        if np.isnan(c):
+            continue
+        p = pred[t, j]
+        qe = s[j, S_QTY] + s[j, S_PEND]
+        if g[G_KILL] != 0.0 or eod:
+            reason = ORDER_KILL if g[G_KILL] != 0.0 else ORDER_EOD
+            if qe != 0.0:
+                orders, n_ord = _place(
+                    s, out_qty, orders, n_ord, t, j, -qe, 0.0, c, reason, eq, 0.0
+                )
+                gross -= abs(qe) * s[j, S_LAST]
+                net -= qe * s[j, S_LAST]
+                n_open -= 1
+            s[j, S_HELD] = 0.0
+            if not np.isnan(p):
+                mt = _model_target(t, j, p, c, atr, vol, sma, regime, rp, g)
+                if mt != s[j, S_MODEL]:
+                    s[j, S_MODEL] = mt
+                    if mt != 0.0:
+                        code = KILL_SWITCH if g[G_KILL] != 0.0 else EOD_FLATTEN
+                        den, n_den = _deny(den, n_den, t, j, code, mt, np.trunc(mt * eq / c), 0.0,
+                                           g[G_TRIP_RULE], 0.0)  # fmt: skip
+            continue
+        if np.isnan(p):
+            continue
+        mt = _model_target(t, j, p, c, atr, vol, sma, regime, rp, g)
+        s[j, S_MODEL] = mt
+        if mt == s[j, S_HELD] and rp[R_EVERY_BAR] == 0.0:
+            continue
+        qd = mt * eq / c
+        if rp[R_FRACTIONAL] == 0.0 or not fractionable[j]:
+            qd = np.trunc(qd + 1e-9 * np.sign(qd))
+        d = qd - qe
+        if abs(d) < 1e-9:
+            s[j, S_HELD] = mt
+            continue
+        if qd != 0.0 and abs(d) * c < rp[R_MIN_TRADE] * eq:
+            continue  # hysteresis: too small to trade; the target is re-examined next bar
+        d, den, n_den, nv = limits_nb(t, j, day, mt, qe, d, c, eq, atr[t, j], ret, tradable,
+                                      shortable, fractionable, sector, sec, gross, net, heat,
+                                      n_open, rp, s, g, den, n_den)  # fmt: skip
+        n_viol += nv
+        s[j, S_HELD] = mt
+        if abs(d) > 1e-9:
+            old_stop = abs(qe) * s[j, S_STOP]
+            old_val = qe * s[j, S_LAST]
+            orders, n_ord = _place(s, out_qty, orders, n_ord, t, j, d, mt, c, ORDER_MODEL, eq,
+                                   rp[R_ATR_K] * atr[t, j])  # fmt: skip
+            q1 = qe + d
+            new_val = q1 * s[j, S_LAST]
+            gross += abs(new_val) - abs(old_val)
+            net += new_val - old_val
+            heat += abs(q1) * s[j, S_STOP] - old_stop
+            if sector[j] >= 0:
+                sec[sector[j]] += abs(new_val) - abs(old_val)
+            if qe == 0.0:
+                n_open += 1
+            elif q1 == 0.0:
+                n_open -= 1
+    if n_viol > 0 and not np.isnan(rp[R_MAX_VIOL]):
+        m = v.shape[0]
+        for _ in range(n_viol):
+            head = int(g[G_VIOL_HEAD])
+            v[head % m] = ts_us
+            g[G_VIOL_HEAD] = head + 1
+        recent = 0
+        for k in range(m):
+            if v[k] >= 0.0 and ts_us - v[k] < rp[R_VIOL_WIN_US]:
+                recent += 1
+        if recent >= rp[R_MAX_VIOL] and g[G_KILL] == 0.0:
+            _trip(g, t, TRIP_VIOLATIONS, recent, rp[R_MAX_VIOL])
+            for j in range(n_s):  # the trip flattens on the bar of the breach
+                if np.isnan(close[t, j]):
+                    continue
+                qe = s[j, S_QTY] + s[j, S_PEND]
+                if qe != 0.0:
+                    orders, n_ord = _place(s, out_qty, orders, n_ord, t, j, -qe, 0.0, close[t, j],
+                                           ORDER_KILL, eq, 0.0)  # fmt: skip
+                s[j, S_HELD] = 0.0
+    return orders, n_ord, den, n_den
+
+
+# ====================================================================== the backtest loop
+
+
+@njit(cache=True, nogil=True)
+def simulate_risk_nb(ref, close, pred, atr, vol, sma, regime, ret, half_spread, sigma, volume,
+                     slip_row, borrow_row, ts_us, day, eod, tradable, shortable, fractionable,
+                     sector, n_sectors, p, rp, s, g, v):  # fmt: skip
+    """Run the portfolio under the risk policy: at each row, fill pending orders at the open
+    (costs as in the backtest kernel), mark at the close, check the kill switch, decide."""
+    n_t, n_s = close.shape
+    equity = np.empty(n_t)
+    positions = np.empty((n_t, n_s))
+    cum_borrow = np.zeros(n_s)
+    fills = np.empty((max(n_s, 16), BK.N_FILL))
+    n_fill = 0
+    orders = np.empty((max(n_s, 16), N_ORDER))
+    n_ord = 0
+    den = np.empty((16, N_DENIAL))
+    n_den = 0
+    out_qty = np.zeros(n_s)
+    for t in range(n_t):
+        for j in range(n_s):
+            d = s[j, S_PEND]
+            if d == 0.0 or np.isnan(close[t, j]):
+                continue
+            dec = int(s[j, S_PEND_ROW])
+            px = ref[t, j]
+            pxx, comm, spread_cost, slip_cost = BK.fill_cost_nb(
+                px, d, dec, j, t, half_spread, sigma, volume, slip_row, p
+            )
+            apply_fill_nb(s, g, j, d, pxx, comm, day[t])
+            fills = _grow(fills, n_fill)
+            fills[n_fill, BK.F_ROW] = t
+            fills[n_fill, BK.F_COL] = j
+            fills[n_fill, BK.F_DEC] = dec
+            fills[n_fill, BK.F_QTY] = d
+            fills[n_fill, BK.F_REF] = px
+            fills[n_fill, BK.F_PX] = pxx
+            fills[n_fill, BK.F_COMM] = comm
+            fills[n_fill, BK.F_SPREAD] = spread_cost
+            fills[n_fill, BK.F_SLIP] = slip_cost
+            fills[n_fill, BK.F_BORROW] = cum_borrow[j]
+            fills[n_fill, BK.F_POS] = s[j, S_QTY]
+            n_fill += 1
+        eq = mark_nb(s, g, close[t], borrow_row[t])
+        br = borrow_row[t]
+        if br > 0.0:
+            for j in range(n_s):
+                if s[j, S_QTY] < 0.0:
+                    cum_borrow[j] += -s[j, S_QTY] * s[j, S_LAST] * br
+        killswitch_nb(s, g, t, day[t], rp)
+        orders, n_ord, den, n_den = decide_row_nb(
+            t, ts_us[t], day[t], eod[t], pred, close, atr, vol, sma, regime, ret, tradable,
+            shortable, fractionable, sector, n_sectors, rp, s, g, v, out_qty, orders, n_ord, den,
+            n_den,
+        )  # fmt: skip
+        for j in range(n_s):
+            positions[t, j] = s[j, S_QTY]
+        equity[t] = eq
+    for j in range(n_s):
+        if s[j, S_PEND] != 0.0:
+            den, n_den = _deny(den, n_den, int(s[j, S_PEND_ROW]), j, BK.END_OF_DATA,
+                               s[j, S_HELD], np.nan, 0.0, np.nan, np.nan)  # fmt: skip
+    last_close = s[:, S_LAST].copy()
+    return (
+        equity,
+        positions,
+        fills[:n_fill].copy(),
+        den[:n_den].copy(),
+        last_close,
+        cum_borrow,
+        orders[:n_ord].copy(),
+    )

@@ -1,0 +1,254 @@
+"""The risk engine of a trading session: the backtest's rules, called once per bar.
+
+:class:`RiskEngine` keeps the same state arrays the backtest kernel keeps and, for each bar,
+calls the same kernel functions in the same order (:func:`~workbench.risk._kernel.mark_nb`,
+:func:`~workbench.risk._kernel.killswitch_nb`, :func:`~workbench.risk._kernel.decide_row_nb`;
+fills through :func:`~workbench.risk._kernel.apply_fill_nb`). Its inputs (ATR, volatility,
+moving average, regime, returns) come from :meth:`RiskPolicy.inputs` over a bounded history of
+bars, long enough (:meth:`RiskPolicy.history_rows`) that they equal the backtest's. A replayed
+session therefore makes the backtest's decisions, orders and denials, with the same reasons.
+
+A kill-switch trip is written to a :class:`~workbench.risk.state.KillSwitchStore` when one is
+given, and a halted switch found there at start keeps the engine halted (reduce-only) until
+``wb risk rearm``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from workbench.data.assets import AssetFacts
+from workbench.errors import SchemaError
+from workbench.risk import _kernel as K
+from workbench.risk.policy import (
+    TRIP_NAMES,
+    RiskPolicy,
+    denials_frame,
+    orders_frame,
+    trips_frame,
+)
+
+if TYPE_CHECKING:
+    from workbench.risk.state import KillSwitchStore
+
+_TRIP_CODES = {v: k for k, v in TRIP_NAMES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class FillEvent:
+    """A broker fill as the risk engine books it (price includes spread and slippage)."""
+
+    symbol: str
+    qty: float
+    price: float
+    commission: float
+
+
+def _us(ts: datetime) -> int:
+    return int(pl.Series([ts]).cast(pl.Datetime("us", "UTC")).dt.epoch("us")[0])
+
+
+class RiskEngine:
+    """Per-bar risk decisions of one strategy over a fixed set of symbols.
+
+    Parameters
+    ----------
+    policy : RiskPolicy
+        The policy the backtest used.
+    symbols : sequence of str
+        The session's symbols (kept sorted: the backtest's column order).
+    initial_cash : float
+        Starting cash (the account's equity at start).
+    assets : mapping, optional
+        Asset facts (tradable, shortable, easy to borrow, fractionable).
+    store : KillSwitchStore, optional
+        Where the kill-switch state persists; a halted state there halts the engine.
+    """
+
+    def __init__(
+        self,
+        policy: RiskPolicy,
+        symbols: Sequence[str],
+        *,
+        initial_cash: float,
+        assets: Mapping[str, AssetFacts] | None = None,
+        store: KillSwitchStore | None = None,
+    ) -> None:
+        self.policy = policy
+        self.symbols = sorted(symbols)
+        self.col = {s: i for i, s in enumerate(self.symbols)}
+        n = len(self.symbols)
+        self.rp = policy.params()
+        self.s, self.g, self.v = K.new_state(n, float(initial_cash), policy.n_violations)
+        self.tradable, self.shortable, self.fractionable = policy.facts(self.symbols, assets)
+        self.sector, self.n_sectors = policy.sector_codes(self.symbols)
+        self.keep = policy.history_rows()
+        cap = 2 * self.keep + 2
+        self._ts = np.zeros(cap, dtype=np.int64)
+        self._day = np.zeros(cap, dtype=np.int64)
+        self._hi = np.full((cap, n), np.nan)
+        self._lo = np.full((cap, n), np.nan)
+        self._cl = np.full((cap, n), np.nan)
+        self._pred = np.full((cap, n), np.nan)
+        self._n = 0
+        self._out = np.zeros(n)
+        self._orders = np.empty((16, K.N_ORDER))
+        self._n_ord = 0
+        self._den = np.empty((16, K.N_DENIAL))
+        self._n_den = 0
+        self._order_ts: list[int] = []
+        self._den_ts: list[int] = []
+        self.store = store
+        self.trips: list[dict[str, Any]] = []
+        if store is not None:
+            state = store.load(policy.name)
+            if state.halted:
+                self.g[K.G_KILL] = 2.0
+                self.g[K.G_TRIP_RULE] = _TRIP_CODES.get(state.rule or "", 0)
+
+    # ------------------------------------------------------------------ state views
+
+    @property
+    def halted(self) -> bool:
+        return bool(self.g[K.G_KILL] != 0.0)
+
+    @property
+    def equity(self) -> float:
+        return float(self.g[K.G_EQ])
+
+    def position(self, symbol: str) -> float:
+        return float(self.s[self.col[symbol], K.S_QTY])
+
+    def positions(self) -> dict[str, float]:
+        return {s: float(self.s[i, K.S_QTY]) for i, s in enumerate(self.symbols)}
+
+    # ------------------------------------------------------------------ events
+
+    def on_fills(self, fills: Iterable[FillEvent], ts: datetime) -> None:
+        """Book this bar's fills (in column order, as the backtest kernel does)."""
+        day = int(self.policy.calendar_rows(np.array([_us(ts)]))[0][0])
+        for f in sorted(fills, key=lambda f: self.col[f.symbol]):
+            K.apply_fill_nb(self.s, self.g, self.col[f.symbol], f.qty, f.price, f.commission, day)
+
+    def on_bar(
+        self, ts: datetime, bars: pl.DataFrame, predictions: Mapping[str, float] | None = None
+    ) -> dict[str, float]:
+        """Take bar ``ts`` (one row per symbol that traded) and decide; return the net order
+        (signed shares) per symbol, only where non-zero.
+
+        ``predictions`` maps symbol -> prediction for this bar (missing: no decision, the
+        position is held; warm-up bars pass none).
+        """
+        ts_us = _us(ts)
+        if self._n and ts_us <= self._ts[self._n - 1]:
+            raise SchemaError(
+                f"RiskEngine.on_bar got {ts}, not after the last bar "
+                f"{pl.Series([int(self._ts[self._n - 1])]).cast(pl.Datetime('us', 'UTC'))[0]}. "
+                "Fix: deliver bars once each, in time order.",
+                rule="append only",
+            )
+        t = self._append(ts_us, bars, predictions or {})
+        day, eod = self.policy.calendar_rows(np.array([ts_us]))
+        self._day[t] = day[0]
+        n = self._n
+        atr, vol, sma, ret, regime = self.policy.inputs(
+            self._hi[:n], self._lo[:n], self._cl[:n], self._day[:n], from_row=t
+        )
+        close_row = self._cl[t]
+        K.mark_nb(self.s, self.g, close_row, 0.0)
+        was = self.halted
+        K.killswitch_nb(self.s, self.g, t, int(day[0]), self.rp)
+        n_ord0, n_den0 = self._n_ord, self._n_den
+        self._orders, self._n_ord, self._den, self._n_den = K.decide_row_nb(
+            t, float(ts_us), int(day[0]), bool(eod[0]), self._pred[:n], self._cl[:n], atr, vol,
+            sma, regime, ret, self.tradable, self.shortable, self.fractionable, self.sector,
+            self.n_sectors, self.rp, self.s, self.g, self.v, self._out, self._orders,
+            self._n_ord, self._den, self._n_den,
+        )  # fmt: skip
+        self._order_ts.extend([ts_us] * (self._n_ord - n_ord0))
+        self._den_ts.extend([ts_us] * (self._n_den - n_den0))
+        if self.halted and not was:
+            self._record_trip(ts, ts_us)
+        return {s: float(self._out[i]) for i, s in enumerate(self.symbols) if self._out[i] != 0.0}
+
+    def warm(self, bars: pl.DataFrame) -> None:
+        """Feed history bars (before the session) without predictions: inputs warm up."""
+        for (ts,), group in bars.sort("ts").group_by(["ts"], maintain_order=True):
+            self.on_bar(ts, group)
+
+    # ------------------------------------------------------------------ records
+
+    def orders(self) -> pl.DataFrame:
+        """Every order decided so far (same columns as ``BacktestResult.orders``)."""
+        o = self._orders[: self._n_ord].copy()
+        ts = np.asarray(self._order_ts, dtype=np.int64)
+        o[:, K.O_ROW] = np.arange(len(o))
+        return orders_frame(o, self.symbols, ts)
+
+    def rejections(self) -> pl.DataFrame:
+        """Every denial so far (same columns as ``BacktestResult.rejections``)."""
+        d = self._den[: self._n_den].copy()
+        ts = np.asarray(self._den_ts, dtype=np.int64)
+        d[:, 0] = np.arange(len(d))
+        return denials_frame(d, self.symbols, ts)
+
+    def kill_switch(self) -> pl.DataFrame:
+        """The trip of this engine, if it tripped (same columns as ``BacktestResult.kill_switch``)."""
+        if not self.trips:
+            return trips_frame(np.zeros(K.N_G), np.zeros(0, dtype=np.int64))
+        return pl.DataFrame(self.trips).select("ts", "rule", "value", "limit", "reason")
+
+    # ------------------------------------------------------------------ internals
+
+    def _append(self, ts_us: int, bars: pl.DataFrame, preds: Mapping[str, float]) -> int:
+        cap = len(self._ts)
+        if self._n == cap:
+            k = self.keep
+            for a in (self._ts, self._day, self._hi, self._lo, self._cl, self._pred):
+                a[:k] = a[cap - k :]
+            self._n = k
+        t = self._n
+        self._ts[t] = ts_us
+        for a in (self._hi, self._lo, self._cl, self._pred):
+            a[t] = np.nan
+        for sym, hi, lo, cl in bars.select("symbol", "high", "low", "close").iter_rows():
+            j = self.col.get(sym)
+            if j is None:
+                raise SchemaError(
+                    f"RiskEngine got a bar for {sym!r}, not one of its symbols {self.symbols}. "
+                    "Fix: build the engine with every symbol the session trades.",
+                    rule="known symbol",
+                )
+            self._hi[t, j], self._lo[t, j], self._cl[t, j] = hi, lo, cl
+            p = preds.get(sym)
+            if p is not None and np.isfinite(p):
+                self._pred[t, j] = p
+        self._n = t + 1
+        return t
+
+    def _record_trip(self, ts: datetime, ts_us: int) -> None:
+        rule = TRIP_NAMES.get(int(self.g[K.G_TRIP_RULE]), "manual")
+        value, limit = float(self.g[K.G_TRIP_VALUE]), float(self.g[K.G_TRIP_LIMIT])
+        reason = f"{rule}: {value:.4g} >= {limit:.4g}"
+        trip = {
+            "ts": pl.Series([ts_us]).cast(pl.Datetime("us", "UTC"))[0],
+            "rule": rule,
+            "value": value,
+            "limit": limit,
+            "reason": reason,
+        }
+        self.trips.append(trip)
+        if self.store is not None:
+            self.store.trip(
+                self.policy.name,
+                rule=rule,
+                reason=reason,
+                values={"value": value, "limit": limit, "equity": self.equity},
+                ts=trip["ts"],
+            )
