@@ -17,6 +17,8 @@ from rich.table import Table
 
 from workbench.config import config_hash, load_config
 from workbench.errors import WorkbenchError
+from workbench.portfolio.universe_cli import universe_app
+from workbench.risk.cli import risk_app
 
 app = typer.Typer(
     help="Quant workbench: ingest bars, inspect the store, run research pipelines.",
@@ -28,6 +30,8 @@ config_app = typer.Typer(
     help="Show the effective configuration (secrets masked).", no_args_is_help=True
 )
 app.add_typer(config_app, name="config")
+app.add_typer(risk_app, name="risk")
+app.add_typer(universe_app, name="universe")
 console = Console()
 
 

@@ -63,14 +63,20 @@ class KillSwitchStoreError(KillSwitchError):
 
 
 def default_state_url() -> str:
-    """Return the kill-switch database URL: ``WB_RISK__STATE_URL`` or ``sqlite:///runs/risk.db``.
+    """Return the kill-switch database URL: config ``risk.state_url`` (``WB_RISK__STATE_URL``
+    overrides it like any config field), ``sqlite:///runs/risk.db`` by default.
 
     Returns
     -------
     str
         An SQLAlchemy URL; a relative SQLite path is relative to the project root.
     """
-    return os.environ.get("WB_RISK__STATE_URL", DEFAULT_STATE_URL)
+    from workbench.config import load_config
+
+    try:
+        return load_config().risk.state_url
+    except ConfigError:  # an unreadable config must not hide the kill switch's state
+        return os.environ.get("WB_RISK__STATE_URL", DEFAULT_STATE_URL)
 
 
 def _utc_now() -> datetime:
