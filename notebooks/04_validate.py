@@ -7,6 +7,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -40,11 +42,13 @@ parent_run_id: str = ""  # set by the pipeline runner: MLflow parent run
 pipeline: str = ""  # set by the pipeline runner: pipeline name
 
 # %%
+import mlflow
+
 from workbench.backtest import tearsheet_figures
 from workbench.config import load_config
 from workbench.models.registry import ModelRef
 from workbench.notebook import setup_display
-from workbench.stages.validate import apply_gates, run_validate
+from workbench.stages.validate import apply_gates, risk_figure, risk_summary, run_validate, walk_forward_returns
 from workbench.tracking import start_stage
 
 setup_display()
@@ -53,6 +57,7 @@ params = dict(features_path=features_path, store_root=store_root, model_name=mod
               split_ts=split_ts, strategy=strategy, timeframe=timeframe, n_trials=n_trials,
               trial_correlation=trial_correlation, pbo=pbo, walk_forward_folds=walk_forward_folds, seed=seed)
 stage = start_stage("validate", params, pipeline=pipeline, parent_run_id=parent_run_id, output_path=output_path, cfg=cfg)
+mlflow.set_tag("strategy", strategy)  # 06_portfolio finds each strategy's latest validation by it
 
 # %%
 model = ModelRef(model_name, model_version, None, "", f"models:/{model_name}/{model_version}")
@@ -72,11 +77,25 @@ for name, fig in tearsheet_figures(res.backtest).items():
     fig.show()
 
 # %% [markdown]
+# ## Risk policy (the rules the session will trade under)
+# Decisions, sizing, limits, kill switch and end-of-day flatten ran bar by bar in the backtest;
+# every denial is recorded with its rule, the measured value and the limit.
+
+# %%
+stage.log_table(risk_summary(res.backtest), "risk_denials_by_rule")
+stage.log_table(res.backtest.rejections.head(5000), "risk_denials")
+fig = risk_figure(res.backtest)
+stage.log_figure(fig, "risk_denials")
+fig.show()
+display(res.backtest.kill_switch)  # noqa: F821 - IPython builtin
+
+# %% [markdown]
 # ## Walk-forward (what the gates judge)
 
 # %%
 if res.walk_forward is not None:
     stage.log_table(res.walk_forward.folds, "walk_forward_folds")
+    stage.log_table(walk_forward_returns(res), "walk_forward_returns")  # read by 06_portfolio
     display(res.walk_forward.folds)  # noqa: F821 - IPython builtin
     if res.walk_forward.backtest is not None:
         for name, fig in tearsheet_figures(res.walk_forward.backtest).items():

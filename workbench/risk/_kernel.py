@@ -714,6 +714,27 @@ def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, 
 
 
 @njit(cache=True)
+def aggregates_nb(s, sector, n_sectors):
+    """Gross, net, heat, open positions and gross per sector of the book plus pending orders."""
+    gross = 0.0
+    net = 0.0
+    heat = 0.0
+    n_open = 0
+    sec = np.zeros(max(n_sectors, 1))
+    for k in range(s.shape[0]):
+        qe = s[k, S_QTY] + s[k, S_PEND]
+        if qe != 0.0:
+            n_open += 1
+            val = qe * s[k, S_LAST]
+            gross += abs(val)
+            net += val
+            heat += abs(qe) * s[k, S_STOP]
+            if sector[k] >= 0:
+                sec[sector[k]] += abs(val)
+    return gross, net, heat, n_open, sec
+
+
+@njit(cache=True)
 def _place(s, out_qty, orders, n_ord, t, j, d, target, c, reason, eq, stop):
     orders = _grow(orders, n_ord)
     orders[n_ord, O_ROW] = t
@@ -760,21 +781,7 @@ def decide_row_nb(t, ts_us, day, eod, pred, close, atr, vol, sma, regime, ret, t
     n_s = s.shape[0]
     out_qty[:] = 0.0
     eq = g[G_EQ]
-    gross = 0.0
-    net = 0.0
-    heat = 0.0
-    n_open = 0
-    sec = np.zeros(max(n_sectors, 1))
-    for k in range(n_s):
-        qe = s[k, S_QTY] + s[k, S_PEND]
-        if qe != 0.0:
-            n_open += 1
-            val = qe * s[k, S_LAST]
-            gross += abs(val)
-            net += val
-            heat += abs(qe) * s[k, S_STOP]
-            if sector[k] >= 0:
-                sec[sector[k]] += abs(val)
+    gross, net, heat, n_open, sec = aggregates_nb(s, sector, n_sectors)
     n_viol = 0
     for j in range(n_s):
         c = close[t, j]

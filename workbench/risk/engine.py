@@ -105,6 +105,8 @@ class RiskEngine:
         self._order_ts: list[int] = []
         self._den_ts: list[int] = []
         self.store = store
+        self._last_atr: np.ndarray | None = None
+        self._last_ret: np.ndarray | None = None
         self.trips: list[dict[str, Any]] = []
         if store is not None:
             state = store.load(policy.name)
@@ -160,6 +162,8 @@ class RiskEngine:
         atr, vol, sma, ret, regime = self.policy.inputs(
             self._hi[:n], self._lo[:n], self._cl[:n], self._day[:n], from_row=t
         )
+        self._last_atr = atr[t].copy()
+        self._last_ret = ret
         close_row = self._cl[t]
         K.mark_nb(self.s, self.g, close_row, 0.0)
         was = self.halted
@@ -176,6 +180,43 @@ class RiskEngine:
         if self.halted and not was:
             self._record_trip(ts, ts_us)
         return {s: float(self._out[i]) for i, s in enumerate(self.symbols) if self._out[i] != 0.0}
+
+    def check(self, symbol: str, qty: float, price: float, target: float = float("nan")) -> dict:
+        """Pre-trade check of one order of ``qty`` shares at ``price`` against the current book
+        (positions and pending orders), without sending or recording it.
+
+        Returns ``{"allowed_qty", "status" ('allowed' | 'cut' | 'denied'), "denials": [{rule,
+        value, limit, reason}]}``. The same :func:`~workbench.risk._kernel.limits_nb` the
+        decisions use; the last bar's ATR and returns feed the heat and correlation rules.
+        """
+        j = self.col[symbol]
+        n = max(self._n, 1)
+        t = n - 1
+        qe = self.s[j, K.S_QTY] + self.s[j, K.S_PEND]
+        gross, net, heat, n_open, sec = self._aggregates()
+        atr_j = self._last_atr[j] if self._last_atr is not None else np.nan
+        ret = (
+            self._last_ret
+            if self._last_ret is not None
+            else np.full((1, len(self.symbols)), np.nan)
+        )
+        den = np.empty((4, K.N_DENIAL))
+        eq = self.equity
+        d, den, n_den, _ = K.limits_nb(
+            min(t, ret.shape[0] - 1), j, float(self.g[K.G_DAY]), target, qe, float(qty),
+            float(price), eq, atr_j, ret, self.tradable, self.shortable, self.fractionable,
+            self.sector, sec, gross, net, heat, n_open, self.rp, self.s, self.g, den, 0,
+        )  # fmt: skip
+        rows = denials_frame(den[:n_den], self.symbols, np.zeros(n_den, dtype=np.int64))
+        status = "allowed" if n_den == 0 else ("denied" if abs(d) < 1e-9 else "cut")
+        return {
+            "allowed_qty": float(d),
+            "status": status,
+            "denials": rows.select("reason", "value", "limit", "detail").to_dicts(),
+        }
+
+    def _aggregates(self) -> tuple[float, float, float, int, np.ndarray]:
+        return K.aggregates_nb(self.s, self.sector, self.n_sectors)
 
     def warm(self, bars: pl.DataFrame) -> None:
         """Feed history bars (before the session) without predictions: inputs warm up."""

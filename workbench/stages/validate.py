@@ -228,3 +228,47 @@ def apply_gates(
     )
     set_alias(model.name, CHALLENGER, model.version)
     return f"gates passed: {model.name} v{model.version} is now '{CHALLENGER}'"
+
+
+def walk_forward_returns(res: ValidateResult) -> pl.DataFrame:
+    """Per-bar returns of the walk-forward backtest (``ts, returns``): what 06_portfolio allocates
+    across strategies (logged as ``tables/walk_forward_returns.json``); empty without one."""
+    wf = res.walk_forward
+    if wf is None or wf.backtest is None:
+        return pl.DataFrame(schema={"ts": pl.Datetime("us", "UTC"), "returns": pl.Float64})
+    return wf.backtest.equity.select("ts", "returns")
+
+
+def risk_summary(bt: BacktestResult) -> pl.DataFrame:
+    """Denials by rule (``reason, denials, cut, denied``) of a risk-policy backtest."""
+    rej = bt.rejections
+    if rej.is_empty():
+        return pl.DataFrame(
+            schema={
+                "reason": pl.String,
+                "denials": pl.UInt32,
+                "cut": pl.UInt32,
+                "denied": pl.UInt32,
+            }
+        )
+    return (
+        rej.group_by("reason")
+        .agg(
+            pl.len().alias("denials"),
+            (pl.col("allowed_qty") != 0).sum().alias("cut"),
+            (pl.col("allowed_qty") == 0).sum().alias("denied"),
+        )
+        .sort("denials", descending=True)
+    )
+
+
+def risk_figure(bt: BacktestResult, title: str = "Risk denials by rule") -> Any:
+    """Bar chart of denials (cut vs denied) by rule, from :func:`risk_summary`."""
+    import plotly.graph_objects as go
+
+    s = risk_summary(bt)
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=s["reason"].to_list(), y=s["cut"].to_list(), name="cut"))
+    fig.add_trace(go.Bar(x=s["reason"].to_list(), y=s["denied"].to_list(), name="denied"))
+    fig.update_layout(barmode="stack", title=title, yaxis_title="orders", height=380)
+    return fig
