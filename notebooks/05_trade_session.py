@@ -7,6 +7,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -17,7 +19,10 @@
 # # 05 · Trade session
 # Load the strategy's `champion` model (else `challenger`) from the registry and replay one
 # session bar by bar against the simulated broker: features from the past only, decisions at each
-# bar's close, fills at the next bar's open plus costs. Writes the fills and the PnL.
+# bar's close under the strategy's risk policy (the decision, sizing, limits, kill switch and
+# end-of-day flatten its backtest and gates used), fills at the next bar's open plus costs.
+# Shows decisions, orders, fills, risk denials, equity and exposure; logs the session as an
+# MLflow run tagged with the model name, version and alias it traded.
 
 # %% tags=["parameters"]
 store_root: str = ""  # bar store folder (from the ingest step)
@@ -31,6 +36,8 @@ parent_run_id: str = ""  # set by the pipeline runner: MLflow parent run
 pipeline: str = ""  # set by the pipeline runner: pipeline name
 
 # %%
+import polars as pl
+
 from workbench.config import load_config
 from workbench.models.registry import ModelNotFoundError
 from workbench.notebook import setup_display, work_dir
@@ -56,18 +63,33 @@ except ModelNotFoundError as exc:
 if res is not None:
     out = work_dir(cfg, output_path, "trade_session")
     stage.set_fingerprint(res.data_fingerprint)
-    res.result.fills.write_parquet(out / "fills.parquet")
-    res.result.pnl.write_parquet(out / "pnl.parquet")
+    r = res.result
+    r.fills.write_parquet(out / "fills.parquet")
+    r.pnl.write_parquet(out / "pnl.parquet")
+    r.decisions.write_parquet(out / "decisions.parquet")
+    stage.tag_model(res.model)
     stage.log_params({"model_version": res.model.version, "model_alias": res.model.alias,
                       "traded_session": res.session_date.isoformat()})
-    stage.log_metrics({"fills": res.result.fills.height, "net_pnl": res.result.net_pnl,
-                       "commission": float(res.result.fills["commission"].sum())})
-    stage.log_table(res.result.fills, "fills")
-    fig = equity_figure(res.result.pnl, f"{strategy} on {res.session_date} with {model_name} v{res.model.version} "
-                                        f"({res.model.alias})")
+    stage.log_metrics({"fills": r.fills.height, "orders": r.orders.height, "denials": r.rejections.height,
+                       "kill_switch_trips": r.kill_switch.height, "net_pnl": r.net_pnl,
+                       "commission": float(r.fills["commission"].sum())})
+    for name, frame in (("fills", r.fills), ("orders", r.orders), ("risk_denials", r.rejections),
+                        ("kill_switch", r.kill_switch)):
+        stage.log_table(frame, name)
+    fig = equity_figure(r.pnl, f"{strategy} on {res.session_date} with {model_name} v{res.model.version} "
+                               f"({res.model.alias})")
     stage.log_figure(fig, "session_equity")
     fig.show()
     stage.hand_on(fills_path=str(out / "fills.parquet"), pnl_path=str(out / "pnl.parquet"))
+
+# %% [markdown]
+# ## Decisions, orders and risk denials
+
+# %%
+if res is not None:
+    display(res.result.decisions.filter(pl.col("order_qty") != 0).head(50))  # noqa: F821 - IPython builtin
+    display(res.result.rejections.head(50))  # noqa: F821 - IPython builtin
+    display(res.result.kill_switch)  # noqa: F821 - IPython builtin
     display(res.result.fills)  # noqa: F821 - IPython builtin
 
 # %%

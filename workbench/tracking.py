@@ -156,6 +156,19 @@ class StageRun:
         self.outputs["data_fingerprint"] = fingerprint
         self.manifest["data_fingerprint"] = fingerprint
 
+    def tag_model(self, model: Any) -> None:
+        """Tag the run with the registered model it used: ``model_name``, ``model_version``,
+        ``model_alias`` (a :class:`workbench.models.registry.ModelRef`)."""
+        import mlflow
+
+        mlflow.set_tags(
+            {
+                "model_name": model.name,
+                "model_version": str(model.version),
+                "model_alias": model.alias or "",
+            }
+        )
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log extra parameters (secret-checked)."""
         import mlflow

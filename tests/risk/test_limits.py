@@ -174,3 +174,19 @@ def test_bad_risk_config_names_field_value_and_fix(tmp_path: Path, yaml_text, ne
         load_config(tmp_path)
     assert needle in str(err.value)
     assert "bad.yaml" in str(err.value)  # where it was found
+
+
+def test_pattern_day_trader_rule_is_off_by_default_and_denies_the_fourth() -> None:
+    one = BARS.filter(pl.col("symbol") == "SYN000").head(40)
+    on_off = np.where((np.arange(40) // 2) % 2 == 0, 1.0, 0.0)  # long 2 bars, flat 2 bars
+    preds = one.select("symbol", "ts").with_columns(prediction=pl.Series(on_off))
+    small = BacktestConfig(initial_cash=10_000)
+    free = run_backtest(one, preds, config=small, risk=_policy(0.5, None, None, None))
+    assert "pattern_day_trader" not in set(free.rejections["reason"])  # off by default
+    pdt = run_backtest(one, preds, config=small, risk=_policy(0.5, None, None, None, pdt=True))
+    rej = pdt.rejections.filter(pl.col("reason") == "pattern_day_trader")
+    assert rej.height >= 1
+    first = rej["decision_ts"][0]
+    exits_before = pdt.orders.filter((pl.col("decision_ts") < first) & (pl.col("target") == 0))
+    assert exits_before.height == 3  # three day trades allowed, the fourth exit refused
+    assert rej["value"][0] == 3 and rej["limit"][0] == 3

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from alpaca.trading.models import Asset, Clock
-from pydantic import SecretStr, TypeAdapter
+from pydantic import SecretStr
 
 from workbench.data.assets import AssetFacts
 from workbench.data.ratelimit import RateLimiter, process_limiter
@@ -18,6 +19,41 @@ if TYPE_CHECKING:
     from workbench.config import WorkbenchConfig
 
 DEFAULT_TRADING_URL = "https://paper-api.alpaca.markets"
+
+
+def easy_to_borrow_of(raw: Mapping[str, Any]) -> bool:
+    """Whether a raw ``/v2/assets`` payload says the asset is easy to borrow.
+
+    Alpaca deprecated ``easy_to_borrow`` for ``borrow_status`` in 2026 and may omit either:
+    ``easy_to_borrow`` wins when present; else ``borrow_status`` (``easy_to_borrow``/``etb`` =
+    easy, anything else, e.g. ``hard_to_borrow``, = hard); with neither, ``shortable`` decides.
+    """
+    etb = raw.get("easy_to_borrow")
+    if isinstance(etb, bool):
+        return etb
+    status = raw.get("borrow_status")
+    if isinstance(status, str) and status:
+        return status.strip().lower() in ("easy_to_borrow", "etb", "easy")
+    return bool(raw.get("shortable", False))
+
+
+def facts_from_payload(raw: Mapping[str, Any]) -> AssetFacts:
+    """Return :class:`AssetFacts` from a raw asset payload, tolerant of schema drift (missing
+    ``easy_to_borrow``, a ``borrow_status`` instead, unknown fields)."""
+    symbol = raw.get("symbol")
+    if not isinstance(symbol, str) or not symbol:
+        raise SourceError(
+            f"asset payload without a symbol: {dict(raw)!r:.200}. Fix: check alpaca.trading_url "
+            "points at an Alpaca trading API."
+        )
+    return AssetFacts(
+        symbol=symbol,
+        shortable=bool(raw.get("shortable", False)),
+        easy_to_borrow=easy_to_borrow_of(raw),
+        fractionable=bool(raw.get("fractionable", False)),
+        marginable=bool(raw.get("marginable", False)),
+        tradable=bool(raw.get("tradable", False)),
+    )
 
 
 def facts_of(asset: Asset) -> AssetFacts:
@@ -94,13 +130,18 @@ class AlpacaAssets:
                     "written 'BTC/USD')."
                 ) from None
             raise
-        return facts_of(Asset(**raw))
+        return facts_from_payload(raw)
 
     def all(self, status: str | None = "active") -> list[AssetFacts]:
         """Return the facts of every asset (``GET /v2/assets``), active ones by default."""
         params: dict[str, Any] = {"status": status} if status else {}
         raw = self.http.get_json(self._client, "/assets", params)
-        return [facts_of(a) for a in TypeAdapter(list[Asset]).validate_python(raw)]
+        if not isinstance(raw, list):
+            raise SourceError(
+                f"GET /v2/assets returned {type(raw).__name__}, not a list. Fix: check "
+                "alpaca.trading_url points at an Alpaca trading API."
+            )
+        return [facts_from_payload(a) for a in raw]
 
     def clock(self) -> Clock:
         """Return the market clock (``GET /v2/clock``): timestamp, is_open, next open and close."""
