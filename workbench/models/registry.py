@@ -30,6 +30,22 @@ class ModelRef:
 
 PARAMS_TAG = "workbench.params"
 """Model-version tag holding the :class:`LGBMForecaster` parameters (JSON) that trained it."""
+RISK_TAG = "workbench.risk"
+"""Model-version tag holding the risk policy it was validated under (JSON, thresholds resolved)."""
+
+
+def set_version_tag(ref: ModelRef, key: str, value: str) -> None:
+    """Tag a registered model version."""
+    import mlflow
+
+    mlflow.MlflowClient().set_model_version_tag(ref.name, str(ref.version), key, value)
+
+
+def version_tag(ref: ModelRef, key: str) -> str | None:
+    """Return a model version's tag, None when absent."""
+    import mlflow
+
+    return mlflow.MlflowClient().get_model_version(ref.name, str(ref.version)).tags.get(key)
 
 
 def log_lightgbm(

@@ -126,6 +126,7 @@ class RiskPolicy:
         timeframe: str | Timeframe | None = None,
         train_predictions: np.ndarray | None = None,
         sectors: Mapping[str, str] | None = None,
+        decision: DecisionPolicy | None = None,
     ) -> RiskPolicy:
         """Resolve the risk policy of a configured strategy.
 
@@ -142,6 +143,8 @@ class RiskPolicy:
             The model's predictions on its training rows (``decision.method: quantile``).
         sectors : mapping, optional
             Symbol -> sector; the strategy's ``risk.limits.sectors`` win over it.
+        decision : DecisionPolicy, optional
+            Already-resolved thresholds (e.g. the ones a model version was validated with).
         """
         strat = cfg.strategy(strategy)
         return cls.from_strategy(
@@ -154,6 +157,7 @@ class RiskPolicy:
             fractional=cfg.backtest.fractional,
             train_predictions=train_predictions,
             sectors=sectors,
+            decision=decision,
         )
 
     @classmethod
@@ -169,6 +173,7 @@ class RiskPolicy:
         fractional: bool = False,
         train_predictions: np.ndarray | None = None,
         sectors: Mapping[str, str] | None = None,
+        decision: DecisionPolicy | None = None,
     ) -> RiskPolicy:
         """Resolve a policy from a strategy config (see :meth:`from_config`)."""
         tf = Timeframe.parse(timeframe)
@@ -179,7 +184,7 @@ class RiskPolicy:
         return cls(
             name=name,
             strategy_type=strat.type,
-            decision=DecisionPolicy.from_config(strat.decision, train_predictions),
+            decision=decision or DecisionPolicy.from_config(strat.decision, train_predictions),
             sizing=strat.sizing,
             limits=strat.risk.limits,
             killswitch=strat.risk.killswitch,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -12,11 +13,12 @@ import polars as pl
 from workbench.config import WorkbenchConfig
 from workbench.data.calendar import sessions
 from workbench.data.store import BarStore, frame_fingerprint
+from workbench.errors import ConfigError
 from workbench.execution.session import SessionResult, run_session
 from workbench.execution.sim_broker import SimulatedBroker
 from workbench.features.sets import FeatureEngine
-from workbench.models.registry import ModelRef, load_model, resolve_alias
-from workbench.risk import RiskPolicy
+from workbench.models.registry import RISK_TAG, ModelRef, load_model, resolve_alias, version_tag
+from workbench.risk import DecisionPolicy, RiskPolicy
 from workbench.stages.validate import default_sectors
 
 
@@ -72,12 +74,7 @@ def run_trade_session(
     bars = store.read(symbols, timeframe, start=first_ts, end=start_ts + timedelta(days=1))
     engine = FeatureEngine(strat.feature_set, cfg, timeframe=timeframe)
     broker = SimulatedBroker(cfg.backtest.initial_cash, cfg.backtest.costs)
-    policy = RiskPolicy.from_config(
-        cfg,
-        strategy,
-        timeframe=timeframe,
-        sectors=default_sectors(cfg, symbols) if strat.risk.limits.sector_cap else None,
-    )
+    policy = session_policy(cfg, strategy, timeframe, symbols, ref)
 
     def predict(rows: pl.DataFrame):
         return lgbm.predict(rows.select(feats).to_pandas())
@@ -92,6 +89,32 @@ def run_trade_session(
         broker=broker,
     )
     return SessionStageResult(ref, day, res, frame_fingerprint(bars))
+
+
+def session_policy(
+    cfg: WorkbenchConfig, strategy: str, timeframe: str, symbols: list[str], ref: ModelRef
+) -> RiskPolicy:
+    """The strategy's risk policy for the traded model version.
+
+    Quantile decisions take the thresholds the version was validated with (model-version tag
+    ``workbench.risk``, written when its gates passed): the session never re-fits them.
+    """
+    strat = cfg.strategy(strategy)
+    sectors = default_sectors(cfg, symbols) if strat.risk.limits.sector_cap else None
+    if strat.decision.method != "quantile":
+        return RiskPolicy.from_config(cfg, strategy, timeframe=timeframe, sectors=sectors)
+    raw = version_tag(ref, RISK_TAG)
+    if not raw:
+        raise ConfigError(
+            f"strategies.{strategy}.decision.method is 'quantile' but {ref.name} v{ref.version} "
+            f"has no '{RISK_TAG}' tag with its validated thresholds. Fix: validate the version "
+            "(04_validate) before trading it."
+        )
+    d = json.loads(raw)["decision"]
+    decision = DecisionPolicy(strat.decision, float(d["long"]), float(d["short"]))
+    return RiskPolicy.from_config(
+        cfg, strategy, timeframe=timeframe, sectors=sectors, decision=decision
+    )
 
 
 def equity_figure(pnl: pl.DataFrame, title: str) -> go.Figure:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,15 @@ from workbench.config import WorkbenchConfig
 from workbench.data.store import BarStore, frame_fingerprint
 from workbench.models.lgbm import predict
 from workbench.models.promotion import record_oos_window
-from workbench.models.registry import CHALLENGER, ModelRef, load_model, model_params, set_alias
+from workbench.models.registry import (
+    CHALLENGER,
+    RISK_TAG,
+    ModelRef,
+    load_model,
+    model_params,
+    set_alias,
+    set_version_tag,
+)
 from workbench.risk import RiskPolicy
 from workbench.stages.train import feature_columns, ic
 from workbench.validation.cv import WalkForward
@@ -37,6 +46,7 @@ class ValidateResult:
     gates: GateReport
     data_fingerprint: str
     walk_forward: WalkForwardResult | None = None
+    policy: RiskPolicy | None = None
 
 
 def sharpe_significance(
@@ -119,7 +129,9 @@ def run_validate(
     metrics["pbo"] = float(pbo)
     fp = hashlib.sha256((frame_fingerprint(table) + frame_fingerprint(bars)).encode()).hexdigest()
     if not walk_forward_folds:
-        return ValidateResult(preds, bt, metrics, evaluate_gates(metrics, strat.gates), fp)
+        return ValidateResult(
+            preds, bt, metrics, evaluate_gates(metrics, strat.gates), fp, policy=policy
+        )
     wf = _walk_forward(cfg, policy, full, bars, split, walk_forward_folds, seed, _params(model))
     wf_metrics = dict(wf.metrics)
     wf_metrics["pbo"] = float(pbo)
@@ -130,7 +142,9 @@ def run_validate(
             )
         )
     metrics.update({f"wf_{k}": v for k, v in wf_metrics.items()})
-    return ValidateResult(preds, bt, metrics, evaluate_gates(wf_metrics, strat.gates), fp, wf)
+    return ValidateResult(
+        preds, bt, metrics, evaluate_gates(wf_metrics, strat.gates), fp, wf, policy
+    )
 
 
 def strategy_policy(
@@ -215,6 +229,8 @@ def apply_gates(
     import mlflow
 
     mlflow.set_tags(res.gates.tags())
+    if res.policy is not None:  # the rules (thresholds resolved) the session must trade under
+        set_version_tag(model, RISK_TAG, json.dumps(res.policy.describe(), default=str))
     if not res.gates.passed:
         return "gates refused promotion:\n  " + "\n  ".join(res.gates.failures())
     record_oos_window(
