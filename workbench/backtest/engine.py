@@ -133,6 +133,7 @@ def run_backtest(
     params[K.P_IMPACT] = costs.impact_coef
     params[K.P_CLIP_TOL] = CLIP_TOLERANCE
     ppy = periods_per_year if periods_per_year is not None else grid.periods_per_year()
+    log = None
     if risk is not None:
         out, log = risk.simulate(
             symbols=grid.symbols,
@@ -147,37 +148,25 @@ def run_backtest(
             assets=assets,
             initial_cash=cfg.initial_cash,
         )
-        return BacktestResult(
-            sim=SimOutput(*out),
-            bars=bars,
-            close=close,
-            symbols=grid.symbols,
-            ts_us=grid.ts_us,
-            borrow_row=cost_arrays.borrow_row,
-            config=cfg,
-            periods_per_year=float(ppy),
-            to_2d=grid.to_2d,
-            risk_log=log,
+    else:
+        out = K.simulate_nb(
+            *K.frozen(
+                ref,
+                close,
+                target,
+                cost_arrays.half_spread,
+                cost_arrays.sigma,
+                cost_arrays.volume,
+                cost_arrays.slip_row,
+                cost_arrays.borrow_row,
+                tradable,
+                shortable,
+                fractionable,
+                params,
+            )
         )
-    out = K.simulate_nb(
-        *K.frozen(
-            ref,
-            close,
-            target,
-            cost_arrays.half_spread,
-            cost_arrays.sigma,
-            cost_arrays.volume,
-            cost_arrays.slip_row,
-            cost_arrays.borrow_row,
-            tradable,
-            shortable,
-            fractionable,
-            params,
-        )
-    )
-    sim = SimOutput(*out)
     return BacktestResult(
-        sim=sim,
+        sim=SimOutput(*out),
         bars=bars,
         close=close,
         symbols=grid.symbols,
@@ -186,6 +175,7 @@ def run_backtest(
         config=cfg,
         periods_per_year=float(ppy),
         to_2d=grid.to_2d,
+        risk_log=log,
     )
 
 

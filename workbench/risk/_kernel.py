@@ -571,6 +571,14 @@ def _deny(den, n_den, t, j, code, target, req, allowed, value, limit):
 
 
 @njit(cache=True, inline="always")
+def _cut(den, n_den, t, j, code, target, req, sg, qe, base, lim, value, limit):
+    # cut an exposure-adding order to ``lim`` shares (never below the same-side position)
+    new_a = max(lim, base)
+    den, n_den = _deny(den, n_den, t, j, code, target, req, sg * new_a - qe, value, limit)
+    return den, n_den, new_a
+
+
+@njit(cache=True, inline="always")
 def _shares(x, frac_ok):
     x = max(x, 0.0)
     return x if frac_ok else np.floor(x + 1e-9)
@@ -630,11 +638,9 @@ def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, 
     if not np.isnan(rp[R_MAX_POS]):
         lim = _shares(rp[R_MAX_POS] * eq / c, frac_ok)
         if a > lim:
-            new_a = max(lim, base)
-            den, n_den = _deny(den, n_den, t, j, MAX_POSITION, target, req, sg * new_a - qe,
-                               a * c / eq, rp[R_MAX_POS])  # fmt: skip
+            den, n_den, a = _cut(den, n_den, t, j, MAX_POSITION, target, req, sg, qe, base, lim,
+                                 a * c / eq, rp[R_MAX_POS])  # fmt: skip
             nv += 1
-            a = new_a
     if a > base and not same and not np.isnan(rp[R_MAX_OPEN]):
         others = n_open - (1 if qe != 0.0 else 0)
         if others >= rp[R_MAX_OPEN]:
@@ -646,11 +652,9 @@ def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, 
         other = sec[sector[j]] - sym_val
         lim = _shares((rp[R_SECTOR_CAP] * eq - other) / c, frac_ok)
         if a > lim:
-            new_a = max(lim, base)
-            den, n_den = _deny(den, n_den, t, j, SECTOR, target, req, sg * new_a - qe,
-                               (other + a * c) / eq, rp[R_SECTOR_CAP])  # fmt: skip
+            den, n_den, a = _cut(den, n_den, t, j, SECTOR, target, req, sg, qe, base, lim,
+                                 (other + a * c) / eq, rp[R_SECTOR_CAP])  # fmt: skip
             nv += 1
-            a = new_a
     if a > base and not same and not np.isnan(rp[R_MAX_CORR]):
         win = int(rp[R_CORR_WIN])
         for k in range(s.shape[0]):
@@ -677,39 +681,31 @@ def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, 
         else:
             lim = _shares((rp[R_HEAT_MAX] * eq - other) / stop, frac_ok)
             if a > lim:
-                new_a = max(lim, base)
-                den, n_den = _deny(den, n_den, t, j, HEAT, target, req, sg * new_a - qe,
-                                   (other + a * stop) / eq, rp[R_HEAT_MAX])  # fmt: skip
+                den, n_den, a = _cut(den, n_den, t, j, HEAT, target, req, sg, qe, base, lim,
+                                     (other + a * stop) / eq, rp[R_HEAT_MAX])  # fmt: skip
                 nv += 1
-                a = new_a
     if a > base and not np.isnan(rp[R_MAX_GROSS]):
         other = gross - sym_val
         lim = _shares((rp[R_MAX_GROSS] * eq - other) / c, frac_ok)
         if a > lim:
-            new_a = max(lim, base)
-            den, n_den = _deny(den, n_den, t, j, GROSS, target, req, sg * new_a - qe,
-                               (other + a * c) / eq, rp[R_MAX_GROSS])  # fmt: skip
+            den, n_den, a = _cut(den, n_den, t, j, GROSS, target, req, sg, qe, base, lim,
+                                 (other + a * c) / eq, rp[R_MAX_GROSS])  # fmt: skip
             nv += 1
-            a = new_a
     if a > base and not np.isnan(rp[R_MAX_NET]):
         other = net - qe * lc
         room = rp[R_MAX_NET] * eq - sg * other
         lim = _shares(room / c, frac_ok)
         if a > lim:
-            new_a = max(lim, base)
-            den, n_den = _deny(den, n_den, t, j, NET, target, req, sg * new_a - qe,
-                               abs(other + sg * a * c) / eq, rp[R_MAX_NET])  # fmt: skip
+            den, n_den, a = _cut(den, n_den, t, j, NET, target, req, sg, qe, base, lim,
+                                 abs(other + sg * a * c) / eq, rp[R_MAX_NET])  # fmt: skip
             nv += 1
-            a = new_a
     if a > base and not np.isnan(rp[R_LEVERAGE]):
         other = gross - sym_val
         lim = _shares((rp[R_LEVERAGE] * eq - other) / c, frac_ok)
         if a > lim:
-            new_a = max(lim, base)
-            den, n_den = _deny(den, n_den, t, j, BK.BUYING_POWER, target, req, sg * new_a - qe,
-                               (other + a * c) / eq, rp[R_LEVERAGE])  # fmt: skip
+            den, n_den, a = _cut(den, n_den, t, j, BK.BUYING_POWER, target, req, sg, qe, base, lim,
+                                 (other + a * c) / eq, rp[R_LEVERAGE])  # fmt: skip
             nv += 1
-            a = new_a
     return sg * a - qe, den, n_den, nv
 
 
