@@ -48,7 +48,13 @@ from workbench.backtest import tearsheet_figures
 from workbench.config import load_config
 from workbench.models.registry import ModelRef
 from workbench.notebook import setup_display
-from workbench.stages.validate import apply_gates, risk_figure, risk_summary, run_validate, walk_forward_returns
+from workbench.stages.validate import (
+    apply_gates,
+    risk_figure,
+    risk_summary,
+    run_validate,
+    walk_forward_returns,
+)
 from workbench.tracking import start_stage
 
 setup_display()
@@ -87,7 +93,7 @@ stage.log_table(res.backtest.rejections.head(5000), "risk_denials")
 fig = risk_figure(res.backtest)
 stage.log_figure(fig, "risk_denials")
 fig.show()
-display(res.backtest.kill_switch)  # noqa: F821 - IPython builtin
+display(res.backtest.kill_switch)
 
 # %% [markdown]
 # ## Walk-forward (what the gates judge)
@@ -96,7 +102,7 @@ display(res.backtest.kill_switch)  # noqa: F821 - IPython builtin
 if res.walk_forward is not None:
     stage.log_table(res.walk_forward.folds, "walk_forward_folds")
     stage.log_table(walk_forward_returns(res), "walk_forward_returns")  # read by 06_portfolio
-    display(res.walk_forward.folds)  # noqa: F821 - IPython builtin
+    display(res.walk_forward.folds)
     if res.walk_forward.backtest is not None:
         for name, fig in tearsheet_figures(res.walk_forward.backtest).items():
             if name in ("equity", "drawdown"):

@@ -87,10 +87,10 @@ if res is not None:
 
 # %%
 if res is not None:
-    display(res.result.decisions.filter(pl.col("order_qty") != 0).head(50))  # noqa: F821 - IPython builtin
-    display(res.result.rejections.head(50))  # noqa: F821 - IPython builtin
-    display(res.result.kill_switch)  # noqa: F821 - IPython builtin
-    display(res.result.fills)  # noqa: F821 - IPython builtin
+    display(res.result.decisions.filter(pl.col("order_qty") != 0).head(50))
+    display(res.result.rejections.head(50))
+    display(res.result.kill_switch)
+    display(res.result.fills)
 
 # %%
 stage.finish()

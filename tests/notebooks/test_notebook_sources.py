@@ -15,13 +15,14 @@ from workbench.pipeline.spec import RUNNER_PARAMETERS
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 
 
-def test_the_five_stage_notebooks_exist() -> None:
+def test_the_stage_notebooks_exist() -> None:
     assert [p.stem for p in NOTEBOOKS] == [
         "01_ingest",
         "02_features",
         "03_train",
         "04_validate",
         "05_trade_session",
+        "06_portfolio",
     ]
 
 

@@ -29,10 +29,12 @@ Current weights (the rebalance check)
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +53,7 @@ from workbench.portfolio import (
     strategy_returns_from_mlflow,
 )
 from workbench.portfolio.sources import _latest_validate_runs
+from workbench.risk.correlation import MIN_PAIRS, rolling_correlation
 from workbench.risk.metrics import METHODS as VAR_METHODS
 from workbench.risk.metrics import cvar, risk_contributions_frame, var
 
@@ -191,6 +194,21 @@ def previous_weights(
     return None
 
 
+@contextlib.contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    # MLflow's artifact progress bars would land in the notebook's outputs as widgets
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
 # ------------------------------------------------------------------------------------ checks
 def _did_you_mean(value: Any, valid: Any) -> str:
     close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1, cutoff=0.5)
@@ -281,12 +299,12 @@ def _periods_per_year(frame: pl.DataFrame, frequency: str) -> float:
 
 
 def _correlation(frame: pl.DataFrame) -> pl.DataFrame:
+    # one window over every row: the full-sample Pearson matrix (NaN for a constant series)
     names = _names(frame)
     x = frame.select(names).to_numpy().astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        c = np.atleast_2d(np.corrcoef(x, rowvar=False))
-    cols = {n: c[:, j] for j, n in enumerate(names)}
-    return pl.DataFrame({"strategy": names, **cols})
+    c = rolling_correlation(x, max(x.shape[0], MIN_PAIRS))
+    c = c[0] if len(c) else np.full((len(names), len(names)), np.nan)
+    return pl.DataFrame({"strategy": names, **{n: c[:, j] for j, n in enumerate(names)}})
 
 
 def _risk_table(
@@ -358,7 +376,8 @@ def run_portfolio(
     method : {"equal", "inverse_vol", "risk_parity", "kelly", "vol_target"}
         Allocation rule (:func:`workbench.portfolio.allocate`); ``options`` are its extra
         options (``fraction``, ``max_gross``, ``target_vol``, ``periods_per_year``,
-        ``max_leverage``).
+        ``max_leverage``). For ``vol_target``, ``periods_per_year`` defaults to the returns'
+        (252 for daily), so ``target_vol`` is an annual volatility.
     frequency : {"daily", "native"}
         Returns the allocation reads: compounded per New York session, or per bar.
     max_weight : float
@@ -400,7 +419,8 @@ def run_portfolio(
         raise ParameterError(f"a strategy cannot be named {PORTFOLIO!r} (the portfolio's column).")
     from workbench.tracking import tracking_uri
 
-    raw = strategy_returns_from_mlflow(chosen, tracking_uri=tracking_uri(cfg))
+    with _quiet_downloads():
+        raw = strategy_returns_from_mlflow(chosen, tracking_uri=tracking_uri(cfg))
     frame = to_daily(raw) if frequency == "daily" else raw
     if frame.height < 2:
         raise ParameterError(
@@ -413,6 +433,8 @@ def run_portfolio(
     groups = {s: cfg.strategies[s].type if s in cfg.strategies else _UNCONFIGURED for s in names}
     caps = _caps(cfg, groups, max_weight, strategy_caps or {}, type_caps or {})
     kw: dict[str, Any] = dict(options or {})
+    if method == "vol_target":  # target_vol is annualised unless told otherwise
+        kw.setdefault("periods_per_year", ppy)
     if caps:
         kw.update(caps=caps, groups=groups)
     weights = allocate(frame, method, **kw)
