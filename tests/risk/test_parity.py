@@ -21,6 +21,7 @@ from workbench.config import (
     DecisionConfig,
     KillSwitchConfig,
     LimitsConfig,
+    RegimeConfig,
     SizingConfig,
     StrategyConfig,
     StrategyRiskConfig,
@@ -134,3 +135,44 @@ def test_session_risk_engine_matches_kernel_state(week_bars, fraction: float) ->
     eq_bt = bt.orders.select("decision_ts", "symbol", "equity")
     eq_ses = ses.orders.select("decision_ts", "symbol", "equity")
     assert_frame_equal(eq_ses, eq_bt)
+
+
+def test_parity_with_volatility_sizing_regimes_and_trend_filter(week_bars) -> None:
+    """The session's bounded history (RiskPolicy.history_rows) gives the backtest's inputs:
+    volatility target, regime cut-offs from past sessions, moving average, ATR heat."""
+    strat = StrategyConfig(
+        feature_set="x",
+        type="intraday",
+        decision=DecisionConfig(long=1e-4, short=-1e-4, trend_filter=20),
+        sizing=SizingConfig(
+            method="vol_target",
+            vol_target=0.05,
+            vol_window=20,
+            max_leverage=0.4,
+            min_trade=0.02,
+            regime=RegimeConfig(window=20, lookback=156, multipliers=(1.2, 1.0, 0.5)),
+        ),
+        risk=StrategyRiskConfig(
+            limits=LimitsConfig(max_position=0.3, heat_max=0.01), eod_flatten_minutes=5
+        ),
+    )
+    policy = RiskPolicy.from_strategy(strat, name="vol", timeframe="5Min")
+    bt, ses = _both(week_bars, policy)
+    _assert_same(bt, ses)
+    sizes = bt.orders.filter(pl.col("reason") == "model")["target"].abs().unique()
+    assert sizes.len() > 20  # continuous sizes: the volatility and the regime moved them
+
+
+def test_pre_trade_check_reports_cuts_and_denials(week_bars) -> None:
+    from workbench.risk import RiskEngine
+
+    policy = _policy(KillSwitchConfig())
+    eng = RiskEngine(policy, sorted(week_bars["symbol"].unique()), initial_cash=100_000)
+    eng.warm(week_bars.filter(pl.col("ts") < SESSION_START))
+    px = float(week_bars.filter(pl.col("symbol") == "SYN000")["close"][-1])
+    ok = eng.check("SYN000", 10, px)
+    assert ok == {"allowed_qty": 10.0, "status": "allowed", "denials": []}
+    cut = eng.check("SYN000", 1_000_000 / px, px)  # ten times equity: cut to max_position
+    assert cut["status"] == "cut" and cut["denials"][0]["rule"] == "max_position"
+    assert cut["allowed_qty"] * px <= 0.25 * eng.equity + px
+    assert "position / equity" in cut["denials"][0]["reason"]

@@ -160,49 +160,48 @@ def risk_inputs_nb(high, low, close, atr_w, vol_w, sma_w, need_atr, need_vol, ne
     vol = np.full((n_t, n_s), np.nan)
     sma = np.full((n_t, n_s), np.nan)
     ret = np.full((n_t, n_s), np.nan)
-    w_max = max(atr_w, vol_w + 1, sma_w, 2)
+    idx = np.empty(n_t, dtype=np.int64)
+    c = np.empty(n_t)
+    tr = np.empty(n_t)
+    lr = np.empty(n_t)
     for j in range(n_s):
-        rows = np.empty(w_max + 1, dtype=np.int64)  # ring of this symbol's last bars
-        n = 0
-        for t in range(n_t):
-            c = close[t, j]
-            if np.isnan(c):
+        m = 0
+        for t in range(n_t):  # this symbol's bars, in order
+            x = close[t, j]
+            if np.isnan(x):
                 continue
-            rows[n % (w_max + 1)] = t
-            n += 1
-            if n >= 2:
-                prev = rows[(n - 2) % (w_max + 1)]
-                ret[t, j] = c / close[prev, j] - 1.0
+            idx[m] = t
+            c[m] = x
+            if m >= 1:
+                pc = c[m - 1]
+                tr[m] = max(high[t, j], pc) - min(low[t, j], pc)
+                lr[m] = np.log(x / pc)
+                ret[t, j] = x / pc - 1.0
+            m += 1
+        for k in range(m):
+            t = idx[k]
             if t < from_row:
                 continue
-            if need_atr and n >= atr_w + 1:
-                s = 0.0
-                for k in range(atr_w):
-                    r = rows[(n - 1 - k) % (w_max + 1)]
-                    p = rows[(n - 2 - k) % (w_max + 1)]
-                    pc = close[p, j]
-                    tr = max(high[r, j], pc) - min(low[r, j], pc)
-                    s += tr
-                atr[t, j] = s / atr_w
-            if need_vol and n >= vol_w + 1:
-                m = 0.0
-                for k in range(vol_w):
-                    r = rows[(n - 1 - k) % (w_max + 1)]
-                    p = rows[(n - 2 - k) % (w_max + 1)]
-                    m += np.log(close[r, j] / close[p, j])
-                m /= vol_w
+            if need_atr and k >= atr_w:
+                acc = 0.0
+                for i in range(k - atr_w + 1, k + 1):
+                    acc += tr[i]
+                atr[t, j] = acc / atr_w
+            if need_vol and k >= vol_w:
+                mu = 0.0
+                for i in range(k - vol_w + 1, k + 1):
+                    mu += lr[i]
+                mu /= vol_w
                 ss = 0.0
-                for k in range(vol_w):
-                    r = rows[(n - 1 - k) % (w_max + 1)]
-                    p = rows[(n - 2 - k) % (w_max + 1)]
-                    x = np.log(close[r, j] / close[p, j]) - m
-                    ss += x * x
+                for i in range(k - vol_w + 1, k + 1):
+                    d = lr[i] - mu
+                    ss += d * d
                 vol[t, j] = np.sqrt(ss / (vol_w - 1))
-            if need_sma and n >= sma_w:
-                s = 0.0
-                for k in range(sma_w):
-                    s += close[rows[(n - 1 - k) % (w_max + 1)], j]
-                sma[t, j] = s / sma_w
+            if need_sma and k >= sma_w - 1:
+                acc = 0.0
+                for i in range(k - sma_w + 1, k + 1):
+                    acc += c[i]
+                sma[t, j] = acc / sma_w
     return atr, vol, sma, ret
 
 
@@ -637,7 +636,7 @@ def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, 
     req = q1 - qe
     if not np.isnan(rp[R_MAX_POS]):
         lim = _shares(rp[R_MAX_POS] * eq / c, frac_ok)
-        if a > lim:
+        if a > lim + 1e-9 * a:  # a rounding hair over the limit is not a cut
             den, n_den, a = _cut(den, n_den, t, j, MAX_POSITION, target, req, sg, qe, base, lim,
                                  a * c / eq, rp[R_MAX_POS])  # fmt: skip
             nv += 1
@@ -651,7 +650,7 @@ def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, 
     if a > base and not np.isnan(rp[R_SECTOR_CAP]) and sector[j] >= 0:
         other = sec[sector[j]] - sym_val
         lim = _shares((rp[R_SECTOR_CAP] * eq - other) / c, frac_ok)
-        if a > lim:
+        if a > lim + 1e-9 * a:  # a rounding hair over the limit is not a cut
             den, n_den, a = _cut(den, n_den, t, j, SECTOR, target, req, sg, qe, base, lim,
                                  (other + a * c) / eq, rp[R_SECTOR_CAP])  # fmt: skip
             nv += 1
@@ -680,14 +679,14 @@ def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, 
             a = base
         else:
             lim = _shares((rp[R_HEAT_MAX] * eq - other) / stop, frac_ok)
-            if a > lim:
+            if a > lim + 1e-9 * a:  # a rounding hair over the limit is not a cut
                 den, n_den, a = _cut(den, n_den, t, j, HEAT, target, req, sg, qe, base, lim,
                                      (other + a * stop) / eq, rp[R_HEAT_MAX])  # fmt: skip
                 nv += 1
     if a > base and not np.isnan(rp[R_MAX_GROSS]):
         other = gross - sym_val
         lim = _shares((rp[R_MAX_GROSS] * eq - other) / c, frac_ok)
-        if a > lim:
+        if a > lim + 1e-9 * a:  # a rounding hair over the limit is not a cut
             den, n_den, a = _cut(den, n_den, t, j, GROSS, target, req, sg, qe, base, lim,
                                  (other + a * c) / eq, rp[R_MAX_GROSS])  # fmt: skip
             nv += 1
@@ -695,14 +694,14 @@ def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, 
         other = net - qe * lc
         room = rp[R_MAX_NET] * eq - sg * other
         lim = _shares(room / c, frac_ok)
-        if a > lim:
+        if a > lim + 1e-9 * a:  # a rounding hair over the limit is not a cut
             den, n_den, a = _cut(den, n_den, t, j, NET, target, req, sg, qe, base, lim,
                                  abs(other + sg * a * c) / eq, rp[R_MAX_NET])  # fmt: skip
             nv += 1
     if a > base and not np.isnan(rp[R_LEVERAGE]):
         other = gross - sym_val
         lim = _shares((rp[R_LEVERAGE] * eq - other) / c, frac_ok)
-        if a > lim:
+        if a > lim + 1e-9 * a:  # a rounding hair over the limit is not a cut
             den, n_den, a = _cut(den, n_den, t, j, BK.BUYING_POWER, target, req, sg, qe, base, lim,
                                  (other + a * c) / eq, rp[R_LEVERAGE])  # fmt: skip
             nv += 1
@@ -760,6 +759,24 @@ def _model_target(t, j, p, c, atr, vol, sma, regime, rp, g):
     if regime.shape[0] > 1:
         frac *= regime[t, j]
     return side * frac
+
+
+@njit(cache=True, inline="always")
+def row_idle_nb(t, eod, pred, close, atr, vol, sma, regime, rp, s, g):
+    """True when :func:`decide_row_nb` would only note the model targets (recorded here): no
+    override in force and every symbol's target equals the target in force."""
+    if g[G_KILL] != 0.0 or eod or rp[R_EVERY_BAR] != 0.0:
+        return False
+    for j in range(s.shape[0]):
+        c = close[t, j]
+        p = pred[t, j]
+        if np.isnan(c) or np.isnan(p):
+            continue
+        mt = _model_target(t, j, p, c, atr, vol, sma, regime, rp, g)
+        s[j, S_MODEL] = mt
+        if mt != s[j, S_HELD]:
+            return False
+    return True
 
 
 @njit(cache=True)
@@ -914,11 +931,12 @@ def simulate_risk_nb(ref, close, pred, atr, vol, sma, regime, ret, half_spread, 
                 if s[j, S_QTY] < 0.0:
                     cum_borrow[j] += -s[j, S_QTY] * s[j, S_LAST] * br
         killswitch_nb(s, g, t, day[t], rp)
-        orders, n_ord, den, n_den = decide_row_nb(
-            t, ts_us[t], day[t], eod[t], pred, close, atr, vol, sma, regime, ret, tradable,
-            shortable, fractionable, sector, n_sectors, rp, s, g, v, out_qty, orders, n_ord, den,
-            n_den,
-        )  # fmt: skip
+        if not row_idle_nb(t, eod[t], pred, close, atr, vol, sma, regime, rp, s, g):
+            orders, n_ord, den, n_den = decide_row_nb(
+                t, ts_us[t], day[t], eod[t], pred, close, atr, vol, sma, regime, ret, tradable,
+                shortable, fractionable, sector, n_sectors, rp, s, g, v, out_qty, orders, n_ord,
+                den, n_den,
+            )  # fmt: skip
         for j in range(n_s):
             positions[t, j] = s[j, S_QTY]
         equity[t] = eq

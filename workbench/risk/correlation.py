@@ -9,8 +9,9 @@ series are finite (pairwise deletion, as pandas' ``rolling(...).corr()``); a pai
 3 joint observations, or a series without variance over them, is NaN. Two numba kernels compute
 the same numbers and are picked by the shape of the request, never by the data:
 
-- spaced matrices (``every * 16 >= window``): each matrix afresh and exactly (two passes: means,
-  then centred cross-products), matrices in parallel (``prange``);
+- spaced matrices (``every * 16 >= window``): each matrix afresh (columns centred by their own
+  mean, one dot product per pair, the joint sums corrected for the other column's missing rows),
+  matrices in parallel (``prange``);
 - dense matrices (``every * 16 < window``, e.g. ``every=1``): one sliding pass that adds the row
   entering the window and removes the row leaving it from per-pair sums and cross-products
   (series shifted by their first finite value, which keeps the one-pass formulas accurate for

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,10 +27,12 @@ from workbench.data.assets import AssetFacts
 from workbench.errors import SchemaError
 from workbench.risk import _kernel as K
 from workbench.risk.policy import (
+    RULE_NAMES,
     TRIP_NAMES,
     RiskPolicy,
     denials_frame,
     orders_frame,
+    reason_text,
     trips_frame,
 )
 
@@ -50,8 +52,15 @@ class FillEvent:
     commission: float
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
 def _us(ts: datetime) -> int:
-    return int(pl.Series([ts]).cast(pl.Datetime("us", "UTC")).dt.epoch("us")[0])
+    """Microseconds since the epoch (naive datetimes are UTC)."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return (ts - _EPOCH) // _US
 
 
 class RiskEngine:
@@ -155,22 +164,23 @@ class RiskEngine:
                 "Fix: deliver bars once each, in time order.",
                 rule="append only",
             )
-        t = self._append(ts_us, bars, predictions or {})
+        row = self._append(ts_us, bars, predictions or {})
         day, eod = self.policy.calendar_rows(np.array([ts_us]))
-        self._day[t] = day[0]
-        n = self._n
+        self._day[row] = day[0]
+        lo, hi = max(0, self._n - self.keep), self._n  # enough history for equal inputs
+        t = row - lo
         atr, vol, sma, ret, regime = self.policy.inputs(
-            self._hi[:n], self._lo[:n], self._cl[:n], self._day[:n], from_row=t
+            self._hi[lo:hi], self._lo[lo:hi], self._cl[lo:hi], self._day[lo:hi], from_row=t
         )
         self._last_atr = atr[t].copy()
         self._last_ret = ret
-        close_row = self._cl[t]
+        close_row = self._cl[row]
         K.mark_nb(self.s, self.g, close_row, 0.0)
         was = self.halted
         K.killswitch_nb(self.s, self.g, t, int(day[0]), self.rp)
         n_ord0, n_den0 = self._n_ord, self._n_den
         self._orders, self._n_ord, self._den, self._n_den = K.decide_row_nb(
-            t, float(ts_us), int(day[0]), bool(eod[0]), self._pred[:n], self._cl[:n], atr, vol,
+            t, float(ts_us), int(day[0]), bool(eod[0]), self._pred[lo:hi], self._cl[lo:hi], atr, vol,
             sma, regime, ret, self.tradable, self.shortable, self.fractionable, self.sector,
             self.n_sectors, self.rp, self.s, self.g, self.v, self._out, self._orders,
             self._n_ord, self._den, self._n_den,
@@ -207,13 +217,20 @@ class RiskEngine:
             float(price), eq, atr_j, ret, self.tradable, self.shortable, self.fractionable,
             self.sector, sec, gross, net, heat, n_open, self.rp, self.s, self.g, den, 0,
         )  # fmt: skip
-        rows = denials_frame(den[:n_den], self.symbols, np.zeros(n_den, dtype=np.int64))
+        denials = []
+        for k in range(n_den):
+            rule = RULE_NAMES[int(den[k, 2])]
+            value, limit = float(den[k, K.DR_VALUE]), float(den[k, K.DR_LIMIT])
+            denials.append(
+                {
+                    "rule": rule,
+                    "value": value,
+                    "limit": limit,
+                    "reason": reason_text(rule, value, limit),
+                }
+            )
         status = "allowed" if n_den == 0 else ("denied" if abs(d) < 1e-9 else "cut")
-        return {
-            "allowed_qty": float(d),
-            "status": status,
-            "denials": rows.select("reason", "value", "limit", "detail").to_dicts(),
-        }
+        return {"allowed_qty": float(d), "status": status, "denials": denials}
 
     def _aggregates(self) -> tuple[float, float, float, int, np.ndarray]:
         return K.aggregates_nb(self.s, self.sector, self.n_sectors)
@@ -258,15 +275,19 @@ class RiskEngine:
         self._ts[t] = ts_us
         for a in (self._hi, self._lo, self._cl, self._pred):
             a[t] = np.nan
-        for sym, hi, lo, cl in bars.select("symbol", "high", "low", "close").iter_rows():
-            j = self.col.get(sym)
-            if j is None:
-                raise SchemaError(
-                    f"RiskEngine got a bar for {sym!r}, not one of its symbols {self.symbols}. "
-                    "Fix: build the engine with every symbol the session trades.",
-                    rule="known symbol",
-                )
-            self._hi[t, j], self._lo[t, j], self._cl[t, j] = hi, lo, cl
+        syms = bars["symbol"].to_list()
+        try:
+            cols = [self.col[sym] for sym in syms]
+        except KeyError as exc:
+            raise SchemaError(
+                f"RiskEngine got a bar for {exc.args[0]!r}, not one of its symbols "
+                f"{self.symbols}. Fix: build the engine with every symbol the session trades.",
+                rule="known symbol",
+            ) from None
+        self._hi[t, cols] = bars["high"].to_numpy()
+        self._lo[t, cols] = bars["low"].to_numpy()
+        self._cl[t, cols] = bars["close"].to_numpy()
+        for sym, j in zip(syms, cols, strict=True):
             p = preds.get(sym)
             if p is not None and np.isfinite(p):
                 self._pred[t, j] = p

@@ -356,6 +356,8 @@ class RiskPolicy:
         """ATR, volatility, moving average, returns and the regime multiplier on a grid."""
         need_atr, need_vol, need_sma = self.needs()
         s = self.sizing
+        # regimes read the volatility of past rows too: compute it over the whole window then
+        first = 0 if s.regime is not None else from_row
         atr, vol, sma, ret = K.risk_inputs_nb(
             *BKfrozen(high, low, close),
             s.atr_window,
@@ -364,7 +366,7 @@ class RiskPolicy:
             need_atr,
             need_vol,
             need_sma,
-            from_row,
+            first,
         )
         if s.regime is None:
             regime = np.ones((1, 1))
@@ -452,16 +454,18 @@ def orders_frame(orders: np.ndarray, symbols: Sequence[str], ts_us: np.ndarray) 
     return pl.DataFrame(
         {
             "decision_ts": _ts(ts_us[rows]),
-            "symbol": pl.Series([symbols[int(c)] for c in orders[:, K.O_COL]], dtype=pl.String),
+            "symbol": _names(orders[:, K.O_COL], dict(enumerate(symbols))),
             "qty": orders[:, K.O_QTY],
             "target": orders[:, K.O_TARGET],
             "price": orders[:, K.O_PRICE],
-            "reason": pl.Series(
-                [ORDER_REASONS[int(r)] for r in orders[:, K.O_REASON]], dtype=pl.String
-            ),
+            "reason": _names(orders[:, K.O_REASON], ORDER_REASONS),
             "equity": orders[:, K.O_EQUITY],
         }
     )
+
+
+def _names(codes: np.ndarray, names: Mapping[int, str]) -> pl.Series:
+    return pl.Series(codes.astype(np.int64)).replace_strict(dict(names), return_dtype=pl.String)
 
 
 def denials_frame(den: np.ndarray, symbols: Sequence[str], ts_us: np.ndarray) -> pl.DataFrame:
@@ -470,14 +474,15 @@ def denials_frame(den: np.ndarray, symbols: Sequence[str], ts_us: np.ndarray) ->
     from workbench.backtest import _kernels as BK
 
     rows = den[:, BK.D_DEC].astype(np.int64)
-    rules = [RULE_NAMES[int(c)] for c in den[:, BK.D_CODE]]
+    reason = _names(den[:, BK.D_CODE], RULE_NAMES)
+    rules = reason.to_list()
     value = den[:, K.DR_VALUE]
     limit = den[:, K.DR_LIMIT]
     return pl.DataFrame(
         {
             "decision_ts": _ts(ts_us[rows]),
-            "symbol": pl.Series([symbols[int(c)] for c in den[:, BK.D_COL]], dtype=pl.String),
-            "reason": pl.Series(rules, dtype=pl.String),
+            "symbol": _names(den[:, BK.D_COL], dict(enumerate(symbols))),
+            "reason": reason,
             "target": den[:, BK.D_TARGET],
             "requested_qty": pl.Series(den[:, BK.D_REQ]).fill_nan(None),
             "allowed_qty": den[:, BK.D_ALLOWED],
