@@ -320,7 +320,7 @@ def conviction_nb(p, side, rp):
     return p if side > 0 else 1.0 - p
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def size_nb(side, conviction, price, atr_v, vol_v, g, rp):
     """Unsigned target fraction of equity for a side (0 for no side).
 
@@ -459,7 +459,7 @@ def _day_trades(g, day):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def mark_nb(s, g, close_row, borrow):
     """Mark the book at this row's closes (the last close where a symbol has no bar), charge
     borrow on shorts at rate ``borrow`` and return the equity."""
@@ -493,7 +493,7 @@ def heat_nb(s):
     return h
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _trip(g, t, code, value, limit):
     if g[G_KILL] == 0.0:
         g[G_KILL] = 2.0
@@ -503,7 +503,7 @@ def _trip(g, t, code, value, limit):
         g[G_TRIP_LIMIT] = limit
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def killswitch_nb(s, g, t, day, rp):
     """Roll the session bookkeeping and trip on the equity rules at this row's close.
 
@@ -752,7 +752,7 @@ def _place(s, out_qty, orders, n_ord, t, j, d, target, c, reason, eq, stop):
     return orders, n_ord + 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _model_target(t, j, p, c, atr, vol, sma, regime, rp, g):
     side = side_nb(p, c, sma[t, j], rp)
     frac = size_nb(side, conviction_nb(p, side, rp), c, atr[t, j], vol[t, j], g, rp)
