@@ -379,7 +379,7 @@ def check_parts(
     qe = engine.s[j, K.S_QTY] + engine.s[j, K.S_PEND]
 
     def agg():
-        return engine._aggregates()
+        return K.aggregates_nb(engine.s, engine.sector, engine.n_sectors)
 
     def lim():
         gross, net, heat, n_open, sec = agg()
@@ -399,7 +399,7 @@ def check_parts(
         return rows.select("reason", "value", "limit", "detail").to_dicts()
 
     out = {}
-    steps = {"aggregates_nb": agg, "+ limits_nb": lim, "denials frame + to_dicts": frame}
+    steps = {"aggregates_nb": agg, "+ limits_nb": lim, "(rejections() frame, not in check)": frame}
     for label, fn in steps.items():
         ns = np.empty(n, dtype=np.int64)
         for i in range(n):
@@ -427,13 +427,13 @@ def on_bar_parts(engine: RiskEngine, ts: datetime, g: pl.DataFrame, n: int) -> d
             e.rp, s, gg, v, e._out, e._orders, e._n_ord, e._den, e._n_den,
         )  # fmt: skip
 
-    def rows():
-        for sym, _hi, _lo, _cl in g.select("symbol", "high", "low", "close").iter_rows():
-            e.col.get(sym)
+    def rows():  # what RiskEngine._append does with the bar, without moving the buffers
+        cols = [e.col[sym] for sym in g["symbol"].to_list()]
+        return cols, g["high"].to_numpy(), g["low"].to_numpy(), g["close"].to_numpy()
 
     steps = {
-        "_us(ts): a polars Series per call": lambda: RE._us(ts),
-        "_append: select + iter_rows over the bar": rows,
+        "_us(ts)": lambda: RE._us(ts),
+        "_append: the bar into the buffers": rows,
         "calendar_rows (x2 with on_fills)": lambda: pol.calendar_rows(np.array([ts_us])),
         "policy.inputs: risk_inputs_nb + regime": lambda: pol.inputs(
             e._hi[:m], e._lo[:m], e._cl[:m], e._day[:m], m - 1

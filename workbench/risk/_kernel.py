@@ -460,13 +460,13 @@ def _day_trades(g, day):
 
 
 @njit(cache=True, inline="always")
-def mark_nb(s, g, close_row, borrow):
+def mark_nb(s, g, close, t, borrow):
     """Mark the book at this row's closes (the last close where a symbol has no bar), charge
     borrow on shorts at rate ``borrow`` and return the equity."""
     value = 0.0
     fee = 0.0
     for j in range(s.shape[0]):
-        c = close_row[j]
+        c = close[t, j]
         if not np.isnan(c):
             s[j, S_LAST] = c
         q = s[j, S_QTY]
@@ -730,6 +730,20 @@ def aggregates_nb(s, sector, n_sectors):
 
 
 @njit(cache=True)
+def check_order_nb(t, j, day, target, qty, price, atr_j, ret, tradable, shortable, fractionable,
+                   sector, n_sectors, rp, s, g, den):  # fmt: skip
+    """One pre-trade check of ``qty`` shares in column ``j`` against the book (positions and
+    pending orders): :func:`limits_nb` with the book's aggregates. Returns ``(allowed, denials,
+    n_denials)``."""
+    gross, net, heat, n_open, sec = aggregates_nb(s, sector, n_sectors)
+    qe = s[j, S_QTY] + s[j, S_PEND]
+    d, den, n_den, _ = limits_nb(t, j, day, target, qe, qty, price, g[G_EQ], atr_j, ret, tradable,
+                                 shortable, fractionable, sector, sec, gross, net, heat, n_open,
+                                 rp, s, g, den, 0)  # fmt: skip
+    return d, den, n_den
+
+
+@njit(cache=True)
 def _place(s, out_qty, orders, n_ord, t, j, d, target, c, reason, eq, stop):
     orders = _grow(orders, n_ord)
     orders[n_ord, O_ROW] = t
@@ -924,7 +938,7 @@ def simulate_risk_nb(ref, close, pred, atr, vol, sma, regime, ret, half_spread, 
             fills[n_fill, BK.F_BORROW] = cum_borrow[j]
             fills[n_fill, BK.F_POS] = s[j, S_QTY]
             n_fill += 1
-        eq = mark_nb(s, g, close[t], borrow_row[t])
+        eq = mark_nb(s, g, close, t, borrow_row[t])
         br = borrow_row[t]
         if br > 0.0:
             for j in range(n_s):

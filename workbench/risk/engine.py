@@ -116,6 +116,7 @@ class RiskEngine:
         self.store = store
         self._last_atr: np.ndarray | None = None
         self._last_ret: np.ndarray | None = None
+        self._check_den = np.empty((16, K.N_DENIAL))
         self.trips: list[dict[str, Any]] = []
         if store is not None:
             state = store.load(policy.name)
@@ -174,8 +175,7 @@ class RiskEngine:
         )
         self._last_atr = atr[t].copy()
         self._last_ret = ret
-        close_row = self._cl[row]
-        K.mark_nb(self.s, self.g, close_row, 0.0)
+        K.mark_nb(self.s, self.g, self._cl, row, 0.0)
         was = self.halted
         K.killswitch_nb(self.s, self.g, t, int(day[0]), self.rp)
         n_ord0, n_den0 = self._n_ord, self._n_den
@@ -200,22 +200,14 @@ class RiskEngine:
         decisions use; the last bar's ATR and returns feed the heat and correlation rules.
         """
         j = self.col[symbol]
-        n = max(self._n, 1)
-        t = n - 1
-        qe = self.s[j, K.S_QTY] + self.s[j, K.S_PEND]
-        gross, net, heat, n_open, sec = self._aggregates()
-        atr_j = self._last_atr[j] if self._last_atr is not None else np.nan
-        ret = (
-            self._last_ret
-            if self._last_ret is not None
-            else np.full((1, len(self.symbols)), np.nan)
-        )
-        den = np.empty((4, K.N_DENIAL))
-        eq = self.equity
-        d, den, n_den, _ = K.limits_nb(
-            min(t, ret.shape[0] - 1), j, float(self.g[K.G_DAY]), target, qe, float(qty),
-            float(price), eq, atr_j, ret, self.tradable, self.shortable, self.fractionable,
-            self.sector, sec, gross, net, heat, n_open, self.rp, self.s, self.g, den, 0,
+        if self._last_ret is None:  # no bar yet: nothing to measure heat or correlation on
+            self._last_ret = np.full((1, len(self.symbols)), np.nan)
+            self._last_atr = np.full(len(self.symbols), np.nan)
+        ret = self._last_ret
+        d, den, n_den = K.check_order_nb(
+            ret.shape[0] - 1, j, float(self.g[K.G_DAY]), target, float(qty), float(price),
+            float(self._last_atr[j]), ret, self.tradable, self.shortable, self.fractionable,
+            self.sector, self.n_sectors, self.rp, self.s, self.g, self._check_den,
         )  # fmt: skip
         denials = []
         for k in range(n_den):
@@ -231,9 +223,6 @@ class RiskEngine:
             )
         status = "allowed" if n_den == 0 else ("denied" if abs(d) < 1e-9 else "cut")
         return {"allowed_qty": float(d), "status": status, "denials": denials}
-
-    def _aggregates(self) -> tuple[float, float, float, int, np.ndarray]:
-        return K.aggregates_nb(self.s, self.sector, self.n_sectors)
 
     def warm(self, bars: pl.DataFrame) -> None:
         """Feed history bars (before the session) without predictions: inputs warm up."""
