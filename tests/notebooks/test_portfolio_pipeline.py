@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,35 +106,10 @@ def test_portfolio_step_is_tracked_and_hands_on_weights(portfolio: tuple) -> Non
 
 
 @pytest.mark.notebook
-def test_executed_notebook_passes_nbval(portfolio: tuple) -> None:
+def test_executed_notebook_passes_nbval(portfolio: tuple, nbval) -> None:
     res, _ = portfolio
     notebooks = sorted(str(p) for p in res.run_dir.glob("0*_portfolio.ipynb"))
     assert notebooks
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--nbval-lax",
-            "--nbval-current-env",
-            "--nbval-sanitize-with",
-            str(Path(__file__).with_name("nbval_sanitize.cfg")),
-            "-W",
-            "ignore",
-            "-o",
-            "addopts=",
-            "-o",
-            "filterwarnings=",
-            *notebooks,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=res.run_dir,
-        timeout=300,
-        env={**os.environ, "WB_PROJECT_ROOT": str(REPO)},  # nbval starts kernels in the run folder
-    )
+    proc = nbval(notebooks, res.run_dir, timeout=300)
     assert proc.returncode == 0, proc.stdout[:5000] + proc.stderr[-2000:]
     assert " passed" in proc.stdout

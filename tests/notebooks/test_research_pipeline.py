@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -167,35 +165,10 @@ def test_no_secret_reaches_parameters_or_outputs(research: tuple) -> None:
 
 
 @pytest.mark.slow
-def test_executed_notebooks_pass_nbval(research: tuple) -> None:
+def test_executed_notebooks_pass_nbval(research: tuple, nbval) -> None:
     res, _ = research
     notebooks = sorted(str(p) for p in res.run_dir.glob("0[1-4]_*.ipynb"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--nbval-lax",
-            "--nbval-current-env",
-            "--nbval-sanitize-with",
-            str(Path(__file__).with_name("nbval_sanitize.cfg")),
-            "-W",
-            "ignore",
-            "-o",
-            "addopts=",
-            "-o",
-            "filterwarnings=",
-            *notebooks,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=res.run_dir,
-        timeout=600,
-        env={**os.environ, "WB_PROJECT_ROOT": str(REPO)},  # nbval starts kernels in the run folder
-    )
+    proc = nbval(notebooks, res.run_dir, timeout=600)
     assert proc.returncode == 0, proc.stdout[:5000] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
 
