@@ -174,8 +174,10 @@ def risk_inputs_nb(high, low, close, atr_w, vol_w, sma_w, need_atr, need_vol, ne
             c[m] = x
             if m >= 1:
                 pc = c[m - 1]
-                tr[m] = max(high[t, j], pc) - min(low[t, j], pc)
-                lr[m] = np.log(x / pc)
+                if need_atr:
+                    tr[m] = max(high[t, j], pc) - min(low[t, j], pc)
+                if need_vol:
+                    lr[m] = np.log(x / pc)
                 ret[t, j] = x / pc - 1.0
             m += 1
         for k in range(m):
