@@ -29,6 +29,7 @@ from workbench.risk import _kernel as K
 from workbench.risk.policy import (
     RULE_NAMES,
     TRIP_NAMES,
+    BKfrozen,
     RiskPolicy,
     denials_frame,
     orders_frame,
@@ -97,6 +98,8 @@ class RiskEngine:
         self.s, self.g, self.v = K.new_state(n, float(initial_cash), policy.n_violations)
         self.tradable, self.shortable, self.fractionable = policy.facts(self.symbols, assets)
         self.sector, self.n_sectors = policy.sector_codes(self.symbols)
+        self._facts = BKfrozen(self.tradable, self.shortable, self.fractionable, self.sector)
+        self._rp_ro = BKfrozen(self.rp)[0]
         self.keep = policy.history_rows()
         cap = 2 * self.keep + 2
         self._ts = np.zeros(cap, dtype=np.int64)
@@ -179,11 +182,12 @@ class RiskEngine:
         was = self.halted
         K.killswitch_nb(self.s, self.g, t, int(day[0]), self.rp)
         n_ord0, n_den0 = self._n_ord, self._n_den
+        # read-only inputs, as inside the backtest kernel: one compiled signature serves both
+        inputs = BKfrozen(self._pred[lo:hi], self._cl[lo:hi], atr, vol, sma, regime, ret)
         self._orders, self._n_ord, self._den, self._n_den = K.decide_row_nb(
-            t, float(ts_us), int(day[0]), bool(eod[0]), self._pred[lo:hi], self._cl[lo:hi], atr, vol,
-            sma, regime, ret, self.tradable, self.shortable, self.fractionable, self.sector,
-            self.n_sectors, self.rp, self.s, self.g, self.v, self._out, self._orders,
-            self._n_ord, self._den, self._n_den,
+            t, ts_us, int(day[0]), bool(eod[0]), *inputs, *self._facts, self.n_sectors,
+            self._rp_ro, self.s, self.g, self.v, self._out, self._orders, self._n_ord, self._den,
+            self._n_den,
         )  # fmt: skip
         self._order_ts.extend([ts_us] * (self._n_ord - n_ord0))
         self._den_ts.extend([ts_us] * (self._n_den - n_den0))
