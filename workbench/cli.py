@@ -228,9 +228,13 @@ def promote(
     Example: wb promote intraday_reversal
     """
     from workbench.models.promotion import promote as run_promote
+    from workbench.stages.validate import oos_sharpe
 
     try:
-        res = run_promote(load_config(), strategy, force=force, reason=reason)
+        cfg = load_config()
+        res = run_promote(
+            cfg, strategy, evaluate=oos_sharpe(cfg, strategy), force=force, reason=reason
+        )
     except WorkbenchError as exc:
         _fail(exc)
     verdict = "[bold green]promoted[/]" if res.promoted else "[bold yellow]not promoted[/]"

@@ -198,17 +198,19 @@ def test_promote_needs_a_better_challenger(research: tuple) -> None:
     from workbench.models.promotion import PromotionError, promote
     from workbench.models.registry import log_lightgbm, set_alias
     from workbench.stages.train import feature_columns
+    from workbench.stages.validate import oos_sharpe
 
     res, _ = research
     cfg = load_config(REPO)
     client = mlflow.MlflowClient()
-    first = promote(cfg, "intraday_reversal")
+    evaluate = oos_sharpe(cfg, "intraday_reversal")
+    first = promote(cfg, "intraday_reversal", evaluate=evaluate)
     assert first.promoted and first.reason == "no champion yet"
     champ = client.get_model_version_by_alias("intraday_reversal", "champion")
     assert champ.tags["promotion_reason"] == "no champion yet"
-    assert not promote(cfg, "intraday_reversal").promoted  # already the champion
+    assert not promote(cfg, "intraday_reversal", evaluate=evaluate).promoted  # already champion
     with pytest.raises(PromotionError, match="--force needs --reason"):
-        promote(cfg, "intraday_reversal", force=True)
+        promote(cfg, "intraday_reversal", evaluate=evaluate, force=True)
 
     # a challenger trained on shuffled labels must not replace the champion
     table = pl.read_parquet(res.outputs("features")["features_path"]).drop_nulls("label")
@@ -226,12 +228,18 @@ def test_promote_needs_a_better_challenger(research: tuple) -> None:
         if k.startswith("oos."):
             client.set_model_version_tag("intraday_reversal", bad.version, k, v)
     set_alias("intraday_reversal", "challenger", bad.version)
-    second = promote(cfg, "intraday_reversal")
+    second = promote(cfg, "intraday_reversal", evaluate=evaluate)
     assert not second.promoted and "<=" in second.reason
     assert (
         client.get_model_version_by_alias("intraday_reversal", "champion").version == champ.version
     )
-    forced = promote(cfg, "intraday_reversal", force=True, reason="operator override in a test")
+    forced = promote(
+        cfg,
+        "intraday_reversal",
+        evaluate=evaluate,
+        force=True,
+        reason="operator override in a test",
+    )
     assert forced.promoted and forced.forced
     assert (
         str(client.get_model_version_by_alias("intraday_reversal", "champion").version)

@@ -8,6 +8,7 @@ is recorded on the model versions (tags) and as an MLflow run in the ``promotion
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -79,23 +80,13 @@ def _oos(name: str, version: str) -> dict[str, str]:
     return tags
 
 
-def _sharpe_on(cfg: WorkbenchConfig, ref: ModelRef, window: dict[str, str], strategy: str) -> float:
-    from workbench.stages.validate import run_validate
-
-    res = run_validate(
-        cfg,
-        features_path=window["oos.features_path"],
-        store_root=window["oos.store_root"],
-        model=ref,
-        split_ts=window["oos.split_ts"],
-        strategy=strategy,
-        timeframe=window["oos.timeframe"],
-    )
-    return float(res.metrics["sharpe"])
-
-
 def promote(
-    cfg: WorkbenchConfig, strategy: str, *, force: bool = False, reason: str = ""
+    cfg: WorkbenchConfig,
+    strategy: str,
+    *,
+    evaluate: Callable[[ModelRef, Mapping[str, str]], float],
+    force: bool = False,
+    reason: str = "",
 ) -> PromotionResult:
     """Point ``champion`` at the challenger if it beats the champion on the challenger's window.
 
@@ -104,6 +95,10 @@ def promote(
     cfg : WorkbenchConfig
     strategy : str
         Strategy name (= registered model name).
+    evaluate : callable
+        ``(model version, out-of-sample window tags) -> Sharpe ratio``; the validate stage
+        provides it (:func:`workbench.stages.validate.oos_sharpe`), so both versions are judged
+        the way validation judges, risk policy included.
     force : bool
         Promote without the comparison; ``reason`` is then required and recorded.
     reason : str
@@ -139,8 +134,8 @@ def promote(
         decision, why = True, "no champion yet"
     else:
         window = _oos(name, chal.version)
-        chal_sr = _sharpe_on(cfg, ModelRef(name, chal.version, None, "", ""), window, strategy)
-        champ_sr = _sharpe_on(cfg, ModelRef(name, champ.version, None, "", ""), window, strategy)
+        chal_sr = evaluate(ModelRef(name, chal.version, None, "", ""), window)
+        champ_sr = evaluate(ModelRef(name, champ.version, None, "", ""), window)
         better = math.isfinite(chal_sr) and (not math.isfinite(champ_sr) or chal_sr > champ_sr)
         decision = better
         why = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -288,3 +288,24 @@ def risk_figure(bt: BacktestResult, title: str = "Risk denials by rule") -> Any:
     fig.add_trace(go.Bar(x=s["reason"].to_list(), y=s["denied"].to_list(), name="denied"))
     fig.update_layout(barmode="stack", title=title, yaxis_title="orders", height=380)
     return fig
+
+
+def oos_sharpe(
+    cfg: WorkbenchConfig, strategy: str
+) -> Callable[[ModelRef, Mapping[str, str]], float]:
+    """Return the promotion comparison: a model version's Sharpe ratio on a recorded
+    out-of-sample window (``oos.*`` version tags), validated as 04_validate does, risk policy on."""
+
+    def evaluate(ref: ModelRef, window: Mapping[str, str]) -> float:
+        res = run_validate(
+            cfg,
+            features_path=window["oos.features_path"],
+            store_root=window["oos.store_root"],
+            model=ref,
+            split_ts=window["oos.split_ts"],
+            strategy=strategy,
+            timeframe=window["oos.timeframe"],
+        )
+        return float(res.metrics["sharpe"])
+
+    return evaluate
