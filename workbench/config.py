@@ -104,6 +104,9 @@ class AlpacaConfig(_Frozen):
     data_url: str = "https://data.alpaca.markets"  # market-data REST base URL
     trading_url: str = "https://paper-api.alpaca.markets"  # trading REST base URL (paper)
     stream_url: str | None = None  # market-data websocket URL override
+    trading_stream_url: str | None = (
+        None  # trade_updates websocket; default: trading_url as ws(s)://.../stream
+    )
     feed: Literal["iex", "sip"] = "iex"  # data feed
     adjustment: Literal["raw", "split", "dividend", "all"] = "all"  # corporate-action adjustment
     free_plan: bool = True  # clamp SIP requests to 15 minutes ago
@@ -112,7 +115,6 @@ class AlpacaConfig(_Frozen):
     timeout_seconds: float = Field(30.0, gt=0)  # per-request timeout
     max_pages_per_chunk: int = Field(1000, ge=1)  # pagination bound per chunk
     asset_cache_ttl_seconds: int = Field(3600, ge=0)  # asset facts cache lifetime
-    live_trading: bool = False  # explicit opt-in to the live (real money) endpoint
 
 
 class MlflowConfig(_Frozen):
@@ -396,6 +398,57 @@ class RiskConfig(_Frozen):
     )  # gross/net caps by strategy type
 
 
+class ExecutionPolicyConfig(_Frozen):
+    """How decided orders are worked at the broker (see :mod:`workbench.execution.policy`)."""
+
+    order_type: Literal["market", "limit"] = (
+        "market"  # market: fills at the next bar's open, as the backtest assumes
+    )
+    limit_buffer_bps: float = Field(5.0, ge=0)  # limit at mid/close +- this buffer (marketable side)
+    fallback_after_seconds: float | None = Field(
+        60.0, gt=0
+    )  # an unfilled limit is replaced by a market order after this long
+    stale_after_seconds: float | None = Field(
+        300.0, gt=0
+    )  # cancel (confirm) and re-send a working order older than this
+    max_concurrent_orders: int = Field(50, ge=1)  # working orders at once; more wait for a slot
+    bracket_take_profit_atr: float | None = Field(
+        None, gt=0
+    )  # protective bracket: take-profit this many ATRs away (null: no bracket)
+    bracket_stop_loss_atr: float | None = Field(None, gt=0)  # stop-loss this many ATRs away
+    requests_per_minute: int = Field(180, ge=1, le=200)  # trading-API request budget
+
+
+class ReconcileConfig(_Frozen):
+    """What start-up reconciliation does with what it finds."""
+
+    orphan_orders: Literal["cancel", "adopt", "halt"] = (
+        "cancel"  # open orders the ledger does not know
+    )
+    lookback_days: int = Field(7, ge=1)  # how far back recent orders are read
+    qty_tolerance: float = Field(1e-6, ge=0)  # shares; a larger position difference halts
+
+
+class ExecutionConfig(_Frozen):
+    """Trading sessions: broker, ledger, order working, reconcile, shutdown."""
+
+    broker: Literal["sim", "alpaca"] = "sim"  # default broker of `wb session run`
+    ledger_url: str = "sqlite:///runs/ledger.db"  # order ledger (relative sqlite paths: project)
+    sim_state_url: str = (
+        "sqlite:///runs/sim_venue.db"  # the simulated venue's own durable state
+    )
+    policy: ExecutionPolicyConfig = ExecutionPolicyConfig()
+    reconcile: ReconcileConfig = ReconcileConfig()
+    on_shutdown: Literal["keep", "flatten"] = (
+        "keep"  # protective orders and positions at SIGTERM (entries are always cancelled)
+    )
+    settle_seconds: float = Field(
+        10.0, gt=0
+    )  # replay mode: wait this long for a bar's orders to finish before the next bar
+    watchdog_seconds: float = Field(30.0, gt=0)  # a silent trade stream is presumed dead after this
+    poll_seconds: float = Field(5.0, gt=0)  # REST polling of open orders while the stream is down
+
+
 class Secrets(BaseModel):
     """Broker keys, read from the environment only. Never hashed, never dumped in clear."""
 
@@ -427,6 +480,7 @@ class WorkbenchConfig(_Frozen):
     mlflow: MlflowConfig = MlflowConfig()
     backtest: BacktestConfig = BacktestConfig()
     risk: RiskConfig = RiskConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     feature_sets: dict[str, tuple[FeatureSpec, ...]] = Field(default_factory=dict)
     strategies: dict[str, StrategyConfig] = Field(default_factory=dict)
     secrets: Secrets = Field(default_factory=Secrets, exclude=True)

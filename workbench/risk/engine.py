@@ -116,16 +116,13 @@ class RiskEngine:
         self._n_den = 0
         self._order_ts: list[int] = []
         self._den_ts: list[int] = []
-        self.store = store
         self._last_atr: np.ndarray | None = None
         self._last_ret: np.ndarray | None = None
         self._check_den = np.empty((16, K.N_DENIAL))
         self.trips: list[dict[str, Any]] = []
+        self.store = None
         if store is not None:
-            state = store.load(policy.name)
-            if state.halted:
-                self.g[K.G_KILL] = 2.0
-                self.g[K.G_TRIP_RULE] = _TRIP_CODES.get(state.rule or "", 0)
+            self.attach_store(store)
 
     # ------------------------------------------------------------------ state views
 
@@ -150,6 +147,37 @@ class RiskEngine:
         day = int(self.policy.calendar_rows(np.array([_us(ts)]))[0][0])
         for f in sorted(fills, key=lambda f: self.col[f.symbol]):
             K.apply_fill_nb(self.s, self.g, self.col[f.symbol], f.qty, f.price, f.commission, day)
+
+    def release(self, symbol: str, qty: float) -> None:
+        """Forget ``qty`` signed shares of pending orders that will not fill (cancelled,
+        rejected, expired remainders): the expected position returns to what was filled."""
+        j = self.col[symbol]
+        self.s[j, K.S_PEND] -= qty
+        if abs(self.s[j, K.S_PEND]) < 1e-9:
+            self.s[j, K.S_PEND] = 0.0
+            self.s[j, K.S_PEND_ROW] = -1.0
+
+    def pending(self, symbol: str) -> float:
+        """Signed shares of orders decided but not filled yet."""
+        return float(self.s[self.col[symbol], K.S_PEND])
+
+    def atr(self, symbol: str) -> float:
+        """The last bar's ATR of ``symbol`` (NaN before the window fills)."""
+        if self._last_atr is None:
+            return float("nan")
+        return float(self._last_atr[self.col[symbol]])
+
+    def attach_store(self, store: KillSwitchStore) -> None:
+        """Persist trips from now on; a halt found there halts the engine (reduce-only).
+
+        A restarted session replays its earlier bars without a store (so the replay makes the
+        decisions of the first run, trip included) and attaches it when it resumes.
+        """
+        self.store = store
+        state = store.load(self.policy.name)
+        if state.halted and not self.halted:
+            self.g[K.G_KILL] = 2.0
+            self.g[K.G_TRIP_RULE] = _TRIP_CODES.get(state.rule or "", 0)
 
     def on_bar(
         self, ts: datetime, bars: pl.DataFrame, predictions: Mapping[str, float] | None = None

@@ -1,0 +1,748 @@
+"""The trading-session engine: bars in, orders out, through the ledger, crash-safe and resumable.
+
+Per bar ``t`` (the backtest kernel's order):
+
+1. a simulated venue matches its working orders against bar ``t`` (orders decided at an earlier
+   close fill at ``t``'s open);
+2. broker events are recorded in the ledger, which derives fills from cumulative filled
+   quantities (replayed events and REST reads dedupe); the fills are *booked* at ``t`` and the
+   risk engine applies them; remainders of orders that ended unfilled are released;
+3. the feature engine takes bar ``t``; the model predicts the rows whose features are complete;
+4. the :class:`~workbench.risk.engine.RiskEngine` marks, checks the kill switch and decides with
+   the strategy's :class:`~workbench.risk.RiskPolicy` (the backtest's functions);
+5. the :class:`~workbench.execution.policy.ExecutionPolicy` turns each decided change into
+   orders; each is committed to the ledger as an intent (write-ahead) before it is sent under a
+   client order id derived from (strategy, session, sequence);
+6. in replay against a real broker API, the engine waits (``settle_seconds``) for the bar's orders
+   to finish, so a replay does not outrun the broker;
+7. the bar is recorded as processed.
+
+**Restart.** A session id is derived from (strategy, date, broker, mode). A restarted session
+reconciles the ledger with the broker, then replays its bars from the start: bars already
+processed re-run the features, model and risk engine with the fills the ledger booked at each
+of them, without sending anything (their intents exist); the first unprocessed bar resumes
+normal work, re-deriving the same intents (same ids) and sending only those the broker does not
+have. The outcome equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import polars as pl
+
+from workbench.config import ReconcileConfig
+from workbench.data.assets import AssetFacts
+from workbench.errors import StoreError
+from workbench.execution.broker import Broker, BrokerError, OrderRefused, OutcomeUnknown
+from workbench.execution.clock import Clock, ReplayClock
+from workbench.execution.ledger import OrderLedger
+from workbench.execution.orders import (
+    BrokerOrder,
+    Fill,
+    OrderRuleError,
+    Side,
+    check_request,
+    client_order_id,
+)
+from workbench.execution.policy import ExecutionPolicy, Planned, WorkingOrder
+from workbench.execution.reconcile import ReconcileReport, reconcile
+from workbench.risk.engine import FillEvent, RiskEngine
+from workbench.risk.policy import RiskPolicy
+
+if TYPE_CHECKING:
+    from workbench.risk.state import KillSwitchStore
+
+log = logging.getLogger("workbench.execution.session")
+
+_TS = pl.Datetime("us", "UTC")
+
+
+class FeatureUpdater(Protocol):
+    """Anything that turns newly arrived bars into the feature rows of those bars."""
+
+    def update(self, bars: pl.DataFrame) -> pl.DataFrame: ...
+
+
+class SessionHalted(BrokerError):
+    """The session stopped itself (reconcile mismatch, replay divergence): it must not trade."""
+
+
+def session_id(strategy: str, session_date: date, broker: str, mode: str) -> str:
+    """The id of one strategy's session on one broker and mode (a restart re-derives it)."""
+    return f"{strategy}:{session_date.isoformat()}:{broker}:{mode}"
+
+
+@dataclass
+class SessionResult:
+    """Fills, per-bar PnL, every decision, the risk engine's orders, denials and trip, the
+    broker orders sent, and what reconcile found at start."""
+
+    fills: pl.DataFrame
+    pnl: pl.DataFrame
+    decisions: pl.DataFrame
+    orders: pl.DataFrame
+    rejections: pl.DataFrame
+    kill_switch: pl.DataFrame
+    broker_orders: pl.DataFrame = field(default_factory=pl.DataFrame)
+    reconcile: ReconcileReport | None = None
+    status: str = "done"
+
+    @property
+    def net_pnl(self) -> float:
+        return float(self.pnl["pnl"].sum()) if self.pnl.height else 0.0
+
+
+@dataclass
+class _Work:
+    """An order waiting for cancels to be confirmed, or for a slot."""
+
+    plan: Planned
+    bar_ts: datetime
+
+
+class SessionEngine:
+    """One strategy's trading session on one broker (see the module doc).
+
+    Parameters
+    ----------
+    session_id : str
+        From :func:`session_id`.
+    policy : RiskPolicy
+        The strategy's risk policy (the one its backtest and gates used).
+    symbols : list of str
+    features, predict, feature_names
+        Incremental feature engine, rows -> predictions, and the columns the model reads.
+    broker : Broker
+    ledger : OrderLedger
+    execution : ExecutionPolicy
+    clock : Clock
+        :class:`ReplayClock` (default) or :class:`WallClock`.
+    killswitch : KillSwitchStore, optional
+    assets : mapping, optional
+    settle_seconds : float or None
+        Replay against a broker API: wait up to this long after each bar for its orders to end.
+    on_shutdown : 'keep' | 'flatten'
+    reconcile_config : ReconcileConfig
+    health_path : Path, optional
+        Where the health status is written (JSON, atomically) after each bar.
+    """
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        policy: RiskPolicy,
+        symbols: list[str],
+        features: FeatureUpdater,
+        predict: Callable[[pl.DataFrame], np.ndarray],
+        feature_names: list[str],
+        broker: Broker,
+        ledger: OrderLedger,
+        execution: ExecutionPolicy,
+        session_date: date,
+        mode: str = "replay",
+        clock: Clock | None = None,
+        killswitch: KillSwitchStore | None = None,
+        assets: Mapping[str, AssetFacts] | None = None,
+        settle_seconds: float | None = None,
+        on_shutdown: str = "keep",
+        reconcile_config: ReconcileConfig | None = None,
+        health_path: Path | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.policy = policy
+        self.symbols = sorted(symbols)
+        self.features = features
+        self.predict = predict
+        self.feature_names = feature_names
+        self.broker = broker
+        self.ledger = ledger
+        self.execution = execution
+        self.session_date = session_date
+        self.mode = mode
+        self.clock = clock or ReplayClock()
+        self.killswitch = killswitch
+        self.assets = assets
+        self.settle_seconds = settle_seconds
+        self.on_shutdown = on_shutdown
+        self.reconcile_config = reconcile_config or ReconcileConfig()
+        self.health_path = health_path
+        self.venue = getattr(broker, "venue", broker.name)
+        self.stop_requested = False
+        self.risk: RiskEngine | None = None
+        self.report: ReconcileReport | None = None
+        self._done_until: datetime | None = None
+        self._seq = 0
+        self._waiting: list[_Work] = []
+        self._sent_at: dict[str, datetime] = {}
+        self._released: set[str] = set()
+        self._decisions: list[dict] = []
+        self._pnl: list[dict] = []
+        self._last: dict[str, float] = {}
+        self._equity0: float | None = None
+        self._prev_equity: float | None = None
+        self._last_bar: datetime | None = None
+        self._last_ok: float | None = None
+        self.status = "running"
+        self._salt = ""
+
+    # ------------------------------------------------------------------ start
+
+    def start(self, history: pl.DataFrame, *, strategy: str, broker_name: str) -> ReconcileReport:
+        """Open (or re-open) the session in the ledger, reconcile, warm the engines up.
+
+        Raises :class:`SessionHalted` on an unexplained mismatch (after tripping the kill switch).
+        """
+        now = self.clock.now()
+        acct = self.broker.account()
+        rec = self.ledger.open_session(
+            self.session_id, strategy=strategy, broker=broker_name, mode=self.mode,
+            session_date=self.session_date,
+            params={"symbols": self.symbols, "initial_cash": acct.cash, "endpoint": acct.endpoint},
+        )  # fmt: skip
+        # ids are unique per ledger session: a rehearsal re-run on a fresh ledger gets new ones
+        self._salt = f"{self.session_id}|{rec.started_at.isoformat()}"
+        self._done_until = rec.last_bar_ts
+        if self.ledger.snapshot(self.session_id, "start") is None:
+            self.ledger.snapshot_positions(
+                self.session_id, self._carried(strategy, broker_name), kind="start", ts=now
+            )
+        self.report = reconcile(
+            self.ledger, self.broker, self.session_id, now=now,
+            config=self.reconcile_config, venue=self.venue,
+        )  # fmt: skip
+        if not self.report.ok:
+            self._halt(self.report.reason, strategy)
+        self.risk = RiskEngine(
+            self.policy, self.symbols, initial_cash=float(rec.params["initial_cash"]),
+            assets=self.assets, store=None,
+        )  # fmt: skip
+        if self._done_until is None and self.killswitch is not None:
+            self.risk.attach_store(self.killswitch)
+        if history.height:
+            self.features.update(history)
+            self.risk.warm(history)
+        self._last_ok = time.monotonic()
+        return self.report
+
+    def _carried(self, strategy: str, broker_name: str) -> dict[str, float]:
+        """Positions the session starts with: the previous session's end snapshot, else flat."""
+        prev = [
+            s
+            for s in self.ledger.sessions(strategy)
+            if s.session_id != self.session_id and s.broker == broker_name and s.mode == self.mode
+            and s.session_date < self.session_date
+        ]  # fmt: skip
+        for s in sorted(prev, key=lambda s: s.session_date, reverse=True):
+            snap = self.ledger.snapshot(s.session_id, "end")
+            if snap is not None:
+                return snap
+        return {}
+
+    def _halt(self, reason: str, strategy: str) -> None:
+        self.ledger.set_status(self.session_id, "halted", reason)
+        self.status = "halted"
+        if self.killswitch is not None:
+            self.killswitch.trip(
+                strategy, rule="reconcile", reason=reason,
+                values={"mismatches": self.report.mismatches if self.report else []},
+            )  # fmt: skip
+        log.error("session %s halted: %s", self.session_id, reason)
+        raise SessionHalted(
+            f"session {self.session_id} halted: {reason}. The kill switch is tripped. Fix: "
+            "find out where the difference comes from (orders placed outside the workbench, a "
+            "manual trade), bring the account back to the ledger's positions (or flatten it), "
+            f"then `wb risk rearm {strategy}` and run again."
+        )
+
+    # ------------------------------------------------------------------ per bar
+
+    def step(self, t: datetime, now: pl.DataFrame) -> dict[str, float]:
+        """Process bar ``t`` (every symbol's bar of that timestamp); return the decided orders."""
+        assert self.risk is not None, "call start() first"
+        risk = self.risk
+        catchup = self._done_until is not None and t <= self._done_until
+        on_bars = getattr(self.broker, "on_bars", None)
+        if on_bars is not None:
+            on_bars(now)
+        if catchup:
+            fills = self.ledger.fills_booked_at(self.session_id, t)
+            released = self.ledger.releases_booked_at(self.session_id, t)
+        else:
+            if self._done_until is not None and self.killswitch is not None:
+                self.risk.attach_store(self.killswitch)  # resumed: the store's state from now on
+                self._done_until = None
+            self._drain()
+            fills = self.ledger.book_fills(self.session_id, t)
+            released = self._book_releases(t)
+        risk.on_fills([FillEvent(f.symbol, f.qty, f.price, f.commission) for f in fills], t)
+        for sym, qty in released:
+            risk.release(sym, qty)
+        feats = self.features.update(now)
+        ready = (
+            feats.filter(pl.col("ts") == t).drop_nulls(self.feature_names)
+            if feats.height
+            else feats
+        )
+        preds = (
+            dict(zip(ready["symbol"].to_list(), self.predict(ready).tolist(), strict=True))
+            if ready.height
+            else {}
+        )
+        closes = dict(zip(now["symbol"].to_list(), now["close"].to_list(), strict=True))
+        self._last.update(closes)
+        self.clock.advance(t)
+        stopping = self.stop_requested
+        orders = risk.on_bar(t, now, preds)
+        if catchup:
+            self._seq = max(self._seq, self._max_seq_until(t) + 1)
+        else:
+            self._seq = self._max_seq_before(t) + 1
+            if stopping:  # graceful stop: no new entries; reduce-only orders still go out
+                orders = {
+                    s: q for s, q in orders.items()
+                    if abs(risk.position(s) + q) < abs(risk.position(s))
+                }  # fmt: skip
+            self._send_decisions(t, orders)
+            self._work_open_orders(t)
+            self._settle()
+        self._record_bar(t, closes, preds, orders)
+        if not catchup:
+            self.ledger.set_progress(self.session_id, t)
+            self._write_health()
+        return orders
+
+    def _max_seq_before(self, t: datetime) -> int:
+        seqs = [i.seq for i in self.ledger.intents(self.session_id) if i.bar_ts < t]
+        return max(seqs, default=-1)
+
+    def _max_seq_until(self, t: datetime) -> int:
+        seqs = [i.seq for i in self.ledger.intents(self.session_id) if i.bar_ts <= t]
+        return max(seqs, default=-1)
+
+    def _drain(self) -> list[Fill]:
+        """Record the broker's events; return the fills they added."""
+        new: list[Fill] = []
+        try:
+            events = self.broker.events()
+            self._last_ok = time.monotonic()
+        except BrokerError as exc:
+            log.warning("reading broker events failed: %s", exc)
+            return new
+        for ev in events:
+            new += self.ledger.apply_order(
+                self.session_id, ev.order, event=ev.event, ts=ev.ts, execution_id=ev.execution_id,
+                price=ev.price, qty=ev.qty, commission=ev.commission, venue=self.venue,
+            )  # fmt: skip
+        return new
+
+    def _book_releases(self, t: datetime) -> list[tuple[str, float]]:
+        """Remainders of this session's orders that ended unfilled, booked at bar ``t``.
+
+        A remainder that a fallback or stale re-send carries over was booked with qty 0 when
+        that order was planned (the pending quantity moves to the new order).
+        """
+        for o in self.ledger.orders(self.session_id):
+            if not o.is_terminal or o.replaced_by or o.id in self._released:
+                continue
+            self._released.add(o.id)
+            rest = o.remaining
+            if rest > 1e-9 and self.ledger.intent(o.client_order_id) is not None:
+                signed = rest if o.side is Side.BUY else -rest
+                self.ledger.book_release(self.session_id, o.id, o.symbol, signed, t)
+        for it in self.ledger.intents(self.session_id, states=("refused",)):
+            key = f"refused:{it.client_order_id}"
+            if key not in self._released:
+                self._released.add(key)
+                self.ledger.book_release(self.session_id, key, it.symbol, it.request.signed_qty, t)
+        return self.ledger.releases_booked_at(self.session_id, t)
+
+    # ------------------------------------------------------------------ sending
+
+    def _working(self) -> dict[str, list[WorkingOrder]]:
+        out: dict[str, list[WorkingOrder]] = {}
+        for o in self.ledger.orders(self.session_id, open_only=True):
+            it = self.ledger.intent(o.client_order_id)
+            sent = self._sent_at.get(o.client_order_id, self.clock.now())
+            out.setdefault(o.symbol, []).append(
+                WorkingOrder(o, sent, it.request.intent if it else "external")
+            )
+        return out
+
+    def _send_decisions(self, t: datetime, orders: Mapping[str, float]) -> None:
+        risk = self.risk
+        assert risk is not None
+        working = self._working() if orders else {}
+        for sym, delta in orders.items():
+            filled = risk.position(sym)
+            plans = self.execution.plan(
+                sym, delta, position=filled, price=self._last.get(sym, float("nan")),
+                atr=risk.atr(sym), working=working.get(sym, []), decided_at=t,
+            )  # fmt: skip
+            for p in plans:
+                self._waiting.append(_Work(p, t))
+        self._flush_waiting()
+
+    def _flush_waiting(self) -> None:
+        """Send waiting orders whose cancels are confirmed, while slots are free."""
+        if not self._waiting:
+            return
+        n_open = len(self.ledger.orders(self.session_id, open_only=True))
+        keep: list[_Work] = []
+        for w in self._waiting:
+            p = w.plan
+            blocked = any(not self._terminal(oid) for oid in p.after_cancel)
+            if blocked:
+                for oid in p.after_cancel:
+                    self._cancel(oid)
+                keep.append(w)
+                continue
+            if p.intent == "flip_open" and self._flip_pending(p):
+                keep.append(w)  # the close must fill first
+                continue
+            if p.intent in ("fallback", "stale_resend"):
+                old = self.ledger.order(p.after_cancel[0])
+                rest = old.remaining if old is not None else 0.0
+                if rest <= 1e-9:
+                    continue  # it filled before the cancel landed
+                p = replace(p, qty=rest if p.qty > 0 else -rest)
+            if self.execution.slots(n_open) <= 0:
+                keep.append(w)
+                continue
+            self._send(p, w.bar_ts)
+            n_open += 1
+        self._waiting = keep
+
+    def _flip_pending(self, p: Planned) -> bool:
+        pos = self.ledger.positions(self.session_id).get(p.symbol, 0.0)  # filled, now
+        return abs(pos) > 1e-9 and pos * p.qty < 0
+
+    def _terminal(self, order_id: str) -> bool:
+        o = self.ledger.order(order_id)
+        return o is None or o.is_terminal
+
+    def _cancel(self, order_id: str) -> None:
+        try:
+            self.broker.cancel(order_id)
+        except BrokerError as exc:
+            log.warning("cancel %s: %s", order_id, exc)
+
+    def _send(self, plan: Planned, bar_ts: datetime) -> None:
+        seq = self._seq
+        self._seq += 1
+        cid = client_order_id(self.policy.name, f"{self.session_date:%Y%m%d}", seq, salt=self._salt)
+        req = plan.request(cid)
+        now = self.clock.now()
+        risk = self.risk
+        assert risk is not None
+        facts = (self.assets or {}).get(plan.symbol)
+        position = self.ledger.positions(self.session_id).get(plan.symbol, 0.0)
+        try:
+            check_request(
+                req, self.broker.capabilities, position=position,
+                fractionable=facts.fractionable if facts else True,
+                shortable=(facts.shortable and facts.easy_to_borrow) if facts else True,
+            )  # fmt: skip
+        except OrderRuleError as exc:
+            rec = self.ledger.add_intent(self.session_id, seq, req, bar_ts=bar_ts)
+            if rec.state == "pending":
+                self.ledger.mark_refused(cid, str(exc))
+            log.warning("%s", exc)
+            return
+        try:
+            rec = self.ledger.add_intent(self.session_id, seq, req, bar_ts=bar_ts)  # write-ahead
+        except StoreError as exc:  # a resumed bar decided differently: never guess
+            self._halt(f"replay diverged from the ledger at {bar_ts}: {exc}", self.policy.name)
+        if rec.state in ("acked", "refused"):
+            return  # a resumed bar: the broker has it (or refused it) already
+        self._sent_at[cid] = now
+        try:
+            order = self.broker.submit(req)
+        except OrderRefused as exc:
+            self.ledger.mark_refused(cid, str(exc))
+            log.warning("order %s refused: %s", cid, exc)
+            return
+        except OutcomeUnknown as exc:
+            log.warning("order %s outcome unknown (%s); resolving by client order id", cid, exc)
+            return  # stays pending; _resolve_pending asks the broker by client order id
+        self._last_ok = time.monotonic()
+        self.ledger.mark_acked(cid, order, now)
+        self.ledger.apply_order(self.session_id, order, event="rest", ts=now, venue=self.venue)
+
+    def _resolve_pending(self) -> None:
+        for it in self.ledger.intents(self.session_id, states=("pending",)):
+            try:
+                order = self.broker.get_order_by_client_id(it.client_order_id)
+            except BrokerError:
+                continue
+            if order is not None:
+                self.ledger.mark_acked(it.client_order_id, order, self.clock.now())
+                self.ledger.apply_order(
+                    self.session_id, order, event="rest", ts=self.clock.now(), venue=self.venue
+                )
+
+    def _work_open_orders(self, t: datetime) -> None:
+        self._resolve_pending()
+        working = [w for ws in self._working().values() for w in ws]
+        for p in self.execution.manage(working, self.clock.now(), self._last):
+            # the remainder's pending quantity moves to the re-sent order: nothing to release
+            self.ledger.book_release(self.session_id, p.after_cancel[0], p.symbol, 0.0, t)
+            self._released.add(p.after_cancel[0])
+            self._waiting.append(_Work(p, t))
+        self._flush_waiting()
+
+    def _settle(self) -> None:
+        """Replay against a broker API: wait for this bar's orders to end (bounded)."""
+        if self.settle_seconds is None or getattr(self.broker, "on_bars", None) is not None:
+            return
+        deadline = time.monotonic() + self.settle_seconds
+        while time.monotonic() < deadline:
+            self._drain()
+            self._resolve_pending()
+            self._flush_waiting()
+            if (
+                not self.ledger.orders(self.session_id, open_only=True)
+                and not self._waiting
+                and not self.ledger.intents(self.session_id, states=("pending",))
+            ):
+                return
+            time.sleep(0.02)
+        for o in self.ledger.orders(self.session_id, open_only=True):  # REST is the truth
+            try:
+                fresh = self.broker.get_order(o.id)
+            except BrokerError:
+                continue
+            self.ledger.apply_order(
+                self.session_id, fresh, event="rest", ts=self.clock.now(), venue=self.venue
+            )
+
+    # ------------------------------------------------------------------ records
+
+    def _record_bar(self, t: datetime, closes: dict[str, float], preds: dict, orders: dict) -> None:
+        risk = self.risk
+        assert risk is not None
+        for sym in closes:
+            self._decisions.append(
+                {
+                    "ts": t,
+                    "symbol": sym,
+                    "prediction": preds.get(sym),
+                    "position": risk.position(sym),
+                    "order_qty": orders.get(sym, 0.0),
+                }
+            )
+        equity = risk.equity
+        if self._equity0 is None:
+            self._equity0 = self._prev_equity = equity
+        gross = sum(abs(risk.position(s)) * self._last.get(s, 0.0) for s in self.symbols)
+        self._pnl.append(
+            {
+                "ts": t,
+                "equity": equity,
+                "cash": float(risk.g[0]),
+                "gross_exposure": gross,
+                "pnl": equity - (self._prev_equity or equity),
+                "cum_pnl": equity - self._equity0,
+            }
+        )
+        self._prev_equity = equity
+        self._last_bar = t
+
+    def health(self) -> dict[str, Any]:
+        """Last bar age, broker reachability, stream state, open orders, positions, PnL, kill switch."""
+        risk = self.risk
+        now = self.clock.now()
+        return {
+            "session_id": self.session_id,
+            "status": self.status,
+            "last_bar": self._last_bar.isoformat() if self._last_bar else None,
+            "last_bar_age_seconds": (now - self._last_bar).total_seconds()
+            if self._last_bar
+            else None,
+            "broker": self.broker.name,
+            "broker_reachable": self._last_ok is not None
+            and time.monotonic() - self._last_ok < 120,
+            "stream": getattr(self.broker, "stream_state", "n/a"),
+            "open_orders": len(self.ledger.orders(self.session_id, open_only=True)),
+            "positions": {s: q for s, q in (risk.positions() if risk else {}).items() if q},
+            "equity": risk.equity if risk else None,
+            "pnl": (risk.equity - self._equity0) if risk and self._equity0 is not None else 0.0,
+            "kill_switch": "halted" if risk and risk.halted else "armed",
+        }
+
+    def _write_health(self) -> None:
+        if self.health_path is None:
+            return
+        self.health_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.health_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.health(), default=str, indent=1))
+        os.replace(tmp, self.health_path)
+
+    # ------------------------------------------------------------------ end
+
+    def shutdown(self, reason: str = "stop requested") -> None:
+        """Graceful stop: cancel working entry orders (confirmed), keep or flatten protective
+        orders and positions per ``on_shutdown``, persist, mark the session stopped."""
+        self._waiting = [w for w in self._waiting if w.plan.reduce_only]
+        for o in self.ledger.orders(self.session_id, open_only=True):
+            it = self.ledger.intent(o.client_order_id)
+            entry = it is not None and it.request.intent in ("entry", "flip_open", "fallback")
+            if entry or self.on_shutdown == "flatten":
+                self._cancel(o.id)
+        deadline = time.monotonic() + (self.settle_seconds or 5.0)
+        while time.monotonic() < deadline and self.ledger.orders(self.session_id, open_only=True):
+            self._drain()
+            for o in self.ledger.orders(self.session_id, open_only=True):
+                with contextlib.suppress(BrokerError):
+                    self.ledger.apply_order(
+                        self.session_id,
+                        self.broker.get_order(o.id),
+                        event="rest",
+                        ts=self.clock.now(),
+                        venue=self.venue,
+                    )
+            time.sleep(0.05)
+        if self.on_shutdown == "flatten":
+            self.flatten()
+        self.status = "stopped"
+        self.ledger.set_status(self.session_id, "stopped", reason)
+        self._write_health()
+
+    def flatten(self) -> None:
+        """Send reduce-only market orders closing every position the ledger holds now."""
+        self._drain()
+        pos = self.ledger.positions(self.session_id)
+        t = self.clock.now()
+        self._seq = max(self._seq, self._max_seq_until(datetime.max.replace(tzinfo=UTC)) + 1)
+        for sym, q in sorted(pos.items()):
+            if abs(q) > 1e-9:
+                self._send(Planned(sym, -q, intent="flatten", reduce_only=True, decided_at=t), t)
+
+    def finish(self) -> SessionResult:
+        """Close the day: record the end snapshot and return the session's frames."""
+        self._drain()
+        if self._last_bar is not None:
+            self.ledger.book_fills(self.session_id, self._last_bar)
+        if self.status == "running":
+            self.status = "done"
+            self.ledger.set_status(self.session_id, "done")
+        self.ledger.snapshot_positions(
+            self.session_id, self.ledger.positions(self.session_id), kind="end", ts=self.clock.now()
+        )
+        self._write_health()
+        return self.result()
+
+    def result(self) -> SessionResult:
+        risk = self.risk
+        assert risk is not None
+        decisions = pl.DataFrame(
+            self._decisions,
+            schema={
+                "ts": _TS,
+                "symbol": pl.String,
+                "prediction": pl.Float64,
+                "position": pl.Float64,
+                "order_qty": pl.Float64,
+            },
+        )
+        rejections = risk.rejections()
+        why = (
+            rejections.group_by("decision_ts", "symbol", maintain_order=True)
+            .agg(pl.col("detail").str.join("; ").alias("denied"))
+            .rename({"decision_ts": "ts"})
+        )
+        order_reason = (
+            risk.orders()
+            .group_by("decision_ts", "symbol", maintain_order=True)
+            .agg(pl.col("reason").last())
+            .rename({"decision_ts": "ts", "reason": "order_reason"})
+        )
+        decisions = decisions.join(order_reason, on=["ts", "symbol"], how="left").join(
+            why, on=["ts", "symbol"], how="left"
+        )
+        frames = self.ledger.frames(self.session_id)
+        return SessionResult(
+            fills_frame(f.fill for f in self.ledger.fills(self.session_id)),
+            pl.DataFrame(self._pnl, schema_overrides={"ts": _TS}),
+            decisions,
+            risk.orders(),
+            rejections,
+            risk.kill_switch(),
+            frames.get("orders", pl.DataFrame()),
+            self.report,
+            self.status,
+        )
+
+    # ------------------------------------------------------------------ async loop
+
+    async def run(self, bars: Any) -> SessionResult:
+        """Process ``bars`` (an async iterator of ``(ts, frame)``) until they end or a stop."""
+        async for t, now in bars:
+            await asyncio.to_thread(self.step, t, now)
+            if self.stop_requested:
+                await asyncio.to_thread(self.shutdown, "SIGTERM/SIGINT")
+                break
+        return await asyncio.to_thread(self.finish)
+
+
+def fills_frame(fills: Iterable[Fill]) -> pl.DataFrame:
+    """Fills as a frame (the columns notebooks and the divergence report read)."""
+    schema = {
+        "client_order_id": pl.String,
+        "symbol": pl.String,
+        "decided_at": _TS,
+        "ts": _TS,
+        "qty": pl.Float64,
+        "ref_price": pl.Float64,
+        "price": pl.Float64,
+        "commission": pl.Float64,
+        "cost": pl.Float64,
+        "execution_id": pl.String,
+        "venue": pl.String,
+    }
+    rows = [
+        {
+            "client_order_id": f.client_order_id,
+            "symbol": f.symbol,
+            "decided_at": f.decided_at,
+            "ts": f.ts,
+            "qty": f.qty,
+            "ref_price": f.ref_price,
+            "price": f.price,
+            "commission": f.commission,
+            "cost": f.cost if not math.isnan(f.ref_price) else f.commission,
+            "execution_id": f.execution_id,
+            "venue": f.venue,
+        }
+        for f in fills
+    ]
+    return pl.DataFrame(rows, schema=schema)
+
+
+def broker_order_rows(orders: Iterable[BrokerOrder]) -> list[dict]:
+    return [
+        {
+            "id": o.id,
+            "client_order_id": o.client_order_id,
+            "symbol": o.symbol,
+            "side": o.side.value,
+            "qty": o.qty,
+            "filled_qty": o.filled_qty,
+            "filled_avg_price": o.filled_avg_price,
+            "status": o.status.value,
+        }
+        for o in orders
+    ]
