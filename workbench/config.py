@@ -435,7 +435,7 @@ class ExecutionConfig(_Frozen):
     broker: Literal["sim", "alpaca"] = "sim"  # default broker of `wb session run`
     ledger_url: str = "sqlite:///runs/ledger.db"  # order ledger (relative sqlite paths: project)
     sim_state_url: str = (
-        "sqlite:///runs/sim_venue.db"  # the simulated venue's own durable state
+        "sqlite:///runs/sim/{session}.db"  # the simulated venue's durable state, one per session
     )
     policy: ExecutionPolicyConfig = ExecutionPolicyConfig()
     reconcile: ReconcileConfig = ReconcileConfig()

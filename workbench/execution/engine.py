@@ -593,6 +593,10 @@ class SessionEngine:
 
     # ------------------------------------------------------------------ end
 
+    def request_stop(self) -> None:
+        """Ask for a graceful stop after the current bar (the SIGTERM/SIGINT handler)."""
+        self.stop_requested = True
+
     def shutdown(self, reason: str = "stop requested") -> None:
         """Graceful stop: cancel working entry orders (confirmed), keep or flatten protective
         orders and positions per ``on_shutdown``, persist, mark the session stopped."""

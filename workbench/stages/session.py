@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import re
+import signal
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import plotly.graph_objects as go
@@ -14,12 +21,27 @@ from workbench.config import WorkbenchConfig
 from workbench.data.calendar import sessions
 from workbench.data.store import BarStore, frame_fingerprint
 from workbench.errors import ConfigError
-from workbench.execution.session import SessionResult, run_session
-from workbench.execution.sim_broker import SimulatedBroker
+from workbench.execution.bars import ReplayBars, split_session
+from workbench.execution.broker import Broker, make_broker
+from workbench.execution.clock import ReplayClock, WallClock
+from workbench.execution.engine import SessionEngine, SessionResult, session_id
+from workbench.execution.ledger import OrderLedger
+from workbench.execution.policy import ExecutionPolicy
 from workbench.features.sets import FeatureEngine
-from workbench.models.registry import RISK_TAG, ModelRef, load_model, resolve_alias, version_tag
+from workbench.models.registry import (
+    CHALLENGER,
+    CHAMPION,
+    RISK_TAG,
+    ModelRef,
+    load_model,
+    resolve_alias,
+    version_tag,
+)
 from workbench.risk import DecisionPolicy, RiskPolicy
+from workbench.risk.state import KillSwitchStore
 from workbench.stages.validate import default_sectors
+
+NY = ZoneInfo("America/New_York")
 
 
 @dataclass
@@ -46,6 +68,48 @@ def pick_session(store: BarStore, symbols: list[str], timeframe: str, session_da
     return last.astimezone(ZoneInfo("America/New_York")).date()
 
 
+def project_url(cfg: WorkbenchConfig, url: str) -> str:
+    """An SQLAlchemy URL with a relative SQLite path made absolute under the project root."""
+    if not url.startswith("sqlite:///") or url.startswith("sqlite:////"):
+        return url
+    path = url[len("sqlite:///") :]
+    if not path or path.startswith(":memory:") or Path(path).is_absolute():
+        return url
+    return f"sqlite:///{cfg.path(path)}"
+
+
+def _safe(session: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", session)
+
+
+def make_session_broker(
+    cfg: WorkbenchConfig,
+    name: str,
+    *,
+    session: str,
+    live: bool = False,
+    assets: dict | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Broker:
+    """The session's broker: ``sim`` (a durable simulated venue per session) or ``alpaca``.
+
+    Live trading needs both ``--live`` and ``WB_LIVE_TRADING=yes``; paper is the default.
+    """
+    if name == "sim":
+        url = project_url(cfg, cfg.execution.sim_state_url.replace("{session}", _safe(session)))
+        return make_broker(
+            "sim", cash=cfg.backtest.initial_cash, costs=cfg.backtest.costs, state_url=url,
+            assets=assets,
+        )  # fmt: skip
+    if name == "alpaca":
+        from workbench.execution.alpaca import AlpacaBroker
+
+        return AlpacaBroker.from_config(
+            cfg, live=live, environ=os.environ if environ is None else environ
+        )
+    return make_broker(name)
+
+
 def run_trade_session(
     cfg: WorkbenchConfig,
     *,
@@ -56,39 +120,114 @@ def run_trade_session(
     symbols: list[str],
     session_date: str = "",
     warmup_days: int = 10,
+    broker: str = "sim",
+    mode: str = "replay",
+    ledger_url: str = "",
+    model_alias: str = "",
+    live: bool = False,
+    install_signals: bool = False,
+    echo: Callable[[str], None] = print,
 ) -> SessionStageResult:
-    """Load ``model_name@champion`` (else ``@challenger``) and replay one session against a
-    simulated broker under the strategy's risk policy (the one its validation used)."""
+    """Trade one session of ``strategy`` with ``model_name@model_alias`` (default: champion,
+    else challenger) under the strategy's risk policy (the one its validation used).
+
+    ``mode='replay'`` replays a stored session as fast as the broker allows through the whole
+    path (ledger, reconcile, risk, execution policy, broker); ``mode='live'`` waits for the open
+    and trades live bars until the close. A restart with the same arguments reconciles and
+    resumes. The broker's account endpoint is printed before anything is sent.
+    """
+    if mode not in ("replay", "live"):
+        raise ConfigError(f"mode must be 'replay' or 'live'. Got {mode!r} instead.")
     strat = cfg.strategy(strategy)
-    ref = resolve_alias(model_name)
+    aliases = (model_alias,) if model_alias else (CHAMPION, CHALLENGER)
+    ref = resolve_alias(model_name, aliases)
     lgbm = load_model(ref)
     feats = list(getattr(lgbm, "booster_", lgbm).feature_name())
     store = BarStore(store_root, cfg.store.partition)
-    day = pick_session(store, symbols, timeframe, session_date)
+    if mode == "live":
+        day = datetime.now(NY).date() if not session_date else date.fromisoformat(session_date)
+    else:
+        day = pick_session(store, symbols, timeframe, session_date)
     sess = sessions(day - timedelta(days=warmup_days * 2), day, cfg.data.calendar)
     today = sess.filter(pl.col("session") == day)
     if today.is_empty():
         raise ValueError(f"{day} is not a {cfg.data.calendar} session; pick a trading day.")
     start_ts: datetime = today["open"].item()
+    close_ts: datetime = today["close"].item()
     first_ts: datetime = sess["open"].min()
     bars = store.read(symbols, timeframe, start=first_ts, end=start_ts + timedelta(days=1))
-    engine = FeatureEngine(strat.feature_set, cfg, timeframe=timeframe)
-    broker = SimulatedBroker(cfg.backtest.initial_cash, cfg.backtest.costs)
-    policy = session_policy(cfg, strategy, timeframe, symbols, ref)
-
-    def predict(rows: pl.DataFrame):
-        return lgbm.predict(rows.select(feats).to_pandas())
-
-    res = run_session(
-        bars,
-        start_ts,
-        engine=engine,
-        predict=predict,
-        features=feats,
-        policy=policy,
-        broker=broker,
+    history, session_bars = (
+        split_session(bars, start_ts)
+        if mode == "replay"
+        else (bars.filter(pl.col("ts") < start_ts), bars[:0])
     )
+    fe = FeatureEngine(strat.feature_set, cfg, timeframe=timeframe)
+    policy = session_policy(cfg, strategy, timeframe, symbols, ref)
+    sid = session_id(strategy, day, broker, mode)
+    venue = make_session_broker(cfg, broker, session=sid, live=live)
+    ledger = OrderLedger(project_url(cfg, ledger_url or cfg.execution.ledger_url))
+    ks = KillSwitchStore(project_url(cfg, cfg.risk.state_url))
+    try:
+        acct = venue.account()
+        echo(
+            f"session {sid}: broker {venue.name} at {acct.endpoint} "
+            f"({'PAPER' if acct.paper else 'LIVE'} account, equity {acct.equity:,.2f})"
+        )
+
+        def predict(rows: pl.DataFrame):
+            return lgbm.predict(rows.select(feats).to_pandas())
+
+        ex = cfg.execution
+        engine = SessionEngine(
+            session_id=sid, policy=policy, symbols=symbols, features=fe, predict=predict,
+            feature_names=feats, broker=venue, ledger=ledger,
+            execution=ExecutionPolicy(ex.policy, venue.capabilities), session_date=day,
+            mode=mode, clock=ReplayClock(start_ts) if mode == "replay" else WallClock(),
+            killswitch=ks, settle_seconds=ex.settle_seconds if mode == "replay" else None,
+            on_shutdown=ex.on_shutdown, reconcile_config=ex.reconcile,
+            health_path=cfg.path("runs") / "sessions" / f"{_safe(sid)}.health.json",
+        )  # fmt: skip
+        report = engine.start(history, strategy=strategy, broker_name=broker)
+        if report.resolved or report.missed_fills or report.orphans:
+            echo(f"reconcile: {report.frame()}")
+        if mode == "replay":
+            source = ReplayBars(session_bars).stream()
+        else:
+            source = _live_source(cfg, symbols, timeframe, engine.clock, start_ts, close_ts)
+        res = asyncio.run(_run(engine, source, install_signals))
+    finally:
+        venue.close()
+        ledger.close()
     return SessionStageResult(ref, day, res, frame_fingerprint(bars))
+
+
+async def _run(engine: SessionEngine, source: Any, install_signals: bool) -> SessionResult:
+    if install_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, engine.request_stop)
+    return await engine.run(source)
+
+
+def _live_source(
+    cfg: WorkbenchConfig, symbols: list[str], timeframe: str, clock: Any, open_ts: datetime,
+    close_ts: datetime,
+) -> Any:  # fmt: skip
+    from workbench.data.stream import LiveStream
+    from workbench.execution.bars import LiveBars
+
+    async def gen():
+        await clock.sleep_until(open_ts)  # wait for the open
+        stream = LiveStream.from_config(cfg)
+        bars = LiveBars(stream, symbols, timeframe, clock=clock, session_close=close_ts)
+        stream.start()
+        try:
+            async for item in bars.stream_bars():
+                yield item
+        finally:
+            stream.stop()
+
+    return gen()
 
 
 def session_policy(
