@@ -19,6 +19,7 @@ from workbench.config import config_hash, load_config
 from workbench.errors import WorkbenchError
 from workbench.portfolio.universe_cli import universe_app
 from workbench.risk.cli import risk_app
+from workbench.session_cli import session_app
 
 app = typer.Typer(
     help="Quant workbench: ingest bars, inspect the store, run research pipelines.",
@@ -32,6 +33,7 @@ config_app = typer.Typer(
 app.add_typer(config_app, name="config")
 app.add_typer(risk_app, name="risk")
 app.add_typer(universe_app, name="universe")
+app.add_typer(session_app, name="session")
 console = Console()
 
 

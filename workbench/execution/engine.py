@@ -440,7 +440,7 @@ class SessionEngine:
         except BrokerError as exc:
             log.warning("cancel %s: %s", order_id, exc)
 
-    def _send(self, plan: Planned, bar_ts: datetime) -> None:
+    def _send(self, plan: Planned, bar_ts: datetime) -> str | None:
         seq = self._seq
         self._seq += 1
         cid = client_order_id(self.policy.name, f"{self.session_date:%Y%m%d}", seq, salt=self._salt)
@@ -461,26 +461,27 @@ class SessionEngine:
             if rec.state == "pending":
                 self.ledger.mark_refused(cid, str(exc))
             log.warning("%s", exc)
-            return
+            return None
         try:
             rec = self.ledger.add_intent(self.session_id, seq, req, bar_ts=bar_ts)  # write-ahead
         except StoreError as exc:  # a resumed bar decided differently: never guess
             self._halt(f"replay diverged from the ledger at {bar_ts}: {exc}", self.policy.name)
         if rec.state in ("acked", "refused"):
-            return  # a resumed bar: the broker has it (or refused it) already
+            return cid  # a resumed bar: the broker has it (or refused it) already
         self._sent_at[cid] = now
         try:
             order = self.broker.submit(req)
         except OrderRefused as exc:
             self.ledger.mark_refused(cid, str(exc))
             log.warning("order %s refused: %s", cid, exc)
-            return
+            return None
         except OutcomeUnknown as exc:
             log.warning("order %s outcome unknown (%s); resolving by client order id", cid, exc)
-            return  # stays pending; _resolve_pending asks the broker by client order id
+            return cid  # stays pending; _resolve_pending asks the broker by client order id
         self._last_ok = time.monotonic()
         self.ledger.mark_acked(cid, order, now)
         self.ledger.apply_order(self.session_id, order, event="rest", ts=now, venue=self.venue)
+        return cid
 
     def _resolve_pending(self) -> None:
         for it in self.ledger.intents(self.session_id, states=("pending",)):
@@ -625,15 +626,18 @@ class SessionEngine:
         self.ledger.set_status(self.session_id, "stopped", reason)
         self._write_health()
 
-    def flatten(self) -> None:
+    def flatten(self) -> list[str]:
         """Send reduce-only market orders closing every position the ledger holds now."""
         self._drain()
-        pos = self.ledger.positions(self.session_id)
-        t = self.clock.now()
         self._seq = max(self._seq, self._max_seq_until(datetime.max.replace(tzinfo=UTC)) + 1)
-        for sym, q in sorted(pos.items()):
+        t = self.clock.now()
+        sent = []
+        for sym, q in sorted(self.ledger.positions(self.session_id).items()):
             if abs(q) > 1e-9:
-                self._send(Planned(sym, -q, intent="flatten", reduce_only=True, decided_at=t), t)
+                sent.append(
+                    self._send(Planned(sym, -q, intent="flatten", reduce_only=True, decided_at=t), t)
+                )
+        return [c for c in sent if c]
 
     def finish(self) -> SessionResult:
         """Close the day: record the end snapshot and return the session's frames."""

@@ -273,3 +273,52 @@ def equity_figure(pnl: pl.DataFrame, title: str) -> go.Figure:
         height=420,
     )
     return fig
+
+
+def flatten_session(
+    cfg: WorkbenchConfig,
+    *,
+    strategy: str,
+    broker: str = "sim",
+    mode: str = "live",
+    session_date: str = "",
+    ledger_url: str = "",
+    live: bool = False,
+    echo: Callable[[str], None] = print,
+) -> list[str]:
+    """Close the positions of ``strategy``'s session now (reduce-only market orders, written
+    ahead); reconciles first, like any start. Returns the client order ids sent."""
+    day = date.fromisoformat(session_date) if session_date else datetime.now(NY).date()
+    sid = session_id(strategy, day, broker, mode)
+    ledger = OrderLedger(project_url(cfg, ledger_url or cfg.execution.ledger_url))
+    if ledger.session(sid) is None:
+        ledger.close()
+        raise ConfigError(
+            f"no session {sid!r} in the ledger; pick --date/--broker/--mode of a session that ran "
+            "(`wb session status` lists them)."
+        )
+    venue = make_session_broker(cfg, broker, session=sid, live=live)
+    try:
+        symbols = list(ledger.session(sid).params.get("symbols", []))
+        policy = RiskPolicy.from_config(cfg, strategy, timeframe=cfg.data.timeframe)
+        engine = SessionEngine(
+            session_id=sid, policy=policy, symbols=symbols, features=_NoFeatures(),
+            predict=lambda rows: rows.height * [0.0], feature_names=[], broker=venue,
+            ledger=ledger, execution=ExecutionPolicy(cfg.execution.policy, venue.capabilities),
+            session_date=day, mode=mode, clock=WallClock(),
+            settle_seconds=cfg.execution.settle_seconds, reconcile_config=cfg.execution.reconcile,
+        )  # fmt: skip
+        engine.start(pl.DataFrame(), strategy=strategy, broker_name=broker)
+        acct = venue.account()
+        echo(f"flattening {sid} at {acct.endpoint} ({'PAPER' if acct.paper else 'LIVE'})")
+        sent = engine.flatten()
+        engine._settle()
+        return sent
+    finally:
+        venue.close()
+        ledger.close()
+
+
+class _NoFeatures:
+    def update(self, bars: pl.DataFrame) -> pl.DataFrame:
+        return pl.DataFrame()
