@@ -1,0 +1,638 @@
+"""Order ledger: write-ahead intents, idempotent writes, fills derived once from cumulative qty."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta, timezone
+from itertools import count
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from workbench.errors import ParameterError, StoreError
+from workbench.execution.ledger import OrderLedger
+from workbench.execution.orders import BrokerOrder, OrderRequest, OrderStatus, Side
+
+T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+DAY = date(2024, 1, 2)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> OrderLedger:
+    lg = OrderLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    lg.open_session("s1", strategy="rev", broker="sim", mode="paper", session_date=DAY)
+    yield lg
+    lg.close()
+
+
+def req(
+    cid: str = "c1", symbol: str = "AAPL", side: Side = Side.BUY, qty: float = 100
+) -> OrderRequest:
+    return OrderRequest(cid, symbol, side, qty=qty, decided_at=T0, intent="entry")
+
+
+def bo(
+    filled: float = 0.0,
+    avg: float | None = None,
+    status: OrderStatus = OrderStatus.NEW,
+    *,
+    oid: str = "o1",
+    cid: str = "c1",
+    symbol: str = "AAPL",
+    side: Side = Side.BUY,
+    qty: float = 100,
+    **kw: object,
+) -> BrokerOrder:
+    return BrokerOrder(oid, cid, symbol, side, qty, filled, avg, status, **kw)
+
+
+def sent(lg: OrderLedger, cid: str = "c1", seq: int = 0, **kw: object) -> None:
+    """An intent committed and acknowledged (nothing filled yet)."""
+    r = req(cid, **kw)
+    lg.add_intent("s1", seq, r, bar_ts=T0)
+    lg.mark_acked(cid, bo(oid=f"o-{cid}", cid=cid, symbol=r.symbol, side=r.side), T0)
+
+
+# -- sessions ----------------------------------------------------------------------------------------
+
+
+def test_open_session_is_idempotent_and_refuses_a_different_session(ledger: OrderLedger) -> None:
+    first = ledger.session("s1")
+    assert first is not None and first.status == "running" and first.next_seq == 0
+    again = ledger.open_session(
+        "s1", strategy="rev", broker="sim", mode="paper", session_date=DAY, params={"x": 1}
+    )
+    assert again == first and again.params == {}  # params are stored once, on creation
+    with pytest.raises(StoreError, match=r"already exists.*broker 'sim' \(asked 'alpaca'\)"):
+        ledger.open_session("s1", strategy="rev", broker="alpaca", mode="paper", session_date=DAY)
+    with pytest.raises(StoreError, match="session_date"):
+        ledger.open_session(
+            "s1", strategy="rev", broker="sim", mode="paper", session_date=date(2024, 1, 3)
+        )
+    s2 = ledger.open_session(
+        "s2", strategy="mom", broker="sim", mode="live", session_date=DAY, params={"k": [1, 2.5]}
+    )
+    assert s2.params == {"k": [1, 2.5]} and s2.session_date == DAY
+    assert s2.started_at.tzinfo is not None and s2.started_at.utcoffset() == timedelta(0)
+    assert [s.session_id for s in ledger.sessions()] == ["s1", "s2"]
+    assert [s.session_id for s in ledger.sessions("mom")] == ["s2"]
+    assert ledger.session("nope") is None
+
+
+def test_progress_never_moves_backwards_and_status(ledger: OrderLedger) -> None:
+    ledger.set_progress("s1", T0 + timedelta(minutes=5))
+    ledger.set_progress("s1", T0 + timedelta(minutes=5))  # same bar: fine
+    with pytest.raises(StoreError, match="cannot move backwards"):
+        ledger.set_progress("s1", T0)
+    est = timezone(timedelta(hours=-5))
+    ledger.set_progress("s1", datetime(2024, 1, 2, 9, 40, tzinfo=est))  # 14:40 UTC
+    s = ledger.session("s1")
+    assert s is not None and s.last_bar_ts == T0 + timedelta(minutes=10)
+    assert s.last_bar_ts.tzinfo == UTC
+    with pytest.raises(ParameterError, match="naive"):
+        ledger.set_progress("s1", datetime(2024, 1, 3))
+    ledger.set_status("s1", "halted", "daily loss")
+    s = ledger.session("s1")
+    assert s is not None and (s.status, s.reason) == ("halted", "daily loss")
+    with pytest.raises(ParameterError, match="status"):
+        ledger.set_status("s1", "paused")
+    with pytest.raises(StoreError, match="no session 'zz'.*Fix"):
+        ledger.set_progress("zz", T0)
+
+
+# -- intents -----------------------------------------------------------------------------------------
+
+
+def test_add_intent_is_write_ahead_idempotent_and_refuses_other_content(
+    ledger: OrderLedger,
+) -> None:
+    r = req("c1", qty=12.5)
+    a = ledger.add_intent("s1", 3, r, bar_ts=T0)
+    assert (a.state, a.seq, a.symbol, a.broker_order_id, a.error) == (
+        "pending",
+        3,
+        "AAPL",
+        None,
+        "",
+    )
+    assert a.request == r and a.bar_ts == T0
+    assert ledger.next_seq("s1") == 4  # max(next_seq, seq + 1)
+    assert ledger.add_intent("s1", 3, r, bar_ts=T0) == a  # same content: the existing record
+    with pytest.raises(StoreError, match="different content.*request"):
+        ledger.add_intent("s1", 3, replace(r, qty=13.0), bar_ts=T0)
+    with pytest.raises(StoreError, match="seq 3 \\(asked 4\\)"):
+        ledger.add_intent("s1", 4, r, bar_ts=T0)
+    with pytest.raises(StoreError, match="already has intent seq 3"):
+        ledger.add_intent("s1", 3, req("c2"), bar_ts=T0)
+    ledger.add_intent("s1", 1, req("c0"), bar_ts=T0)  # an earlier seq does not lower next_seq
+    assert ledger.next_seq("s1") == 4 and ledger.session("s1").next_seq == 4
+    assert [i.seq for i in ledger.intents("s1")] == [1, 3]
+    with pytest.raises(StoreError, match="no session"):
+        ledger.add_intent("nope", 0, req("c9"), bar_ts=T0)
+
+
+def test_intent_states(ledger: OrderLedger) -> None:
+    for i, cid in enumerate(["a", "b", "c"]):
+        ledger.add_intent("s1", i, req(cid), bar_ts=T0)
+    ledger.mark_acked("a", bo(oid="oa", cid="a"), T0)
+    ledger.mark_refused("b", "insufficient buying power")
+    ledger.mark_not_found("c")
+    assert [(i.client_order_id, i.state) for i in ledger.intents("s1")] == [
+        ("a", "acked"),
+        ("b", "refused"),
+        ("c", "not_found"),
+    ]
+    assert ledger.intent("a").broker_order_id == "oa"
+    assert ledger.intent("b").error == "insufficient buying power"
+    assert [i.client_order_id for i in ledger.intents("s1", ["refused", "not_found"])] == ["b", "c"]
+    with pytest.raises(StoreError, match="cannot be refused"):
+        ledger.mark_refused("a", "late")
+    with pytest.raises(StoreError, match="no intent"):
+        ledger.mark_acked("zz", bo(oid="oz", cid="zz"), T0)
+    assert ledger.intent("zz") is None
+    with pytest.raises(StoreError, match="client order id 'other'"):
+        ledger.mark_acked("c", bo(oid="oc", cid="other"), T0)
+    ledger.mark_acked("c", bo(oid="oc", cid=""), T0)  # a broker that echoes no id: the intent's
+    assert ledger.order_by_client_id("c").id == "oc"
+    # a stream event for a pending intent proves the broker got it
+    ledger.add_intent("s1", 3, req("d"), bar_ts=T0)
+    ledger.apply_order("s1", bo(oid="od", cid="d"), event="new", ts=T0)
+    assert (ledger.intent("d").state, ledger.intent("d").broker_order_id) == ("acked", "od")
+
+
+# -- fill derivation (hand cases) --------------------------------------------------------------------
+
+
+def test_two_partials_then_a_fill(ledger: OrderLedger) -> None:
+    sent(ledger)
+    t = T0 + timedelta(seconds=1)
+    (f1,) = ledger.apply_order(
+        "s1", bo(30, 10.0, OrderStatus.PARTIALLY_FILLED, oid="o-c1"), event="partial_fill", ts=t,
+        execution_id="e1", price=10.0, qty=30, commission=0.3, venue="sim",
+    )  # fmt: skip
+    (f2,) = ledger.apply_order(
+        "s1", bo(70, 10.4, OrderStatus.PARTIALLY_FILLED, oid="o-c1"), event="partial_fill", ts=t,
+        execution_id="e2", price=10.7, qty=40,
+    )  # fmt: skip
+    # the event's own qty (25) is not F - F0 (30): the price is derived from the averages
+    (f3,) = ledger.apply_order(
+        "s1", bo(100, 10.5, OrderStatus.FILLED, oid="o-c1"), event="fill", ts=t,
+        execution_id="e3", price=10.9, qty=25,
+    )  # fmt: skip
+    assert [(f.execution_id, f.qty) for f in (f1, f2, f3)] == [("e1", 30), ("e2", 40), ("e3", 30)]
+    assert (f1.price, f2.price) == (10.0, 10.7)
+    assert f3.price == pytest.approx((100 * 10.5 - 70 * 10.4) / 30)  # 10.7333...
+    assert f1.commission == 0.3 and f1.venue == "sim" and f1.decided_at == T0
+    assert f1.client_order_id == "c1" and f1.order_id == "o-c1" and f1.symbol == "AAPL"
+    o = ledger.order("o-c1")
+    assert o is not None and (o.filled_qty, o.filled_avg_price, o.status) == (
+        100,
+        10.5,
+        OrderStatus.FILLED,
+    )
+    assert [r.fill for r in ledger.fills("s1")] == [f1, f2, f3]
+    assert ledger.positions("s1") == {"AAPL": 100}
+
+
+def test_replayed_execution_ids_make_one_fill(ledger: OrderLedger) -> None:
+    sent(ledger)
+    o = bo(40, 10.0, OrderStatus.PARTIALLY_FILLED, oid="o-c1")
+    got = [
+        ledger.apply_order(
+            "s1", o, event="partial_fill", ts=T0, execution_id="e1", price=10.0, qty=40
+        )
+        for _ in range(3)
+    ]
+    assert [len(g) for g in got] == [1, 0, 0]
+    assert len(ledger.fills("s1")) == 1
+    assert len([e for e in ledger.events("s1") if e["event"] == "partial_fill"]) == 3  # all kept
+
+
+def test_rest_poll_after_stream_fill_adds_nothing(ledger: OrderLedger) -> None:
+    sent(ledger)
+    filled = bo(100, 10.0, OrderStatus.FILLED, oid="o-c1")
+    assert (
+        len(
+            ledger.apply_order(
+                "s1", filled, event="fill", ts=T0, execution_id="e1", price=10.0, qty=100
+            )
+        )
+        == 1
+    )
+    assert ledger.apply_order("s1", filled, event="rest", ts=T0) == []
+    assert [r.fill.execution_id for r in ledger.fills("s1")] == ["e1"]
+
+
+def test_stream_fill_after_poll_adds_nothing(ledger: OrderLedger) -> None:
+    sent(ledger)
+    filled = bo(100, 10.0, OrderStatus.FILLED, oid="o-c1")
+    (f,) = ledger.apply_order("s1", filled, event="rest", ts=T0)
+    assert (f.execution_id, f.qty, f.price) == ("o-c1@100", 100, 10.0)
+    assert (
+        ledger.apply_order(
+            "s1", filled, event="fill", ts=T0, execution_id="e1", price=10.0, qty=100
+        )
+        == []
+    )
+    assert len(ledger.fills("s1")) == 1
+
+
+def test_avg_price_derivation_and_sell_sign(ledger: OrderLedger) -> None:
+    sent(ledger, side=Side.SELL)
+    sell = {"oid": "o-c1", "side": Side.SELL}
+    (a,) = ledger.apply_order(
+        "s1", bo(40, 10.0, OrderStatus.PARTIALLY_FILLED, **sell), event="rest", ts=T0
+    )
+    (b,) = ledger.apply_order("s1", bo(100, 10.6, OrderStatus.FILLED, **sell), event="rest", ts=T0)
+    assert (a.qty, a.price) == (-40, 10.0)
+    assert b.qty == -60 and b.price == pytest.approx(11.0)  # (100*10.6 - 40*10) / 60
+    assert ledger.positions("s1") == {"AAPL": -100.0}
+    ledger.snapshot_positions("s1", {"AAPL": 100.0}, kind="start", ts=T0)
+    assert ledger.positions("s1") == {}  # 100 - 100: zero dropped
+
+
+def test_a_reused_execution_id_with_more_filled_still_books_the_new_qty(
+    ledger: OrderLedger,
+) -> None:
+    sent(ledger)
+    ledger.apply_order(
+        "s1", bo(10, 5.0, oid="o-c1"), event="partial_fill", ts=T0, execution_id="e1"
+    )
+    (f,) = ledger.apply_order(
+        "s1", bo(25, 5.0, oid="o-c1"), event="partial_fill", ts=T0, execution_id="e1"
+    )
+    assert (f.execution_id, f.qty) == ("o-c1@25", 15)  # cumulative is the truth
+
+
+def test_stale_snapshot_keeps_the_cumulative_fill(ledger: OrderLedger) -> None:
+    sent(ledger)
+    ledger.apply_order(
+        "s1", bo(60, 10.0, OrderStatus.PARTIALLY_FILLED, oid="o-c1"), event="rest", ts=T0
+    )
+    assert (
+        ledger.apply_order(
+            "s1", bo(20, 9.0, OrderStatus.PARTIALLY_FILLED, oid="o-c1"), event="partial_fill", ts=T0
+        )
+        == []
+    )
+    o = ledger.order("o-c1")
+    assert (o.filled_qty, o.filled_avg_price) == (60, 10.0)
+
+
+# -- property: any interleaving and duplication of snapshots --------------------------------------
+
+_PROP = OrderLedger("sqlite://")
+_PROP.open_session("p", strategy="prop", broker="sim", mode="paper", session_date=DAY)
+_IDS = count()
+
+qtys = st.one_of(st.integers(1, 500).map(float), st.floats(0.001, 1000, allow_nan=False))
+prices = st.floats(0.5, 5000, allow_nan=False)
+
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> tuple[list[tuple[float, float]], list[tuple[int, str]], Side]:
+    execs = draw(st.lists(st.tuples(qtys, prices), min_size=1, max_size=6))
+    n = len(execs)
+    seq = draw(
+        st.lists(
+            st.tuples(st.integers(0, n - 1), st.sampled_from(["stream", "rest", "weird"])),
+            max_size=3 * n,
+        )
+    )
+    seq.insert(draw(st.integers(0, len(seq))), (n - 1, draw(st.sampled_from(["stream", "rest"]))))
+    return execs, seq, draw(st.sampled_from(list(Side)))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(deliveries())
+def test_fills_follow_cumulative_qty_under_any_delivery(case: tuple) -> None:
+    execs, seq, side = case
+    oid = f"p{next(_IDS)}"
+    snaps, f, notional = [], 0.0, 0.0
+    for q, p in execs:
+        f += q
+        notional += q * p
+        snaps.append((f, notional / f, q, p))
+    fills = []
+    for i, kind in seq:
+        cum, avg, q, p = snaps[i]
+        status = OrderStatus.FILLED if i == len(snaps) - 1 else OrderStatus.PARTIALLY_FILLED
+        o = bo(cum, avg, status, oid=oid, cid=f"x-{oid}", side=side, qty=snaps[-1][0])
+        if kind == "stream":
+            fills += _PROP.apply_order(
+                "p", o, event="partial_fill", ts=T0, execution_id=f"{oid}-e{i}", price=p, qty=q
+            )
+        else:
+            fills += _PROP.apply_order("p", o, event=kind, ts=T0)
+    final_qty, final_avg = snaps[-1][0], snaps[-1][1]
+    sign = 1.0 if side is Side.BUY else -1.0
+    total = sum(x.qty for x in fills)
+    assert total == pytest.approx(sign * final_qty, rel=1e-9)
+    vwap = sum(x.qty * x.price for x in fills) / total
+    assert vwap == pytest.approx(final_avg, rel=1e-9)
+    assert len({x.execution_id for x in fills}) == len(fills)
+    stored = _PROP.order(oid)
+    assert (
+        stored is not None
+        and stored.filled_qty == final_qty
+        and stored.filled_avg_price == final_avg
+    )
+
+
+# -- booking, positions, snapshots ---------------------------------------------------------------
+
+
+def test_book_fills_is_idempotent_and_survives_a_crash_between_book_and_use(
+    ledger: OrderLedger,
+) -> None:
+    sent(ledger, "a", 0)
+    sent(ledger, "b", 1, symbol="MSFT", side=Side.SELL)
+    ledger.apply_order("s1", bo(50, 10.0, oid="o-a", cid="a"), event="partial_fill", ts=T0)
+    ledger.apply_order(
+        "s1", bo(20, 30.0, oid="o-b", cid="b", symbol="MSFT", side=Side.SELL), event="fill", ts=T0
+    )
+    bar1 = T0 + timedelta(minutes=5)
+    first = ledger.book_fills("s1", bar1)
+    assert [(f.symbol, f.qty) for f in first] == [("AAPL", 50), ("MSFT", -20)]
+    assert ledger.book_fills("s1", bar1) == first  # the restart books nothing new, returns the same
+    assert ledger.fills_booked_at("s1", bar1) == first
+    assert ledger.fills("s1", unbooked_only=True) == []
+    ledger.apply_order(
+        "s1", bo(100, 10.0, OrderStatus.FILLED, oid="o-a", cid="a"), event="fill", ts=T0
+    )
+    assert len(ledger.fills("s1", unbooked_only=True)) == 1
+    bar2 = bar1 + timedelta(minutes=5)
+    (late,) = ledger.book_fills("s1", bar2)
+    assert late.qty == 50
+    assert [r.booked_bar_ts for r in ledger.fills("s1")] == [bar1, bar1, bar2]
+    assert ledger.book_fills("s1", bar1) == first  # still the same set
+
+
+def test_positions_are_the_start_snapshot_plus_fills(ledger: OrderLedger) -> None:
+    assert ledger.snapshot("s1") is None
+    ledger.snapshot_positions("s1", {"AAPL": 10.0, "TSLA": -5.0, "IBM": 0.1}, kind="start", ts=T0)
+    ledger.snapshot_positions("s1", {"AAPL": 999.0}, kind="start", ts=T0)  # kept the first
+    assert ledger.snapshot("s1") == {"AAPL": 10.0, "TSLA": -5.0, "IBM": 0.1}
+    sent(ledger, "a", 0)
+    sent(ledger, "b", 1, symbol="TSLA")
+    sent(ledger, "c", 2, symbol="IBM", side=Side.SELL)
+    ledger.apply_order("s1", bo(7, 1.0, oid="o-a", cid="a"), event="partial_fill", ts=T0)
+    ledger.apply_order("s1", bo(5, 1.0, oid="o-b", cid="b", symbol="TSLA"), event="fill", ts=T0)
+    ledger.apply_order(
+        "s1", bo(0.3, 1.0, oid="o-c", cid="c", symbol="IBM", side=Side.SELL), event="fill", ts=T0
+    )
+    pos = ledger.positions("s1")
+    assert pos.keys() == {"AAPL", "IBM"} and pos["AAPL"] == 17.0
+    assert pos["IBM"] == pytest.approx(-0.2)
+    ledger.snapshot_positions("s1", {"AAPL": 17.0}, kind="reconcile", ts=T0)
+    ledger.snapshot_positions("s1", {"AAPL": 16.0}, kind="reconcile", ts=T0)
+    assert ledger.snapshot("s1", "reconcile") == {"AAPL": 16.0}  # the latest
+    assert ledger.snapshot("s1", "end") is None
+    with pytest.raises(ParameterError, match="kind"):
+        ledger.snapshot_positions("s1", {}, kind="middle", ts=T0)
+
+
+# -- orders, transitions, events -----------------------------------------------------------------
+
+
+def test_transitions_and_unknown_events_are_recorded(ledger: OrderLedger) -> None:
+    ledger.add_intent("s1", 0, req(), bar_ts=T0)
+    t = [T0 + timedelta(seconds=i) for i in range(5)]
+    ledger.mark_acked("c1", bo(status=OrderStatus.ACCEPTED), t[0])
+    ledger.apply_order("s1", bo(status=OrderStatus.NEW), event="new", ts=t[1])
+    ledger.apply_order("s1", bo(status=OrderStatus.NEW), event="brand_new_event", ts=t[2])
+    ledger.apply_order(
+        "s1", bo(40, 9.5, OrderStatus.PARTIALLY_FILLED), event="partial_fill", ts=t[3]
+    )
+    ledger.apply_order("s1", bo(100, 9.5, OrderStatus.FILLED), event="fill", ts=t[4])
+    assert ledger.transitions("c1") == [
+        ("pending_submit", "accepted", "ack", t[0]),
+        ("accepted", "new", "new", t[1]),
+        ("new", "partially_filled", "partial_fill", t[3]),
+        ("partially_filled", "filled", "fill", t[4]),
+    ]
+    events = ledger.events("s1", "c1")
+    assert [e["event"] for e in events] == ["ack", "new", "brand_new_event", "partial_fill", "fill"]
+    assert events[3]["order"]["filled_qty"] == 40 and events[3]["ts"] == t[3]
+    assert ledger.events("s1", "other") == []
+    o = ledger.order_by_client_id("c1")
+    assert o is not None and o.status is OrderStatus.FILLED and not o.is_open
+
+
+def test_rest_status_is_the_truth_and_open_orders(ledger: OrderLedger) -> None:
+    sent(ledger, "a", 0)
+    sent(ledger, "b", 1)
+    ledger.apply_order(
+        "s1", bo(oid="o-a", cid="a", status=OrderStatus.CANCELED), event="canceled", ts=T0
+    )
+    # a stream event cannot revive a terminal order, a REST read says what the broker has
+    ledger.apply_order("s1", bo(oid="o-a", cid="a", status=OrderStatus.NEW), event="new", ts=T0)
+    assert ledger.order("o-a").status is OrderStatus.CANCELED
+    ledger.apply_order(
+        "s1", bo(oid="o-b", cid="b", status=OrderStatus.EXPIRED), event="rest", ts=T0
+    )
+    assert ledger.order("o-b").status is OrderStatus.EXPIRED
+    assert [o.id for o in ledger.orders("s1")] == ["o-a", "o-b"]
+    assert ledger.orders("s1", open_only=True) == []
+    sent(ledger, "c", 2)
+    assert [o.id for o in ledger.orders(open_only=True)] == ["o-c"]
+
+
+def test_replaced_orders_and_external_orders(ledger: OrderLedger) -> None:
+    sent(ledger)
+    ledger.apply_order(
+        "s1",
+        bo(oid="o-c1", status=OrderStatus.NEW, limit_price=10.0),
+        event="pending_replace",
+        ts=T0,
+    )
+    new = bo(oid="o2", cid="c1-r", status=OrderStatus.NEW, limit_price=10.5, replaces="o-c1")
+    ledger.apply_order("s1", new, event="new", ts=T0)
+    ledger.apply_order("s1", bo(oid="o-c1", status=OrderStatus.REPLACED), event="replaced", ts=T0)
+    assert ledger.order("o-c1").replaced_by == "o2"
+    latest = ledger.order_by_client_id("c1")
+    assert latest is not None and latest.id == "o2" and latest.limit_price == 10.5
+    assert [tr[1] for tr in ledger.transitions("c1")][-1] == "replaced"
+    # an order the session never intended (e.g. placed by hand) is recorded too
+    ext = bo(5, 20.0, OrderStatus.FILLED, oid="manual", cid="hand-1", symbol="SPY")
+    (f,) = ledger.apply_order("s1", ext, event="rest", ts=T0)
+    assert f.decided_at is None and ledger.order_by_client_id("hand-1").id == "manual"
+    assert ledger.order("missing") is None and ledger.order_by_client_id("missing") is None
+
+
+def test_exact_round_trips_and_frames(ledger: OrderLedger) -> None:
+    x = 0.1 + 0.2  # not representable in fewer digits
+    ledger.add_intent("s1", 0, req(qty=x), bar_ts=T0)
+    legs = (bo(oid="leg", cid="leg-c", status=OrderStatus.HELD),)
+    t = datetime(2024, 1, 2, 9, 30, 0, 123456, tzinfo=timezone(timedelta(hours=-5)))
+    ledger.mark_acked("c1", bo(qty=x, limit_price=1 / 3, legs=legs, created_at=t), t)
+    (f,) = ledger.apply_order("s1", bo(x, 1 / 7, qty=x, oid="o1"), event="fill", ts=t)
+    assert ledger.intent("c1").request.qty == x
+    o = ledger.order("o1")
+    assert (o.qty, o.limit_price, o.filled_avg_price) == (x, 1 / 3, 1 / 7)
+    assert o.legs == legs and o.created_at == t and o.created_at.tzinfo == UTC
+    (rec,) = ledger.fills("s1")
+    assert rec.fill == f and rec.fill.price == 1 / 7 and rec.fill.ts == t
+    assert math.isnan(rec.fill.ref_price) and rec.booked_bar_ts is None
+    frames = ledger.frames("s1")
+    assert set(frames) == {"intents", "orders", "fills", "transitions"}
+    assert frames["intents"]["qty"].to_list() == [x]
+    assert frames["fills"].schema["ts"] == pl.Datetime("us", "UTC")
+    assert frames["fills"]["ts"].to_list() == [t]
+    assert frames["orders"]["status"].to_list() == ["filled"]
+    assert frames["transitions"].height == 2
+    assert ledger.frames("empty")["fills"].height == 0
+
+
+# -- the database ------------------------------------------------------------------------------------
+
+
+def test_sqlite_is_wal_with_full_sync_and_relative_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    lg = OrderLedger("sqlite:///sub/dir/l.db")
+    assert (tmp_path / "sub" / "dir" / "l.db").exists()
+    assert lg.url == f"sqlite:///{tmp_path / 'sub' / 'dir' / 'l.db'}"
+    with lg._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
+    lg.close()
+    with sqlite3.connect(tmp_path / "sub" / "dir" / "l.db") as raw:
+        assert raw.execute(
+            "SELECT value FROM ledger_meta WHERE key='schema_version'"
+        ).fetchone() == ("1",)
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {
+        "sessions",
+        "intents",
+        "orders",
+        "transitions",
+        "events",
+        "fills",
+        "position_snapshots",
+    } <= tables
+
+
+def test_bad_urls_garbage_files_and_newer_schemas_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"'not a url' is not an SQLAlchemy URL.*Fix"):
+        OrderLedger("not a url")
+    with pytest.raises(StoreError, match=r"nosuchdb://x/y.*Fix"):
+        OrderLedger("nosuchdb://x/y")
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database, just text\n" * 200)
+    with pytest.raises(
+        StoreError, match=r"junk\.db is not an SQLite database.*Fix: move the file"
+    ) as e:
+        OrderLedger(f"sqlite:///{junk}")
+    assert f"sqlite:///{junk}" in str(e.value) and e.value.__cause__ is None
+    newer = tmp_path / "newer.db"
+    OrderLedger(f"sqlite:///{newer}").close()
+    with sqlite3.connect(newer) as raw:
+        raw.execute("UPDATE ledger_meta SET value='99' WHERE key='schema_version'")
+    with pytest.raises(StoreError, match=r"schema_version '99', newer.*Fix: upgrade"):
+        OrderLedger(f"sqlite:///{newer}")
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as raw:
+        raw.execute("CREATE TABLE orders (x INTEGER)")
+    with pytest.raises(StoreError, match=r"table 'orders' has an unknown schema.*Fix"):
+        OrderLedger(f"sqlite:///{other}")
+
+
+def test_the_same_file_reopened_by_a_second_ledger_sees_everything(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    a = OrderLedger(url)
+    a.open_session("s1", strategy="rev", broker="sim", mode="paper", session_date=DAY)
+    a.add_intent("s1", 0, req(), bar_ts=T0)
+    b = OrderLedger(url)
+    assert b.intent("c1") == a.intent("c1")
+    a.close()
+    b.close()
+
+
+_CRASH_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from datetime import UTC, date, datetime, timedelta
+    from workbench.execution.ledger import OrderLedger
+    from workbench.execution.orders import BrokerOrder, OrderRequest, OrderStatus, Side
+
+    T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+    lg = OrderLedger(sys.argv[1])
+    lg.open_session("k", strategy="crash", broker="sim", mode="paper", session_date=date(2024, 1, 2))
+    for i in range(100_000):
+        cid = f"k-{i}"
+        side = Side.BUY if i % 2 else Side.SELL
+        lg.add_intent("k", i, OrderRequest(cid, "SYM", side, qty=10.0), bar_ts=T0)
+        def o(f, avg, st):
+            return BrokerOrder(f"o{i}", cid, "SYM", side, 10.0, f, avg, st)
+        lg.mark_acked(cid, o(0.0, None, OrderStatus.NEW), T0)
+        lg.apply_order("k", o(3.0, 10.0, OrderStatus.PARTIALLY_FILLED), event="partial_fill",
+                       ts=T0, execution_id=f"e{i}a", price=10.0, qty=3.0)
+        lg.apply_order("k", o(3.0, 10.0, OrderStatus.PARTIALLY_FILLED), event="rest", ts=T0)
+        lg.apply_order("k", o(10.0, 10.7, OrderStatus.FILLED), event="fill", ts=T0,
+                       execution_id=f"e{i}b", price=11.0, qty=7.0)
+        lg.book_fills("k", T0 + timedelta(minutes=i))
+        if i == 2:
+            print("ready", flush=True)
+    """
+)
+
+
+def test_a_sigkilled_writer_leaves_a_consistent_ledger(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CRASH_SCRIPT, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == b"ready", proc.stderr.read().decode()
+        time.sleep(0.4)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    lg = OrderLedger(url)
+    intents = lg.intents("k")
+    n = len(intents)
+    assert n >= 3 and [i.seq for i in intents] == list(range(n))
+    assert lg.next_seq("k") == n
+    assert all(
+        i.request.qty == 10.0 and i.request.client_order_id == i.client_order_id for i in intents
+    )
+    orders = {o.id: o for o in lg.orders("k")}
+    assert len(orders) in (n - 1, n)  # the last intent may have died before its ack
+    by_order: dict[str, float] = {}
+    for rec in lg.fills("k"):
+        by_order[rec.fill.order_id] = by_order.get(rec.fill.order_id, 0.0) + rec.fill.qty
+    for oid, o in orders.items():
+        assert by_order.get(oid, 0.0) == pytest.approx(o.signed_filled, abs=1e-12)
+    assert sum(by_order.values()) == pytest.approx(sum(o.signed_filled for o in orders.values()))
+    assert lg.positions("k") == (
+        {"SYM": sum(by_order.values())} if abs(sum(by_order.values())) > 1e-9 else {}
+    )
+    with lg._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    lg.close()
+    # and the ledger can be written again: a restarted session resumes at next_seq
+    lg = OrderLedger(url)
+    lg.add_intent("k", n, OrderRequest(f"k-{n}-again", "SYM", Side.BUY, qty=1.0), bar_ts=T0)
+    assert lg.next_seq("k") == n + 1
+    lg.close()

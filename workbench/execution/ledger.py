@@ -1,0 +1,1377 @@
+"""The order ledger: the durable, write-ahead record of a trading session.
+
+An intent is committed before its order is sent (:meth:`OrderLedger.add_intent`); every broker
+event is recorded (:meth:`OrderLedger.apply_order`), and fills are derived in exactly one place from
+the order's cumulative ``filled_qty``, so replayed stream events, REST polls after stream fills and
+stream fills after polls all dedupe. Every write is one transaction: a crash at any point leaves a
+consistent ledger that reconcile can finish.
+
+Tables: ``sessions``, ``intents``, ``orders``, ``transitions`` (order status changes with the event
+and time), ``events`` (raw broker events; unknown event names are kept), ``fills`` (unique by
+``execution_id``), ``position_snapshots`` and ``ledger_meta`` (the ``schema_version`` row).
+
+SQLite runs in WAL mode with ``synchronous=FULL`` (a committed intent survives a power cut) and a
+busy timeout; any other SQLAlchemy URL (e.g. Postgres) works too. Datetimes are stored UTC and
+returned timezone-aware UTC; floats round-trip exactly.
+
+>>> from datetime import UTC, date, datetime
+>>> from workbench.execution.orders import OrderRequest, Side
+>>> ledger = OrderLedger("sqlite://")
+>>> ledger.open_session("s1", strategy="rev", broker="sim", mode="paper",
+...                     session_date=date(2024, 1, 2)).status
+'running'
+>>> req = OrderRequest("cid-1", "AAPL", Side.BUY, qty=10)
+>>> ledger.add_intent("s1", 0, req, bar_ts=datetime(2024, 1, 2, 15, tzinfo=UTC)).state
+'pending'
+>>> ledger.next_seq("s1")
+1
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from workbench.errors import ParameterError, StoreError
+from workbench.execution.orders import (
+    OPEN,
+    BrokerOrder,
+    Fill,
+    OrderClass,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Side,
+    TimeInForce,
+    next_status,
+)
+from workbench.risk.state import (
+    _resolve,
+    _sqlite_on_begin,
+    _sqlite_on_connect,
+    _utc,
+    _UTCDateTime,
+)
+
+DEFAULT_LEDGER_URL = "sqlite:///ledger.db"
+"""Default ledger database: ``ledger.db`` in the working directory."""
+
+SCHEMA_VERSION = 1
+"""Version of the ledger's tables; a ledger written by a newer version is refused."""
+
+SESSION_STATUSES = ("running", "halted", "stopped", "done")
+INTENT_STATES = ("pending", "acked", "refused", "not_found")
+SNAPSHOT_KINDS = ("start", "end", "reconcile")
+
+#: events whose order snapshot is a REST read: its reported status is the truth
+REST_EVENTS = frozenset({"rest", "ack"})
+
+_EPS = 1e-9
+# Fill's own NaN default object: Fill equality compares NaN fields by identity, so a fill read back
+# equals the fill apply_order returned
+_NAN = Fill.__dataclass_fields__["ref_price"].default
+
+
+# -- records -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """One trading session: what runs, where, and how far it got."""
+
+    session_id: str
+    strategy: str
+    broker: str
+    mode: str
+    session_date: date
+    status: str  # running | halted | stopped | done
+    reason: str
+    last_bar_ts: datetime | None  # the last bar fully processed (UTC)
+    next_seq: int
+    params: dict[str, Any]
+    started_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class IntentRecord:
+    """An order the session decided to send, committed before it is sent."""
+
+    client_order_id: str
+    session_id: str
+    seq: int
+    symbol: str
+    request: OrderRequest
+    bar_ts: datetime
+    state: str  # pending | acked | refused | not_found
+    broker_order_id: str | None
+    error: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class FillRecord:
+    """A derived fill, the session that observed it and the bar it was booked at (None: not yet)."""
+
+    fill: Fill
+    session_id: str
+    booked_bar_ts: datetime | None
+
+
+# -- schema --------------------------------------------------------------------------------------
+
+_META = sa.MetaData()
+_DT = _UTCDateTime
+
+_LEDGER_META = sa.Table(
+    "ledger_meta",
+    _META,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+)
+_SESSIONS = sa.Table(
+    "sessions",
+    _META,
+    sa.Column("session_id", sa.String(200), primary_key=True),
+    sa.Column("strategy", sa.String(200), nullable=False, index=True),
+    sa.Column("broker", sa.String(100), nullable=False),
+    sa.Column("mode", sa.String(50), nullable=False),
+    sa.Column("session_date", sa.Date(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("last_bar_ts", _DT(), nullable=True),
+    sa.Column("next_seq", sa.Integer(), nullable=False),
+    sa.Column("params", sa.Text(), nullable=False),
+    sa.Column("started_at", _DT(), nullable=False),
+    sa.Column("updated_at", _DT(), nullable=False),
+    sa.CheckConstraint(
+        "status IN ('running', 'halted', 'stopped', 'done')", name="ck_sessions_status"
+    ),
+)
+_INTENTS = sa.Table(
+    "intents",
+    _META,
+    sa.Column("client_order_id", sa.String(64), primary_key=True),
+    sa.Column("session_id", sa.String(200), sa.ForeignKey("sessions.session_id"), nullable=False),
+    sa.Column("seq", sa.Integer(), nullable=False),
+    sa.Column("symbol", sa.String(64), nullable=False),
+    sa.Column("request", sa.Text(), nullable=False),
+    sa.Column("bar_ts", _DT(), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("broker_order_id", sa.String(128), nullable=True),
+    sa.Column("error", sa.Text(), nullable=False),
+    sa.Column("created_at", _DT(), nullable=False),
+    sa.Column("updated_at", _DT(), nullable=False),
+    sa.UniqueConstraint("session_id", "seq", name="uq_intents_session_seq"),
+    sa.CheckConstraint(
+        "state IN ('pending', 'acked', 'refused', 'not_found')", name="ck_intents_state"
+    ),
+)
+_ORDERS = sa.Table(
+    "orders",
+    _META,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("order_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("client_order_id", sa.String(128), nullable=False, index=True),
+    sa.Column("intent_cid", sa.String(64), nullable=True, index=True),  # None: external order
+    sa.Column("session_id", sa.String(200), nullable=False, index=True),
+    sa.Column("symbol", sa.String(64), nullable=False),
+    sa.Column("side", sa.String(8), nullable=False),
+    sa.Column("qty", sa.Double(), nullable=True),
+    sa.Column("notional", sa.Double(), nullable=True),
+    sa.Column("filled_qty", sa.Double(), nullable=False),
+    sa.Column("filled_avg_price", sa.Double(), nullable=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("raw_status", sa.String(64), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("time_in_force", sa.String(8), nullable=False),
+    sa.Column("order_class", sa.String(16), nullable=False),
+    sa.Column("limit_price", sa.Double(), nullable=True),
+    sa.Column("stop_price", sa.Double(), nullable=True),
+    sa.Column("replaces", sa.String(128), nullable=True),
+    sa.Column("replaced_by", sa.String(128), nullable=True),
+    sa.Column("created_at", _DT(), nullable=True),  # the broker's
+    sa.Column("updated_at", _DT(), nullable=True),  # the broker's
+    sa.Column("recorded_at", _DT(), nullable=False),  # the last event's ts
+    sa.Column("raw", sa.Text(), nullable=False),  # the latest snapshot, legs included
+)
+_TRANSITIONS = sa.Table(
+    "transitions",
+    _META,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("session_id", sa.String(200), nullable=False, index=True),
+    sa.Column("order_id", sa.String(128), nullable=False, index=True),
+    sa.Column("client_order_id", sa.String(128), nullable=False, index=True),
+    sa.Column("intent_cid", sa.String(64), nullable=True, index=True),
+    sa.Column("from_status", sa.String(32), nullable=False),
+    sa.Column("to_status", sa.String(32), nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("ts", _DT(), nullable=False),
+)
+_EVENTS = sa.Table(
+    "events",
+    _META,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("session_id", sa.String(200), nullable=False, index=True),
+    sa.Column("order_id", sa.String(128), nullable=False),
+    sa.Column("client_order_id", sa.String(128), nullable=False, index=True),
+    sa.Column("intent_cid", sa.String(64), nullable=True, index=True),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("ts", _DT(), nullable=False),
+    sa.Column("execution_id", sa.String(128), nullable=True),
+    sa.Column("qty", sa.Double(), nullable=True),
+    sa.Column("price", sa.Double(), nullable=True),
+    sa.Column("commission", sa.Double(), nullable=False),
+    sa.Column("venue", sa.String(64), nullable=False),
+    sa.Column("order", sa.Text(), nullable=False),  # the order snapshot as reported
+)
+_FILLS = sa.Table(
+    "fills",
+    _META,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("execution_id", sa.String(160), nullable=False, unique=True),
+    sa.Column("session_id", sa.String(200), nullable=False, index=True),
+    sa.Column("order_id", sa.String(128), nullable=False, index=True),
+    sa.Column("client_order_id", sa.String(128), nullable=False),
+    sa.Column("symbol", sa.String(64), nullable=False),
+    sa.Column("ts", _DT(), nullable=False),
+    sa.Column("qty", sa.Double(), nullable=False),
+    sa.Column("price", sa.Double(), nullable=True),  # NULL: the broker reported no price
+    sa.Column("commission", sa.Double(), nullable=False),
+    sa.Column("ref_price", sa.Double(), nullable=True),
+    sa.Column("decided_at", _DT(), nullable=True),
+    sa.Column("venue", sa.String(64), nullable=False),
+    sa.Column("booked_bar_ts", _DT(), nullable=True),
+)
+_SNAPSHOTS = sa.Table(
+    "position_snapshots",
+    _META,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("session_id", sa.String(200), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("ts", _DT(), nullable=False),
+    sa.Column("positions", sa.Text(), nullable=False),
+    sa.CheckConstraint("kind IN ('start', 'end', 'reconcile')", name="ck_snapshots_kind"),
+)
+_TABLES = (_SESSIONS, _INTENTS, _ORDERS, _TRANSITIONS, _EVENTS, _FILLS, _SNAPSHOTS, _LEDGER_META)
+
+_UTC_US = pl.Datetime("us", "UTC")
+_FRAME_SCHEMAS: dict[str, dict[str, Any]] = {
+    "intents": {
+        "client_order_id": pl.String,
+        "session_id": pl.String,
+        "seq": pl.Int64,
+        "symbol": pl.String,
+        "side": pl.String,
+        "qty": pl.Float64,
+        "notional": pl.Float64,
+        "type": pl.String,
+        "intent": pl.String,
+        "bar_ts": _UTC_US,
+        "state": pl.String,
+        "broker_order_id": pl.String,
+        "error": pl.String,
+        "created_at": _UTC_US,
+        "request": pl.String,
+    },
+    "orders": {
+        "order_id": pl.String,
+        "client_order_id": pl.String,
+        "intent_cid": pl.String,
+        "session_id": pl.String,
+        "symbol": pl.String,
+        "side": pl.String,
+        "qty": pl.Float64,
+        "notional": pl.Float64,
+        "filled_qty": pl.Float64,
+        "filled_avg_price": pl.Float64,
+        "status": pl.String,
+        "type": pl.String,
+        "time_in_force": pl.String,
+        "limit_price": pl.Float64,
+        "stop_price": pl.Float64,
+        "replaces": pl.String,
+        "replaced_by": pl.String,
+        "created_at": _UTC_US,
+        "recorded_at": _UTC_US,
+    },
+    "fills": {
+        "execution_id": pl.String,
+        "client_order_id": pl.String,
+        "order_id": pl.String,
+        "symbol": pl.String,
+        "ts": _UTC_US,
+        "qty": pl.Float64,
+        "price": pl.Float64,
+        "commission": pl.Float64,
+        "venue": pl.String,
+        "booked_bar_ts": _UTC_US,
+    },
+    "transitions": {
+        "order_id": pl.String,
+        "client_order_id": pl.String,
+        "intent_cid": pl.String,
+        "from_status": pl.String,
+        "to_status": pl.String,
+        "event": pl.String,
+        "ts": _UTC_US,
+    },
+}
+
+
+# -- the ledger ----------------------------------------------------------------------------------
+
+
+class OrderLedger:
+    """The write-ahead record of trading sessions: intents, orders, events, fills, positions.
+
+    Parameters
+    ----------
+    url : str, default "sqlite:///ledger.db"
+        Any SQLAlchemy URL. A relative SQLite path is relative to the working directory and its
+        folder is created. Tables are created on first use.
+
+    Raises
+    ------
+    StoreError
+        If the URL is invalid, the database cannot be opened, the SQLite file is not a database,
+        or the ledger was written by a newer (or unknown) schema.
+    """
+
+    def __init__(self, url: str = DEFAULT_LEDGER_URL) -> None:
+        self._raw_url = url
+        try:
+            make_url(url)
+        except (sa.exc.ArgumentError, TypeError, ValueError) as exc:
+            raise StoreError(
+                f"order ledger URL {url!r} is not an SQLAlchemy URL ({exc}). Fix: use e.g. "
+                f"'sqlite:///runs/ledger.db' or 'postgresql+psycopg://user@host/db'."
+            ) from None
+        self._url, self._path = _resolve(url, Path.cwd())
+        self._engine = self._make_engine()
+        with self._tx("open") as conn:  # one transaction: concurrent first opens serialize
+            self._check_schema(conn)
+            _META.create_all(conn)
+            row = conn.execute(
+                sa.select(_LEDGER_META.c.value).where(_LEDGER_META.c.key == "schema_version")
+            ).first()
+            if row is None:
+                conn.execute(
+                    sa.insert(_LEDGER_META).values(key="schema_version", value=str(SCHEMA_VERSION))
+                )
+
+    @property
+    def url(self) -> str:
+        """The resolved database URL (password hidden)."""
+        return self._url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._engine.dispose()
+
+    def __enter__(self) -> OrderLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"OrderLedger({self.url!r})"
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def open_session(
+        self,
+        session_id: str,
+        *,
+        strategy: str,
+        broker: str,
+        mode: str,
+        session_date: date,
+        params: dict[str, Any] | None = None,
+    ) -> SessionRecord:
+        """Create a session (status ``running``), or return it unchanged when it exists.
+
+        ``params`` are stored once, on creation. Raises :class:`StoreError` when ``session_id``
+        exists with a different strategy, broker, mode or date.
+        """
+        session_id = _name(session_id, "session_id")
+        if not isinstance(session_date, date) or isinstance(session_date, datetime):
+            raise ParameterError(
+                f"session_date must be a datetime.date; got {type(session_date).__name__} "
+                f"{session_date!r}. Fix: pass e.g. datetime.date(2024, 1, 2)."
+            )
+        want = {
+            "strategy": _name(strategy, "strategy"),
+            "broker": _name(broker, "broker"),
+            "mode": _name(mode, "mode"),
+            "session_date": session_date,
+        }
+        params_json = _dumps(params or {}, "params")
+        with self._tx("open_session") as conn:
+            row = self._session_row(conn, session_id)
+            if row is not None:
+                diff = {k: (row[k], v) for k, v in want.items() if row[k] != v}
+                if diff:
+                    shown = ", ".join(f"{k} {a!r} (asked {b!r})" for k, (a, b) in diff.items())
+                    raise StoreError(
+                        f"session {session_id!r} already exists in ledger {self.url} with "
+                        f"{shown}. Fix: use a new session id for a different strategy, broker, "
+                        f"mode or date."
+                    )
+                return _session(row)
+            now = _now()
+            conn.execute(
+                sa.insert(_SESSIONS).values(
+                    session_id=session_id,
+                    **want,
+                    status="running",
+                    reason="",
+                    last_bar_ts=None,
+                    next_seq=0,
+                    params=params_json,
+                    started_at=now,
+                    updated_at=now,
+                )
+            )
+            return _session(self._session_row(conn, session_id))
+
+    def session(self, session_id: str) -> SessionRecord | None:
+        """The session, or None when the ledger has no such session."""
+        with self._tx("session") as conn:
+            row = self._session_row(conn, session_id)
+        return None if row is None else _session(row)
+
+    def sessions(self, strategy: str | None = None) -> list[SessionRecord]:
+        """Every session (of ``strategy``), oldest first."""
+        q = sa.select(_SESSIONS).order_by(_SESSIONS.c.started_at, _SESSIONS.c.session_id)
+        if strategy is not None:
+            q = q.where(_SESSIONS.c.strategy == strategy)
+        with self._tx("sessions") as conn:
+            rows = conn.execute(q).mappings().all()
+        return [_session(r) for r in rows]
+
+    def set_progress(self, session_id: str, last_bar_ts: datetime) -> None:
+        """Record that the bar at ``last_bar_ts`` is fully processed; never moves backwards."""
+        ts = _utc(last_bar_ts, "last_bar_ts")
+        with self._tx("set_progress") as conn:
+            row = self._need_session(conn, session_id)
+            last = row["last_bar_ts"]
+            if last is not None and ts < last:
+                raise StoreError(
+                    f"session {session_id!r}: progress cannot move backwards from "
+                    f"{last.isoformat()} to {ts.isoformat()} (ledger {self.url}). Fix: pass the "
+                    f"last bar actually processed; a restarted session resumes after "
+                    f"session().last_bar_ts."
+                )
+            if last == ts:
+                return
+            conn.execute(
+                sa.update(_SESSIONS)
+                .where(_SESSIONS.c.session_id == session_id)
+                .values(last_bar_ts=ts, updated_at=_now())
+            )
+
+    def set_status(self, session_id: str, status: str, reason: str = "") -> None:
+        """Set the session's status (``running``, ``halted``, ``stopped``, ``done``) and reason."""
+        if status not in SESSION_STATUSES:
+            raise ParameterError(
+                f"session status must be one of {list(SESSION_STATUSES)}; got {status!r}."
+            )
+        with self._tx("set_status") as conn:
+            self._need_session(conn, session_id)
+            conn.execute(
+                sa.update(_SESSIONS)
+                .where(_SESSIONS.c.session_id == session_id)
+                .values(status=status, reason=str(reason or ""), updated_at=_now())
+            )
+
+    def next_seq(self, session_id: str) -> int:
+        """The next intent sequence number of the session (not reserved)."""
+        with self._tx("next_seq") as conn:
+            row = self._need_session(conn, session_id)
+            top = conn.execute(
+                sa.select(sa.func.max(_INTENTS.c.seq)).where(_INTENTS.c.session_id == session_id)
+            ).scalar()
+        return max(int(row["next_seq"]), -1 if top is None else int(top) + 1)
+
+    # -- intents ---------------------------------------------------------------------------------
+
+    def add_intent(
+        self, session_id: str, seq: int, request: OrderRequest, *, bar_ts: datetime
+    ) -> IntentRecord:
+        """Commit an intent (write-ahead: before its order is sent) and return it.
+
+        Idempotent on ``request.client_order_id``: the same content returns the existing record;
+        a different request, session, seq or bar under an existing id raises :class:`StoreError`.
+        Moves the session's ``next_seq`` to at least ``seq + 1``.
+        """
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ParameterError(f"seq must be an int >= 0; got {seq!r}.")
+        if not isinstance(request, OrderRequest):
+            raise ParameterError(
+                f"request must be an OrderRequest; got {type(request).__name__} {request!r}."
+            )
+        bar_ts = _utc(bar_ts, "bar_ts")
+        cid = _name(request.client_order_id, "request.client_order_id")
+        stored = _dumps(request.to_dict(), "request")
+        with self._tx("add_intent") as conn:
+            srow = self._need_session(conn, session_id)
+            row = self._intent_row(conn, cid)
+            if row is not None:
+                have = _intent(row)
+                diff = []
+                if have.session_id != session_id:
+                    diff.append(f"session {have.session_id!r} (asked {session_id!r})")
+                if have.seq != seq:
+                    diff.append(f"seq {have.seq} (asked {seq})")
+                if have.bar_ts != bar_ts:
+                    diff.append(f"bar_ts {have.bar_ts.isoformat()} (asked {bar_ts.isoformat()})")
+                if have.request != OrderRequest.from_dict(json.loads(stored)):
+                    diff.append(f"request {have.request} (asked {request})")
+                if diff:
+                    raise StoreError(
+                        f"client_order_id {cid!r} is already recorded in ledger {self.url} with "
+                        f"different content: {'; '.join(diff)}. Fix: a client order id names one "
+                        f"intent; derive a new one (e.g. the next seq) for a different order."
+                    )
+                return have
+            other = conn.execute(
+                sa.select(_INTENTS.c.client_order_id).where(
+                    _INTENTS.c.session_id == session_id, _INTENTS.c.seq == seq
+                )
+            ).scalar()
+            if other is not None:
+                raise StoreError(
+                    f"session {session_id!r} already has intent seq {seq} (client_order_id "
+                    f"{other!r}) in ledger {self.url}. Fix: use next_seq() for a new intent."
+                )
+            now = _now()
+            conn.execute(
+                sa.insert(_INTENTS).values(
+                    client_order_id=cid,
+                    session_id=session_id,
+                    seq=seq,
+                    symbol=request.symbol,
+                    request=stored,
+                    bar_ts=bar_ts,
+                    state="pending",
+                    broker_order_id=None,
+                    error="",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            if seq + 1 > srow["next_seq"]:
+                conn.execute(
+                    sa.update(_SESSIONS)
+                    .where(_SESSIONS.c.session_id == session_id)
+                    .values(next_seq=seq + 1, updated_at=now)
+                )
+            return _intent(self._intent_row(conn, cid))
+
+    def intent(self, client_order_id: str) -> IntentRecord | None:
+        """The intent, or None when no intent has that client order id."""
+        with self._tx("intent") as conn:
+            row = self._intent_row(conn, client_order_id)
+        return None if row is None else _intent(row)
+
+    def intents(self, session_id: str, states: Iterable[str] | None = None) -> list[IntentRecord]:
+        """The session's intents (in ``states``), ordered by seq."""
+        q = sa.select(_INTENTS).where(_INTENTS.c.session_id == session_id)
+        if states is not None:
+            wanted = [states] if isinstance(states, str) else list(states)
+            bad = [s for s in wanted if s not in INTENT_STATES]
+            if bad:
+                raise ParameterError(
+                    f"intent states must be among {list(INTENT_STATES)}; got {bad!r}."
+                )
+            q = q.where(_INTENTS.c.state.in_(wanted))
+        with self._tx("intents") as conn:
+            rows = conn.execute(q.order_by(_INTENTS.c.seq)).mappings().all()
+        return [_intent(r) for r in rows]
+
+    def mark_acked(self, client_order_id: str, order: BrokerOrder, ts: datetime) -> list[Fill]:
+        """The broker acknowledged the intent: state ``acked``, its broker order id, and the order
+        recorded as :meth:`apply_order` (event ``ack``, the order's status is the truth).
+
+        Returns the fills the acknowledged order already carries (usually none).
+        """
+        ts = _utc(ts, "ts")
+        if not order.client_order_id:
+            order = replace(order, client_order_id=client_order_id)
+        elif order.client_order_id != client_order_id:
+            raise StoreError(
+                f"mark_acked({client_order_id!r}) got broker order {order.id!r} of client order "
+                f"id {order.client_order_id!r} (ledger {self.url}). Fix: acknowledge an intent "
+                f"with the order the broker returned for it."
+            )
+        with self._tx("mark_acked") as conn:
+            row = self._need_intent(conn, client_order_id)
+            self._set_intent(conn, client_order_id, state="acked", broker_order_id=order.id)
+            return self._apply(
+                conn, row["session_id"], order, event="ack", ts=ts, execution_id=None,
+                price=None, qty=None, commission=0.0, venue="",
+            )  # fmt: skip
+
+    def mark_refused(self, client_order_id: str, error: str) -> None:
+        """The broker (or the local rule check) definitively refused the intent."""
+        with self._tx("mark_refused") as conn:
+            row = self._need_intent(conn, client_order_id)
+            if row["state"] == "acked":
+                raise StoreError(
+                    f"intent {client_order_id!r} is acked (broker order "
+                    f"{row['broker_order_id']!r}) in ledger {self.url}; it cannot be refused. "
+                    f"Fix: cancel the order instead."
+                )
+            self._set_intent(conn, client_order_id, state="refused", error=str(error or ""))
+
+    def mark_not_found(self, client_order_id: str) -> None:
+        """Reconcile found that the broker never got the intent's order."""
+        with self._tx("mark_not_found") as conn:
+            row = self._need_intent(conn, client_order_id)
+            if row["state"] in ("acked", "refused"):
+                raise StoreError(
+                    f"intent {client_order_id!r} is {row['state']} in ledger {self.url}; only a "
+                    f"pending intent can be marked not found. Fix: leave it as it is."
+                )
+            self._set_intent(conn, client_order_id, state="not_found")
+
+    # -- orders, events, fills -------------------------------------------------------------------
+
+    def apply_order(
+        self,
+        session_id: str,
+        order: BrokerOrder,
+        *,
+        event: str,
+        ts: datetime,
+        execution_id: str | None = None,
+        price: float | None = None,
+        qty: float | None = None,
+        commission: float = 0.0,
+        venue: str = "",
+    ) -> list[Fill]:
+        """Record a broker event about ``order`` and derive its new fills (the one place fills are
+        derived); returns the new fills, empty when the event adds none.
+
+        The order row is upserted by broker id; a status change is recorded as a transition
+        (``next_status`` drives it from ``event``; for a REST read, event ``rest``, the order's
+        reported status is the truth). The raw event is always recorded, unknown names too.
+
+        Fills follow the cumulative ``filled_qty``: with ``F0, P0`` recorded and ``F, P`` the
+        order's, ``F > F0 + 1e-9`` gives one fill of ``F - F0`` (signed by side) at ``price``
+        when this event's own ``qty`` is exactly ``F - F0``, else at ``(F*P - F0*P0) / (F - F0)``.
+        Its id is ``execution_id`` unless that is missing or already recorded, else
+        ``f"{order.id}@{F:g}"``. ``F <= F0 + 1e-9`` (replays, a poll after a stream fill, a stream
+        fill after a poll) gives none.
+        """
+        ts = _utc(ts, "ts")
+        if not isinstance(event, str) or not event:
+            raise ParameterError(f"event must be a non-empty event name; got {event!r}.")
+        with self._tx("apply_order") as conn:
+            self._need_session(conn, session_id)
+            return self._apply(
+                conn, session_id, order, event=event, ts=ts, execution_id=execution_id,
+                price=price, qty=qty, commission=commission, venue=venue,
+            )  # fmt: skip
+
+    def order(self, order_id: str) -> BrokerOrder | None:
+        """The recorded order by broker id (the ledger's status and cumulative fill)."""
+        with self._tx("order") as conn:
+            row = self._order_row(conn, order_id)
+        return None if row is None else _order(row)
+
+    def order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        """The latest order of an intent (or external client order id), following replaces."""
+        with self._tx("order_by_client_id") as conn:
+            row = self._latest_order(conn, client_order_id)
+        return None if row is None else _order(row)
+
+    def orders(
+        self, session_id: str | None = None, *, open_only: bool = False
+    ) -> list[BrokerOrder]:
+        """Recorded orders (of a session; only open ones), in recorded order."""
+        q = sa.select(_ORDERS).order_by(_ORDERS.c.id)
+        if session_id is not None:
+            q = q.where(_ORDERS.c.session_id == session_id)
+        if open_only:
+            q = q.where(_ORDERS.c.status.in_(sorted(s.value for s in OPEN)))
+        with self._tx("orders") as conn:
+            rows = conn.execute(q).mappings().all()
+        return [_order(r) for r in rows]
+
+    def fills(self, session_id: str, *, unbooked_only: bool = False) -> list[FillRecord]:
+        """The session's fills (only those not booked yet), in recorded order."""
+        q = sa.select(_FILLS).where(_FILLS.c.session_id == session_id).order_by(_FILLS.c.id)
+        if unbooked_only:
+            q = q.where(_FILLS.c.booked_bar_ts.is_(None))
+        with self._tx("fills") as conn:
+            rows = conn.execute(q).mappings().all()
+        return [FillRecord(_fill(r), r["session_id"], r["booked_bar_ts"]) for r in rows]
+
+    def book_fills(self, session_id: str, bar_ts: datetime) -> list[Fill]:
+        """Book every unbooked fill of the session at ``bar_ts``; return all fills booked at
+        ``bar_ts`` (now and before a crash), in recorded order. Idempotent."""
+        bar_ts = _utc(bar_ts, "bar_ts")
+        with self._tx("book_fills") as conn:
+            conn.execute(
+                sa.update(_FILLS)
+                .where(_FILLS.c.session_id == session_id, _FILLS.c.booked_bar_ts.is_(None))
+                .values(booked_bar_ts=bar_ts)
+            )
+            return self._booked(conn, session_id, bar_ts)
+
+    def fills_booked_at(self, session_id: str, bar_ts: datetime) -> list[Fill]:
+        """The session's fills booked at ``bar_ts``, in recorded order."""
+        bar_ts = _utc(bar_ts, "bar_ts")
+        with self._tx("fills_booked_at") as conn:
+            return self._booked(conn, session_id, bar_ts)
+
+    # -- positions -------------------------------------------------------------------------------
+
+    def positions(self, session_id: str) -> dict[str, float]:
+        """The session's start snapshot plus the sum of its fills, per symbol (zeros dropped)."""
+        with self._tx("positions") as conn:
+            start = self._snapshot(conn, session_id, "start") or {}
+            rows = conn.execute(
+                sa.select(_FILLS.c.symbol, _FILLS.c.qty)
+                .where(_FILLS.c.session_id == session_id)
+                .order_by(_FILLS.c.id)
+            ).all()
+        out = dict(start)
+        for symbol, q in rows:
+            out[symbol] = out.get(symbol, 0.0) + q
+        return {s: q for s, q in out.items() if abs(q) > _EPS}
+
+    def snapshot_positions(
+        self, session_id: str, positions: Mapping[str, float], *, kind: str, ts: datetime
+    ) -> None:
+        """Record the broker's positions (``start``, ``end`` or ``reconcile``); ``start`` is
+        written once (a second ``start`` keeps the first)."""
+        if kind not in SNAPSHOT_KINDS:
+            raise ParameterError(
+                f"snapshot kind must be one of {list(SNAPSHOT_KINDS)}; got {kind!r}."
+            )
+        ts = _utc(ts, "ts")
+        clean = {}
+        for s, q in dict(positions).items():
+            f = float(q)
+            if not math.isfinite(f):
+                raise ParameterError(f"position {s!r} must be a finite number; got {q!r}.")
+            clean[str(s)] = f
+        body = _dumps(clean, "positions")
+        with self._tx("snapshot_positions") as conn:
+            self._need_session(conn, session_id)
+            if kind == "start" and self._snapshot(conn, session_id, "start") is not None:
+                return
+            conn.execute(
+                sa.insert(_SNAPSHOTS).values(
+                    session_id=session_id, kind=kind, ts=ts, positions=body
+                )
+            )
+
+    def snapshot(self, session_id: str, kind: str = "start") -> dict[str, float] | None:
+        """The latest snapshot of ``kind`` (the only ``start``), or None when none was taken."""
+        with self._tx("snapshot") as conn:
+            return self._snapshot(conn, session_id, kind)
+
+    # -- history ---------------------------------------------------------------------------------
+
+    def events(self, session_id: str, client_order_id: str | None = None) -> list[dict[str, Any]]:
+        """Raw events recorded (of an intent or client order id), oldest first.
+
+        Each is a dict with ``id, session_id, order_id, client_order_id, intent_cid, event, ts,
+        execution_id, qty, price, commission, venue`` and ``order`` (the snapshot as reported).
+        """
+        q = sa.select(_EVENTS).where(_EVENTS.c.session_id == session_id).order_by(_EVENTS.c.id)
+        if client_order_id is not None:
+            q = q.where(
+                sa.or_(
+                    _EVENTS.c.client_order_id == client_order_id,
+                    _EVENTS.c.intent_cid == client_order_id,
+                )
+            )
+        with self._tx("events") as conn:
+            rows = conn.execute(q).mappings().all()
+        return [{**r, "order": json.loads(r["order"])} for r in rows]
+
+    def transitions(self, client_order_id: str) -> list[tuple[str, str, str, datetime]]:
+        """Status changes ``(from, to, event, ts)`` of the orders of an intent, oldest first."""
+        t = _TRANSITIONS
+        q = (
+            sa.select(t.c.from_status, t.c.to_status, t.c.event, t.c.ts)
+            .where(
+                sa.or_(t.c.client_order_id == client_order_id, t.c.intent_cid == client_order_id)
+            )
+            .order_by(t.c.id)
+        )
+        with self._tx("transitions") as conn:
+            rows = conn.execute(q).all()
+        return [(a, b, e, ts) for a, b, e, ts in rows]
+
+    def frames(self, session_id: str) -> dict[str, pl.DataFrame]:
+        """``intents``, ``orders``, ``fills`` and ``transitions`` of a session as polars frames."""
+        with self._tx("frames") as conn:
+            intents = conn.execute(
+                sa.select(_INTENTS)
+                .where(_INTENTS.c.session_id == session_id)
+                .order_by(_INTENTS.c.seq)
+            ).mappings().all()  # fmt: skip
+            orders = (
+                conn.execute(
+                    sa.select(_ORDERS)
+                    .where(_ORDERS.c.session_id == session_id)
+                    .order_by(_ORDERS.c.id)
+                )
+                .mappings()
+                .all()
+            )
+            fills = (
+                conn.execute(
+                    sa.select(_FILLS).where(_FILLS.c.session_id == session_id).order_by(_FILLS.c.id)
+                )
+                .mappings()
+                .all()
+            )
+            trans = conn.execute(
+                sa.select(_TRANSITIONS)
+                .where(_TRANSITIONS.c.session_id == session_id)
+                .order_by(_TRANSITIONS.c.id)
+            ).mappings().all()  # fmt: skip
+        intent_rows = []
+        for r in intents:
+            req = json.loads(r["request"])
+            intent_rows.append(
+                {
+                    **{k: r[k] for k in _FRAME_SCHEMAS["intents"] if k in r},
+                    "side": req.get("side"),
+                    "qty": req.get("qty"),
+                    "notional": req.get("notional"),
+                    "type": req.get("type"),
+                    "intent": req.get("intent"),
+                }
+            )
+        return {
+            "intents": _frame(intent_rows, "intents"),
+            "orders": _frame(orders, "orders"),
+            "fills": _frame(fills, "fills"),
+            "transitions": _frame(trans, "transitions"),
+        }
+
+    # -- internals (run inside one transaction opened by the caller) ------------------------------
+
+    def _apply(
+        self,
+        conn: Connection,
+        session_id: str,
+        order: BrokerOrder,
+        *,
+        event: str,
+        ts: datetime,
+        execution_id: str | None,
+        price: float | None,
+        qty: float | None,
+        commission: float,
+        venue: str,
+    ) -> list[Fill]:
+        if not isinstance(order, BrokerOrder) or not order.id:
+            raise ParameterError(f"order must be a BrokerOrder with an id; got {order!r}.")
+        row = self._order_row(conn, order.id)
+        cid = order.client_order_id or (row["client_order_id"] if row is not None else "")
+        intent_cid = row["intent_cid"] if row is not None else None
+        if intent_cid is None:
+            intent_cid = self._intent_of(conn, cid, order.replaces)
+        owner = session_id if row is None else row["session_id"]
+        if row is None and intent_cid is not None:
+            owner = conn.execute(
+                sa.select(_INTENTS.c.session_id).where(_INTENTS.c.client_order_id == intent_cid)
+            ).scalar_one()
+        reported = _order_dict(order)
+        snapshot = _dumps(reported, "order")
+        kept = dict(reported)
+        if row is not None and not order.legs:  # an event without legs keeps the known legs
+            kept["legs"] = json.loads(row["raw"]).get("legs", [])
+
+        # the raw event, always (unknown event names too)
+        conn.execute(
+            sa.insert(_EVENTS).values(
+                session_id=session_id, order_id=order.id, client_order_id=cid,
+                intent_cid=intent_cid, event=event, ts=ts, execution_id=execution_id,
+                qty=_num(qty), price=_num(price), commission=float(commission or 0.0),
+                venue=str(venue or ""), order=snapshot,
+            )
+        )  # fmt: skip
+
+        # status
+        current = OrderStatus(row["status"]) if row is not None else OrderStatus.PENDING_SUBMIT
+        if event in REST_EVENTS:
+            new = (
+                order.status if order.status is not OrderStatus.UNKNOWN or row is None else current
+            )
+        else:
+            new = next_status(current, event, order.status)
+        if new is not current:
+            conn.execute(
+                sa.insert(_TRANSITIONS).values(
+                    session_id=session_id, order_id=order.id, client_order_id=cid,
+                    intent_cid=intent_cid, from_status=current.value, to_status=new.value,
+                    event=event, ts=ts,
+                )
+            )  # fmt: skip
+
+        # fills: cumulative filled_qty is the truth
+        f0 = float(row["filled_qty"]) if row is not None else 0.0
+        p0 = row["filled_avg_price"] if row is not None else None
+        f = float(order.filled_qty or 0.0)
+        p = order.filled_avg_price
+        fills: list[Fill] = []
+        if f > f0 + _EPS:
+            delta = f - f0
+            if price is not None and qty is not None and abs(abs(qty) - delta) <= _EPS:
+                fill_price = float(price)
+            elif p is not None:
+                fill_price = (f * p - f0 * (p0 or 0.0)) / delta if f0 > 0 else float(p)
+            else:  # the broker reported no average price
+                fill_price = float(price) if price is not None else _NAN
+            if p is None:
+                p = (f0 * (p0 or 0.0) + delta * fill_price) / f
+            exec_id = self._execution_id(conn, order.id, f, execution_id)
+            decided_at = None
+            if intent_cid is not None:
+                req = self._intent_row(conn, intent_cid)
+                if req is not None:
+                    decided_at = OrderRequest.from_dict(json.loads(req["request"])).decided_at
+            fill = Fill(
+                execution_id=exec_id,
+                client_order_id=cid,
+                order_id=order.id,
+                symbol=order.symbol,
+                ts=ts,
+                qty=delta if order.side is Side.BUY else -delta,
+                price=fill_price,
+                commission=float(commission or 0.0),
+                decided_at=decided_at,
+                venue=str(venue or ""),
+            )
+            conn.execute(
+                sa.insert(_FILLS).values(
+                    execution_id=exec_id, session_id=session_id, order_id=order.id,
+                    client_order_id=cid, symbol=order.symbol, ts=ts, qty=fill.qty,
+                    price=_num(fill_price), commission=fill.commission, ref_price=None,
+                    decided_at=decided_at, venue=fill.venue, booked_bar_ts=None,
+                )
+            )  # fmt: skip
+            fills.append(fill)
+        else:  # stale or equal: keep the recorded cumulative fill
+            f, p = f0, p0
+
+        # the order row
+        cols: dict[str, Any] = {
+            "client_order_id": cid,
+            "intent_cid": intent_cid,
+            "symbol": order.symbol,
+            "side": order.side.value,
+            "qty": _num(order.qty),
+            "notional": _num(order.notional),
+            "filled_qty": f,
+            "filled_avg_price": _num(p),
+            "status": new.value,
+            "raw_status": order.raw_status or order.status.value,
+            "type": order.type.value,
+            "time_in_force": order.time_in_force.value,
+            "order_class": order.order_class.value,
+            "limit_price": _num(order.limit_price),
+            "stop_price": _num(order.stop_price),
+            "replaces": order.replaces,
+            "replaced_by": order.replaced_by,
+            "created_at": _utc_or_none(order.created_at),
+            "updated_at": _utc_or_none(order.updated_at),
+            "recorded_at": ts,
+            "raw": _dumps(kept, "order"),
+        }
+        if row is None:
+            conn.execute(sa.insert(_ORDERS).values(order_id=order.id, session_id=owner, **cols))
+        else:
+            for keep in ("limit_price", "stop_price", "replaces", "replaced_by", "created_at"):
+                if cols[keep] is None:
+                    cols[keep] = row[keep]
+            conn.execute(sa.update(_ORDERS).where(_ORDERS.c.order_id == order.id).values(**cols))
+        if order.replaces:  # link the replaced order forward
+            conn.execute(
+                sa.update(_ORDERS)
+                .where(_ORDERS.c.order_id == order.replaces, _ORDERS.c.replaced_by.is_(None))
+                .values(replaced_by=order.id)
+            )
+
+        # the intent: seeing its order proves the broker got it
+        if intent_cid is not None and cid == intent_cid:
+            irow = self._intent_row(conn, intent_cid)
+            if irow is not None and irow["state"] != "acked":
+                self._set_intent(conn, intent_cid, state="acked", broker_order_id=order.id)
+            elif irow is not None and irow["broker_order_id"] is None:
+                self._set_intent(conn, intent_cid, broker_order_id=order.id)
+        return fills
+
+    def _execution_id(self, conn: Connection, order_id: str, f: float, given: str | None) -> str:
+        candidates = [given] if given else []
+        candidates += [f"{order_id}@{f:g}", f"{order_id}@{f!r}"]
+        for c in candidates:
+            if not self._fill_exists(conn, c):
+                return c
+        n = 2
+        while self._fill_exists(conn, f"{order_id}@{f!r}#{n}"):
+            n += 1
+        return f"{order_id}@{f!r}#{n}"
+
+    def _fill_exists(self, conn: Connection, execution_id: str) -> bool:
+        q = sa.select(_FILLS.c.id).where(_FILLS.c.execution_id == execution_id)
+        return conn.execute(q).first() is not None
+
+    def _intent_of(self, conn: Connection, cid: str, replaces: str | None) -> str | None:
+        """The intent an order belongs to: its own client order id, else the replaced order's."""
+        if cid and self._intent_row(conn, cid) is not None:
+            return cid
+        if replaces:
+            prev = self._order_row(conn, replaces)
+            if prev is not None:
+                return prev["intent_cid"]
+        return None
+
+    def _latest_order(self, conn: Connection, cid: str) -> sa.RowMapping | None:
+        rows = conn.execute(
+            sa.select(_ORDERS)
+            .where(sa.or_(_ORDERS.c.client_order_id == cid, _ORDERS.c.intent_cid == cid))
+            .order_by(_ORDERS.c.id)
+        ).mappings().all()  # fmt: skip
+        if not rows:
+            return None
+        own = [r for r in rows if r["client_order_id"] == cid] or rows
+        row = own[0]
+        seen = {row["order_id"]}
+        while row["replaced_by"] and row["replaced_by"] not in seen:
+            nxt = self._order_row(conn, row["replaced_by"])
+            if nxt is None:
+                break
+            seen.add(nxt["order_id"])
+            row = nxt
+        return row
+
+    def _booked(self, conn: Connection, session_id: str, bar_ts: datetime) -> list[Fill]:
+        rows = conn.execute(
+            sa.select(_FILLS)
+            .where(_FILLS.c.session_id == session_id, _FILLS.c.booked_bar_ts == bar_ts)
+            .order_by(_FILLS.c.id)
+        ).mappings().all()  # fmt: skip
+        return [_fill(r) for r in rows]
+
+    def _snapshot(self, conn: Connection, session_id: str, kind: str) -> dict[str, float] | None:
+        if kind not in SNAPSHOT_KINDS:
+            raise ParameterError(
+                f"snapshot kind must be one of {list(SNAPSHOT_KINDS)}; got {kind!r}."
+            )
+        order = _SNAPSHOTS.c.id if kind == "start" else _SNAPSHOTS.c.id.desc()
+        body = conn.execute(
+            sa.select(_SNAPSHOTS.c.positions)
+            .where(_SNAPSHOTS.c.session_id == session_id, _SNAPSHOTS.c.kind == kind)
+            .order_by(order)
+            .limit(1)
+        ).scalar()
+        return None if body is None else {k: float(v) for k, v in json.loads(body).items()}
+
+    def _session_row(self, conn: Connection, session_id: str) -> sa.RowMapping | None:
+        q = sa.select(_SESSIONS).where(_SESSIONS.c.session_id == session_id).with_for_update()
+        return conn.execute(q).mappings().first()
+
+    def _need_session(self, conn: Connection, session_id: str) -> sa.RowMapping:
+        row = self._session_row(conn, session_id)
+        if row is None:
+            raise StoreError(
+                f"no session {session_id!r} in ledger {self.url}. Fix: call open_session first "
+                f"(or check the session id and --ledger URL)."
+            )
+        return row
+
+    def _intent_row(self, conn: Connection, cid: str) -> sa.RowMapping | None:
+        q = sa.select(_INTENTS).where(_INTENTS.c.client_order_id == cid)
+        return conn.execute(q).mappings().first()
+
+    def _need_intent(self, conn: Connection, cid: str) -> sa.RowMapping:
+        row = self._intent_row(conn, cid)
+        if row is None:
+            raise StoreError(
+                f"no intent with client_order_id {cid!r} in ledger {self.url}. Fix: record it "
+                f"with add_intent before sending (or check the id)."
+            )
+        return row
+
+    def _set_intent(self, conn: Connection, cid: str, **cols: Any) -> None:
+        conn.execute(
+            sa.update(_INTENTS)
+            .where(_INTENTS.c.client_order_id == cid)
+            .values(**cols, updated_at=_now())
+        )
+
+    def _order_row(self, conn: Connection, order_id: str) -> sa.RowMapping | None:
+        q = sa.select(_ORDERS).where(_ORDERS.c.order_id == order_id).with_for_update()
+        return conn.execute(q).mappings().first()
+
+    # -- engine, schema, errors --------------------------------------------------------------------
+
+    def _make_engine(self) -> Engine:
+        try:
+            if self._path is not None:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(self._url)
+        except (sa.exc.ArgumentError, ImportError, OSError) as exc:
+            raise StoreError(
+                f"order ledger URL {self.url!r} cannot be used ({type(exc).__name__}: {exc}). "
+                f"Fix: install the database driver, make the folder writable, or correct the URL."
+            ) from None
+        if engine.dialect.name == "sqlite":
+            sa.event.listen(engine, "connect", _ledger_sqlite_on_connect)
+            sa.event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+
+    def _check_schema(self, conn: Connection) -> None:
+        insp = sa.inspect(conn)
+        names = set(insp.get_table_names())
+        if "ledger_meta" in names:
+            v = conn.execute(
+                sa.text("SELECT value FROM ledger_meta WHERE key = 'schema_version'")
+            ).scalar()
+            if v is not None and (not str(v).isdigit() or int(v) != SCHEMA_VERSION):
+                newer = str(v).isdigit() and int(v) > SCHEMA_VERSION
+                fix = "upgrade the workbench to read it" if newer else "move the database away"
+                raise StoreError(
+                    f"order ledger {self.url} has schema_version {v!r}, "
+                    f"{'newer than' if newer else 'not'} the version {SCHEMA_VERSION} this "
+                    f"workbench reads. Fix: {fix}, or use another ledger URL."
+                )
+        for t in _TABLES:
+            if t.name not in names:
+                continue
+            have = {c["name"] for c in insp.get_columns(t.name)}
+            missing = sorted({c.name for c in t.columns} - have)
+            if missing:
+                raise StoreError(
+                    f"order ledger {self.url}: table {t.name!r} has an unknown schema (missing "
+                    f"columns {missing}); it is not a workbench order ledger of schema version "
+                    f"{SCHEMA_VERSION}. Fix: use another ledger URL, or move the database away."
+                )
+
+    @contextmanager
+    def _tx(self, what: str) -> Iterator[Connection]:
+        with self._guard(what), self._engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (sa.exc.DBAPIError, sqlite3.DatabaseError) as exc:
+            orig = getattr(exc, "orig", exc)
+            if self._path is not None and "not a database" in str(orig):
+                raise StoreError(
+                    f"order ledger {self.url}: {self._path} is not an SQLite database ({orig}). "
+                    f"Fix: move the file away (e.g. mv {self._path} {self._path}.bad) or pass "
+                    f"another ledger URL."
+                ) from None
+            raise StoreError(
+                f"order ledger {self.url}: {what} failed ({type(orig).__name__}: {orig}). Fix: "
+                f"check that the database is reachable and writable, or pass another ledger URL."
+            ) from exc
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def _ledger_sqlite_on_connect(dbapi_conn: sqlite3.Connection, record: object) -> None:
+    _sqlite_on_connect(dbapi_conn, record)  # busy_timeout, WAL, BEGIN left to SQLAlchemy
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("PRAGMA synchronous = FULL")
+    finally:
+        cur.close()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ParameterError(f"{what} must be a non-empty string; got {value!r}.")
+    return value
+
+
+def _num(v: float | None) -> float | None:
+    return None if v is None else float(v)
+
+
+def _utc_or_none(ts: datetime | None) -> datetime | None:
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"{what} must be JSON-serialisable ({exc}); got {value!r}.") from None
+
+
+def _session(row: sa.RowMapping) -> SessionRecord:
+    return SessionRecord(
+        session_id=row["session_id"],
+        strategy=row["strategy"],
+        broker=row["broker"],
+        mode=row["mode"],
+        session_date=row["session_date"],
+        status=row["status"],
+        reason=row["reason"],
+        last_bar_ts=row["last_bar_ts"],
+        next_seq=int(row["next_seq"]),
+        params=json.loads(row["params"]),
+        started_at=row["started_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _intent(row: sa.RowMapping) -> IntentRecord:
+    return IntentRecord(
+        client_order_id=row["client_order_id"],
+        session_id=row["session_id"],
+        seq=int(row["seq"]),
+        symbol=row["symbol"],
+        request=OrderRequest.from_dict(json.loads(row["request"])),
+        bar_ts=row["bar_ts"],
+        state=row["state"],
+        broker_order_id=row["broker_order_id"],
+        error=row["error"],
+        created_at=row["created_at"],
+    )
+
+
+def _fill(row: sa.RowMapping) -> Fill:
+    return Fill(
+        execution_id=row["execution_id"],
+        client_order_id=row["client_order_id"],
+        order_id=row["order_id"],
+        symbol=row["symbol"],
+        ts=row["ts"],
+        qty=row["qty"],
+        price=_NAN if row["price"] is None else row["price"],
+        commission=row["commission"],
+        ref_price=_NAN if row["ref_price"] is None else row["ref_price"],
+        decided_at=row["decided_at"],
+        venue=row["venue"],
+    )
+
+
+def _order_dict(o: BrokerOrder) -> dict[str, Any]:
+    return {
+        "id": o.id,
+        "client_order_id": o.client_order_id,
+        "symbol": o.symbol,
+        "side": o.side.value,
+        "qty": o.qty,
+        "filled_qty": o.filled_qty,
+        "filled_avg_price": o.filled_avg_price,
+        "status": o.status.value,
+        "type": o.type.value,
+        "time_in_force": o.time_in_force.value,
+        "limit_price": o.limit_price,
+        "stop_price": o.stop_price,
+        "order_class": o.order_class.value,
+        "notional": o.notional,
+        "created_at": None if o.created_at is None else o.created_at.isoformat(),
+        "updated_at": None if o.updated_at is None else o.updated_at.isoformat(),
+        "replaced_by": o.replaced_by,
+        "replaces": o.replaces,
+        "legs": [_order_dict(leg) for leg in o.legs],
+        "raw_status": o.raw_status,
+    }
+
+
+def _order_from_dict(d: dict[str, Any]) -> BrokerOrder:
+    def ts(v: str | None) -> datetime | None:
+        return None if v is None else datetime.fromisoformat(v)
+
+    return BrokerOrder(
+        id=d["id"],
+        client_order_id=d["client_order_id"],
+        symbol=d["symbol"],
+        side=Side(d["side"]),
+        qty=d["qty"],
+        filled_qty=d["filled_qty"],
+        filled_avg_price=d["filled_avg_price"],
+        status=OrderStatus(d["status"]),
+        type=OrderType(d["type"]),
+        time_in_force=TimeInForce(d["time_in_force"]),
+        limit_price=d["limit_price"],
+        stop_price=d["stop_price"],
+        order_class=OrderClass(d["order_class"]),
+        notional=d["notional"],
+        created_at=ts(d["created_at"]),
+        updated_at=ts(d["updated_at"]),
+        replaced_by=d["replaced_by"],
+        replaces=d["replaces"],
+        legs=tuple(_order_from_dict(leg) for leg in d.get("legs", ())),
+        raw_status=d.get("raw_status", ""),
+    )
+
+
+def _order(row: sa.RowMapping) -> BrokerOrder:
+    """The ledger's view: the latest snapshot with the ledger's status and cumulative fill."""
+    raw = json.loads(row["raw"])
+    return BrokerOrder(
+        id=row["order_id"],
+        client_order_id=row["client_order_id"],
+        symbol=row["symbol"],
+        side=Side(row["side"]),
+        qty=row["qty"],
+        filled_qty=row["filled_qty"],
+        filled_avg_price=row["filled_avg_price"],
+        status=OrderStatus(row["status"]),
+        type=OrderType(row["type"]),
+        time_in_force=TimeInForce(row["time_in_force"]),
+        limit_price=row["limit_price"],
+        stop_price=row["stop_price"],
+        order_class=OrderClass(row["order_class"]),
+        notional=row["notional"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        replaced_by=row["replaced_by"],
+        replaces=row["replaces"],
+        legs=tuple(_order_from_dict(leg) for leg in raw.get("legs", ())),
+        raw_status=row["raw_status"],
+    )
+
+
+def _frame(rows: Iterable[Mapping[str, Any]], name: str) -> pl.DataFrame:
+    schema = _FRAME_SCHEMAS[name]
+    data = [{k: r.get(k) for k in schema} for r in rows]
+    return pl.DataFrame(data, schema=schema, orient="row")
+
+
+__all__ = [
+    "DEFAULT_LEDGER_URL",
+    "SCHEMA_VERSION",
+    "FillRecord",
+    "IntentRecord",
+    "OrderLedger",
+    "SessionRecord",
+]
