@@ -17,12 +17,16 @@
 
 # %% [markdown]
 # # 05 · Trade session
-# Load the strategy's `champion` model (else `challenger`) from the registry and replay one
-# session bar by bar against the simulated broker: features from the past only, decisions at each
-# bar's close under the strategy's risk policy (the decision, sizing, limits, kill switch and
-# end-of-day flatten its backtest and gates used), fills at the next bar's open plus costs.
-# Shows decisions, orders, fills, risk denials, equity and exposure; logs the session as an
-# MLflow run tagged with the model name, version and alias it traded.
+# Load the strategy's `champion` model (else `challenger`, or the alias given) from the registry
+# and trade one session bar by bar through the whole trading path: features from the past only,
+# decisions at each bar's close under the strategy's risk policy (the decision, sizing, limits,
+# kill switch and end-of-day flatten its backtest and gates used), orders written ahead to the
+# order ledger, sent to the broker (`sim`: the simulated venue, fills at the next bar's open plus
+# costs; `alpaca`: Alpaca paper trading, keys from the environment only), reconciled at start.
+# `replay` replays a stored day as fast as the broker allows; `live` trades today's bars until the
+# close (run it with `wb session run` in a terminal rather than here: a notebook is not a
+# long-lived trading process). Shows decisions, orders, fills, risk denials, equity and exposure;
+# logs the session as an MLflow run tagged with the model name, version and alias it traded.
 
 # %% tags=["parameters"]
 store_root: str = ""  # bar store folder (from the ingest step)
@@ -31,6 +35,10 @@ strategy: str = "intraday_reversal"  # strategy: feature set, thresholds, sizing
 timeframe: str = "5Min"  # bar length
 symbols: list[str] = ["SYN000", "SYN001", "SYN002", "SYN003"]  # symbols to trade
 session_date: str = ""  # session to replay (YYYY-MM-DD); empty means the last stored session
+broker: str = "sim"  # sim (simulated venue) | alpaca (paper unless `wb session run --live`)
+mode: str = "replay"  # replay a stored day | live (today, until the close)
+model_alias: str = ""  # alias to trade; empty means champion, else challenger
+ledger_url: str = ""  # order ledger (SQLAlchemy URL); empty means execution.ledger_url
 output_path: str = ""  # set by the pipeline runner: where this step hands on its outputs
 parent_run_id: str = ""  # set by the pipeline runner: MLflow parent run
 pipeline: str = ""  # set by the pipeline runner: pipeline name
@@ -47,14 +55,15 @@ from workbench.tracking import start_stage
 setup_display()
 cfg = load_config()
 params = dict(store_root=store_root, model_name=model_name, strategy=strategy, timeframe=timeframe, symbols=symbols,
-              session_date=session_date)
+              session_date=session_date, broker=broker, mode=mode, model_alias=model_alias)
 stage = start_stage("trade_session", params, pipeline=pipeline, parent_run_id=parent_run_id, output_path=output_path,
                     cfg=cfg)
 
 # %%
 try:
     res = run_trade_session(cfg, store_root=store_root or str(cfg.path(cfg.store.root)), model_name=model_name,
-                            strategy=strategy, timeframe=timeframe, symbols=symbols, session_date=session_date)
+                            strategy=strategy, timeframe=timeframe, symbols=symbols, session_date=session_date,
+                            broker=broker, mode=mode, model_alias=model_alias, ledger_url=ledger_url)
 except ModelNotFoundError as exc:
     res = None
     print(f"nothing to trade: {exc}")
@@ -71,10 +80,12 @@ if res is not None:
     stage.log_params({"model_version": res.model.version, "model_alias": res.model.alias,
                       "traded_session": res.session_date.isoformat()})
     stage.log_metrics({"fills": r.fills.height, "orders": r.orders.height, "denials": r.rejections.height,
+                       "broker_orders": r.broker_orders.height,
                        "kill_switch_trips": r.kill_switch.height, "net_pnl": r.net_pnl,
                        "commission": float(r.fills["commission"].sum())})
     for name, frame in (("fills", r.fills), ("orders", r.orders), ("risk_denials", r.rejections),
-                        ("kill_switch", r.kill_switch)):
+                        ("kill_switch", r.kill_switch), ("broker_orders", r.broker_orders),
+                        ("reconcile", r.reconcile.frame() if r.reconcile else pl.DataFrame())):
         stage.log_table(frame, name)
     fig = equity_figure(r.pnl, f"{strategy} on {res.session_date} with {model_name} v{res.model.version} "
                                f"({res.model.alias})")
@@ -83,11 +94,13 @@ if res is not None:
     stage.hand_on(fills_path=str(out / "fills.parquet"), pnl_path=str(out / "pnl.parquet"))
 
 # %% [markdown]
-# ## Decisions, orders and risk denials
+# ## Decisions, orders, fills and risk denials
 
 # %%
 if res is not None:
+    print(f"session status: {res.result.status}")
     display(res.result.decisions.filter(pl.col("order_qty") != 0).head(50))
+    display(res.result.broker_orders.head(50))
     display(res.result.rejections.head(50))
     display(res.result.kill_switch)
     display(res.result.fills)

@@ -434,8 +434,8 @@ class ExecutionConfig(_Frozen):
 
     broker: Literal["sim", "alpaca"] = "sim"  # default broker of `wb session run`
     ledger_url: str = "sqlite:///runs/ledger.db"  # order ledger (relative sqlite paths: project)
-    sim_state_url: str = (
-        "sqlite:///runs/sim/{session}.db"  # the simulated venue's durable state, one per session
+    sim_state_url: str | None = (
+        None  # the simulated venue's durable state ({session} is replaced); null: beside the ledger
     )
     policy: ExecutionPolicyConfig = ExecutionPolicyConfig()
     reconcile: ReconcileConfig = ReconcileConfig()

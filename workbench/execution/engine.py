@@ -45,7 +45,8 @@ import polars as pl
 
 from workbench.config import ReconcileConfig
 from workbench.data.assets import AssetFacts
-from workbench.errors import StoreError
+from workbench.errors import ConfigError, StoreError
+from workbench.execution import failpoints
 from workbench.execution.broker import Broker, BrokerError, OrderRefused, OutcomeUnknown
 from workbench.execution.clock import Clock, ReplayClock
 from workbench.execution.ledger import OrderLedger
@@ -161,8 +162,10 @@ class SessionEngine:
         on_shutdown: str = "keep",
         reconcile_config: ReconcileConfig | None = None,
         health_path: Path | None = None,
+        model: str = "",
     ) -> None:
         self.session_id = session_id
+        self.model = model
         self.policy = policy
         self.symbols = sorted(symbols)
         self.features = features
@@ -211,8 +214,19 @@ class SessionEngine:
         rec = self.ledger.open_session(
             self.session_id, strategy=strategy, broker=broker_name, mode=self.mode,
             session_date=self.session_date,
-            params={"symbols": self.symbols, "initial_cash": acct.cash, "endpoint": acct.endpoint},
+            params={
+                "symbols": self.symbols, "initial_cash": acct.cash, "endpoint": acct.endpoint,
+                "model": self.model,
+            },
         )  # fmt: skip
+        first = rec.params or {}
+        if first.get("model", "") != self.model or list(first.get("symbols", [])) != self.symbols:
+            raise ConfigError(
+                f"session {self.session_id} in ledger {self.ledger.url} was traded with model "
+                f"{first.get('model')!r} on {first.get('symbols')}; this run has {self.model!r} on "
+                f"{self.symbols}. A restart must use the same arguments. Fix: pass the same "
+                "--model/--symbols, or use a new ledger (--ledger) for a new session."
+            )
         # ids are unique per ledger session: a rehearsal re-run on a fresh ledger gets new ones
         self._salt = f"{self.session_id}|{rec.started_at.isoformat()}"
         self._done_until = rec.last_bar_ts
@@ -321,6 +335,7 @@ class SessionEngine:
             self._settle()
         self._record_bar(t, closes, preds, orders)
         if not catchup:
+            failpoints.hit("bar.before_progress")
             self.ledger.set_progress(self.session_id, t)
             self._write_health()
         return orders
@@ -343,10 +358,14 @@ class SessionEngine:
             log.warning("reading broker events failed: %s", exc)
             return new
         for ev in events:
+            if ev.qty:
+                failpoints.hit("fill.before_record")
             new += self.ledger.apply_order(
                 self.session_id, ev.order, event=ev.event, ts=ev.ts, execution_id=ev.execution_id,
                 price=ev.price, qty=ev.qty, commission=ev.commission, venue=self.venue,
             )  # fmt: skip
+            if ev.qty:
+                failpoints.hit("fill.after_record")
         return new
 
     def _book_releases(self, t: datetime) -> list[tuple[str, float]]:
@@ -462,6 +481,7 @@ class SessionEngine:
                 self.ledger.mark_refused(cid, str(exc))
             log.warning("%s", exc)
             return None
+        failpoints.hit("intent.before_commit")
         try:
             rec = self.ledger.add_intent(self.session_id, seq, req, bar_ts=bar_ts)  # write-ahead
         except StoreError as exc:  # a resumed bar decided differently: never guess
@@ -469,6 +489,7 @@ class SessionEngine:
         if rec.state in ("acked", "refused"):
             return cid  # a resumed bar: the broker has it (or refused it) already
         self._sent_at[cid] = now
+        failpoints.hit("intent.after_commit")
         try:
             order = self.broker.submit(req)
         except OrderRefused as exc:
@@ -479,6 +500,7 @@ class SessionEngine:
             log.warning("order %s outcome unknown (%s); resolving by client order id", cid, exc)
             return cid  # stays pending; _resolve_pending asks the broker by client order id
         self._last_ok = time.monotonic()
+        failpoints.hit("submit.after_accept")
         self.ledger.mark_acked(cid, order, now)
         self.ledger.apply_order(self.session_id, order, event="rest", ts=now, venue=self.venue)
         return cid
@@ -635,7 +657,9 @@ class SessionEngine:
         for sym, q in sorted(self.ledger.positions(self.session_id).items()):
             if abs(q) > 1e-9:
                 sent.append(
-                    self._send(Planned(sym, -q, intent="flatten", reduce_only=True, decided_at=t), t)
+                    self._send(
+                        Planned(sym, -q, intent="flatten", reduce_only=True, decided_at=t), t
+                    )
                 )
         return [c for c in sent if c]
 

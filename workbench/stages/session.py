@@ -82,21 +82,35 @@ def _safe(session: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", session)
 
 
+def sim_venue_url(cfg: WorkbenchConfig, ledger_url: str, session: str) -> str | None:
+    """Where the simulated venue of ``session`` keeps its state: ``execution.sim_state_url``
+    (``{session}`` replaced), else an SQLite file beside an SQLite ledger, else in memory."""
+    if cfg.execution.sim_state_url:
+        return project_url(cfg, cfg.execution.sim_state_url.replace("{session}", _safe(session)))
+    led = project_url(cfg, ledger_url)
+    if led.startswith("sqlite:///") and ":memory:" not in led:
+        path = Path(led[len("sqlite:///") :])
+        return f"sqlite:///{path.with_name(f'{path.stem}-sim-{_safe(session)}.db')}"
+    return None
+
+
 def make_session_broker(
     cfg: WorkbenchConfig,
     name: str,
     *,
     session: str,
+    ledger_url: str,
     live: bool = False,
     assets: dict | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Broker:
-    """The session's broker: ``sim`` (a durable simulated venue per session) or ``alpaca``.
+    """The session's broker: ``sim`` (a durable simulated venue per session, beside the ledger
+    unless ``execution.sim_state_url`` says where) or ``alpaca``.
 
     Live trading needs both ``--live`` and ``WB_LIVE_TRADING=yes``; paper is the default.
     """
     if name == "sim":
-        url = project_url(cfg, cfg.execution.sim_state_url.replace("{session}", _safe(session)))
+        url = sim_venue_url(cfg, ledger_url, session)
         return make_broker(
             "sim", cash=cfg.backtest.initial_cash, costs=cfg.backtest.costs, state_url=url,
             assets=assets,
@@ -164,8 +178,9 @@ def run_trade_session(
     fe = FeatureEngine(strat.feature_set, cfg, timeframe=timeframe)
     policy = session_policy(cfg, strategy, timeframe, symbols, ref)
     sid = session_id(strategy, day, broker, mode)
-    venue = make_session_broker(cfg, broker, session=sid, live=live)
-    ledger = OrderLedger(project_url(cfg, ledger_url or cfg.execution.ledger_url))
+    lurl = project_url(cfg, ledger_url or cfg.execution.ledger_url)
+    venue = make_session_broker(cfg, broker, session=sid, ledger_url=lurl, live=live)
+    ledger = OrderLedger(lurl)
     ks = KillSwitchStore(project_url(cfg, cfg.risk.state_url))
     try:
         acct = venue.account()
@@ -186,6 +201,7 @@ def run_trade_session(
             killswitch=ks, settle_seconds=ex.settle_seconds if mode == "replay" else None,
             on_shutdown=ex.on_shutdown, reconcile_config=ex.reconcile,
             health_path=cfg.path("runs") / "sessions" / f"{_safe(sid)}.health.json",
+            model=f"{ref.name} v{ref.version}",
         )  # fmt: skip
         report = engine.start(history, strategy=strategy, broker_name=broker)
         if report.resolved or report.missed_fills or report.orphans:
@@ -290,14 +306,15 @@ def flatten_session(
     ahead); reconciles first, like any start. Returns the client order ids sent."""
     day = date.fromisoformat(session_date) if session_date else datetime.now(NY).date()
     sid = session_id(strategy, day, broker, mode)
-    ledger = OrderLedger(project_url(cfg, ledger_url or cfg.execution.ledger_url))
+    lurl = project_url(cfg, ledger_url or cfg.execution.ledger_url)
+    ledger = OrderLedger(lurl)
     if ledger.session(sid) is None:
         ledger.close()
         raise ConfigError(
             f"no session {sid!r} in the ledger; pick --date/--broker/--mode of a session that ran "
             "(`wb session status` lists them)."
         )
-    venue = make_session_broker(cfg, broker, session=sid, live=live)
+    venue = make_session_broker(cfg, broker, session=sid, ledger_url=lurl, live=live)
     try:
         symbols = list(ledger.session(sid).params.get("symbols", []))
         policy = RiskPolicy.from_config(cfg, strategy, timeframe=cfg.data.timeframe)
@@ -307,6 +324,7 @@ def flatten_session(
             ledger=ledger, execution=ExecutionPolicy(cfg.execution.policy, venue.capabilities),
             session_date=day, mode=mode, clock=WallClock(),
             settle_seconds=cfg.execution.settle_seconds, reconcile_config=cfg.execution.reconcile,
+            model=str(ledger.session(sid).params.get("model", "")),
         )  # fmt: skip
         engine.start(pl.DataFrame(), strategy=strategy, broker_name=broker)
         acct = venue.account()
