@@ -264,7 +264,21 @@ _SNAPSHOTS = sa.Table(
     sa.Column("positions", sa.Text(), nullable=False),
     sa.CheckConstraint("kind IN ('start', 'end', 'reconcile')", name="ck_snapshots_kind"),
 )
-_TABLES = (_SESSIONS, _INTENTS, _ORDERS, _TRANSITIONS, _EVENTS, _FILLS, _SNAPSHOTS, _LEDGER_META)
+_RELEASES = sa.Table(
+    "releases",
+    _META,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("session_id", sa.String(200), nullable=False, index=True),
+    sa.Column("key", sa.String(200), nullable=False),  # the order id (or refused:<cid>)
+    sa.Column("symbol", sa.String(64), nullable=False),
+    sa.Column("qty", sa.Double(), nullable=False),  # signed shares no longer pending
+    sa.Column("booked_bar_ts", _DT(), nullable=False),
+    sa.UniqueConstraint("session_id", "key", name="uq_releases_key"),
+)
+_TABLES = (
+    _SESSIONS, _INTENTS, _ORDERS, _TRANSITIONS, _EVENTS, _FILLS, _SNAPSHOTS, _RELEASES,
+    _LEDGER_META,
+)  # fmt: skip
 
 _UTC_US = pl.Datetime("us", "UTC")
 _FRAME_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -738,6 +752,43 @@ class OrderLedger:
         bar_ts = _utc(bar_ts, "bar_ts")
         with self._tx("fills_booked_at") as conn:
             return self._booked(conn, session_id, bar_ts)
+
+    def book_release(
+        self, session_id: str, key: str, symbol: str, qty: float, bar_ts: datetime
+    ) -> bool:
+        """Record, once per ``key``, that ``qty`` signed shares of an order will not fill (its
+        remainder ended cancelled, expired or rejected), booked at bar ``bar_ts``. Returns False
+        when ``key`` was booked already (the first booking stands)."""
+        bar_ts = _utc(bar_ts, "bar_ts")
+        with self._tx("book_release") as conn:
+            hit = conn.execute(
+                sa.select(_RELEASES.c.id).where(
+                    _RELEASES.c.session_id == session_id, _RELEASES.c.key == key
+                )
+            ).first()
+            if hit is not None:
+                return False
+            conn.execute(
+                sa.insert(_RELEASES).values(
+                    session_id=session_id,
+                    key=key,
+                    symbol=symbol,
+                    qty=float(qty),
+                    booked_bar_ts=bar_ts,
+                )
+            )
+        return True
+
+    def releases_booked_at(self, session_id: str, bar_ts: datetime) -> list[tuple[str, float]]:
+        """(symbol, signed qty) released at bar ``bar_ts``, in booking order (zeros dropped)."""
+        bar_ts = _utc(bar_ts, "bar_ts")
+        with self._tx("releases_booked_at") as conn:
+            rows = conn.execute(
+                sa.select(_RELEASES.c.symbol, _RELEASES.c.qty)
+                .where(_RELEASES.c.session_id == session_id, _RELEASES.c.booked_bar_ts == bar_ts)
+                .order_by(_RELEASES.c.id)
+            ).all()
+        return [(sym, q) for sym, q in rows if abs(q) > _EPS]
 
     # -- positions -------------------------------------------------------------------------------
 
