@@ -286,7 +286,10 @@ def check_request(
     if req.order_class not in caps.order_classes:
         raise _bad("order_class", req.order_class.value, "is not supported by this broker",
                    f"use one of {sorted(c.value for c in caps.order_classes)}", cid)  # fmt: skip
-    need_limit = req.type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
+    # an OCO's exit price is take_profit.limit_price: its limit_price may be omitted
+    need_limit = req.type is OrderType.STOP_LIMIT or (
+        req.type is OrderType.LIMIT and req.order_class is not OrderClass.OCO
+    )
     need_stop = req.type in (OrderType.STOP, OrderType.STOP_LIMIT)
     for name, need in (("limit_price", need_limit), ("stop_price", need_stop)):
         v = getattr(req, name)
@@ -309,7 +312,9 @@ def check_request(
             raise _bad("time_in_force", req.time_in_force.value,
                        f"is not allowed with a fractional/notional order ({what}={shown})",
                        "use time_in_force=day or whole shares", cid)  # fmt: skip
-        if req.side is Side.SELL and position - (req.qty or 0.0) < -1e-9:
+        # a notional sell's shares are unknown here: it opens a short unless there is a long
+        opens_short = position - req.qty < -1e-9 if req.qty is not None else position <= 1e-9
+        if req.side is Side.SELL and opens_short:
             raise _bad(what, shown, "is a fractional/notional sell that would open a short "
                        f"(position {position:g})", "short whole shares only", cid)  # fmt: skip
         if req.order_class is not OrderClass.SIMPLE:
@@ -335,6 +340,15 @@ def check_request(
     if req.reduce_only and abs(after) > abs(position) + 1e-9:
         raise _bad("qty", req.qty, f"grows the position ({position:g} -> {after:g}) on a "
                    "reduce-only order", "size it to at most the open position", cid)  # fmt: skip
+    buy = req.side is Side.BUY
+    if req.order_class is OrderClass.BRACKET and (position < -1e-9 if buy else position > 1e-9):
+        raise _bad("order_class", "bracket", f"is a {req.side.value} against position "
+                   f"{position:g}; bracket orders must be entry orders",
+                   "close with a simple or oco order", cid)  # fmt: skip
+    if req.order_class is OrderClass.OCO and not (position < -1e-9 if buy else position > 1e-9):
+        raise _bad("order_class", "oco", f"is a {req.side.value} with position {position:g}; "
+                   "an oco only exits an open position",
+                   "use bracket (or oto) to enter with exits", cid)  # fmt: skip
     _check_legs(req, cid)
     return req
 
@@ -395,7 +409,9 @@ def client_order_id(strategy: str, session: str, seq: int, salt: str = "") -> st
     """
     if seq < 0:
         raise ValueError(f"client_order_id: seq must be >= 0, got {seq}")
-    digest = hashlib.sha256(f"{strategy}\x1f{session}\x1f{seq}\x1f{salt}".encode()).hexdigest()[:8]
+    # fields escaped so that a separator inside a name cannot make two inputs hash alike
+    parts = [x.replace("\\", "\\\\").replace("\x1f", "\\x1f") for x in (strategy, session)]
+    digest = hashlib.sha256(f"{parts[0]}\x1f{parts[1]}\x1f{seq}\x1f{salt}".encode()).hexdigest()[:8]
     s = _ID_SAFE.sub("", strategy)[:10] or "s"
     d = _ID_SAFE.sub("", session)[:8] or "x"
     cid = f"wb-{s}-{d}-{seq:06d}-{digest}"
