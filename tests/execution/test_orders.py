@@ -38,7 +38,7 @@ from workbench.execution.orders import (
     parse_status,
 )
 
-FAST = settings(max_examples=150, deadline=None)
+FAST = settings(max_examples=100, deadline=None)
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 BUY, SELL = Side.BUY, Side.SELL
 MKT, LMT, STP, STPLMT = OrderType.MARKET, OrderType.LIMIT, OrderType.STOP, OrderType.STOP_LIMIT

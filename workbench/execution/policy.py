@@ -144,7 +144,8 @@ class ExecutionPolicy:
         for qty, intent, reduce in legs:
             kind, limit = self._price(qty, price)
             tp = sl = None
-            grows = not reduce and intent in ("entry", "flip_open")
+            # a one-order flip (cross_zero) is part exit: legs sized to it would overshoot
+            grows = not reduce and (intent == "flip_open" or (intent == "entry" and not crosses))
             if (
                 grows
                 and c.bracket_take_profit_atr
@@ -156,7 +157,7 @@ class ExecutionPolicy:
                 s = 1.0 if qty > 0 else -1.0
                 tp = _tick(price + s * c.bracket_take_profit_atr * atr)
                 sl = _tick(price - s * c.bracket_stop_loss_atr * atr)
-                if sl <= 0:
+                if sl <= 0 or tp <= 0 or tp == sl:  # below zero, or collapsed by the tick
                     tp = sl = None
             out.append(
                 Planned(
