@@ -556,12 +556,11 @@ class TradingStub:
             if request.transport is not None:
                 request.transport.close()
             raise asyncio.CancelledError
-        if fault == "timeout":
+        if fault == "timeout":  # logged on arrival, answered after the hang
+            self._log(method, path, real.status if real is not None else 504)
             await asyncio.sleep(self.hang_seconds)
             if real is not None:
-                self._log(method, path, real.status)
                 return real
-            self._log(method, path, 504)
             return web.Response(status=504, text="<html>504 Gateway Time-out</html>")
         status = int(fault)
         self._log(method, path, status)
