@@ -36,7 +36,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -53,6 +53,7 @@ from workbench.execution.ledger import OrderLedger
 from workbench.execution.orders import (
     BrokerOrder,
     Fill,
+    OrderRequest,
     OrderRuleError,
     Side,
     check_request,
@@ -201,6 +202,14 @@ class SessionEngine:
         self._last_ok: float | None = None
         self.status = "running"
         self._salt = ""
+        self._resumed = False
+        self._prior: list[tuple[datetime, int]] = []
+        self._unknown: set[str] = set()
+        self._touched: set[str] = set()
+        self._refused: set[str] = set()
+        self._kind: dict[str, str] = {}
+        self._pos: dict[str, float] = {}
+        self._bar_px: dict[tuple[str, datetime], tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ start
 
@@ -240,6 +249,8 @@ class SessionEngine:
         )  # fmt: skip
         if not self.report.ok:
             self._halt(self.report.reason, strategy)
+        self._prior = [(i.bar_ts, i.seq) for i in self.ledger.intents(self.session_id)]
+        self._pos = dict(self.ledger.positions(self.session_id))
         self.risk = RiskEngine(
             self.policy, self.symbols, initial_cash=float(rec.params["initial_cash"]),
             assets=self.assets, store=None,
@@ -284,6 +295,10 @@ class SessionEngine:
 
     # ------------------------------------------------------------------ per bar
 
+    def _batch(self) -> Any:
+        batch = getattr(self.ledger, "batch", None)
+        return batch() if batch is not None else contextlib.nullcontext()
+
     def step(self, t: datetime, now: pl.DataFrame) -> dict[str, float]:
         """Process bar ``t`` (every symbol's bar of that timestamp); return the decided orders."""
         assert self.risk is not None, "call start() first"
@@ -296,12 +311,21 @@ class SessionEngine:
             fills = self.ledger.fills_booked_at(self.session_id, t)
             released = self.ledger.releases_booked_at(self.session_id, t)
         else:
-            if self._done_until is not None and self.killswitch is not None:
-                self.risk.attach_store(self.killswitch)  # resumed: the store's state from now on
+            resumed = not self._resumed
+            if resumed:  # the first bar this process works: everything may have changed
+                self._resumed = True
+                if self._done_until is not None and self.killswitch is not None:
+                    risk.attach_store(self.killswitch)  # the store's state from now on
                 self._done_until = None
+                self._seq = max((s for b, s in self._prior if b < t), default=-1) + 1
+                self._unknown = {
+                    i.client_order_id
+                    for i in self.ledger.intents(self.session_id, states=("pending",))
+                }
             self._drain()
-            fills = self.ledger.book_fills(self.session_id, t)
-            released = self._book_releases(t)
+            with self._batch():
+                fills = self.ledger.book_fills(self.session_id, t)
+                released = self._book_releases(t, full=resumed)
         risk.on_fills([FillEvent(f.symbol, f.qty, f.price, f.commission) for f in fills], t)
         for sym, qty in released:
             risk.release(sym, qty)
@@ -318,13 +342,14 @@ class SessionEngine:
         )
         closes = dict(zip(now["symbol"].to_list(), now["close"].to_list(), strict=True))
         self._last.update(closes)
+        for sym, o, c in now.select("symbol", "open", "close").iter_rows():
+            self._bar_px[(sym, t)] = (o, c)
         self.clock.advance(t)
         stopping = self.stop_requested
         orders = risk.on_bar(t, now, preds)
         if catchup:
-            self._seq = max(self._seq, self._max_seq_until(t) + 1)
+            self._seq = max(self._seq, max((s for b, s in self._prior if b <= t), default=-1) + 1)
         else:
-            self._seq = self._max_seq_before(t) + 1
             if stopping:  # graceful stop: no new entries; reduce-only orders still go out
                 orders = {
                     s: q for s, q in orders.items()
@@ -340,13 +365,9 @@ class SessionEngine:
             self._write_health()
         return orders
 
-    def _max_seq_before(self, t: datetime) -> int:
-        seqs = [i.seq for i in self.ledger.intents(self.session_id) if i.bar_ts < t]
-        return max(seqs, default=-1)
-
-    def _max_seq_until(self, t: datetime) -> int:
-        seqs = [i.seq for i in self.ledger.intents(self.session_id) if i.bar_ts <= t]
-        return max(seqs, default=-1)
+    def _note(self, fills: Iterable[Fill]) -> None:
+        for f in fills:
+            self._pos[f.symbol] = self._pos.get(f.symbol, 0.0) + f.qty
 
     def _drain(self) -> list[Fill]:
         """Record the broker's events; return the fills they added."""
@@ -357,24 +378,39 @@ class SessionEngine:
         except BrokerError as exc:
             log.warning("reading broker events failed: %s", exc)
             return new
-        for ev in events:
-            if ev.qty:
-                failpoints.hit("fill.before_record")
-            new += self.ledger.apply_order(
-                self.session_id, ev.order, event=ev.event, ts=ev.ts, execution_id=ev.execution_id,
-                price=ev.price, qty=ev.qty, commission=ev.commission, venue=self.venue,
-            )  # fmt: skip
-            if ev.qty:
-                failpoints.hit("fill.after_record")
+        if not events:
+            return new
+        with self._batch():
+            for ev in events:
+                if ev.qty:
+                    failpoints.hit("fill.before_record")
+                got = self.ledger.apply_order(
+                    self.session_id, ev.order, event=ev.event, ts=ev.ts,
+                    execution_id=ev.execution_id, price=ev.price, qty=ev.qty,
+                    commission=ev.commission, venue=self.venue,
+                )  # fmt: skip
+                self._touched.add(ev.order.id)
+                self._note(got)
+                new += got
+                if ev.qty:
+                    failpoints.hit("fill.after_record")
         return new
 
-    def _book_releases(self, t: datetime) -> list[tuple[str, float]]:
+    def _book_releases(self, t: datetime, *, full: bool) -> list[tuple[str, float]]:
         """Remainders of this session's orders that ended unfilled, booked at bar ``t``.
 
         A remainder that a fallback or stale re-send carries over was booked with qty 0 when
         that order was planned (the pending quantity moves to the new order).
         """
-        for o in self.ledger.orders(self.session_id):
+        if full:
+            orders = self.ledger.orders(self.session_id)
+            refused = [i for i in self.ledger.intents(self.session_id, states=("refused",))]
+        else:
+            orders = [o for oid in self._touched if (o := self.ledger.order(oid)) is not None]
+            refused = [i for c in self._refused if (i := self.ledger.intent(c)) is not None]
+        self._touched.clear()
+        self._refused.clear()
+        for o in orders:
             if not o.is_terminal or o.replaced_by or o.id in self._released:
                 continue
             self._released.add(o.id)
@@ -382,7 +418,7 @@ class SessionEngine:
             if rest > 1e-9 and self.ledger.intent(o.client_order_id) is not None:
                 signed = rest if o.side is Side.BUY else -rest
                 self.ledger.book_release(self.session_id, o.id, o.symbol, signed, t)
-        for it in self.ledger.intents(self.session_id, states=("refused",)):
+        for it in refused:
             key = f"refused:{it.client_order_id}"
             if key not in self._released:
                 self._released.add(key)
@@ -394,11 +430,12 @@ class SessionEngine:
     def _working(self) -> dict[str, list[WorkingOrder]]:
         out: dict[str, list[WorkingOrder]] = {}
         for o in self.ledger.orders(self.session_id, open_only=True):
-            it = self.ledger.intent(o.client_order_id)
+            kind = self._kind.get(o.client_order_id)
+            if kind is None:
+                it = self.ledger.intent(o.client_order_id)
+                kind = self._kind[o.client_order_id] = it.request.intent if it else "external"
             sent = self._sent_at.get(o.client_order_id, self.clock.now())
-            out.setdefault(o.symbol, []).append(
-                WorkingOrder(o, sent, it.request.intent if it else "external")
-            )
+            out.setdefault(o.symbol, []).append(WorkingOrder(o, sent, kind))
         return out
 
     def _send_decisions(self, t: datetime, orders: Mapping[str, float]) -> None:
@@ -406,9 +443,8 @@ class SessionEngine:
         assert risk is not None
         working = self._working() if orders else {}
         for sym, delta in orders.items():
-            filled = risk.position(sym)
             plans = self.execution.plan(
-                sym, delta, position=filled, price=self._last.get(sym, float("nan")),
+                sym, delta, position=risk.position(sym), price=self._last.get(sym, float("nan")),
                 atr=risk.atr(sym), working=working.get(sym, []), decided_at=t,
             )  # fmt: skip
             for p in plans:
@@ -421,6 +457,7 @@ class SessionEngine:
             return
         n_open = len(self.ledger.orders(self.session_id, open_only=True))
         keep: list[_Work] = []
+        ready: list[tuple[Planned, datetime]] = []
         for w in self._waiting:
             p = w.plan
             blocked = any(not self._terminal(oid) for oid in p.after_cancel)
@@ -438,15 +475,16 @@ class SessionEngine:
                 if rest <= 1e-9:
                     continue  # it filled before the cancel landed
                 p = replace(p, qty=rest if p.qty > 0 else -rest)
-            if self.execution.slots(n_open) <= 0:
+            if self.execution.slots(n_open + len(ready)) <= 0:
                 keep.append(w)
                 continue
-            self._send(p, w.bar_ts)
-            n_open += 1
+            ready.append((p, w.bar_ts))
         self._waiting = keep
+        if ready:
+            self._send_many(ready)
 
     def _flip_pending(self, p: Planned) -> bool:
-        pos = self.ledger.positions(self.session_id).get(p.symbol, 0.0)  # filled, now
+        pos = self._pos.get(p.symbol, 0.0)  # filled, now
         return abs(pos) > 1e-9 and pos * p.qty < 0
 
     def _terminal(self, order_id: str) -> bool:
@@ -460,62 +498,90 @@ class SessionEngine:
             log.warning("cancel %s: %s", order_id, exc)
 
     def _send(self, plan: Planned, bar_ts: datetime) -> str | None:
-        seq = self._seq
-        self._seq += 1
-        cid = client_order_id(self.policy.name, f"{self.session_date:%Y%m%d}", seq, salt=self._salt)
-        req = plan.request(cid)
+        sent = self._send_many([(plan, bar_ts)])
+        return sent[0] if sent else None
+
+    def _send_many(self, plans: list[tuple[Planned, datetime]]) -> list[str]:
+        """Commit the intents of ``plans`` (one transaction, before anything is sent), then send
+        each and record the broker's answers. Returns the client order ids the broker has or
+        may have."""
         now = self.clock.now()
-        risk = self.risk
-        assert risk is not None
-        facts = (self.assets or {}).get(plan.symbol)
-        position = self.ledger.positions(self.session_id).get(plan.symbol, 0.0)
-        try:
-            check_request(
-                req, self.broker.capabilities, position=position,
-                fractionable=facts.fractionable if facts else True,
-                shortable=(facts.shortable and facts.easy_to_borrow) if facts else True,
-            )  # fmt: skip
-        except OrderRuleError as exc:
-            rec = self.ledger.add_intent(self.session_id, seq, req, bar_ts=bar_ts)
-            if rec.state == "pending":
-                self.ledger.mark_refused(cid, str(exc))
-            log.warning("%s", exc)
-            return None
+        todo: list[tuple[str, OrderRequest]] = []
+        out: list[str] = []
         failpoints.hit("intent.before_commit")
-        try:
-            rec = self.ledger.add_intent(self.session_id, seq, req, bar_ts=bar_ts)  # write-ahead
-        except StoreError as exc:  # a resumed bar decided differently: never guess
-            self._halt(f"replay diverged from the ledger at {bar_ts}: {exc}", self.policy.name)
-        if rec.state in ("acked", "refused"):
-            return cid  # a resumed bar: the broker has it (or refused it) already
-        self._sent_at[cid] = now
-        failpoints.hit("intent.after_commit")
-        try:
-            order = self.broker.submit(req)
-        except OrderRefused as exc:
-            self.ledger.mark_refused(cid, str(exc))
-            log.warning("order %s refused: %s", cid, exc)
-            return None
-        except OutcomeUnknown as exc:
-            log.warning("order %s outcome unknown (%s); resolving by client order id", cid, exc)
-            return cid  # stays pending; _resolve_pending asks the broker by client order id
-        self._last_ok = time.monotonic()
-        failpoints.hit("submit.after_accept")
-        self.ledger.mark_acked(cid, order, now)
-        self.ledger.apply_order(self.session_id, order, event="rest", ts=now, venue=self.venue)
-        return cid
+        with self._batch():
+            for plan, bar_ts in plans:
+                seq = self._seq
+                self._seq += 1
+                cid = client_order_id(
+                    self.policy.name, f"{self.session_date:%Y%m%d}", seq, salt=self._salt
+                )
+                req = plan.request(cid)
+                facts = (self.assets or {}).get(plan.symbol)
+                try:
+                    check_request(
+                        req, self.broker.capabilities, position=self._pos.get(plan.symbol, 0.0),
+                        fractionable=facts.fractionable if facts else True,
+                        shortable=(facts.shortable and facts.easy_to_borrow) if facts else True,
+                    )  # fmt: skip
+                    refusal = None
+                except OrderRuleError as exc:
+                    refusal = str(exc)
+                try:
+                    rec = self.ledger.add_intent(self.session_id, seq, req, bar_ts=bar_ts)
+                except StoreError as exc:  # a resumed bar decided differently: never guess
+                    self._halt(
+                        f"replay diverged from the ledger at {bar_ts}: {exc}", self.policy.name
+                    )
+                self._kind[cid] = req.intent
+                if refusal is not None:
+                    if rec.state in ("pending", "not_found"):
+                        self.ledger.mark_refused(cid, refusal)
+                        self._refused.add(cid)
+                    log.warning("%s", refusal)
+                    continue
+                if rec.state in ("acked", "refused"):
+                    out.append(cid)  # a resumed bar: the broker has it (or refused it) already
+                    continue
+                todo.append((cid, req))
+        acks: list[tuple[str, BrokerOrder]] = []
+        for cid, req in todo:  # every intent is durable: now send
+            self._sent_at[cid] = now
+            failpoints.hit("intent.after_commit")
+            try:
+                order = self.broker.submit(req)
+            except OrderRefused as exc:
+                self.ledger.mark_refused(cid, str(exc))
+                self._refused.add(cid)
+                log.warning("order %s refused: %s", cid, exc)
+                continue
+            except OutcomeUnknown as exc:
+                log.warning("order %s outcome unknown (%s); resolving by client order id", cid, exc)
+                self._unknown.add(cid)
+                out.append(cid)
+                continue
+            self._last_ok = time.monotonic()
+            failpoints.hit("submit.after_accept")
+            acks.append((cid, order))
+            out.append(cid)
+        if acks:
+            with self._batch():
+                for cid, order in acks:
+                    self._note(self.ledger.mark_acked(cid, order, now))
+                    self._touched.add(order.id)
+        return out
 
     def _resolve_pending(self) -> None:
-        for it in self.ledger.intents(self.session_id, states=("pending",)):
+        """Ask the broker about intents of unknown outcome, by client order id."""
+        for cid in sorted(self._unknown):
             try:
-                order = self.broker.get_order_by_client_id(it.client_order_id)
+                order = self.broker.get_order_by_client_id(cid)
             except BrokerError:
                 continue
             if order is not None:
-                self.ledger.mark_acked(it.client_order_id, order, self.clock.now())
-                self.ledger.apply_order(
-                    self.session_id, order, event="rest", ts=self.clock.now(), venue=self.venue
-                )
+                self._note(self.ledger.mark_acked(cid, order, self.clock.now()))
+                self._touched.add(order.id)
+                self._unknown.discard(cid)
 
     def _work_open_orders(self, t: datetime) -> None:
         self._resolve_pending()
@@ -537,9 +603,9 @@ class SessionEngine:
             self._resolve_pending()
             self._flush_waiting()
             if (
-                not self.ledger.orders(self.session_id, open_only=True)
-                and not self._waiting
-                and not self.ledger.intents(self.session_id, states=("pending",))
+                not self._waiting
+                and not self._unknown
+                and not self.ledger.orders(self.session_id, open_only=True)
             ):
                 return
             time.sleep(0.02)
@@ -548,9 +614,12 @@ class SessionEngine:
                 fresh = self.broker.get_order(o.id)
             except BrokerError:
                 continue
-            self.ledger.apply_order(
-                self.session_id, fresh, event="rest", ts=self.clock.now(), venue=self.venue
+            self._note(
+                self.ledger.apply_order(
+                    self.session_id, fresh, event="rest", ts=self.clock.now(), venue=self.venue
+                )
             )
+            self._touched.add(fresh.id)
 
     # ------------------------------------------------------------------ records
 
@@ -651,7 +720,7 @@ class SessionEngine:
     def flatten(self) -> list[str]:
         """Send reduce-only market orders closing every position the ledger holds now."""
         self._drain()
-        self._seq = max(self._seq, self._max_seq_until(datetime.max.replace(tzinfo=UTC)) + 1)
+        self._seq = max(self._seq, max((q for _, q in self._prior), default=-1) + 1)
         t = self.clock.now()
         sent = []
         for sym, q in sorted(self.ledger.positions(self.session_id).items()):
@@ -707,7 +776,7 @@ class SessionEngine:
         )
         frames = self.ledger.frames(self.session_id)
         return SessionResult(
-            fills_frame(f.fill for f in self.ledger.fills(self.session_id)),
+            fills_frame(self._with_ref(f.fill) for f in self.ledger.fills(self.session_id)),
             pl.DataFrame(self._pnl, schema_overrides={"ts": _TS}),
             decisions,
             risk.orders(),
@@ -717,6 +786,17 @@ class SessionEngine:
             self.report,
             self.status,
         )
+
+    def _with_ref(self, f: Fill) -> Fill:
+        """The fill with its reference price: the fill bar's open when it filled at a bar's
+        open (the simulated venue), else the decision bar's close (the arrival price)."""
+        if not math.isnan(f.ref_price):
+            return f
+        at = self._bar_px.get((f.symbol, f.ts))
+        if at is not None:
+            return replace(f, ref_price=at[0])
+        dec = self._bar_px.get((f.symbol, f.decided_at)) if f.decided_at else None
+        return replace(f, ref_price=dec[1]) if dec is not None else f
 
     # ------------------------------------------------------------------ async loop
 

@@ -426,7 +426,9 @@ class SimulatedBroker:
     halted : Iterable[str]
         Symbols halted from the start (see :meth:`set_halted`).
     margin : float
-        Buying-power multiplier of equity (1 = cash account).
+        Buying-power multiple of equity, checked when an order is submitted (2: a Reg-T margin
+        account, Alpaca's for accounts of $2,000 or more; 1: a cash account). The strategy's own
+        leverage limit (``risk.limits.leverage``) binds first in normal trading.
     shortable : bool
         Whether the account may short at all (False: a short is refused by the rule check).
     seed : int
@@ -434,6 +436,10 @@ class SimulatedBroker:
     intraday : bool, optional
         Whether the bars are intraday (time-of-day slippage); None infers it like the backtest,
         from the median spacing of the timestamps seen (the first 64).
+    alpaca_rules : bool
+        Refuse one order from long to short, as Alpaca does (the session then closes, and opens
+        once the close has filled). Off by default: the backtest flips in one fill, and a replay
+        on the simulated venue equals the backtest.
     """
 
     name = "sim"
@@ -448,10 +454,11 @@ class SimulatedBroker:
         latency_bars: int = 0,
         assets: Mapping[str, AssetFacts] | None = None,
         halted: Iterable[str] = (),
-        margin: float = 1.0,
+        margin: float = 2.0,
         shortable: bool = True,
         seed: int = 0,
         intraday: bool | None = None,
+        alpaca_rules: bool = False,
     ) -> None:
         checks = [
             ("cash", cash > 0, "> 0", cash),
@@ -485,6 +492,8 @@ class SimulatedBroker:
             short=self.shortable,
             extended_hours=False,
             notional=False,
+            # the backtest flips in one fill; alpaca_rules rehearses Alpaca's close-then-open
+            cross_zero=not alpaca_rules,
         )
         c = self.costs
         p = np.zeros(BK.N_PARAMS)

@@ -1,4 +1,4 @@
-"""Simulated broker and session engine: fills at the next open with costs, ends flat, no peeking."""
+"""Replayed sessions on the simulated venue: fills at the next open with costs, ends flat, no peeking."""
 
 from __future__ import annotations
 
@@ -16,43 +16,14 @@ from workbench.config import (
     StrategyConfig,
     StrategyRiskConfig,
 )
-from workbench.execution.orders import Order
 from workbench.execution.session import run_session
-from workbench.execution.sim_broker import BrokerError, SimulatedBroker
+from workbench.execution.sim_broker import SimulatedBroker
 from workbench.risk import RiskPolicy
 
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 COSTS = CostsConfig(
     commission_per_share=0.01, commission_min=1.0, half_spread_bps=5.0, slippage_bps=1.0
 )
-
-
-def test_hand_computed_round_trip() -> None:
-    b = SimulatedBroker(10_000, COSTS)
-    b.submit(Order("o1", "A", 100, T0))
-    (f,) = b.on_bar_open("A", T0 + timedelta(minutes=5), 50.0)
-    assert f.price == pytest.approx(50.0 * 1.0006)  # 5 bps half-spread + 1 bp slippage, adverse
-    assert f.commission == pytest.approx(1.0)  # 100 x $0.01 = $1, the minimum
-    assert b.cash == pytest.approx(10_000 - 100 * 50.03 - 1.0)
-    b.submit(Order("o2", "A", -100, T0 + timedelta(minutes=5)))
-    (g,) = b.on_bar_open("A", T0 + timedelta(minutes=10), 51.0)
-    assert g.price == pytest.approx(51.0 * 0.9994)
-    assert b.position("A") == 0
-    assert b.mark({"A": 52.0}) == pytest.approx(10_000 + 100 * (51 * 0.9994 - 50.03) - 2.0)
-
-
-def test_order_cannot_fill_on_its_decision_bar() -> None:
-    b = SimulatedBroker(1_000)
-    b.submit(Order("o", "A", 1, T0))
-    with pytest.raises(BrokerError, match="not after its decision bar"):
-        b.on_bar_open("A", T0, 10.0)
-
-
-def test_bad_inputs() -> None:
-    with pytest.raises(BrokerError, match="'cash' parameter of SimulatedBroker must be > 0"):
-        SimulatedBroker(0)
-    with pytest.raises(BrokerError, match="qty 0"):
-        SimulatedBroker(1).submit(Order("o", "A", 0, T0))
 
 
 class RetFeature:
