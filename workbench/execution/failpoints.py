@@ -36,6 +36,13 @@ _ARMED = _parse(os.environ.get("WB_FAILPOINTS", ""))
 _SEEN: Counter[str] = Counter()
 
 
+def arm(spec: str) -> None:
+    """Arm points from a ``WB_FAILPOINTS``-style spec (a forked test child re-arms with this)."""
+    global _ARMED
+    _ARMED = _parse(spec)
+    _SEEN.clear()
+
+
 def hit(name: str) -> None:
     """Pass crash point ``name`` (kills the process when armed for this pass)."""
     if not _ARMED:

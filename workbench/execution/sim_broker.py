@@ -516,7 +516,8 @@ class SimulatedBroker:
         self._by_cid: dict[str, str] = {}
         self._live: set[str] = set()
         self._fills: list[Fill] = []
-        self._events: list[tuple[int, OrderEvent]] = []
+        self._events: list[tuple[int, OrderEvent]] = []  # not delivered by this object yet
+        self._log: list[OrderEvent] = []  # every event the venue ever sent (durable)
         self._borrow: list[tuple[datetime, str, float]] = []
         self._cum_borrow: dict[str, float] = {}
         self._halted: set[str] = set(halted)
@@ -596,6 +597,8 @@ class SimulatedBroker:
                 self._live.add(o.id)
         self._fills = [_fill_from(d) for d in loaded["fills"]]
         self._events = [(s, _event_from(d)) for s, d in loaded["events"]]
+        # a venue re-opened after a crash re-delivers its events (the ledger dedupes them)
+        self._log = [e for _, e in self._events]
         self._borrow = [(datetime.fromisoformat(t), s, a) for t, s, a in loaded["borrow"]]
 
     def _commit(self) -> None:
@@ -730,6 +733,7 @@ class SimulatedBroker:
         item = (self._next("event"), e)
         self._events.append(item)
         self._new_events.append(item)
+        self._log.append(item[1])
 
     def _get(self, order_id: str) -> _Order:
         try:
@@ -1084,14 +1088,22 @@ class SimulatedBroker:
         )
 
     def events(self) -> list[OrderEvent]:
-        """Drain the events since the last call (durably: they are not delivered twice)."""
+        """Drain the events since the last call.
+
+        The venue keeps every event it sent (like a broker's activity history): a venue
+        re-opened on its state delivers them all again once, and :meth:`replay_events` returns
+        them, so a fill whose event was lost in a crash is recovered exactly (commission
+        included). Consumers dedupe by execution id.
+        """
         if not self._events:
             return []
         out = [e for _, e in self._events]
-        self._drained_to = self._events[-1][0]
         self._events = []
-        self._commit()
         return out
+
+    def replay_events(self) -> list[OrderEvent]:
+        """Every event the venue has sent, oldest first (reconcile reads it before REST)."""
+        return list(self._log)
 
     def close(self) -> None:
         if self._store is not None:
