@@ -88,8 +88,10 @@ def make_broker(kind: str, venue: str, url: str):
     )  # fmt: skip
 
 
-def run_child(argv: list[str], failpoint_spec: str = "") -> None:
-    """Entry point of a forked child (the fork server has the modules imported already)."""
+def run_child(argv: list[str], failpoint_spec: str = "", env: dict | None = None) -> None:
+    """Entry point of a forked child (the fork server has the modules imported already; its
+    environment is the server's, so the caller passes what it needs in ``env``)."""
+    os.environ.update(env or {})
     failpoints.arm(failpoint_spec)
     sys.exit(main(argv))
 

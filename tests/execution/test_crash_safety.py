@@ -29,7 +29,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[1] / "alpaca"))
 
 import session_child
 
@@ -58,7 +57,8 @@ def _noop() -> None:
 
 
 def _run(ctx, args: list[str], spec: str = "", timeout: float = 120) -> int:
-    p = ctx.Process(target=session_child.run_child, args=(args, spec))
+    env = {k: v for k, v in os.environ.items() if k.startswith("APCA_")}
+    p = ctx.Process(target=session_child.run_child, args=(args, spec, env))
     p.start()
     p.join(timeout)
     if p.is_alive():
@@ -168,8 +168,7 @@ def test_sim_venue_survives_sigkill_anywhere(ctx, tmp_path: Path) -> None:
 
 
 def test_alpaca_survives_sigkill_anywhere(ctx, tmp_path: Path, monkeypatch) -> None:
-    from stub_server import KEY_ID, SECRET
-    from trading_stub import TradingStub
+    from tests.alpaca.trading_stub import KEY_ID, SECRET, TradingStub
 
     monkeypatch.setenv("APCA_API_KEY_ID", KEY_ID)
     monkeypatch.setenv("APCA_API_SECRET_KEY", SECRET)

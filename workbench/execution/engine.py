@@ -109,10 +109,12 @@ class SessionResult:
 
 @dataclass
 class _Work:
-    """An order waiting for cancels to be confirmed, or for a slot."""
+    """A committed intent waiting to be sent (for cancels to be confirmed, a close to fill, a
+    slot)."""
 
-    plan: Planned
+    request: OrderRequest
     bar_ts: datetime
+    seq: int
 
 
 class SessionEngine:
@@ -208,6 +210,7 @@ class SessionEngine:
         self._touched: set[str] = set()
         self._refused: set[str] = set()
         self._kind: dict[str, str] = {}
+        self._queued: set[str] = set()
         self._pos: dict[str, float] = {}
         self._bar_px: dict[tuple[str, datetime], tuple[float, float]] = {}
 
@@ -442,50 +445,99 @@ class SessionEngine:
         risk = self.risk
         assert risk is not None
         working = self._working() if orders else {}
+        plans: list[Planned] = []
         for sym, delta in orders.items():
-            plans = self.execution.plan(
+            plans += self.execution.plan(
                 sym, delta, position=risk.position(sym), price=self._last.get(sym, float("nan")),
                 atr=risk.atr(sym), working=working.get(sym, []), decided_at=t,
             )  # fmt: skip
-            for p in plans:
-                self._waiting.append(_Work(p, t))
+        self._commit_plans(plans, t)
         self._flush_waiting()
 
+    def _commit_plans(self, plans: list[Planned], t: datetime) -> list[str]:
+        """Give each plan its sequence number and client order id and commit it as an intent
+        (one transaction, before anything of it is sent); queue it for sending.
+
+        Every order is an intent from the bar that planned it, also one that must wait (the open
+        of a flip waits for the close to fill; a re-send waits for its cancel): a restart finds
+        them in the ledger, in their order, with their ids.
+        """
+        if not plans:
+            return []
+        cids = []
+        failpoints.hit("intent.before_commit")
+        with self._batch():
+            for plan in plans:
+                seq = self._seq
+                self._seq += 1
+                cid = client_order_id(
+                    self.policy.name, f"{self.session_date:%Y%m%d}", seq, salt=self._salt
+                )
+                req = plan.request(cid)
+                try:
+                    rec = self.ledger.add_intent(self.session_id, seq, req, bar_ts=t)
+                except StoreError as exc:  # a resumed bar decided differently: never guess
+                    self._halt(f"replay diverged from the ledger at {t}: {exc}", self.policy.name)
+                self._kind[cid] = req.intent
+                cids.append(cid)
+                if rec.state in ("pending", "not_found") and cid not in self._queued:
+                    self._queued.add(cid)
+                    self._waiting.append(_Work(rec.request, t, seq))
+        return cids
+
+    def _requeue(self) -> None:
+        """After a restart: intents committed but never sent (reconcile found them nowhere) go
+        back in the queue, in sequence order."""
+        for it in self.ledger.intents(self.session_id, states=("not_found",)):
+            if it.client_order_id not in self._queued:
+                self._queued.add(it.client_order_id)
+                self._kind[it.client_order_id] = it.request.intent
+                self._waiting.append(_Work(it.request, it.bar_ts, it.seq))
+        self._waiting.sort(key=lambda w: w.seq)
+
     def _flush_waiting(self) -> None:
-        """Send waiting orders whose cancels are confirmed, while slots are free."""
+        """Send queued intents whose cancels are confirmed, while slots are free."""
         if not self._waiting:
             return
         n_open = len(self.ledger.orders(self.session_id, open_only=True))
         keep: list[_Work] = []
-        ready: list[tuple[Planned, datetime]] = []
+        ready: list[OrderRequest] = []
         for w in self._waiting:
-            p = w.plan
-            blocked = any(not self._terminal(oid) for oid in p.after_cancel)
-            if blocked:
-                for oid in p.after_cancel:
+            req = w.request
+            if any(not self._terminal(oid) for oid in req.after_cancel):
+                for oid in req.after_cancel:
                     self._cancel(oid)
                 keep.append(w)
                 continue
-            if p.intent == "flip_open" and self._flip_pending(p):
+            if req.intent == "flip_open" and self._flip_pending(req):
                 keep.append(w)  # the close must fill first
                 continue
-            if p.intent in ("fallback", "stale_resend"):
-                old = self.ledger.order(p.after_cancel[0])
+            if req.intent in ("fallback", "stale_resend"):
+                old = self.ledger.order(req.after_cancel[0])
                 rest = old.remaining if old is not None else 0.0
-                if rest <= 1e-9:
-                    continue  # it filled before the cancel landed
-                p = replace(p, qty=rest if p.qty > 0 else -rest)
+                if rest <= 1e-9:  # it filled before the cancel landed: nothing left to send
+                    self._refuse(
+                        req.client_order_id, "nothing left: the order filled before its cancel"
+                    )
+                    continue
+                if rest < (req.qty or 0.0) - 1e-9:  # a partial fill raced the cancel
+                    req = replace(req, qty=rest)
             if self.execution.slots(n_open + len(ready)) <= 0:
                 keep.append(w)
                 continue
-            ready.append((p, w.bar_ts))
+            ready.append(req)
         self._waiting = keep
         if ready:
-            self._send_many(ready)
+            self._submit(ready)
 
-    def _flip_pending(self, p: Planned) -> bool:
-        pos = self._pos.get(p.symbol, 0.0)  # filled, now
-        return abs(pos) > 1e-9 and pos * p.qty < 0
+    def _refuse(self, cid: str, why: str) -> None:
+        self.ledger.mark_refused(cid, why)
+        self._refused.add(cid)
+        self._queued.discard(cid)
+
+    def _flip_pending(self, req: OrderRequest) -> bool:
+        pos = self._pos.get(req.symbol, 0.0)  # filled, now
+        return abs(pos) > 1e-9 and pos * req.signed_qty < 0
 
     def _terminal(self, order_id: str) -> bool:
         o = self.ledger.order(order_id)
@@ -497,72 +549,42 @@ class SessionEngine:
         except BrokerError as exc:
             log.warning("cancel %s: %s", order_id, exc)
 
-    def _send(self, plan: Planned, bar_ts: datetime) -> str | None:
-        sent = self._send_many([(plan, bar_ts)])
-        return sent[0] if sent else None
-
-    def _send_many(self, plans: list[tuple[Planned, datetime]]) -> list[str]:
-        """Commit the intents of ``plans`` (one transaction, before anything is sent), then send
-        each and record the broker's answers. Returns the client order ids the broker has or
-        may have."""
+    def _submit(self, requests: list[OrderRequest]) -> list[str]:
+        """Send committed intents; record the broker's answers (acks in one transaction)."""
         now = self.clock.now()
-        todo: list[tuple[str, OrderRequest]] = []
         out: list[str] = []
-        failpoints.hit("intent.before_commit")
-        with self._batch():
-            for plan, bar_ts in plans:
-                seq = self._seq
-                self._seq += 1
-                cid = client_order_id(
-                    self.policy.name, f"{self.session_date:%Y%m%d}", seq, salt=self._salt
-                )
-                req = plan.request(cid)
-                facts = (self.assets or {}).get(plan.symbol)
-                try:
-                    check_request(
-                        req, self.broker.capabilities, position=self._pos.get(plan.symbol, 0.0),
-                        fractionable=facts.fractionable if facts else True,
-                        shortable=(facts.shortable and facts.easy_to_borrow) if facts else True,
-                    )  # fmt: skip
-                    refusal = None
-                except OrderRuleError as exc:
-                    refusal = str(exc)
-                try:
-                    rec = self.ledger.add_intent(self.session_id, seq, req, bar_ts=bar_ts)
-                except StoreError as exc:  # a resumed bar decided differently: never guess
-                    self._halt(
-                        f"replay diverged from the ledger at {bar_ts}: {exc}", self.policy.name
-                    )
-                self._kind[cid] = req.intent
-                if refusal is not None:
-                    if rec.state in ("pending", "not_found"):
-                        self.ledger.mark_refused(cid, refusal)
-                        self._refused.add(cid)
-                    log.warning("%s", refusal)
-                    continue
-                if rec.state in ("acked", "refused"):
-                    out.append(cid)  # a resumed bar: the broker has it (or refused it) already
-                    continue
-                todo.append((cid, req))
         acks: list[tuple[str, BrokerOrder]] = []
-        for cid, req in todo:  # every intent is durable: now send
+        for req in requests:
+            cid = req.client_order_id
+            facts = (self.assets or {}).get(req.symbol)
+            try:
+                check_request(
+                    req, self.broker.capabilities, position=self._pos.get(req.symbol, 0.0),
+                    fractionable=facts.fractionable if facts else True,
+                    shortable=(facts.shortable and facts.easy_to_borrow) if facts else True,
+                )  # fmt: skip
+            except OrderRuleError as exc:
+                self._refuse(cid, str(exc))
+                log.warning("%s", exc)
+                continue
             self._sent_at[cid] = now
             failpoints.hit("intent.after_commit")
             try:
                 order = self.broker.submit(req)
             except OrderRefused as exc:
-                self.ledger.mark_refused(cid, str(exc))
-                self._refused.add(cid)
+                self._refuse(cid, str(exc))
                 log.warning("order %s refused: %s", cid, exc)
                 continue
             except OutcomeUnknown as exc:
                 log.warning("order %s outcome unknown (%s); resolving by client order id", cid, exc)
                 self._unknown.add(cid)
+                self._queued.discard(cid)
                 out.append(cid)
                 continue
             self._last_ok = time.monotonic()
             failpoints.hit("submit.after_accept")
             acks.append((cid, order))
+            self._queued.discard(cid)
             out.append(cid)
         if acks:
             with self._batch():
@@ -586,11 +608,12 @@ class SessionEngine:
     def _work_open_orders(self, t: datetime) -> None:
         self._resolve_pending()
         working = [w for ws in self._working().values() for w in ws]
-        for p in self.execution.manage(working, self.clock.now(), self._last):
+        plans = self.execution.manage(working, self.clock.now(), self._last)
+        for p in plans:
             # the remainder's pending quantity moves to the re-sent order: nothing to release
             self.ledger.book_release(self.session_id, p.after_cancel[0], p.symbol, 0.0, t)
             self._released.add(p.after_cancel[0])
-            self._waiting.append(_Work(p, t))
+        self._commit_plans(plans, t)
         self._flush_waiting()
 
     def _settle(self) -> None:
@@ -692,7 +715,10 @@ class SessionEngine:
     def shutdown(self, reason: str = "stop requested") -> None:
         """Graceful stop: cancel working entry orders (confirmed), keep or flatten protective
         orders and positions per ``on_shutdown``, persist, mark the session stopped."""
-        self._waiting = [w for w in self._waiting if w.plan.reduce_only]
+        for w in self._waiting:  # queued entries are never sent now
+            if not w.request.reduce_only:
+                self._refuse(w.request.client_order_id, "session stopped before it was sent")
+        self._waiting = [w for w in self._waiting if w.request.reduce_only]
         for o in self.ledger.orders(self.session_id, open_only=True):
             it = self.ledger.intent(o.client_order_id)
             entry = it is not None and it.request.intent in ("entry", "flip_open", "fallback")
@@ -722,15 +748,14 @@ class SessionEngine:
         self._drain()
         self._seq = max(self._seq, max((q for _, q in self._prior), default=-1) + 1)
         t = self.clock.now()
-        sent = []
-        for sym, q in sorted(self.ledger.positions(self.session_id).items()):
-            if abs(q) > 1e-9:
-                sent.append(
-                    self._send(
-                        Planned(sym, -q, intent="flatten", reduce_only=True, decided_at=t), t
-                    )
-                )
-        return [c for c in sent if c]
+        plans = [
+            Planned(sym, -q, intent="flatten", reduce_only=True, decided_at=t)
+            for sym, q in sorted(self.ledger.positions(self.session_id).items())
+            if abs(q) > 1e-9
+        ]
+        cids = self._commit_plans(plans, t)
+        self._flush_waiting()
+        return cids
 
     def finish(self) -> SessionResult:
         """Close the day: record the end snapshot and return the session's frames."""

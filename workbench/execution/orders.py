@@ -189,6 +189,7 @@ class OrderRequest:
     decided_at: datetime | None = None
     intent: str = "entry"
     reduce_only: bool = False  # closes (part of) a position; never opens or grows one
+    after_cancel: tuple[str, ...] = ()  # broker order ids that must end before this is sent
 
     @property
     def signed_qty(self) -> float:
@@ -209,6 +210,8 @@ class OrderRequest:
                 v = v.isoformat()
             elif isinstance(v, StrEnum):
                 v = v.value
+            elif isinstance(v, tuple):
+                v = list(v)
             out[name] = v
         return out
 
@@ -224,6 +227,7 @@ class OrderRequest:
                 kw[leg] = Leg(**kw[leg])
         if kw.get("decided_at"):
             kw["decided_at"] = datetime.fromisoformat(kw["decided_at"])
+        kw["after_cancel"] = tuple(kw.get("after_cancel") or ())
         return cls(**kw)
 
 

@@ -79,6 +79,7 @@ class Planned:
             decided_at=self.decided_at,
             intent=self.intent,
             reduce_only=self.reduce_only,
+            after_cancel=tuple(self.after_cancel),
         )
 
 
