@@ -11,8 +11,10 @@ chosen point; a run that finishes writes a JSON summary to ``OUT``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import signal
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -103,6 +105,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--venue", default="")
     ap.add_argument("--url", default="")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--bar-delay", type=float, default=0.0, help="seconds per bar (async loop)")
     a = ap.parse_args(argv)
     bars = session_bars()
     preds = predictions(bars)
@@ -123,9 +126,12 @@ def main(argv: list[str]) -> int:
     )  # fmt: skip
     try:
         engine.start(history, strategy=pol.name, broker_name=a.broker)
-        for t, now in ReplayBars(session):
-            engine.step(t, now)
-        res = engine.finish()
+        if a.bar_delay:  # the live loop: asyncio, SIGTERM/SIGINT handled gracefully
+            res = asyncio.run(_run_async(engine, session, a.bar_delay))
+        else:
+            for t, now in ReplayBars(session):
+                engine.step(t, now)
+            res = engine.finish()
     finally:
         broker.close()
         ledger.close()
@@ -142,6 +148,20 @@ def main(argv: list[str]) -> int:
         )
     )
     return 0
+
+
+async def _run_async(engine: SessionEngine, session: pl.DataFrame, delay: float):
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, engine.request_stop)
+    Path(os.environ.get("WB_CHILD_READY", "/dev/null")).write_text("ready")
+
+    async def slow():
+        async for item in ReplayBars(session).stream():
+            yield item
+            await asyncio.sleep(delay)
+
+    return await engine.run(slow())
 
 
 def intents_summary(ledger_path: str, sid: str) -> list[dict]:

@@ -152,6 +152,16 @@ def run_trade_session(
     """
     if mode not in ("replay", "live"):
         raise ConfigError(f"mode must be 'replay' or 'live'. Got {mode!r} instead.")
+    if broker not in ("sim", "alpaca"):
+        raise ConfigError(f"broker must be 'sim' or 'alpaca'. Got {broker!r} instead (--broker).")
+    if live and broker != "alpaca":
+        raise ConfigError(
+            f"--live trades a real Alpaca account; it needs --broker alpaca (got {broker!r})."
+        )
+    if broker == "alpaca":  # refuse a live request without both opt-ins before any other work
+        from workbench.execution.alpaca import resolve_trading_endpoint
+
+        resolve_trading_endpoint(cfg.alpaca.trading_url, live=live, environ=os.environ)
     strat = cfg.strategy(strategy)
     aliases = (model_alias,) if model_alias else (CHAMPION, CHALLENGER)
     ref = resolve_alias(model_name, aliases)
