@@ -201,7 +201,7 @@ def test_day_orders_expire_gtc_orders_stay() -> None:
 
 
 def test_rule_refusals() -> None:
-    b = SimulatedBroker(100_000, FREE)
+    b = SimulatedBroker(100_000, FREE, alpaca_rules=True)  # Alpaca: no single order across zero
     b.submit(req("x", Side.BUY, 100))
     with pytest.raises(OrderRefused, match="client_order_id must be unique"):
         b.submit(req("x", Side.BUY, 1))
@@ -210,6 +210,10 @@ def test_rule_refusals() -> None:
         b.submit(req("y", Side.SELL, 150))
     assert e.value.status == 422
     assert b.get_order_by_client_id("y") is None
+    flip = SimulatedBroker(100_000, FREE)  # the default: one fill from long to short, as backtested
+    flip.submit(req("x", Side.BUY, 100))
+    flip.on_bar(bar(1, 50.0, 51.0, 49.0, 50.0))
+    assert flip.submit(req("y", Side.SELL, 150)).status is OrderStatus.NEW
     with pytest.raises(OrderRefused, match="limit_price"):
         b.submit(req("z", Side.BUY, 1, type=OrderType.LIMIT))
     no_short = SimulatedBroker(100_000, FREE, shortable=False)
@@ -218,7 +222,7 @@ def test_rule_refusals() -> None:
 
 
 def test_venue_rejections_not_shortable_buying_power_halted() -> None:
-    b = SimulatedBroker(1_000, FREE, assets={"A": AssetFacts("A", shortable=False)})
+    b = SimulatedBroker(1_000, FREE, assets={"A": AssetFacts("A", shortable=False)}, margin=1.0)
     o = b.submit(req("s", Side.SELL, 10))
     assert o.status is OrderStatus.REJECTED and "not shortable" in b.reason(o.id)
     assert names(b) == ["new", "rejected"]
@@ -311,7 +315,10 @@ def test_state_url_round_trip(tmp_path) -> None:
     assert r.get_order(o.id).status is OrderStatus.FILLED
     r.close()
     r2 = SimulatedBroker(1.0, COSTS, state_url=url)
-    assert names(r2) == ["fill"] and r2.events() == [] and r2.position("A") == 100
+    # a re-opened venue delivers its whole event history once (consumers dedupe by execution id)
+    assert names(r2) == ["new", "partial_fill", "new", "fill"] and r2.events() == []
+    assert [e.event for e in r2.replay_events()] == ["new", "partial_fill", "new", "fill"]
+    assert r2.position("A") == 100
     r2.close()
 
 

@@ -554,6 +554,20 @@ class SessionEngine:
         now = self.clock.now()
         out: list[str] = []
         acks: list[tuple[str, BrokerOrder]] = []
+        venue_batch = getattr(self.broker, "batch", None)
+        with venue_batch() if venue_batch is not None else contextlib.nullcontext():
+            self._submit_each(requests, now, out, acks)
+        if acks:
+            with self._batch():
+                for cid, order in acks:
+                    self._note(self.ledger.mark_acked(cid, order, now))
+                    self._touched.add(order.id)
+        return out
+
+    def _submit_each(
+        self, requests: list[OrderRequest], now: datetime, out: list[str],
+        acks: list[tuple[str, BrokerOrder]],
+    ) -> None:  # fmt: skip
         for req in requests:
             cid = req.client_order_id
             facts = (self.assets or {}).get(req.symbol)
@@ -586,12 +600,6 @@ class SessionEngine:
             acks.append((cid, order))
             self._queued.discard(cid)
             out.append(cid)
-        if acks:
-            with self._batch():
-                for cid, order in acks:
-                    self._note(self.ledger.mark_acked(cid, order, now))
-                    self._touched.add(order.id)
-        return out
 
     def _resolve_pending(self) -> None:
         """Ask the broker about intents of unknown outcome, by client order id."""

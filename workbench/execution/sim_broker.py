@@ -52,11 +52,12 @@ long-only cash account) are accepted and then rejected at once (``new`` then ``r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -518,6 +519,7 @@ class SimulatedBroker:
         self._fills: list[Fill] = []
         self._events: list[tuple[int, OrderEvent]] = []  # not delivered by this object yet
         self._log: list[OrderEvent] = []  # every event the venue ever sent (durable)
+        self._depth = 0  # open batch() contexts
         self._borrow: list[tuple[datetime, str, float]] = []
         self._cum_borrow: dict[str, float] = {}
         self._halted: set[str] = set(halted)
@@ -601,8 +603,23 @@ class SimulatedBroker:
         self._log = [e for _, e in self._events]
         self._borrow = [(datetime.fromisoformat(t), s, a) for t, s, a in loaded["borrow"]]
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Commit the venue's state once for several commands (the session engine sends a bar's
+        orders inside one batch, before it records their acknowledgements). A crash inside the
+        batch leaves the venue as before it: the orders never arrived."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._commit()
+
     def _commit(self) -> None:
         """Write what changed since the last commit in one transaction (no-op in memory)."""
+        if self._depth > 0:
+            return
         if self._store is not None:
             try:
                 self._store.commit(
