@@ -29,9 +29,11 @@ returned timezone-aware UTC; floats round-trip exactly.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -57,6 +59,7 @@ from workbench.execution.orders import (
     next_status,
 )
 from workbench.risk.state import (
+    BUSY_TIMEOUT_MS,
     _resolve,
     _sqlite_on_begin,
     _sqlite_on_connect,
@@ -344,6 +347,93 @@ _FRAME_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+# -- pre-built statements (SQLAlchemy compiles each once per dialect and caches it) ---------------
+
+_Q_SESSION = (
+    sa.select(_SESSIONS).where(_SESSIONS.c.session_id == sa.bindparam("sid")).with_for_update()
+)
+_Q_INTENT = sa.select(_INTENTS).where(_INTENTS.c.client_order_id == sa.bindparam("cid"))
+_Q_INTENT_AT_SEQ = sa.select(_INTENTS.c.client_order_id).where(
+    _INTENTS.c.session_id == sa.bindparam("sid"), _INTENTS.c.seq == sa.bindparam("seq")
+)
+_Q_SESSION_INTENTS = (
+    sa.select(_INTENTS).where(_INTENTS.c.session_id == sa.bindparam("sid")).order_by(_INTENTS.c.seq)
+)
+_Q_MAX_SEQ = sa.select(sa.func.max(_INTENTS.c.seq)).where(
+    _INTENTS.c.session_id == sa.bindparam("sid")
+)
+_Q_ORDER = sa.select(_ORDERS).where(_ORDERS.c.order_id == sa.bindparam("oid")).with_for_update()
+_Q_SESSION_ORDERS = (
+    sa.select(_ORDERS).where(_ORDERS.c.session_id == sa.bindparam("sid")).order_by(_ORDERS.c.id)
+)
+_Q_FILL_EXISTS = sa.select(_FILLS.c.id).where(_FILLS.c.execution_id == sa.bindparam("eid"))
+_Q_FILL_QTYS = (
+    sa.select(_FILLS.c.symbol, _FILLS.c.qty)
+    .where(_FILLS.c.session_id == sa.bindparam("sid"))
+    .order_by(_FILLS.c.id)
+)
+_I_SESSION = sa.insert(_SESSIONS)
+_I_INTENT = sa.insert(_INTENTS)
+_I_ORDER = sa.insert(_ORDERS)
+_I_EVENT = sa.insert(_EVENTS)
+_I_TRANSITION = sa.insert(_TRANSITIONS)
+_I_FILL = sa.insert(_FILLS)
+_I_SNAPSHOT = sa.insert(_SNAPSHOTS)
+_I_RELEASE = sa.insert(_RELEASES)
+# an UPDATE without .values() sets the columns named by the parameters; b_* bind the WHERE
+_U_SESSION = sa.update(_SESSIONS).where(_SESSIONS.c.session_id == sa.bindparam("b_sid"))
+_U_INTENT = sa.update(_INTENTS).where(_INTENTS.c.client_order_id == sa.bindparam("b_cid"))
+_U_ORDER = sa.update(_ORDERS).where(_ORDERS.c.order_id == sa.bindparam("b_oid"))
+_U_LINK = sa.update(_ORDERS).where(
+    _ORDERS.c.order_id == sa.bindparam("b_oid"), _ORDERS.c.replaced_by.is_(None)
+)
+_U_BOOK = sa.update(_FILLS).where(
+    _FILLS.c.session_id == sa.bindparam("b_sid"), _FILLS.c.booked_bar_ts.is_(None)
+)
+_OPEN_VALUES = frozenset(s.value for s in OPEN)
+_ORDER_COLS = tuple(c.name for c in _ORDERS.columns if c.name != "id")
+_KEPT_COLS = ("limit_price", "stop_price", "replaces", "replaced_by", "created_at")
+
+
+def _conflict_free_inserts(dialect: str) -> tuple[Any, Any, Any] | None:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for intents, orders (by ``order_id``) and fills (by
+    ``execution_id``): one statement instead of a look-up and an insert. None: not supported."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        return None
+    return (
+        insert(_INTENTS).on_conflict_do_nothing(),
+        insert(_ORDERS).on_conflict_do_nothing(index_elements=["order_id"]),
+        insert(_FILLS).on_conflict_do_nothing(index_elements=["execution_id"]),
+    )
+
+
+@dataclass
+class _Level:
+    """One level of :meth:`OrderLedger.batch`: the outermost (savepoint None) or a nested one."""
+
+    savepoint: Any
+    failed: bool = False
+
+
+@dataclass
+class _SessionCache:
+    """What this object knows of one session it writes (None: not loaded yet)."""
+
+    intents: list[tuple[int, str]] | None = None  # (seq, client order id), by seq
+    orders: list[str] | None = None  # order ids, in recorded order
+    positions: dict[str, float] | None = None  # start snapshot + fills so far (zeros kept)
+
+
+class _Plan:
+    """What one broker event does to an order (computed before anything is written)."""
+
+    __slots__ = ("cid", "cols", "current", "fill", "intent_cid", "legs", "new", "owner")
+
+
 # -- the ledger ----------------------------------------------------------------------------------
 
 
@@ -361,9 +451,30 @@ class OrderLedger:
     StoreError
         If the URL is invalid, the database cannot be opened, the SQLite file is not a database,
         or the ledger was written by a newer (or unknown) schema.
+
+    Notes
+    -----
+    Every call is one transaction, committed (and with SQLite fsynced) before it returns;
+    :meth:`batch` groups the calls of a thread into one transaction, committed once.
+
+    Caches: the sessions this object writes (``open_session``, ``add_intent``, ``apply_order``,
+    ... on them) are cached in the object: their session row, intents, orders and positions are
+    read from the database once and then kept up to date by this object's own writes, so the
+    engine's per-bar reads issue no SQL. A session is written by one process (its session
+    process) at a time: another process (or another ``OrderLedger`` object) writing the same
+    session while it runs is not supported, as that object's caches would not see those writes.
+    Reading is always safe: an object that has not written a session (``wb session status``, a
+    monitor) reads it from the database on every call, and sees every committed write. Calls
+    are serialized per object (a thread waits while another thread's batch runs).
     """
 
     def __init__(self, url: str = DEFAULT_LEDGER_URL) -> None:
+        self._lock = threading.RLock()
+        self._levels: list[_Level] = []  # the open batch() levels (outermost first)
+        self._batch_conn: Connection | None = None
+        self._nwrites = 0  # write statements issued (a call that raised after writing: dirty)
+        self._owned: set[str] = set()  # sessions this object writes: their rows are cached
+        self._clear_caches()
         self._raw_url = url
         try:
             make_url(url)
@@ -374,6 +485,8 @@ class OrderLedger:
             ) from None
         self._url, self._path = _resolve(url, Path.cwd())
         self._engine = self._make_engine()
+        fast = _conflict_free_inserts(self._engine.dialect.name)
+        self._i_intent_new, self._i_order_new, self._i_fill_new = fast or (None, None, None)
         with self._tx("open") as conn:  # one transaction: concurrent first opens serialize
             self._check_schema(conn)
             _META.create_all(conn)
@@ -402,6 +515,115 @@ class OrderLedger:
 
     def __repr__(self) -> str:
         return f"OrderLedger({self.url!r})"
+
+    # -- batches ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self) -> Iterator[OrderLedger]:
+        """Run every ledger call of this thread inside the block in one transaction.
+
+        The transaction is committed (one fsync with SQLite) when the outermost ``batch()``
+        exits normally, and rolled back when the block raises: the ledger then holds exactly
+        what it held before the block (a crash inside the block leaves the same). Calls inside
+        the block see the block's own writes. Batches nest: a nested batch is a savepoint, and
+        an exception out of it undoes that nested block only (the outer one goes on).
+
+        A call inside a batch that fails after it started writing (a database error) fails its
+        batch: later calls in it raise :class:`StoreError`, and so does its exit, after rolling
+        it back. Validation errors (:class:`ParameterError`, a :class:`StoreError` such as a
+        different intent under a known client order id) are raised before anything is written
+        and leave the batch usable. Other threads' calls wait until the outermost batch exits.
+
+        >>> from datetime import UTC, date, datetime
+        >>> from workbench.execution.orders import OrderRequest, Side
+        >>> lg = OrderLedger("sqlite://")
+        >>> _ = lg.open_session("s", strategy="x", broker="sim", mode="paper",
+        ...                     session_date=date(2024, 1, 2))
+        >>> with lg.batch():
+        ...     for i in range(3):
+        ...         _ = lg.add_intent("s", i, OrderRequest(f"c{i}", "SPY", Side.BUY, qty=1),
+        ...                           bar_ts=datetime(2024, 1, 2, 15, tzinfo=UTC))
+        >>> lg.next_seq("s")
+        3
+        """
+        with self._locked():
+            if self._batch_conn is None:
+                with self._guard("batch"):
+                    conn = self._engine.connect()
+                    try:
+                        conn.begin()
+                    except BaseException:
+                        conn.close()
+                        raise
+                self._batch_conn = conn
+                level = _Level(None)
+            else:
+                self._check_level("batch")
+                with self._guard("batch"):
+                    level = _Level(self._batch_conn.begin_nested())
+            self._levels.append(level)
+            try:
+                yield self
+            except BaseException:
+                self._end_level(level, commit=False)
+                raise
+            if level.failed:
+                self._end_level(level, commit=False)
+                raise StoreError(
+                    f"order ledger {self.url}: a call inside batch() failed after it started "
+                    f"writing; the batch was rolled back (the ledger holds what it held before "
+                    f"it). Fix: see the error that call raised, then run the batch again."
+                )
+            self._end_level(level, commit=True)
+
+    def _end_level(self, level: _Level, *, commit: bool) -> None:
+        assert self._levels and self._levels[-1] is level
+        self._levels.pop()
+        conn = self._batch_conn
+        assert conn is not None
+        try:
+            with self._guard("commit" if commit else "rollback"):
+                if level.savepoint is not None:
+                    if commit:
+                        level.savepoint.commit()
+                    else:
+                        level.savepoint.rollback()
+                elif commit:
+                    conn.commit()
+                else:
+                    conn.rollback()
+        except BaseException:
+            commit = False
+            if level.savepoint is not None and self._levels:
+                self._levels[-1].failed = True
+            raise
+        finally:
+            if not commit:
+                self._clear_caches()  # they may hold what was rolled back: read again
+            if level.savepoint is None:
+                self._batch_conn = None
+                conn.close()
+
+    def _check_level(self, what: str) -> None:
+        if self._levels and self._levels[-1].failed:
+            raise StoreError(
+                f"order ledger {self.url}: {what} refused: an earlier call in this batch() failed "
+                f"after it started writing, so the batch will be rolled back. Fix: leave the "
+                f"batch (it raises) and run it again."
+            )
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not self._lock.acquire(timeout=BUSY_TIMEOUT_MS / 1000):
+            raise StoreError(
+                f"order ledger {self.url}: another thread held this ledger object (a batch) for "
+                f"more than {BUSY_TIMEOUT_MS / 1000:g} s. Fix: keep batches short (no broker "
+                f"calls inside one), or give the other thread its own OrderLedger."
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     # -- sessions ------------------------------------------------------------------------------
 
@@ -434,7 +656,7 @@ class OrderLedger:
         }
         params_json = _dumps(params or {}, "params")
         with self._tx("open_session") as conn:
-            row = self._session_row(conn, session_id)
+            row = self._fetch_session(conn, session_id)  # the database: opens serialize
             if row is not None:
                 diff = {k: (row[k], v) for k, v in want.items() if row[k] != v}
                 if diff:
@@ -444,28 +666,33 @@ class OrderLedger:
                         f"{shown}. Fix: use a new session id for a different strategy, broker, "
                         f"mode or date."
                     )
+                self._own(session_id, row)
                 return _session(row)
             now = _now()
-            conn.execute(
-                sa.insert(_SESSIONS).values(
-                    session_id=session_id,
-                    **want,
-                    status="running",
-                    reason="",
-                    last_bar_ts=None,
-                    next_seq=0,
-                    params=params_json,
-                    started_at=now,
-                    updated_at=now,
-                )
-            )
-            return _session(self._session_row(conn, session_id))
+            row = {
+                "session_id": session_id,
+                **want,
+                "status": "running",
+                "reason": "",
+                "last_bar_ts": None,
+                "next_seq": 0,
+                "params": params_json,
+                "started_at": now,
+                "updated_at": now,
+            }
+            self._w(conn, _I_SESSION, row)
+            self._own(session_id, row)
+            return _session(row)
 
     def session(self, session_id: str) -> SessionRecord | None:
         """The session, or None when the ledger has no such session."""
-        with self._tx("session") as conn:
-            row = self._session_row(conn, session_id)
-        return None if row is None else _session(row)
+        with self._locked():
+            row = self._session_rows.get(session_id)
+            if row is not None:
+                return _session(row)
+            with self._tx("session") as conn:
+                row = self._session_row(conn, session_id)
+            return None if row is None else _session(row)
 
     def sessions(self, strategy: str | None = None) -> list[SessionRecord]:
         """Every session (of ``strategy``), oldest first."""
@@ -480,7 +707,7 @@ class OrderLedger:
         """Record that the bar at ``last_bar_ts`` is fully processed; never moves backwards."""
         ts = _utc(last_bar_ts, "last_bar_ts")
         with self._tx("set_progress") as conn:
-            row = self._need_session(conn, session_id)
+            row = self._need_session(conn, session_id, own=True)
             last = row["last_bar_ts"]
             if last is not None and ts < last:
                 raise StoreError(
@@ -491,11 +718,7 @@ class OrderLedger:
                 )
             if last == ts:
                 return
-            conn.execute(
-                sa.update(_SESSIONS)
-                .where(_SESSIONS.c.session_id == session_id)
-                .values(last_bar_ts=ts, updated_at=_now())
-            )
+            self._set_session(conn, session_id, last_bar_ts=ts)
 
     def set_status(self, session_id: str, status: str, reason: str = "") -> None:
         """Set the session's status (``running``, ``halted``, ``stopped``, ``done``) and reason."""
@@ -504,21 +727,23 @@ class OrderLedger:
                 f"session status must be one of {list(SESSION_STATUSES)}; got {status!r}."
             )
         with self._tx("set_status") as conn:
-            self._need_session(conn, session_id)
-            conn.execute(
-                sa.update(_SESSIONS)
-                .where(_SESSIONS.c.session_id == session_id)
-                .values(status=status, reason=str(reason or ""), updated_at=_now())
-            )
+            self._need_session(conn, session_id, own=True)
+            self._set_session(conn, session_id, status=status, reason=str(reason or ""))
 
     def next_seq(self, session_id: str) -> int:
         """The next intent sequence number of the session (not reserved)."""
-        with self._tx("next_seq") as conn:
-            row = self._need_session(conn, session_id)
-            top = conn.execute(
-                sa.select(sa.func.max(_INTENTS.c.seq)).where(_INTENTS.c.session_id == session_id)
-            ).scalar()
-        return max(int(row["next_seq"]), -1 if top is None else int(top) + 1)
+        with self._locked():
+            row = self._session_rows.get(session_id)
+            seqs = self._session_intents_cached(session_id)
+            if row is None or seqs is None:
+                with self._tx("next_seq") as conn:
+                    row = self._need_session(conn, session_id)
+                    seqs = self._session_intents(conn, session_id)
+                    if seqs is None:
+                        top = conn.execute(_Q_MAX_SEQ, {"sid": session_id}).scalar()
+            if seqs is not None:
+                top = seqs[-1][0] if seqs else None
+            return max(int(row["next_seq"]), -1 if top is None else int(top) + 1)
 
     # -- intents ---------------------------------------------------------------------------------
 
@@ -541,69 +766,93 @@ class OrderLedger:
         cid = _name(request.client_order_id, "request.client_order_id")
         stored = _dumps(request.to_dict(), "request")
         with self._tx("add_intent") as conn:
-            srow = self._need_session(conn, session_id)
-            row = self._intent_row(conn, cid)
-            if row is not None:
-                have = _intent(row)
-                diff = []
-                if have.session_id != session_id:
-                    diff.append(f"session {have.session_id!r} (asked {session_id!r})")
-                if have.seq != seq:
-                    diff.append(f"seq {have.seq} (asked {seq})")
-                if have.bar_ts != bar_ts:
-                    diff.append(f"bar_ts {have.bar_ts.isoformat()} (asked {bar_ts.isoformat()})")
-                if have.request != OrderRequest.from_dict(json.loads(stored)):
-                    diff.append(f"request {have.request} (asked {request})")
-                if diff:
-                    raise StoreError(
-                        f"client_order_id {cid!r} is already recorded in ledger {self.url} with "
-                        f"different content: {'; '.join(diff)}. Fix: a client order id names one "
-                        f"intent; derive a new one (e.g. the next seq) for a different order."
-                    )
-                return have
-            other = conn.execute(
-                sa.select(_INTENTS.c.client_order_id).where(
-                    _INTENTS.c.session_id == session_id, _INTENTS.c.seq == seq
-                )
-            ).scalar()
-            if other is not None:
-                raise StoreError(
-                    f"session {session_id!r} already has intent seq {seq} (client_order_id "
-                    f"{other!r}) in ledger {self.url}. Fix: use next_seq() for a new intent."
-                )
+            srow = self._need_session(conn, session_id, own=True)
+            known = self._cached_intent(cid)
+            if known is None and self._i_intent_new is None:
+                known = self._fetch_intent(conn, cid)
+            if known is not None:
+                return self._same_intent(known, session_id, seq, bar_ts, request, stored)
             now = _now()
-            conn.execute(
-                sa.insert(_INTENTS).values(
-                    client_order_id=cid,
-                    session_id=session_id,
-                    seq=seq,
-                    symbol=request.symbol,
-                    request=stored,
-                    bar_ts=bar_ts,
-                    state="pending",
-                    broker_order_id=None,
-                    error="",
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+            row = {
+                "client_order_id": cid,
+                "session_id": session_id,
+                "seq": seq,
+                "symbol": request.symbol,
+                "request": stored,
+                "bar_ts": bar_ts,
+                "state": "pending",
+                "broker_order_id": None,
+                "error": "",
+                "created_at": now,
+                "updated_at": now,
+            }
+            if self._i_intent_new is not None:  # one statement; a conflict says which below
+                if self._w(conn, self._i_intent_new, row).rowcount != 1:
+                    known = self._fetch_intent(conn, cid)
+                    if known is not None:
+                        return self._same_intent(known, session_id, seq, bar_ts, request, stored)
+                    self._seq_taken(conn, session_id, seq)
+                    raise StoreError(  # pragma: no cover - a conflict is the id or the seq
+                        f"intent {cid!r} could not be recorded in ledger {self.url}."
+                    )
+            else:
+                self._seq_taken(conn, session_id, seq)
+                self._w(conn, _I_INTENT, row)
             if seq + 1 > srow["next_seq"]:
-                conn.execute(
-                    sa.update(_SESSIONS)
-                    .where(_SESSIONS.c.session_id == session_id)
-                    .values(next_seq=seq + 1, updated_at=now)
-                )
-            return _intent(self._intent_row(conn, cid))
+                self._set_session(conn, session_id, next_seq=seq + 1, updated_at=now)
+            self._intent_rows[cid] = row
+            cache = self._cache(session_id)
+            if cache.intents is not None:
+                bisect.insort(cache.intents, (seq, cid))
+            return self._intent_rec(row)
+
+    def _same_intent(
+        self,
+        row: dict[str, Any],
+        session_id: str,
+        seq: int,
+        bar_ts: datetime,
+        request: OrderRequest,
+        stored: str,
+    ) -> IntentRecord:
+        have = self._intent_rec(row)
+        diff = []
+        if have.session_id != session_id:
+            diff.append(f"session {have.session_id!r} (asked {session_id!r})")
+        if have.seq != seq:
+            diff.append(f"seq {have.seq} (asked {seq})")
+        if have.bar_ts != bar_ts:
+            diff.append(f"bar_ts {have.bar_ts.isoformat()} (asked {bar_ts.isoformat()})")
+        if have.request != OrderRequest.from_dict(json.loads(stored)):
+            diff.append(f"request {have.request} (asked {request})")
+        if diff:
+            raise StoreError(
+                f"client_order_id {have.client_order_id!r} is already recorded in ledger "
+                f"{self.url} with different content: {'; '.join(diff)}. Fix: a client order id "
+                f"names one intent; derive a new one (e.g. the next seq) for a different order."
+            )
+        return have
+
+    def _seq_taken(self, conn: Connection, session_id: str, seq: int) -> None:
+        other = conn.execute(_Q_INTENT_AT_SEQ, {"sid": session_id, "seq": seq}).scalar()
+        if other is not None:
+            raise StoreError(
+                f"session {session_id!r} already has intent seq {seq} (client_order_id "
+                f"{other!r}) in ledger {self.url}. Fix: use next_seq() for a new intent."
+            )
 
     def intent(self, client_order_id: str) -> IntentRecord | None:
         """The intent, or None when no intent has that client order id."""
-        with self._tx("intent") as conn:
-            row = self._intent_row(conn, client_order_id)
-        return None if row is None else _intent(row)
+        with self._locked():
+            row = self._cached_intent(client_order_id)
+            if row is None:
+                with self._tx("intent") as conn:
+                    row = self._fetch_intent(conn, client_order_id)
+            return None if row is None else self._intent_rec(row)
 
     def intents(self, session_id: str, states: Iterable[str] | None = None) -> list[IntentRecord]:
         """The session's intents (in ``states``), ordered by seq."""
-        q = sa.select(_INTENTS).where(_INTENTS.c.session_id == session_id)
+        wanted = None
         if states is not None:
             wanted = [states] if isinstance(states, str) else list(states)
             bad = [s for s in wanted if s not in INTENT_STATES]
@@ -611,6 +860,19 @@ class OrderLedger:
                 raise ParameterError(
                     f"intent states must be among {list(INTENT_STATES)}; got {bad!r}."
                 )
+        with self._locked():
+            if session_id in self._owned:
+                seqs = self._session_intents_cached(session_id)
+                if seqs is None:
+                    with self._tx("intents") as conn:
+                        seqs = self._session_intents(conn, session_id)
+                assert seqs is not None
+                rows = [self._intent_rows[cid] for _, cid in seqs]
+                if wanted is not None:
+                    rows = [r for r in rows if r["state"] in wanted]
+                return [self._intent_rec(r) for r in rows]
+        q = sa.select(_INTENTS).where(_INTENTS.c.session_id == session_id)
+        if wanted is not None:
             q = q.where(_INTENTS.c.state.in_(wanted))
         with self._tx("intents") as conn:
             rows = conn.execute(q.order_by(_INTENTS.c.seq)).mappings().all()
@@ -623,6 +885,8 @@ class OrderLedger:
         Returns the fills the acknowledged order already carries (usually none).
         """
         ts = _utc(ts, "ts")
+        if not isinstance(order, BrokerOrder) or not order.id:
+            raise ParameterError(f"order must be a BrokerOrder with an id; got {order!r}.")
         if not order.client_order_id:
             order = replace(order, client_order_id=client_order_id)
         elif order.client_order_id != client_order_id:
@@ -632,7 +896,7 @@ class OrderLedger:
                 f"with the order the broker returned for it."
             )
         with self._tx("mark_acked") as conn:
-            row = self._need_intent(conn, client_order_id)
+            row = self._need_intent(conn, client_order_id, own=True)
             self._set_intent(conn, client_order_id, state="acked", broker_order_id=order.id)
             return self._apply(
                 conn, row["session_id"], order, event="ack", ts=ts, execution_id=None,
@@ -642,7 +906,7 @@ class OrderLedger:
     def mark_refused(self, client_order_id: str, error: str) -> None:
         """The broker (or the local rule check) definitively refused the intent."""
         with self._tx("mark_refused") as conn:
-            row = self._need_intent(conn, client_order_id)
+            row = self._need_intent(conn, client_order_id, own=True)
             if row["state"] == "acked":
                 raise StoreError(
                     f"intent {client_order_id!r} is acked (broker order "
@@ -654,7 +918,7 @@ class OrderLedger:
     def mark_not_found(self, client_order_id: str) -> None:
         """Reconcile found that the broker never got the intent's order."""
         with self._tx("mark_not_found") as conn:
-            row = self._need_intent(conn, client_order_id)
+            row = self._need_intent(conn, client_order_id, own=True)
             if row["state"] in ("acked", "refused"):
                 raise StoreError(
                     f"intent {client_order_id!r} is {row['state']} in ledger {self.url}; only a "
@@ -695,7 +959,7 @@ class OrderLedger:
         if not isinstance(event, str) or not event:
             raise ParameterError(f"event must be a non-empty event name; got {event!r}.")
         with self._tx("apply_order") as conn:
-            self._need_session(conn, session_id)
+            self._need_session(conn, session_id, own=True)
             return self._apply(
                 conn, session_id, order, event=event, ts=ts, execution_id=execution_id,
                 price=price, qty=qty, commission=commission, venue=venue,
@@ -703,9 +967,12 @@ class OrderLedger:
 
     def order(self, order_id: str) -> BrokerOrder | None:
         """The recorded order by broker id (the ledger's status and cumulative fill)."""
-        with self._tx("order") as conn:
-            row = self._order_row(conn, order_id)
-        return None if row is None else _order(row)
+        with self._locked():
+            row = self._cached_order(order_id)
+            if row is None:
+                with self._tx("order") as conn:
+                    row = self._fetch_order(conn, order_id)
+            return None if row is None else self._order_obj(row)
 
     def order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         """The latest order of an intent (or external client order id), following replaces."""
@@ -717,11 +984,25 @@ class OrderLedger:
         self, session_id: str | None = None, *, open_only: bool = False
     ) -> list[BrokerOrder]:
         """Recorded orders (of a session; only open ones), in recorded order."""
+        with self._locked():
+            if session_id is not None and session_id in self._owned:
+                ids = self._cache(session_id).orders
+                if ids is None:
+                    with self._tx("orders") as conn:
+                        ids = self._load_orders(conn, session_id)
+                rows = [self._order_rows.get(oid) for oid in ids]
+                if any(r is None for r in rows):  # evicted (a value the database changes)
+                    with self._tx("orders") as conn:
+                        ids = self._load_orders(conn, session_id)
+                    rows = [self._order_rows[oid] for oid in ids]
+                if open_only:
+                    rows = [r for r in rows if r["status"] in _OPEN_VALUES]
+                return [self._order_obj(r) for r in rows]
         q = sa.select(_ORDERS).order_by(_ORDERS.c.id)
         if session_id is not None:
             q = q.where(_ORDERS.c.session_id == session_id)
         if open_only:
-            q = q.where(_ORDERS.c.status.in_(sorted(s.value for s in OPEN)))
+            q = q.where(_ORDERS.c.status.in_(sorted(_OPEN_VALUES)))
         with self._tx("orders") as conn:
             rows = conn.execute(q).mappings().all()
         return [_order(r) for r in rows]
@@ -740,11 +1021,7 @@ class OrderLedger:
         ``bar_ts`` (now and before a crash), in recorded order. Idempotent."""
         bar_ts = _utc(bar_ts, "bar_ts")
         with self._tx("book_fills") as conn:
-            conn.execute(
-                sa.update(_FILLS)
-                .where(_FILLS.c.session_id == session_id, _FILLS.c.booked_bar_ts.is_(None))
-                .values(booked_bar_ts=bar_ts)
-            )
+            self._w(conn, _U_BOOK, {"b_sid": session_id, "booked_bar_ts": bar_ts})
             return self._booked(conn, session_id, bar_ts)
 
     def fills_booked_at(self, session_id: str, bar_ts: datetime) -> list[Fill]:
@@ -768,14 +1045,16 @@ class OrderLedger:
             ).first()
             if hit is not None:
                 return False
-            conn.execute(
-                sa.insert(_RELEASES).values(
-                    session_id=session_id,
-                    key=key,
-                    symbol=symbol,
-                    qty=float(qty),
-                    booked_bar_ts=bar_ts,
-                )
+            self._w(
+                conn,
+                _I_RELEASE,
+                {
+                    "session_id": session_id,
+                    "key": key,
+                    "symbol": symbol,
+                    "qty": float(qty),
+                    "booked_bar_ts": bar_ts,
+                },
             )
         return True
 
@@ -794,17 +1073,15 @@ class OrderLedger:
 
     def positions(self, session_id: str) -> dict[str, float]:
         """The session's start snapshot plus the sum of its fills, per symbol (zeros dropped)."""
-        with self._tx("positions") as conn:
-            start = self._snapshot(conn, session_id, "start") or {}
-            rows = conn.execute(
-                sa.select(_FILLS.c.symbol, _FILLS.c.qty)
-                .where(_FILLS.c.session_id == session_id)
-                .order_by(_FILLS.c.id)
-            ).all()
-        out = dict(start)
-        for symbol, q in rows:
-            out[symbol] = out.get(symbol, 0.0) + q
-        return {s: q for s, q in out.items() if abs(q) > _EPS}
+        with self._locked():
+            cache = self._cache(session_id) if session_id in self._owned else None
+            out = cache.positions if cache is not None else None
+            if out is None:
+                with self._tx("positions") as conn:
+                    out = self._load_positions(conn, session_id)
+                if cache is not None:
+                    cache.positions = out
+            return {s: q for s, q in out.items() if abs(q) > _EPS}
 
     def snapshot_positions(
         self, session_id: str, positions: Mapping[str, float], *, kind: str, ts: datetime
@@ -824,14 +1101,15 @@ class OrderLedger:
             clean[str(s)] = f
         body = _dumps(clean, "positions")
         with self._tx("snapshot_positions") as conn:
-            self._need_session(conn, session_id)
+            self._need_session(conn, session_id, own=True)
             if kind == "start" and self._snapshot(conn, session_id, "start") is not None:
                 return
-            conn.execute(
-                sa.insert(_SNAPSHOTS).values(
-                    session_id=session_id, kind=kind, ts=ts, positions=body
-                )
-            )
+            self._w(
+                conn, _I_SNAPSHOT, {"session_id": session_id, "kind": kind, "ts": ts,
+                                    "positions": body},
+            )  # fmt: skip
+            if kind == "start":
+                self._cache(session_id).positions = None  # positions start from it: reload
 
     def snapshot(self, session_id: str, kind: str = "start") -> dict[str, float] | None:
         """The latest snapshot of ``kind`` (the only ``start``), or None when none was taken."""
@@ -939,33 +1217,124 @@ class OrderLedger:
     ) -> list[Fill]:
         if not isinstance(order, BrokerOrder) or not order.id:
             raise ParameterError(f"order must be a BrokerOrder with an id; got {order!r}.")
-        row = self._order_row(conn, order.id)
+        oid = order.id
+        reported = _order_dict(order)
+        snapshot = _dumps(reported, "order")
+        row = self._cached_order(oid)
+        # an order this object has not seen is inserted first (INSERT ... ON CONFLICT DO
+        # NOTHING); when it turns out to exist, it is read and the event planned again
+        optimistic = row is None and self._i_order_new is not None
+        if row is None and not optimistic:
+            row = self._fetch_order(conn, oid)
+        while True:
+            plan = self._plan(
+                conn, session_id, order, row, event, price, qty, ts, reported, snapshot
+            )
+            if row is not None:
+                changed = {k: v for k, v in plan.cols.items() if not _same(row[k], v)}
+                if changed:
+                    self._w(conn, _U_ORDER, {"b_oid": oid, **changed})
+                    self._cache_order_update(oid, changed, plan.legs)  # legs: of the raw kept
+                break
+            new_row = {"order_id": oid, "session_id": plan.owner, **plan.cols}
+            if not optimistic:
+                self._w(conn, _I_ORDER, new_row)
+            elif self._w(conn, self._i_order_new, new_row).rowcount != 1:
+                optimistic = False
+                row = self._fetch_order(conn, oid)
+                if row is None:  # pragma: no cover - the conflict was on order_id
+                    raise StoreError(f"order {oid!r} could not be recorded in ledger {self.url}.")
+                continue
+            self._cache_order_insert(new_row, plan.legs)
+            break
+        cid, intent_cid, current, new = plan.cid, plan.intent_cid, plan.current, plan.new
+
+        # the raw event, always (unknown event names too)
+        self._w(conn, _I_EVENT, {
+            "session_id": session_id, "order_id": oid, "client_order_id": cid,
+            "intent_cid": intent_cid, "event": event, "ts": ts, "execution_id": execution_id,
+            "qty": _num(qty), "price": _num(price), "commission": float(commission or 0.0),
+            "venue": str(venue or ""), "order": snapshot,
+        })  # fmt: skip
+
+        # status
+        if new is not current:
+            self._w(conn, _I_TRANSITION, {
+                "session_id": session_id, "order_id": oid, "client_order_id": cid,
+                "intent_cid": intent_cid, "from_status": current.value, "to_status": new.value,
+                "event": event, "ts": ts,
+            })  # fmt: skip
+
+        # fills: cumulative filled_qty is the truth
+        fills: list[Fill] = []
+        if plan.fill is not None:
+            delta, fill_price, f = plan.fill
+            decided_at = None
+            if intent_cid is not None:
+                irow = self._intent_row(conn, intent_cid)
+                if irow is not None:
+                    decided_at = self._intent_rec(irow).request.decided_at
+            signed = delta if order.side is Side.BUY else -delta
+            comm, where = float(commission or 0.0), str(venue or "")
+            exec_id = self._insert_fill(conn, {
+                "session_id": session_id, "order_id": oid, "client_order_id": cid,
+                "symbol": order.symbol, "ts": ts, "qty": signed, "price": _num(fill_price),
+                "commission": comm, "ref_price": None, "decided_at": decided_at, "venue": where,
+                "booked_bar_ts": None,
+            }, oid, f, execution_id)  # fmt: skip
+            fills.append(
+                Fill(
+                    execution_id=exec_id, client_order_id=cid, order_id=oid, symbol=order.symbol,
+                    ts=ts, qty=signed, price=fill_price, commission=comm, decided_at=decided_at,
+                    venue=where,
+                )
+            )  # fmt: skip
+            pos = self._session_caches.get(session_id)
+            if pos is not None and pos.positions is not None:
+                pos.positions[order.symbol] = pos.positions.get(order.symbol, 0.0) + signed
+
+        if order.replaces:  # link the replaced order forward
+            prev = self._cached_order(order.replaces)
+            if prev is None or prev["replaced_by"] is None:
+                hit = self._w(conn, _U_LINK, {"b_oid": order.replaces, "replaced_by": oid})
+                if prev is not None and hit.rowcount:
+                    self._cache_order_update(order.replaces, {"replaced_by": oid}, None)
+
+        # the intent: seeing its order proves the broker got it
+        if intent_cid is not None and cid == intent_cid:
+            irow = self._intent_row(conn, intent_cid)
+            if irow is not None and irow["state"] != "acked":
+                self._set_intent(conn, intent_cid, state="acked", broker_order_id=oid)
+            elif irow is not None and irow["broker_order_id"] is None:
+                self._set_intent(conn, intent_cid, broker_order_id=oid)
+        return fills
+
+    def _plan(
+        self,
+        conn: Connection,
+        session_id: str,
+        order: BrokerOrder,
+        row: Mapping[str, Any] | None,
+        event: str,
+        price: float | None,
+        qty: float | None,
+        ts: datetime,
+        reported: dict[str, Any],
+        snapshot: str,
+    ) -> _Plan:
+        """The order row, status and fill an event leads to, given the recorded ``row``."""
+        plan = _Plan()
         cid = order.client_order_id or (row["client_order_id"] if row is not None else "")
         intent_cid = row["intent_cid"] if row is not None else None
         if intent_cid is None:
             intent_cid = self._intent_of(conn, cid, order.replaces)
         owner = session_id if row is None else row["session_id"]
         if row is None and intent_cid is not None:
-            owner = conn.execute(
-                sa.select(_INTENTS.c.session_id).where(_INTENTS.c.client_order_id == intent_cid)
-            ).scalar_one()
-        reported = _order_dict(order)
-        snapshot = _dumps(reported, "order")
-        kept = dict(reported)
-        if row is not None and not order.legs:  # an event without legs keeps the known legs
-            kept["legs"] = json.loads(row["raw"]).get("legs", [])
+            irow = self._intent_row(conn, intent_cid)
+            if irow is None:  # pragma: no cover - intent_cid always names a recorded intent
+                raise StoreError(f"no intent {intent_cid!r} in ledger {self.url}.")
+            owner = irow["session_id"]
 
-        # the raw event, always (unknown event names too)
-        conn.execute(
-            sa.insert(_EVENTS).values(
-                session_id=session_id, order_id=order.id, client_order_id=cid,
-                intent_cid=intent_cid, event=event, ts=ts, execution_id=execution_id,
-                qty=_num(qty), price=_num(price), commission=float(commission or 0.0),
-                venue=str(venue or ""), order=snapshot,
-            )
-        )  # fmt: skip
-
-        # status
         current = OrderStatus(row["status"]) if row is not None else OrderStatus.PENDING_SUBMIT
         if event in REST_EVENTS:
             new = (
@@ -973,21 +1342,12 @@ class OrderLedger:
             )
         else:
             new = next_status(current, event, order.status)
-        if new is not current:
-            conn.execute(
-                sa.insert(_TRANSITIONS).values(
-                    session_id=session_id, order_id=order.id, client_order_id=cid,
-                    intent_cid=intent_cid, from_status=current.value, to_status=new.value,
-                    event=event, ts=ts,
-                )
-            )  # fmt: skip
 
-        # fills: cumulative filled_qty is the truth
         f0 = float(row["filled_qty"]) if row is not None else 0.0
         p0 = row["filled_avg_price"] if row is not None else None
         f = float(order.filled_qty or 0.0)
         p = order.filled_avg_price
-        fills: list[Fill] = []
+        plan.fill = None
         if f > f0 + _EPS:
             delta = f - f0
             if price is not None and qty is not None and abs(abs(qty) - delta) <= _EPS:
@@ -998,37 +1358,18 @@ class OrderLedger:
                 fill_price = float(price) if price is not None else _NAN
             if p is None:
                 p = (f0 * (p0 or 0.0) + delta * fill_price) / f
-            exec_id = self._execution_id(conn, order.id, f, execution_id)
-            decided_at = None
-            if intent_cid is not None:
-                req = self._intent_row(conn, intent_cid)
-                if req is not None:
-                    decided_at = OrderRequest.from_dict(json.loads(req["request"])).decided_at
-            fill = Fill(
-                execution_id=exec_id,
-                client_order_id=cid,
-                order_id=order.id,
-                symbol=order.symbol,
-                ts=ts,
-                qty=delta if order.side is Side.BUY else -delta,
-                price=fill_price,
-                commission=float(commission or 0.0),
-                decided_at=decided_at,
-                venue=str(venue or ""),
-            )
-            conn.execute(
-                sa.insert(_FILLS).values(
-                    execution_id=exec_id, session_id=session_id, order_id=order.id,
-                    client_order_id=cid, symbol=order.symbol, ts=ts, qty=fill.qty,
-                    price=_num(fill_price), commission=fill.commission, ref_price=None,
-                    decided_at=decided_at, venue=fill.venue, booked_bar_ts=None,
-                )
-            )  # fmt: skip
-            fills.append(fill)
+            plan.fill = (delta, fill_price, f)
         else:  # stale or equal: keep the recorded cumulative fill
             f, p = f0, p0
 
-        # the order row
+        # the snapshot kept on the row: an event without legs keeps the known legs
+        legs = reported["legs"]
+        if row is not None and not order.legs:
+            known = self._row_legs(order.id, row)
+            if known != legs:
+                legs = known
+        raw = snapshot if legs is reported["legs"] else _dumps({**reported, "legs": legs}, "order")
+
         cols: dict[str, Any] = {
             "client_order_id": cid,
             "intent_cid": intent_cid,
@@ -1050,45 +1391,34 @@ class OrderLedger:
             "created_at": _utc_or_none(order.created_at),
             "updated_at": _utc_or_none(order.updated_at),
             "recorded_at": ts,
-            "raw": _dumps(kept, "order"),
+            "raw": raw,
         }
-        if row is None:
-            conn.execute(sa.insert(_ORDERS).values(order_id=order.id, session_id=owner, **cols))
-        else:
-            for keep in ("limit_price", "stop_price", "replaces", "replaced_by", "created_at"):
+        if row is not None:
+            for keep in _KEPT_COLS:
                 if cols[keep] is None:
                     cols[keep] = row[keep]
-            conn.execute(sa.update(_ORDERS).where(_ORDERS.c.order_id == order.id).values(**cols))
-        if order.replaces:  # link the replaced order forward
-            conn.execute(
-                sa.update(_ORDERS)
-                .where(_ORDERS.c.order_id == order.replaces, _ORDERS.c.replaced_by.is_(None))
-                .values(replaced_by=order.id)
-            )
+        plan.cid, plan.intent_cid, plan.owner = cid, intent_cid, owner
+        plan.current, plan.new, plan.cols, plan.legs = current, new, cols, legs
+        return plan
 
-        # the intent: seeing its order proves the broker got it
-        if intent_cid is not None and cid == intent_cid:
-            irow = self._intent_row(conn, intent_cid)
-            if irow is not None and irow["state"] != "acked":
-                self._set_intent(conn, intent_cid, state="acked", broker_order_id=order.id)
-            elif irow is not None and irow["broker_order_id"] is None:
-                self._set_intent(conn, intent_cid, broker_order_id=order.id)
-        return fills
-
-    def _execution_id(self, conn: Connection, order_id: str, f: float, given: str | None) -> str:
+    def _insert_fill(
+        self, conn: Connection, params: dict[str, Any], order_id: str, f: float, given: str | None
+    ) -> str:
+        """Insert the fill under its execution id: ``given`` unless missing or recorded, else
+        ``f"{order_id}@{f:g}"``, ``f"{order_id}@{f!r}"``, then ``...#2``, ``#3``, ..."""
         candidates = [given] if given else []
         candidates += [f"{order_id}@{f:g}", f"{order_id}@{f!r}"]
-        for c in candidates:
-            if not self._fill_exists(conn, c):
-                return c
         n = 2
-        while self._fill_exists(conn, f"{order_id}@{f!r}#{n}"):
+        while True:
+            for c in candidates:
+                if self._i_fill_new is not None:
+                    if self._w(conn, self._i_fill_new, {**params, "execution_id": c}).rowcount:
+                        return c
+                elif conn.execute(_Q_FILL_EXISTS, {"eid": c}).first() is None:
+                    self._w(conn, _I_FILL, {**params, "execution_id": c})
+                    return c
+            candidates = [f"{order_id}@{f!r}#{n}"]
             n += 1
-        return f"{order_id}@{f!r}#{n}"
-
-    def _fill_exists(self, conn: Connection, execution_id: str) -> bool:
-        q = sa.select(_FILLS.c.id).where(_FILLS.c.execution_id == execution_id)
-        return conn.execute(q).first() is not None
 
     def _intent_of(self, conn: Connection, cid: str, replaces: str | None) -> str | None:
         """The intent an order belongs to: its own client order id, else the replaced order's."""
@@ -1112,7 +1442,7 @@ class OrderLedger:
         row = own[0]
         seen = {row["order_id"]}
         while row["replaced_by"] and row["replaced_by"] not in seen:
-            nxt = self._order_row(conn, row["replaced_by"])
+            nxt = conn.execute(_Q_ORDER, {"oid": row["replaced_by"]}).mappings().first()
             if nxt is None:
                 break
             seen.add(nxt["order_id"])
@@ -1141,42 +1471,218 @@ class OrderLedger:
         ).scalar()
         return None if body is None else {k: float(v) for k, v in json.loads(body).items()}
 
-    def _session_row(self, conn: Connection, session_id: str) -> sa.RowMapping | None:
-        q = sa.select(_SESSIONS).where(_SESSIONS.c.session_id == session_id).with_for_update()
-        return conn.execute(q).mappings().first()
+    def _load_positions(self, conn: Connection, session_id: str) -> dict[str, float]:
+        out = dict(self._snapshot(conn, session_id, "start") or {})
+        for symbol, q in conn.execute(_Q_FILL_QTYS, {"sid": session_id}).all():
+            out[symbol] = out.get(symbol, 0.0) + q
+        return out
 
-    def _need_session(self, conn: Connection, session_id: str) -> sa.RowMapping:
+    # -- cached rows (of the sessions this object writes) ----------------------------------------
+
+    def _clear_caches(self) -> None:
+        self._session_rows: dict[str, dict[str, Any]] = {}
+        self._session_caches: dict[str, _SessionCache] = {}
+        self._intent_rows: dict[str, dict[str, Any]] = {}
+        self._intent_recs: dict[str, IntentRecord] = {}
+        self._order_rows: dict[str, dict[str, Any]] = {}
+        self._order_objs: dict[str, BrokerOrder] = {}
+        self._order_legs: dict[str, list[Any]] = {}
+
+    def _cache(self, session_id: str) -> _SessionCache:
+        cache = self._session_caches.get(session_id)
+        if cache is None:
+            cache = self._session_caches[session_id] = _SessionCache()
+        return cache
+
+    def _own(self, session_id: str, row: Mapping[str, Any]) -> None:
+        """This object writes ``session_id`` from now on: cache its rows."""
+        self._owned.add(session_id)
+        self._session_rows[session_id] = dict(row)
+
+    def _w(self, conn: Connection, stmt: Any, params: Mapping[str, Any]) -> Any:
+        """Execute a write statement; one that changed rows is counted (a call that raises after
+        changing rows is rolled back, and fails its batch)."""
+        res = conn.execute(stmt, params)
+        if res.rowcount != 0:
+            self._nwrites += 1
+        return res
+
+    def _fetch_session(self, conn: Connection, session_id: str) -> sa.RowMapping | None:
+        return conn.execute(_Q_SESSION, {"sid": session_id}).mappings().first()
+
+    def _session_row(self, conn: Connection, session_id: str) -> Mapping[str, Any] | None:
+        row = self._session_rows.get(session_id)
+        if row is not None:
+            return row
+        row = self._fetch_session(conn, session_id)
+        if row is not None and session_id in self._owned:
+            self._session_rows[session_id] = dict(row)
+        return row
+
+    def _need_session(
+        self, conn: Connection, session_id: str, *, own: bool = False
+    ) -> Mapping[str, Any]:
         row = self._session_row(conn, session_id)
         if row is None:
             raise StoreError(
                 f"no session {session_id!r} in ledger {self.url}. Fix: call open_session first "
                 f"(or check the session id and --ledger URL)."
             )
+        if own and session_id not in self._owned:
+            self._own(session_id, row)
         return row
 
-    def _intent_row(self, conn: Connection, cid: str) -> sa.RowMapping | None:
-        q = sa.select(_INTENTS).where(_INTENTS.c.client_order_id == cid)
-        return conn.execute(q).mappings().first()
+    def _set_session(self, conn: Connection, session_id: str, **cols: Any) -> None:
+        cols.setdefault("updated_at", _now())
+        self._w(conn, _U_SESSION, {"b_sid": session_id, **cols})
+        row = self._session_rows.get(session_id)
+        if row is not None:
+            row.update(cols)
 
-    def _need_intent(self, conn: Connection, cid: str) -> sa.RowMapping:
+    def _cached_intent(self, cid: str) -> dict[str, Any] | None:
+        row = self._intent_rows.get(cid)
+        return row if row is not None and row["session_id"] in self._owned else None
+
+    def _fetch_intent(self, conn: Connection, cid: str) -> dict[str, Any] | None:
+        found = conn.execute(_Q_INTENT, {"cid": cid}).mappings().first()
+        if found is None:
+            return None
+        row = dict(found)
+        if row["session_id"] in self._owned:
+            self._intent_rows[cid] = row
+            self._intent_recs.pop(cid, None)
+        return row
+
+    def _intent_row(self, conn: Connection, cid: str) -> dict[str, Any] | None:
+        return self._cached_intent(cid) or self._fetch_intent(conn, cid)
+
+    def _intent_rec(self, row: Mapping[str, Any]) -> IntentRecord:
+        cid = row["client_order_id"]
+        rec = self._intent_recs.get(cid)
+        if rec is None:
+            rec = _intent(row)
+            if self._intent_rows.get(cid) is row:
+                self._intent_recs[cid] = rec
+        return rec
+
+    def _need_intent(self, conn: Connection, cid: str, *, own: bool = False) -> dict[str, Any]:
         row = self._intent_row(conn, cid)
         if row is None:
             raise StoreError(
                 f"no intent with client_order_id {cid!r} in ledger {self.url}. Fix: record it "
                 f"with add_intent before sending (or check the id)."
             )
+        if own and row["session_id"] not in self._owned:
+            self._need_session(conn, row["session_id"], own=True)
+            self._intent_rows[cid] = row
         return row
 
     def _set_intent(self, conn: Connection, cid: str, **cols: Any) -> None:
-        conn.execute(
-            sa.update(_INTENTS)
-            .where(_INTENTS.c.client_order_id == cid)
-            .values(**cols, updated_at=_now())
-        )
+        cols["updated_at"] = _now()
+        self._w(conn, _U_INTENT, {"b_cid": cid, **cols})
+        row = self._intent_rows.get(cid)
+        if row is not None:
+            row.update(cols)
+            self._intent_recs.pop(cid, None)
 
-    def _order_row(self, conn: Connection, order_id: str) -> sa.RowMapping | None:
-        q = sa.select(_ORDERS).where(_ORDERS.c.order_id == order_id).with_for_update()
-        return conn.execute(q).mappings().first()
+    def _session_intents_cached(self, session_id: str) -> list[tuple[int, str]] | None:
+        cache = self._session_caches.get(session_id)
+        return None if cache is None else cache.intents
+
+    def _session_intents(self, conn: Connection, session_id: str) -> list[tuple[int, str]] | None:
+        """(seq, cid) of every intent of an owned session (loaded once); None: not owned."""
+        if session_id not in self._owned:
+            return None
+        cache = self._cache(session_id)
+        if cache.intents is None:
+            seqs = []
+            for found in conn.execute(_Q_SESSION_INTENTS, {"sid": session_id}).mappings():
+                row = dict(found)
+                cid = row["client_order_id"]
+                if self._intent_rows.get(cid) != row:
+                    self._intent_rows[cid] = row
+                    self._intent_recs.pop(cid, None)
+                seqs.append((row["seq"], cid))
+            cache.intents = seqs
+        return cache.intents
+
+    def _cached_order(self, order_id: str) -> dict[str, Any] | None:
+        row = self._order_rows.get(order_id)
+        return row if row is not None and row["session_id"] in self._owned else None
+
+    def _fetch_order(self, conn: Connection, order_id: str) -> dict[str, Any] | None:
+        found = conn.execute(_Q_ORDER, {"oid": order_id}).mappings().first()
+        if found is None:
+            return None
+        row = {k: found[k] for k in _ORDER_COLS}
+        if row["session_id"] in self._owned:
+            self._order_rows[order_id] = row
+            self._order_objs.pop(order_id, None)
+            self._order_legs.pop(order_id, None)
+        return row
+
+    def _order_row(self, conn: Connection, order_id: str) -> dict[str, Any] | None:
+        return self._cached_order(order_id) or self._fetch_order(conn, order_id)
+
+    def _load_orders(self, conn: Connection, session_id: str) -> list[str]:
+        ids = []
+        for found in conn.execute(_Q_SESSION_ORDERS, {"sid": session_id}).mappings():
+            row = {k: found[k] for k in _ORDER_COLS}
+            oid = row["order_id"]
+            if self._order_rows.get(oid) != row:
+                self._order_rows[oid] = row
+                self._order_objs.pop(oid, None)
+                self._order_legs.pop(oid, None)
+            ids.append(oid)
+        self._cache(session_id).orders = ids
+        return ids
+
+    def _order_obj(self, row: Mapping[str, Any]) -> BrokerOrder:
+        oid = row["order_id"]
+        obj = self._order_objs.get(oid)
+        if obj is None:
+            obj = _order(row)
+            if self._order_rows.get(oid) is row:
+                self._order_objs[oid] = obj
+        return obj
+
+    def _row_legs(self, order_id: str, row: Mapping[str, Any]) -> list[Any]:
+        legs = self._order_legs.get(order_id)
+        if legs is None:
+            legs = json.loads(row["raw"]).get("legs", [])
+            if self._order_rows.get(order_id) is row:
+                self._order_legs[order_id] = legs
+        return legs
+
+    def _cache_order_insert(self, row: dict[str, Any], legs: list[Any]) -> None:
+        oid, owner = row["order_id"], row["session_id"]
+        if owner not in self._owned:
+            return
+        cache = self._session_caches.get(owner)
+        if _has_nan(row):  # SQLite stores NaN as NULL: read the row back instead
+            if cache is not None:
+                cache.orders = None
+            return
+        self._order_rows[oid] = row
+        self._order_objs.pop(oid, None)
+        self._order_legs[oid] = legs
+        if cache is not None and cache.orders is not None:
+            cache.orders.append(oid)
+
+    def _cache_order_update(
+        self, order_id: str, changed: Mapping[str, Any], legs: list[Any] | None
+    ) -> None:
+        row = self._order_rows.get(order_id)
+        if row is None:
+            return
+        self._order_objs.pop(order_id, None)
+        if _has_nan(changed):
+            del self._order_rows[order_id]
+            self._order_legs.pop(order_id, None)
+            return
+        row.update(changed)
+        if legs is not None:
+            self._order_legs[order_id] = legs
 
     # -- engine, schema, errors --------------------------------------------------------------------
 
@@ -1224,14 +1730,31 @@ class OrderLedger:
 
     @contextmanager
     def _tx(self, what: str) -> Iterator[Connection]:
-        with self._guard(what), self._engine.begin() as conn:
-            yield conn
+        """One call's transaction: its own (committed on return), or the open batch's."""
+        with self._locked():
+            self._check_level(what)
+            n0 = self._nwrites
+            try:
+                with self._guard(what):
+                    if self._batch_conn is not None:
+                        yield self._batch_conn
+                    else:
+                        with self._engine.begin() as conn:
+                            yield conn
+            except BaseException:
+                if self._nwrites != n0:  # rolled back (or will be, with its batch)
+                    self._clear_caches()
+                    if self._levels:
+                        self._levels[-1].failed = True
+                raise
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
         try:
             yield
         except (sa.exc.DBAPIError, sqlite3.DatabaseError) as exc:
+            if self._levels:  # the batch's transaction may be unusable now: it is rolled back
+                self._levels[-1].failed = True
             orig = getattr(exc, "orig", exc)
             if self._path is not None and "not a database" in str(orig):
                 raise StoreError(
@@ -1269,6 +1792,15 @@ def _name(value: str, what: str) -> str:
 
 def _num(v: float | None) -> float | None:
     return None if v is None else float(v)
+
+
+def _same(recorded: Any, new: Any) -> bool:
+    """Whether writing ``new`` over ``recorded`` changes nothing (NaN is never the same)."""
+    return recorded == new and type(recorded) is type(new)
+
+
+def _has_nan(values: Mapping[str, Any]) -> bool:
+    return any(isinstance(v, float) and v != v for v in values.values())
 
 
 def _utc_or_none(ts: datetime | None) -> datetime | None:
