@@ -13,6 +13,19 @@ Run: .venv/bin/python benchmarks/bench_ledger.py [--n 300] [--batch 50] [--order
 The database goes to a temporary folder under ``--dir`` (default: the system temp folder); an
 fsync-free filesystem (tmpfs) makes the unbatched numbers meaningless, so the folder's filesystem
 is printed.
+
+Measured (2 vCPU VM, ext4; before: one transaction and ~10 statements per call, no caches;
+after: batch(), pre-built statements, ON CONFLICT inserts, write-through caches):
+
+    call                  unbatched before -> after     batch(50) after
+    add_intent            189/s  (7 stmts) -> 383/s  (3)   2,281/s (2 stmts, 0.02 commits)
+    mark_acked            145/s (10 stmts) -> 363/s  (5)   1,501/s (4)
+    apply_order(fill)     151/s (10 stmts) -> 313/s  (5)   1,169/s (4)
+    read, 500 orders, p50 warm      before -> after
+    orders(s, open_only=True)      11.6 ms -> 0.20 ms
+    intents(s)                     27.8 ms -> 0.16 ms
+    positions(s)                   0.92 ms -> 12 us
+    intent(cid) / order(id)        0.53 / 0.70 ms -> 4 / 3 us
 """
 
 from __future__ import annotations

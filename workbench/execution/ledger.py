@@ -4,7 +4,9 @@ An intent is committed before its order is sent (:meth:`OrderLedger.add_intent`)
 event is recorded (:meth:`OrderLedger.apply_order`), and fills are derived in exactly one place from
 the order's cumulative ``filled_qty``, so replayed stream events, REST polls after stream fills and
 stream fills after polls all dedupe. Every write is one transaction: a crash at any point leaves a
-consistent ledger that reconcile can finish.
+consistent ledger that reconcile can finish. :meth:`OrderLedger.batch` makes the calls of a block
+one transaction (one commit, all or nothing), and the sessions an object writes are cached in it,
+so the per-bar reads of a running session issue no SQL (see :class:`OrderLedger`).
 
 Tables: ``sessions``, ``intents``, ``orders``, ``transitions`` (order status changes with the event
 and time), ``events`` (raw broker events; unknown event names are kept), ``fills`` (unique by
@@ -389,6 +391,11 @@ _U_LINK = sa.update(_ORDERS).where(
 )
 _U_BOOK = sa.update(_FILLS).where(
     _FILLS.c.session_id == sa.bindparam("b_sid"), _FILLS.c.booked_bar_ts.is_(None)
+)
+_U_BOOK_BEFORE = sa.update(_FILLS).where(
+    _FILLS.c.session_id == sa.bindparam("b_sid"),
+    _FILLS.c.booked_bar_ts.is_(None),
+    sa.or_(_FILLS.c.decided_at.is_(None), _FILLS.c.decided_at < sa.bindparam("b_before")),
 )
 _OPEN_VALUES = frozenset(s.value for s in OPEN)
 _ORDER_COLS = tuple(c.name for c in _ORDERS.columns if c.name != "id")
@@ -1016,12 +1023,30 @@ class OrderLedger:
             rows = conn.execute(q).mappings().all()
         return [FillRecord(_fill(r), r["session_id"], r["booked_bar_ts"]) for r in rows]
 
-    def book_fills(self, session_id: str, bar_ts: datetime) -> list[Fill]:
+    def book_fills(
+        self, session_id: str, bar_ts: datetime, *, decided_before: datetime | None = None
+    ) -> list[Fill]:
         """Book every unbooked fill of the session at ``bar_ts``; return all fills booked at
-        ``bar_ts`` (now and before a crash), in recorded order. Idempotent."""
+        ``bar_ts`` (now and before a crash), in recorded order. Idempotent.
+
+        ``decided_before``: book only fills of orders decided before that time (or of no
+        decision: external orders). The session engine passes the bar's own time, so a fill of
+        an order decided at this bar is booked at the next one, as in an uninterrupted run,
+        even when a restart finds it recorded already.
+        """
         bar_ts = _utc(bar_ts, "bar_ts")
         with self._tx("book_fills") as conn:
-            self._w(conn, _U_BOOK, {"b_sid": session_id, "booked_bar_ts": bar_ts})
+            if decided_before is None:
+                self._w(conn, _U_BOOK, {"b_sid": session_id, "booked_bar_ts": bar_ts})
+            else:
+                self._w(
+                    conn,
+                    _U_BOOK_BEFORE,
+                    {
+                        "b_sid": session_id, "booked_bar_ts": bar_ts,
+                        "b_before": _utc(decided_before, "decided_before"),
+                    },
+                )  # fmt: skip
             return self._booked(conn, session_id, bar_ts)
 
     def fills_booked_at(self, session_id: str, bar_ts: datetime) -> list[Fill]:
