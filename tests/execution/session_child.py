@@ -95,7 +95,10 @@ def run_child(argv: list[str], failpoint_spec: str = "", env: dict | None = None
     environment is the server's, so the caller passes what it needs in ``env``)."""
     os.environ.update(env or {})
     failpoints.arm(failpoint_spec)
-    sys.exit(main(argv))
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # everything is closed and durable: skip the interpreter's slow teardown
 
 
 def main(argv: list[str]) -> int:
@@ -191,19 +194,6 @@ def intents_summary(ledger_path: str, sid: str) -> list[dict]:
         return out
     finally:
         led.close()
-
-
-def warm() -> None:
-    """Compile and load everything once (a fork server calls this so its children start hot)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        main(["--ledger", f"{d}/l.db", "--venue", f"{d}/v.db", "--out", f"{d}/o.json"])
-
-
-if os.environ.get("WB_CHILD_WARM_NOW") == "1":  # imported by a fork server: children start hot
-    os.environ.pop("WB_CHILD_WARM_NOW")
-    warm()
 
 
 if __name__ == "__main__":

@@ -327,7 +327,8 @@ class SessionEngine:
                 }
             self._drain()
             with self._batch():
-                fills = self.ledger.book_fills(self.session_id, t)
+                # orders decided at this bar fill after its decision: booked at the next bar
+                fills = self.ledger.book_fills(self.session_id, t, decided_before=t)
                 released = self._book_releases(t, full=resumed)
         risk.on_fills([FillEvent(f.symbol, f.qty, f.price, f.commission) for f in fills], t)
         for sym, qty in released:
@@ -413,19 +414,28 @@ class SessionEngine:
             refused = [i for c in self._refused if (i := self.ledger.intent(c)) is not None]
         self._touched.clear()
         self._refused.clear()
+        later: set[str] = set()  # decided at this bar: released at the next, like their fills
         for o in orders:
             if not o.is_terminal or o.replaced_by or o.id in self._released:
                 continue
+            it = self.ledger.intent(o.client_order_id)
+            if it is not None and it.bar_ts >= t:
+                later.add(o.id)
+                continue
             self._released.add(o.id)
             rest = o.remaining
-            if rest > 1e-9 and self.ledger.intent(o.client_order_id) is not None:
+            if rest > 1e-9 and it is not None:
                 signed = rest if o.side is Side.BUY else -rest
                 self.ledger.book_release(self.session_id, o.id, o.symbol, signed, t)
         for it in refused:
             key = f"refused:{it.client_order_id}"
+            if it.bar_ts >= t:
+                self._refused.add(it.client_order_id)
+                continue
             if key not in self._released:
                 self._released.add(key)
                 self.ledger.book_release(self.session_id, key, it.symbol, it.request.signed_qty, t)
+        self._touched |= later
         return self.ledger.releases_booked_at(self.session_id, t)
 
     # ------------------------------------------------------------------ sending
@@ -468,6 +478,8 @@ class SessionEngine:
         failpoints.hit("intent.before_commit")
         with self._batch():
             for plan in plans:
+                if plan.decided_at is None:
+                    plan = replace(plan, decided_at=t)
                 seq = self._seq
                 self._seq += 1
                 cid = client_order_id(
