@@ -112,6 +112,40 @@ def test_pipeline_runs_tracks_and_promotes(research: tuple) -> None:
 
 
 @pytest.mark.slow
+def test_wb_session_run_replays_resumes_and_reports(research: tuple, tmp_path: Path) -> None:
+    """`wb session run` on sim trades the challenger; the same command again resumes the finished
+    session from its ledger (nothing is sent twice) with the same outcome; `wb session status`."""
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    res, _ = research
+    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    args = [
+        "session", "run", "--strategy", "intraday_reversal", "--broker", "sim", "--mode", "replay",
+        "--store", res.outputs("ingest")["store_root"], "--ledger", ledger,
+        "--model", "intraday_reversal@challenger", "--symbols", "SYN000,SYN001,SYN002,SYN003",
+        "--json",
+    ]  # fmt: skip
+    runner = CliRunner()
+
+    def run() -> dict:
+        out = runner.invoke(app, args)
+        assert out.exit_code == 0, out.output
+        return json.loads([ln for ln in out.output.splitlines() if ln.startswith("{")][-1])
+
+    first, again = run(), run()
+    assert first["status"] == "done" and first["fills"] > 0 and "challenger" in first["model"]
+    assert again == first
+    st = runner.invoke(app, ["session", "status", "--ledger", ledger, "--json"])
+    assert st.exit_code == 0, st.output
+    status = json.loads(st.output.strip().splitlines()[-1])
+    assert status["status"] == "done" and status["positions"] == {}
+    assert len(status["fills"]) == first["fills"] and status["open_orders"] == 0
+    assert len({f["execution_id"] for f in status["fills"]}) == first["fills"]
+
+
+@pytest.mark.slow
 def test_search_is_tracked_and_feeds_the_overfitting_gates(research: tuple) -> None:
     from workbench.models.registry import PARAMS_TAG
 
