@@ -1074,7 +1074,7 @@ class _Abort(Exception):
     pass
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_ops)
 def test_cached_reads_equal_a_fresh_ledgers_reads(ops: list[tuple]) -> None:
     """One object runs every op (its caches filled by reads at any point); a fresh object reads
