@@ -8,6 +8,7 @@ import os
 import re
 import signal
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -220,11 +221,21 @@ def run_trade_session(
             source = ReplayBars(session_bars).stream()
         else:
             source = _live_source(cfg, symbols, timeframe, engine.clock, start_ts, close_ts)
-        res = asyncio.run(_run(engine, source, install_signals))
+        res = _run_sync(_run(engine, source, install_signals))
     finally:
         venue.close()
         ledger.close()
     return SessionStageResult(ref, day, res, frame_fingerprint(bars))
+
+
+def _run_sync(coro: Any) -> SessionResult:
+    """Run the session's event loop; inside a running loop (Jupyter) in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1, thread_name_prefix="wb-session") as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 async def _run(engine: SessionEngine, source: Any, install_signals: bool) -> SessionResult:
