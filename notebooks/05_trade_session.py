@@ -55,7 +55,7 @@ from workbench.tracking import start_stage
 setup_display()
 cfg = load_config()
 params = dict(store_root=store_root, model_name=model_name, strategy=strategy, timeframe=timeframe, symbols=symbols,
-              session_date=session_date, broker=broker, mode=mode, model_alias=model_alias)
+              session_date=session_date, broker=broker, mode=mode, alias_requested=model_alias)
 stage = start_stage("trade_session", params, pipeline=pipeline, parent_run_id=parent_run_id, output_path=output_path,
                     cfg=cfg)
 
