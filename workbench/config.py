@@ -36,7 +36,9 @@ from pydantic import (
 
 from workbench.errors import ConfigError
 
-RESERVED_ENV = frozenset({"WB_ENV", "WB_CONFIG_DIR", "WB_PROJECT_ROOT"})
+RESERVED_ENV = frozenset(
+    {"WB_ENV", "WB_CONFIG_DIR", "WB_PROJECT_ROOT", "WB_LIVE_TRADING", "WB_FAILPOINTS"}
+)  # not config fields: the overlay, folders, the live opt-in, crash points (tests)
 SECRET_ENV = ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY")
 
 

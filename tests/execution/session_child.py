@@ -157,7 +157,7 @@ async def _run_async(engine: SessionEngine, session: pl.DataFrame, delay: float)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, engine.request_stop)
-    Path(os.environ.get("WB_CHILD_READY", "/dev/null")).write_text("ready")
+    Path(os.environ.get("CHILD_READY", "/dev/null")).write_text("ready")
 
     async def slow():
         async for item in ReplayBars(session).stream():

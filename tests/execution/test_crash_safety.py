@@ -13,7 +13,7 @@ the same arguments, which reconciles and resumes. After each trial:
 * every intent was filled like in an uninterrupted run (same sizes, prices, commissions).
 
 Against the durable simulated venue and against the Alpaca-compatible test server (random partial
-fills), ``WB_CRASH_TRIALS`` trials each (default 26: 52 kill points per ``make test``).
+fills), ``CRASH_TRIALS`` trials each (default 26: 52 kill points per ``make test``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import session_child
 
 from workbench.execution.ledger import OrderLedger
 
-TRIALS = int(os.environ.get("WB_CRASH_TRIALS", "26"))
+TRIALS = int(os.environ.get("CRASH_TRIALS", "26"))
 COUNT_ALL = ",".join(f"{p}:1000000000" for p in session_child.failpoints.POINTS)
 
 

@@ -31,7 +31,7 @@ def test_sigterm_mid_session_exits_0_with_nothing_half_recorded(tmp_path: Path) 
         sys.executable, str(CHILD), "--ledger", str(tmp_path / "l.db"), "--venue",
         str(tmp_path / "v.db"), "--out", str(tmp_path / "out.json"), "--bar-delay", "0.15",
     ]  # fmt: skip
-    proc = subprocess.Popen(args, env={**os.environ, "WB_CHILD_READY": str(ready)})
+    proc = subprocess.Popen(args, env={**os.environ, "CHILD_READY": str(ready)})
     deadline = time.monotonic() + 120
     while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -70,7 +70,11 @@ def test_live_needs_both_opt_ins(monkeypatch) -> None:
     assert res.exit_code == 2
     text = " ".join(res.output.split())
     assert "--live" in text and "WB_LIVE_TRADING=yes" in text
-    monkeypatch.setenv("WB_LIVE_TRADING", "yes")
+    monkeypatch.setenv("WB_LIVE_TRADING", "yes")  # both opt-ins: the config still loads, and
+    res = runner.invoke(  # the run gets past the opt-ins (no model registered here)
+        app, ["session", "run", "--strategy", "nosuch", "--broker", "alpaca", "--live"]
+    )
+    assert res.exit_code == 2 and "unknown strategy 'nosuch'" in " ".join(res.output.split())
     monkeypatch.setenv("WB_ALPACA__TRADING_URL", "https://api.alpaca.markets")
     monkeypatch.delenv("WB_LIVE_TRADING")
     res = runner.invoke(

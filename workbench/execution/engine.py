@@ -325,6 +325,7 @@ class SessionEngine:
                     i.client_order_id
                     for i in self.ledger.intents(self.session_id, states=("pending",))
                 }
+                self._requeue()  # intents committed but never sent wait in the queue again
             self._drain()
             with self._batch():
                 # orders decided at this bar fill after its decision: booked at the next bar
