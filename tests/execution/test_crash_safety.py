@@ -149,7 +149,9 @@ def _trials(ctx, tmp_path: Path, broker: str, make_stub=None) -> None:
     def trial(i: int) -> str:
         rng = random.Random(1000 + i)
         point = points[i % len(points)]  # every point in turn, at a seeded random pass
-        k = rng.randint(1, seen[point])
+        # fill events vary by a few between runs on the test server (its random partial fills
+        # depend on the client order ids, which differ between ledgers): stay well inside
+        k = rng.randint(1, max(1, int(seen[point] * (0.7 if point.startswith("fill.") else 1))))
         d = tmp_path / f"trial-{i}"
         d.mkdir()
         stub = make_stub() if make_stub else None
