@@ -7,6 +7,9 @@ given on the command line win over config for that run only.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from typing import Annotated
 
@@ -19,7 +22,6 @@ from workbench.config import config_hash, load_config
 from workbench.errors import WorkbenchError
 from workbench.portfolio.universe_cli import universe_app
 from workbench.risk.cli import risk_app
-from workbench.session_cli import session_app
 
 app = typer.Typer(
     help="Quant workbench: ingest bars, inspect the store, run research pipelines.",
@@ -33,7 +35,6 @@ config_app = typer.Typer(
 app.add_typer(config_app, name="config")
 app.add_typer(risk_app, name="risk")
 app.add_typer(universe_app, name="universe")
-app.add_typer(session_app, name="session")
 console = Console()
 
 
@@ -297,3 +298,153 @@ def config_hash_cmd() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+# --------------------------------------------------------------------------------------------
+# wb session: run a trading session (replay or live, sim or Alpaca), show its state, flatten it.
+# SIGTERM/SIGINT stop `run` gracefully (exit 0); exit 3 when reconcile halts it. Live trading
+# (real money) needs both --live and WB_LIVE_TRADING=yes; paper is the default.
+
+SESSION_HALTED = 3
+
+session_app = typer.Typer(
+    help="Trading sessions: run (replay or live, sim or Alpaca), status, flatten.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_err = Console(stderr=True, soft_wrap=True)
+
+_LEDGER = Annotated[
+    str | None, typer.Option("--ledger", help="Order ledger URL (default: execution.ledger_url).")
+]
+
+
+@contextmanager
+def _session_errors() -> Iterator[None]:
+    from workbench.execution.engine import SessionHalted
+
+    try:
+        yield
+    except SessionHalted as exc:
+        _err.print(f"[red]halted:[/red] {exc}")
+        raise typer.Exit(SESSION_HALTED) from None
+    except WorkbenchError as exc:
+        _err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _model(model: str | None, strategy: str) -> tuple[str, str]:
+    if not model:
+        return strategy, ""
+    name, _, alias = model.partition("@")
+    return name or strategy, alias
+
+
+@session_app.command("run")
+def run_cmd(
+    strategy: Annotated[str, typer.Option(help="Strategy to trade (config/strategies/).")],
+    broker: Annotated[str, typer.Option(help="sim | alpaca")] = "sim",
+    mode: Annotated[str, typer.Option(help="replay (a stored day) | live")] = "replay",
+    date: Annotated[str | None, typer.Option(help="Session YYYY-MM-DD (default: last stored / today).")] = None,
+    store: Annotated[str | None, typer.Option(help="Bar store folder (default: store.root).")] = None,
+    ledger: _LEDGER = None,
+    model: Annotated[str | None, typer.Option(help="NAME@ALIAS (default: STRATEGY@champion, else challenger).")] = None,
+    symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols (default: data.symbols).")] = None,
+    timeframe: Annotated[str | None, typer.Option(help="Bar length (default: data.timeframe).")] = None,
+    live: Annotated[bool, typer.Option("--live", help="Trade the LIVE account (also needs WB_LIVE_TRADING=yes).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:  # fmt: skip
+    """Trade one session; a restart with the same arguments reconciles and resumes."""
+    from workbench.stages.session import run_trade_session
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with _session_errors():
+        cfg = load_config()
+        syms = (
+            [s.strip() for s in symbols.split(",") if s.strip()]
+            if symbols
+            else list(cfg.data.symbols)
+        )
+        name, alias = _model(model, strategy)
+        res = run_trade_session(
+            cfg, store_root=store or str(cfg.path(cfg.store.root)), model_name=name,
+            strategy=strategy, timeframe=timeframe or cfg.data.timeframe, symbols=syms,
+            session_date=date or "", broker=broker, mode=mode, ledger_url=ledger or "",
+            model_alias=alias, live=live, install_signals=True,
+            echo=(lambda m: _err.print(m)) if as_json else console.print,
+        )  # fmt: skip
+        r = res.result
+        summary = {
+            "session": res.session_date.isoformat(),
+            "status": r.status,
+            "model": f"{res.model.name} v{res.model.version} ({res.model.alias})",
+            "fills": r.fills.height,
+            "orders": r.orders.height,
+            "denials": r.rejections.height,
+            "kill_switch_trips": r.kill_switch.height,
+            "net_pnl": round(r.net_pnl, 2),
+        }
+        if as_json:
+            print(json.dumps(summary))
+        else:
+            console.print(summary)
+
+
+def _session_table(df: pl.DataFrame, title: str) -> Table:
+    t = Table(title=title)
+    for c in df.columns:
+        t.add_column(c)
+    for row in df.iter_rows():
+        t.add_row(*("" if v is None else str(v) for v in row))
+    return t
+
+
+@session_app.command("status")
+def status_cmd(
+    ledger: _LEDGER = None,
+    session: Annotated[str | None, typer.Option(help="Session id (default: the latest).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Orders, fills, positions, PnL and the kill switch of a session. Exit 3 when halted."""
+    from workbench.stages.session import session_status
+
+    with _session_errors():
+        st = session_status(load_config(), ledger, session)
+        if as_json:
+            print(json.dumps(st, default=str))
+        elif not st.get("session"):
+            console.print("no sessions in the ledger yet (`wb session run --strategy ...`).")
+        else:
+            console.print(
+                f"[bold]{st['session']}[/bold]: {st['status']} {st['reason']}; last bar "
+                f"{st['last_bar']}; kill switch {st['kill_switch']}; PnL {st['pnl']}; "
+                f"positions {st['positions'] or 'flat'}; open orders {st['open_orders']}"
+            )
+            for name in ("orders", "fills"):
+                if st[name]:
+                    console.print(_session_table(pl.DataFrame(st[name]), name))
+        if st.get("status") == "halted" or st.get("kill_switch") == "halted":
+            raise typer.Exit(SESSION_HALTED)
+
+
+@session_app.command("flatten")
+def flatten_cmd(
+    strategy: Annotated[str, typer.Option(help="Strategy whose session to flatten.")],
+    broker: Annotated[str, typer.Option(help="sim | alpaca")] = "sim",
+    mode: Annotated[str, typer.Option(help="replay | live")] = "live",
+    date: Annotated[str | None, typer.Option(help="Session YYYY-MM-DD (default: today, New York).")] = None,
+    ledger: _LEDGER = None,
+    live: Annotated[bool, typer.Option("--live", help="The LIVE account (also needs WB_LIVE_TRADING=yes).")] = False,
+) -> None:  # fmt: skip
+    """Close the session's positions now with reduce-only market orders."""
+    from workbench.stages.session import flatten_session
+
+    with _session_errors():
+        sent = flatten_session(
+            load_config(), strategy=strategy, broker=broker, mode=mode, session_date=date or "",
+            ledger_url=ledger or "", live=live, echo=console.print,
+        )  # fmt: skip
+        console.print(f"sent {len(sent)} closing order(s): {sent}")
+
+
+app.add_typer(session_app, name="session")

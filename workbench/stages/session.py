@@ -83,6 +83,11 @@ def _safe(session: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", session)
 
 
+def health_path(cfg: WorkbenchConfig, session: str) -> Path:
+    """Where a running session writes its health status (JSON, replaced atomically per bar)."""
+    return cfg.path("runs") / "sessions" / f"{_safe(session)}.health.json"
+
+
 def sim_venue_url(cfg: WorkbenchConfig, ledger_url: str, session: str) -> str | None:
     """Where the simulated venue of ``session`` keeps its state: ``execution.sim_state_url``
     (``{session}`` replaced), else an SQLite file beside an SQLite ledger, else in memory."""
@@ -211,7 +216,7 @@ def run_trade_session(
             mode=mode, clock=ReplayClock(start_ts) if mode == "replay" else WallClock(),
             killswitch=ks, settle_seconds=ex.settle_seconds if mode == "replay" else None,
             on_shutdown=ex.on_shutdown, reconcile_config=ex.reconcile,
-            health_path=cfg.path("runs") / "sessions" / f"{_safe(sid)}.health.json",
+            health_path=health_path(cfg, sid),
             model=f"{ref.name} v{ref.version}",
         )  # fmt: skip
         report = engine.start(history, strategy=strategy, broker_name=broker)
@@ -361,3 +366,47 @@ def flatten_session(
 class _NoFeatures:
     def update(self, bars: pl.DataFrame) -> pl.DataFrame:
         return pl.DataFrame()
+
+
+def session_status(
+    cfg: WorkbenchConfig, ledger_url: str | None, session: str | None
+) -> dict[str, Any]:
+    """The status of one session (default: the latest) as plain data."""
+    ledger = OrderLedger(project_url(cfg, ledger_url or cfg.execution.ledger_url))
+    try:
+        recs = ledger.sessions()
+        if not recs:
+            return {"sessions": []}
+        rec = next((r for r in recs if r.session_id == session), None) if session else None
+        if session and rec is None:
+            raise ConfigError(
+                f"no session {session!r} in the ledger; known: {[r.session_id for r in recs][-10:]}"
+            )
+        rec = rec or max(recs, key=lambda r: r.updated_at)
+        frames = ledger.frames(rec.session_id)
+        fills = frames["fills"]
+        ks = KillSwitchStore(project_url(cfg, cfg.risk.state_url))
+        try:
+            state = ks.load(rec.strategy)
+        finally:
+            ks.close()
+        health_file = health_path(cfg, rec.session_id)
+        health = json.loads(health_file.read_text()) if health_file.exists() else {}
+        return {
+            "session": rec.session_id,
+            "status": rec.status,
+            "reason": rec.reason,
+            "last_bar": rec.last_bar_ts.isoformat() if rec.last_bar_ts else None,
+            "positions": ledger.positions(rec.session_id),
+            "open_orders": len(ledger.orders(rec.session_id, open_only=True)),
+            "orders": frames["orders"].to_dicts(),
+            "fills": fills.to_dicts(),
+            "commission": float(fills["commission"].sum()) if fills.height else 0.0,
+            "equity": health.get("equity"),
+            "pnl": health.get("pnl"),
+            "kill_switch": state.state,
+            "kill_switch_reason": state.reason,
+            "sessions": [r.session_id for r in recs],
+        }
+    finally:
+        ledger.close()
