@@ -1028,7 +1028,9 @@ _simple_ops = st.one_of(
     st.tuples(st.just("status"), st.sampled_from(["running", "halted"])),
     st.tuples(st.just("book"), st.integers(0, 3)),
 )  # fmt: skip
-_batch_op = st.tuples(st.just("batch"), st.lists(_simple_ops, max_size=8), st.booleans())
+_batch_op = st.tuples(
+    st.just("batch"), st.lists(_simple_ops, max_size=8), st.booleans(), st.booleans()
+)  # ops, abort, durable
 _ops = st.lists(st.one_of(_simple_ops, _batch_op), min_size=4, max_size=30)
 
 
@@ -1061,7 +1063,7 @@ def _run_op(lg: OrderLedger, op: tuple) -> None:
         elif kind == "read":  # fill the caches at any point
             _state(lg, op[1])
         elif kind == "batch":
-            with contextlib.suppress(_Abort), lg.batch():
+            with contextlib.suppress(_Abort), lg.batch(durable=op[3]):
                 for sub in op[1]:
                     _run_op(lg, sub)
                 if op[2]:
@@ -1098,3 +1100,79 @@ def test_cached_reads_equal_a_fresh_ledgers_reads(ops: list[tuple]) -> None:
                     for sid in ("s1", "s2"):
                         assert _state(lg, sid) == _state(fresh, sid) == _state(reference, sid)
         lg.close()
+
+
+# -- durability classes and queued writes -------------------------------------------------------
+
+
+def _sync_level(lg: OrderLedger) -> int:
+    conn = lg._batch_conn
+    assert conn is not None
+    return conn.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0]
+
+
+def test_a_non_durable_batch_commits_without_a_flush_and_the_next_call_is_durable(
+    tmp_path: Path, ledger: OrderLedger
+) -> None:
+    db = tmp_path / "ledger.db"
+    with ledger.batch(durable=False):
+        assert _sync_level(ledger) == 1  # NORMAL: committed to the WAL, not fsynced
+        ledger.add_intent("s1", 0, req("c0"), bar_ts=T0)
+        with pytest.raises(ParameterError, match="durable batch.*cannot be nested"), ledger.batch():
+            pass
+        ledger.set_progress("s1", T0)  # the refusal left the batch usable
+    assert _outside(db, "SELECT count(*) FROM intents") == [(1,)]
+    with ledger.batch():
+        assert _sync_level(ledger) == 2  # FULL again: the pool's connection was reset
+        with ledger.batch(durable=False):  # a non-durable block in a durable one: durable
+            ledger.add_intent("s1", 1, req("c1"), bar_ts=T0)
+        assert _sync_level(ledger) == 2
+    with ledger._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+    assert ledger.session("s1").last_bar_ts == T0 and ledger.next_seq("s1") == 2
+
+
+def test_queued_writes_make_a_bars_records_a_few_statements(ledger: OrderLedger) -> None:
+    ledger.intents("s1")  # the session's intents are known to this object
+    n = _Count(ledger)
+    with ledger.batch():
+        for i in range(30):
+            ledger.add_intent("s1", i, req(f"c{i}"), bar_ts=T0)
+    assert n.statements <= 3  # BEGIN, one insert of 30 rows (and the session's next_seq)
+    s0 = n.statements
+    with ledger.batch(durable=False):
+        for i in range(30):
+            ledger.mark_acked(f"c{i}", bo(oid=f"o{i}", cid=f"c{i}"), T0)
+    # BEGIN, the 30 orders (each checked for its id), one statement each for the events, the
+    # transitions and the intents' state
+    assert n.statements - s0 <= 1 + 30 + 3
+    s0 = n.statements
+    with ledger.batch(durable=False):
+        for i in range(30):
+            ledger.apply_order("s1", bo(100, 10.0, OrderStatus.FILLED, oid=f"o{i}", cid=f"c{i}"),
+                               event="fill", ts=T0, execution_id=f"e{i}", price=10.0, qty=100)  # fmt: skip
+    assert n.statements - s0 <= 1 + 30 + 3  # the fills (by execution id) + orders, events, ...
+    fresh = OrderLedger(ledger.url)
+    assert _state(fresh) == _state(ledger)
+    assert fresh.positions("s1") == {"AAPL": 3000.0}
+    assert [t[1] for t in fresh.transitions("c7")] == ["new", "filled"]
+    fresh.close()
+
+
+def test_an_intent_another_writer_took_fails_the_queued_batch_and_keeps_nothing(
+    tmp_path: Path, ledger: OrderLedger
+) -> None:
+    ledger.add_intent("s1", 0, req("c0"), bar_ts=T0)
+    ledger.intents("s1")
+    other = OrderLedger(ledger.url)  # a second writer of the same session (not supported)
+    other.add_intent("s1", 1, req("x1"), bar_ts=T0)
+    with (
+        pytest.raises(StoreError, match="could not all be recorded.*one session process"),
+        ledger.batch(),
+    ):
+        ledger.add_intent("s1", 1, req("c1"), bar_ts=T0)
+        ledger.add_intent("s1", 2, req("c2"), bar_ts=T0)
+    db = tmp_path / "ledger.db"
+    assert _outside(db, "SELECT client_order_id FROM intents ORDER BY seq") == [("c0",), ("x1",)]
+    assert [i.client_order_id for i in ledger.intents("s1")] == ["c0", "x1"]  # read again
+    other.close()

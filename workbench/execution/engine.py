@@ -298,9 +298,12 @@ class SessionEngine:
 
     # ------------------------------------------------------------------ per bar
 
-    def _batch(self) -> Any:
+    def _batch(self, *, durable: bool) -> Any:
+        """One ledger transaction: durable for intents (flushed before their orders are sent),
+        not for what the broker knows too (events, acknowledgements, bookings, progress: a
+        power cut may lose the last of those, and reconcile asks the broker again)."""
         batch = getattr(self.ledger, "batch", None)
-        return batch() if batch is not None else contextlib.nullcontext()
+        return batch(durable=durable) if batch is not None else contextlib.nullcontext()
 
     def step(self, t: datetime, now: pl.DataFrame) -> dict[str, float]:
         """Process bar ``t`` (every symbol's bar of that timestamp); return the decided orders."""
@@ -326,8 +329,8 @@ class SessionEngine:
                     for i in self.ledger.intents(self.session_id, states=("pending",))
                 }
                 self._requeue()  # intents committed but never sent wait in the queue again
-            self._drain()
-            with self._batch():
+            with self._batch(durable=False):
+                self._drain()
                 # orders decided at this bar fill after its decision: booked at the next bar
                 fills = self.ledger.book_fills(self.session_id, t, decided_before=t)
                 released = self._book_releases(t, full=resumed)
@@ -366,7 +369,8 @@ class SessionEngine:
         self._record_bar(t, closes, preds, orders)
         if not catchup:
             failpoints.hit("bar.before_progress")
-            self.ledger.set_progress(self.session_id, t)
+            with self._batch(durable=False):
+                self.ledger.set_progress(self.session_id, t)
             self._write_health()
         return orders
 
@@ -385,7 +389,7 @@ class SessionEngine:
             return new
         if not events:
             return new
-        with self._batch():
+        with self._batch(durable=False):
             for ev in events:
                 if ev.qty:
                     failpoints.hit("fill.before_record")
@@ -476,8 +480,10 @@ class SessionEngine:
         if not plans:
             return []
         cids = []
+        if getattr(self.ledger, "in_batch", False):  # pragma: no cover - a programming error
+            raise RuntimeError("intents are committed on their own, never inside a batch")
         failpoints.hit("intent.before_commit")
-        with self._batch():
+        with self._batch(durable=True):
             for plan in plans:
                 if plan.decided_at is None:
                     plan = replace(plan, decided_at=t)
@@ -571,7 +577,7 @@ class SessionEngine:
         with venue_batch() if venue_batch is not None else contextlib.nullcontext():
             self._submit_each(requests, now, out, acks)
         if acks:
-            with self._batch():
+            with self._batch(durable=False):
                 for cid, order in acks:
                     self._note(self.ledger.mark_acked(cid, order, now))
                     self._touched.add(order.id)
@@ -627,13 +633,14 @@ class SessionEngine:
                 self._unknown.discard(cid)
 
     def _work_open_orders(self, t: datetime) -> None:
-        self._resolve_pending()
-        working = [w for ws in self._working().values() for w in ws]
-        plans = self.execution.manage(working, self.clock.now(), self._last)
-        for p in plans:
-            # the remainder's pending quantity moves to the re-sent order: nothing to release
-            self.ledger.book_release(self.session_id, p.after_cancel[0], p.symbol, 0.0, t)
-            self._released.add(p.after_cancel[0])
+        with self._batch(durable=False):
+            self._resolve_pending()
+            working = [w for ws in self._working().values() for w in ws]
+            plans = self.execution.manage(working, self.clock.now(), self._last)
+            for p in plans:
+                # the remainder's pending quantity moves to the re-sent order: nothing to release
+                self.ledger.book_release(self.session_id, p.after_cancel[0], p.symbol, 0.0, t)
+                self._released.add(p.after_cancel[0])
         self._commit_plans(plans, t)
         self._flush_waiting()
 

@@ -479,6 +479,8 @@ class OrderLedger:
         self._lock = threading.RLock()
         self._levels: list[_Level] = []  # the open batch() levels (outermost first)
         self._batch_conn: Connection | None = None
+        self._batch_durable = True  # the outermost open batch's durability
+        self._drop_queued()  # writes queued in the open transaction (see _flush)
         self._nwrites = 0  # write statements issued (a call that raised after writing: dirty)
         self._owned: set[str] = set()  # sessions this object writes: their rows are cached
         self._clear_caches()
@@ -497,12 +499,13 @@ class OrderLedger:
         with self._tx("open") as conn:  # one transaction: concurrent first opens serialize
             self._check_schema(conn)
             _META.create_all(conn)
-            row = conn.execute(
-                sa.select(_LEDGER_META.c.value).where(_LEDGER_META.c.key == "schema_version")
+            row = self._x(
+                conn, sa.select(_LEDGER_META.c.value).where(_LEDGER_META.c.key == "schema_version")
             ).first()
             if row is None:
-                conn.execute(
-                    sa.insert(_LEDGER_META).values(key="schema_version", value=str(SCHEMA_VERSION))
+                self._x(
+                    conn,
+                    sa.insert(_LEDGER_META).values(key="schema_version", value=str(SCHEMA_VERSION)),
                 )
 
     @property
@@ -525,8 +528,14 @@ class OrderLedger:
 
     # -- batches ---------------------------------------------------------------------------------
 
+    @property
+    def in_batch(self) -> bool:
+        """Whether a :meth:`batch` is open (the session engine never sends an order then: its
+        intent would not be committed yet)."""
+        return self._batch_conn is not None
+
     @contextmanager
-    def batch(self) -> Iterator[OrderLedger]:
+    def batch(self, *, durable: bool = True) -> Iterator[OrderLedger]:
         """Run every ledger call of this thread inside the block in one transaction.
 
         The transaction is committed (one fsync with SQLite) when the outermost ``batch()``
@@ -540,6 +549,15 @@ class OrderLedger:
         it back. Validation errors (:class:`ParameterError`, a :class:`StoreError` such as a
         different intent under a known client order id) are raised before anything is written
         and leave the batch usable. Other threads' calls wait until the outermost batch exits.
+
+        ``durable=False`` (the outermost batch decides): the commit is atomic and survives a
+        crash of the process (SQLite's WAL holds it, ``synchronous=NORMAL``; Postgres
+        ``synchronous_commit=off``) but is not flushed to disk at once, so a power cut may lose
+        it, never half of it: the ledger then ends at an earlier consistent point, and the next
+        durable commit flushes it. The session engine records broker events, acknowledgements
+        and progress this way — what the broker knows and reconcile asks again — and commits
+        intents durably, each before its order is sent. A durable batch cannot be nested in a
+        non-durable one (:class:`ParameterError`).
 
         >>> from datetime import UTC, date, datetime
         >>> from workbench.execution.orders import OrderRequest, Side
@@ -558,15 +576,26 @@ class OrderLedger:
                 with self._guard("batch"):
                     conn = self._engine.connect()
                     try:
+                        self._set_durability(conn, durable, begun=False)
                         conn.begin()
+                        self._set_durability(conn, durable, begun=True)
                     except BaseException:
+                        self._restore_durability(conn, durable)
                         conn.close()
                         raise
                 self._batch_conn = conn
+                self._batch_durable = durable
                 level = _Level(None)
             else:
+                if durable and not self._batch_durable:
+                    raise ParameterError(
+                        "a durable batch() cannot be nested in a non-durable one: its commit "
+                        "would not be flushed when it exits. Fix: commit the outer batch first "
+                        "(write-ahead intents are committed on their own, before any send)."
+                    )
                 self._check_level("batch")
                 with self._guard("batch"):
+                    self._flush(self._batch_conn)  # the savepoint's own writes queue from here
                     level = _Level(self._batch_conn.begin_nested())
             self._levels.append(level)
             try:
@@ -590,6 +619,10 @@ class OrderLedger:
         assert conn is not None
         try:
             with self._guard("commit" if commit else "rollback"):
+                if commit:
+                    self._flush(conn)
+                else:
+                    self._drop_queued()
                 if level.savepoint is not None:
                     if commit:
                         level.savepoint.commit()
@@ -609,7 +642,30 @@ class OrderLedger:
                 self._clear_caches()  # they may hold what was rolled back: read again
             if level.savepoint is None:
                 self._batch_conn = None
+                self._restore_durability(conn, self._batch_durable)
+                self._batch_durable = True
                 conn.close()
+
+    def _set_durability(self, conn: Connection, durable: bool, *, begun: bool) -> None:
+        """A non-durable transaction: SQLite ``synchronous=NORMAL`` (set before BEGIN),
+        Postgres ``synchronous_commit=off`` (for this transaction only)."""
+        if durable:
+            return
+        name = self._engine.dialect.name
+        if name == "sqlite" and not begun:
+            conn.connection.dbapi_connection.execute("PRAGMA synchronous = NORMAL")
+        elif name == "postgresql" and begun:
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
+    def _restore_durability(self, conn: Connection, durable: bool) -> None:
+        """Back to ``synchronous=FULL`` before the connection returns to the pool (a connection
+        that cannot be reset is discarded)."""
+        if durable or self._engine.dialect.name != "sqlite":
+            return
+        try:
+            conn.connection.dbapi_connection.execute("PRAGMA synchronous = FULL")
+        except Exception:  # the connection is not reused
+            conn.invalidate()
 
     def _check_level(self, what: str) -> None:
         if self._levels and self._levels[-1].failed:
@@ -707,7 +763,7 @@ class OrderLedger:
         if strategy is not None:
             q = q.where(_SESSIONS.c.strategy == strategy)
         with self._tx("sessions") as conn:
-            rows = conn.execute(q).mappings().all()
+            rows = self._x(conn, q).mappings().all()
         return [_session(r) for r in rows]
 
     def set_progress(self, session_id: str, last_bar_ts: datetime) -> None:
@@ -747,7 +803,7 @@ class OrderLedger:
                     row = self._need_session(conn, session_id)
                     seqs = self._session_intents(conn, session_id)
                     if seqs is None:
-                        top = conn.execute(_Q_MAX_SEQ, {"sid": session_id}).scalar()
+                        top = self._x(conn, _Q_MAX_SEQ, {"sid": session_id}).scalar()
             if seqs is not None:
                 top = seqs[-1][0] if seqs else None
             return max(int(row["next_seq"]), -1 if top is None else int(top) + 1)
@@ -793,7 +849,20 @@ class OrderLedger:
                 "created_at": now,
                 "updated_at": now,
             }
-            if self._i_intent_new is not None:  # one statement; a conflict says which below
+            cache = self._cache(session_id)
+            if (
+                self._i_intent_new is not None
+                and cache.intents is not None
+                and self._batch_conn is not None
+                and (not cache.intents or cache.intents[-1][0] < seq)
+            ):
+                # inside a batch, the next intent of a session whose intents are all known here:
+                # queued and inserted with the batch's others in one statement; a conflict the
+                # cache could not foresee (another writer) fails the batch (see _flush)
+                self._q_inserts.setdefault(self._i_intent_new, []).append(row)
+                self._q_rows += 1
+                self._nwrites += 1
+            elif self._i_intent_new is not None:  # one statement; a conflict says which below
                 if self._w(conn, self._i_intent_new, row).rowcount != 1:
                     known = self._fetch_intent(conn, cid)
                     if known is not None:
@@ -808,7 +877,6 @@ class OrderLedger:
             if seq + 1 > srow["next_seq"]:
                 self._set_session(conn, session_id, next_seq=seq + 1, updated_at=now)
             self._intent_rows[cid] = row
-            cache = self._cache(session_id)
             if cache.intents is not None:
                 bisect.insort(cache.intents, (seq, cid))
             return self._intent_rec(row)
@@ -841,7 +909,7 @@ class OrderLedger:
         return have
 
     def _seq_taken(self, conn: Connection, session_id: str, seq: int) -> None:
-        other = conn.execute(_Q_INTENT_AT_SEQ, {"sid": session_id, "seq": seq}).scalar()
+        other = self._x(conn, _Q_INTENT_AT_SEQ, {"sid": session_id, "seq": seq}).scalar()
         if other is not None:
             raise StoreError(
                 f"session {session_id!r} already has intent seq {seq} (client_order_id "
@@ -882,7 +950,7 @@ class OrderLedger:
         if wanted is not None:
             q = q.where(_INTENTS.c.state.in_(wanted))
         with self._tx("intents") as conn:
-            rows = conn.execute(q.order_by(_INTENTS.c.seq)).mappings().all()
+            rows = self._x(conn, q.order_by(_INTENTS.c.seq)).mappings().all()
         return [_intent(r) for r in rows]
 
     def mark_acked(self, client_order_id: str, order: BrokerOrder, ts: datetime) -> list[Fill]:
@@ -1011,7 +1079,7 @@ class OrderLedger:
         if open_only:
             q = q.where(_ORDERS.c.status.in_(sorted(_OPEN_VALUES)))
         with self._tx("orders") as conn:
-            rows = conn.execute(q).mappings().all()
+            rows = self._x(conn, q).mappings().all()
         return [_order(r) for r in rows]
 
     def fills(self, session_id: str, *, unbooked_only: bool = False) -> list[FillRecord]:
@@ -1020,7 +1088,7 @@ class OrderLedger:
         if unbooked_only:
             q = q.where(_FILLS.c.booked_bar_ts.is_(None))
         with self._tx("fills") as conn:
-            rows = conn.execute(q).mappings().all()
+            rows = self._x(conn, q).mappings().all()
         return [FillRecord(_fill(r), r["session_id"], r["booked_bar_ts"]) for r in rows]
 
     def book_fills(
@@ -1063,10 +1131,11 @@ class OrderLedger:
         when ``key`` was booked already (the first booking stands)."""
         bar_ts = _utc(bar_ts, "bar_ts")
         with self._tx("book_release") as conn:
-            hit = conn.execute(
+            hit = self._x(
+                conn,
                 sa.select(_RELEASES.c.id).where(
                     _RELEASES.c.session_id == session_id, _RELEASES.c.key == key
-                )
+                ),
             ).first()
             if hit is not None:
                 return False
@@ -1087,10 +1156,11 @@ class OrderLedger:
         """(symbol, signed qty) released at bar ``bar_ts``, in booking order (zeros dropped)."""
         bar_ts = _utc(bar_ts, "bar_ts")
         with self._tx("releases_booked_at") as conn:
-            rows = conn.execute(
+            rows = self._x(
+                conn,
                 sa.select(_RELEASES.c.symbol, _RELEASES.c.qty)
                 .where(_RELEASES.c.session_id == session_id, _RELEASES.c.booked_bar_ts == bar_ts)
-                .order_by(_RELEASES.c.id)
+                .order_by(_RELEASES.c.id),
             ).all()
         return [(sym, q) for sym, q in rows if abs(q) > _EPS]
 
@@ -1158,7 +1228,7 @@ class OrderLedger:
                 )
             )
         with self._tx("events") as conn:
-            rows = conn.execute(q).mappings().all()
+            rows = self._x(conn, q).mappings().all()
         return [{**r, "order": json.loads(r["order"])} for r in rows]
 
     def transitions(self, client_order_id: str) -> list[tuple[str, str, str, datetime]]:
@@ -1172,34 +1242,40 @@ class OrderLedger:
             .order_by(t.c.id)
         )
         with self._tx("transitions") as conn:
-            rows = conn.execute(q).all()
+            rows = self._x(conn, q).all()
         return [(a, b, e, ts) for a, b, e, ts in rows]
 
     def frames(self, session_id: str) -> dict[str, pl.DataFrame]:
         """``intents``, ``orders``, ``fills`` and ``transitions`` of a session as polars frames."""
         with self._tx("frames") as conn:
-            intents = conn.execute(
+            intents = self._x(
+                conn,
                 sa.select(_INTENTS)
                 .where(_INTENTS.c.session_id == session_id)
                 .order_by(_INTENTS.c.seq)
             ).mappings().all()  # fmt: skip
             orders = (
-                conn.execute(
+                self._x(
+                    conn,
                     sa.select(_ORDERS)
                     .where(_ORDERS.c.session_id == session_id)
-                    .order_by(_ORDERS.c.id)
+                    .order_by(_ORDERS.c.id),
                 )
                 .mappings()
                 .all()
             )
             fills = (
-                conn.execute(
-                    sa.select(_FILLS).where(_FILLS.c.session_id == session_id).order_by(_FILLS.c.id)
+                self._x(
+                    conn,
+                    sa.select(_FILLS)
+                    .where(_FILLS.c.session_id == session_id)
+                    .order_by(_FILLS.c.id),
                 )
                 .mappings()
                 .all()
             )
-            trans = conn.execute(
+            trans = self._x(
+                conn,
                 sa.select(_TRANSITIONS)
                 .where(_TRANSITIONS.c.session_id == session_id)
                 .order_by(_TRANSITIONS.c.id)
@@ -1258,7 +1334,7 @@ class OrderLedger:
             if row is not None:
                 changed = {k: v for k, v in plan.cols.items() if not _same(row[k], v)}
                 if changed:
-                    self._w(conn, _U_ORDER, {"b_oid": oid, **changed})
+                    self._update(_U_ORDER, "b_oid", oid, changed)
                     self._cache_order_update(oid, changed, plan.legs)  # legs: of the raw kept
                 break
             new_row = {"order_id": oid, "session_id": plan.owner, **plan.cols}
@@ -1275,7 +1351,7 @@ class OrderLedger:
         cid, intent_cid, current, new = plan.cid, plan.intent_cid, plan.current, plan.new
 
         # the raw event, always (unknown event names too)
-        self._w(conn, _I_EVENT, {
+        self._append(_I_EVENT, {
             "session_id": session_id, "order_id": oid, "client_order_id": cid,
             "intent_cid": intent_cid, "event": event, "ts": ts, "execution_id": execution_id,
             "qty": _num(qty), "price": _num(price), "commission": float(commission or 0.0),
@@ -1284,7 +1360,7 @@ class OrderLedger:
 
         # status
         if new is not current:
-            self._w(conn, _I_TRANSITION, {
+            self._append(_I_TRANSITION, {
                 "session_id": session_id, "order_id": oid, "client_order_id": cid,
                 "intent_cid": intent_cid, "from_status": current.value, "to_status": new.value,
                 "event": event, "ts": ts,
@@ -1320,10 +1396,11 @@ class OrderLedger:
 
         if order.replaces:  # link the replaced order forward
             prev = self._cached_order(order.replaces)
-            if prev is None or prev["replaced_by"] is None:
-                hit = self._w(conn, _U_LINK, {"b_oid": order.replaces, "replaced_by": oid})
-                if prev is not None and hit.rowcount:
-                    self._cache_order_update(order.replaces, {"replaced_by": oid}, None)
+            if prev is not None and prev["replaced_by"] is None:  # known row: queue it
+                self._update(_U_ORDER, "b_oid", order.replaces, {"replaced_by": oid})
+                self._cache_order_update(order.replaces, {"replaced_by": oid}, None)
+            elif prev is None:
+                self._w(conn, _U_LINK, {"b_oid": order.replaces, "replaced_by": oid})
 
         # the intent: seeing its order proves the broker got it
         if intent_cid is not None and cid == intent_cid:
@@ -1439,7 +1516,7 @@ class OrderLedger:
                 if self._i_fill_new is not None:
                     if self._w(conn, self._i_fill_new, {**params, "execution_id": c}).rowcount:
                         return c
-                elif conn.execute(_Q_FILL_EXISTS, {"eid": c}).first() is None:
+                elif self._x(conn, _Q_FILL_EXISTS, {"eid": c}).first() is None:
                     self._w(conn, _I_FILL, {**params, "execution_id": c})
                     return c
             candidates = [f"{order_id}@{f!r}#{n}"]
@@ -1456,7 +1533,8 @@ class OrderLedger:
         return None
 
     def _latest_order(self, conn: Connection, cid: str) -> sa.RowMapping | None:
-        rows = conn.execute(
+        rows = self._x(
+                conn,
             sa.select(_ORDERS)
             .where(sa.or_(_ORDERS.c.client_order_id == cid, _ORDERS.c.intent_cid == cid))
             .order_by(_ORDERS.c.id)
@@ -1467,7 +1545,7 @@ class OrderLedger:
         row = own[0]
         seen = {row["order_id"]}
         while row["replaced_by"] and row["replaced_by"] not in seen:
-            nxt = conn.execute(_Q_ORDER, {"oid": row["replaced_by"]}).mappings().first()
+            nxt = self._x(conn, _Q_ORDER, {"oid": row["replaced_by"]}).mappings().first()
             if nxt is None:
                 break
             seen.add(nxt["order_id"])
@@ -1475,7 +1553,8 @@ class OrderLedger:
         return row
 
     def _booked(self, conn: Connection, session_id: str, bar_ts: datetime) -> list[Fill]:
-        rows = conn.execute(
+        rows = self._x(
+                conn,
             sa.select(_FILLS)
             .where(_FILLS.c.session_id == session_id, _FILLS.c.booked_bar_ts == bar_ts)
             .order_by(_FILLS.c.id)
@@ -1488,17 +1567,18 @@ class OrderLedger:
                 f"snapshot kind must be one of {list(SNAPSHOT_KINDS)}; got {kind!r}."
             )
         order = _SNAPSHOTS.c.id if kind == "start" else _SNAPSHOTS.c.id.desc()
-        body = conn.execute(
+        body = self._x(
+            conn,
             sa.select(_SNAPSHOTS.c.positions)
             .where(_SNAPSHOTS.c.session_id == session_id, _SNAPSHOTS.c.kind == kind)
             .order_by(order)
-            .limit(1)
+            .limit(1),
         ).scalar()
         return None if body is None else {k: float(v) for k, v in json.loads(body).items()}
 
     def _load_positions(self, conn: Connection, session_id: str) -> dict[str, float]:
         out = dict(self._snapshot(conn, session_id, "start") or {})
-        for symbol, q in conn.execute(_Q_FILL_QTYS, {"sid": session_id}).all():
+        for symbol, q in self._x(conn, _Q_FILL_QTYS, {"sid": session_id}).all():
             out[symbol] = out.get(symbol, 0.0) + q
         return out
 
@@ -1526,14 +1606,71 @@ class OrderLedger:
 
     def _w(self, conn: Connection, stmt: Any, params: Mapping[str, Any]) -> Any:
         """Execute a write statement; one that changed rows is counted (a call that raises after
-        changing rows is rolled back, and fails its batch)."""
+        changing rows is rolled back, and fails its batch). An update runs after the queued
+        writes (:meth:`_flush`); an insert needs not wait for them (they touch other rows)."""
+        if self._q_rows and not stmt.is_insert:
+            self._flush(conn)
         res = conn.execute(stmt, params)
         if res.rowcount != 0:
             self._nwrites += 1
         return res
 
+    def _x(self, conn: Connection, stmt: Any, params: Any = None) -> Any:
+        """Execute a read (after the queued writes: a read sees everything written before)."""
+        if self._q_rows:
+            self._flush(conn)
+        return conn.execute(stmt, params)
+
+    def _append(self, stmt: Any, params: dict[str, Any]) -> None:
+        """Queue an insert into an append-only table (events, transitions): executed with the
+        transaction's other queued rows of that table in one statement (see :meth:`_flush`)."""
+        self._q_appends.setdefault(stmt, []).append(params)
+        self._q_rows += 1
+        self._nwrites += 1
+
+    def _update(self, stmt: Any, bind: str, key: str, cols: Mapping[str, Any]) -> None:
+        """Queue an update of one row (``bind`` = ``key``); updates of a row in one transaction
+        merge into one, in call order."""
+        slot = self._q_updates.get((stmt, key))
+        if slot is None:
+            self._q_updates[(stmt, key)] = {bind: key, **cols}
+        else:
+            slot.update(cols)
+        self._q_rows += 1
+        self._nwrites += 1
+
+    def _flush(self, conn: Connection) -> None:
+        """Execute the queued writes: one executemany per table and column set. Runs before any
+        read, update or commit of the transaction, so every read sees every earlier write; a
+        failure fails the call (and its batch) like any write."""
+        if not self._q_rows:
+            return
+        inserts, appends, updates = self._q_inserts, self._q_appends, self._q_updates
+        self._drop_queued()
+        for stmt, rows in inserts.items():
+            if conn.execute(stmt, rows).rowcount != len(rows):
+                raise StoreError(
+                    f"order ledger {self.url}: {len(rows)} intents could not all be recorded "
+                    f"(a client order id or a seq is taken: another process writes this "
+                    f"session). Nothing of the batch was kept. Fix: run one session process per "
+                    f"session; `wb session status` shows what is recorded."
+                )
+        for stmt, rows in appends.items():
+            conn.execute(stmt, rows)
+        groups: dict[tuple[Any, tuple[str, ...]], list[dict[str, Any]]] = {}
+        for (stmt, _key), row in updates.items():
+            groups.setdefault((stmt, tuple(sorted(row))), []).append(row)
+        for (stmt, _cols), rows in groups.items():
+            conn.execute(stmt, rows)
+
+    def _drop_queued(self) -> None:
+        self._q_inserts: dict[Any, list[dict[str, Any]]] = {}  # checked by rowcount
+        self._q_appends: dict[Any, list[dict[str, Any]]] = {}
+        self._q_updates: dict[tuple[Any, str], dict[str, Any]] = {}
+        self._q_rows = 0
+
     def _fetch_session(self, conn: Connection, session_id: str) -> sa.RowMapping | None:
-        return conn.execute(_Q_SESSION, {"sid": session_id}).mappings().first()
+        return self._x(conn, _Q_SESSION, {"sid": session_id}).mappings().first()
 
     def _session_row(self, conn: Connection, session_id: str) -> Mapping[str, Any] | None:
         row = self._session_rows.get(session_id)
@@ -1559,7 +1696,7 @@ class OrderLedger:
 
     def _set_session(self, conn: Connection, session_id: str, **cols: Any) -> None:
         cols.setdefault("updated_at", _now())
-        self._w(conn, _U_SESSION, {"b_sid": session_id, **cols})
+        self._update(_U_SESSION, "b_sid", session_id, cols)
         row = self._session_rows.get(session_id)
         if row is not None:
             row.update(cols)
@@ -1569,7 +1706,7 @@ class OrderLedger:
         return row if row is not None and row["session_id"] in self._owned else None
 
     def _fetch_intent(self, conn: Connection, cid: str) -> dict[str, Any] | None:
-        found = conn.execute(_Q_INTENT, {"cid": cid}).mappings().first()
+        found = self._x(conn, _Q_INTENT, {"cid": cid}).mappings().first()
         if found is None:
             return None
         row = dict(found)
@@ -1604,7 +1741,7 @@ class OrderLedger:
 
     def _set_intent(self, conn: Connection, cid: str, **cols: Any) -> None:
         cols["updated_at"] = _now()
-        self._w(conn, _U_INTENT, {"b_cid": cid, **cols})
+        self._update(_U_INTENT, "b_cid", cid, cols)
         row = self._intent_rows.get(cid)
         if row is not None:
             row.update(cols)
@@ -1621,7 +1758,7 @@ class OrderLedger:
         cache = self._cache(session_id)
         if cache.intents is None:
             seqs = []
-            for found in conn.execute(_Q_SESSION_INTENTS, {"sid": session_id}).mappings():
+            for found in self._x(conn, _Q_SESSION_INTENTS, {"sid": session_id}).mappings():
                 row = dict(found)
                 cid = row["client_order_id"]
                 if self._intent_rows.get(cid) != row:
@@ -1636,7 +1773,7 @@ class OrderLedger:
         return row if row is not None and row["session_id"] in self._owned else None
 
     def _fetch_order(self, conn: Connection, order_id: str) -> dict[str, Any] | None:
-        found = conn.execute(_Q_ORDER, {"oid": order_id}).mappings().first()
+        found = self._x(conn, _Q_ORDER, {"oid": order_id}).mappings().first()
         if found is None:
             return None
         row = {k: found[k] for k in _ORDER_COLS}
@@ -1651,7 +1788,7 @@ class OrderLedger:
 
     def _load_orders(self, conn: Connection, session_id: str) -> list[str]:
         ids = []
-        for found in conn.execute(_Q_SESSION_ORDERS, {"sid": session_id}).mappings():
+        for found in self._x(conn, _Q_SESSION_ORDERS, {"sid": session_id}).mappings():
             row = {k: found[k] for k in _ORDER_COLS}
             oid = row["order_id"]
             if self._order_rows.get(oid) != row:
@@ -1730,8 +1867,8 @@ class OrderLedger:
         insp = sa.inspect(conn)
         names = set(insp.get_table_names())
         if "ledger_meta" in names:
-            v = conn.execute(
-                sa.text("SELECT value FROM ledger_meta WHERE key = 'schema_version'")
+            v = self._x(
+                conn, sa.text("SELECT value FROM ledger_meta WHERE key = 'schema_version'")
             ).scalar()
             if v is not None and (not str(v).isdigit() or int(v) != SCHEMA_VERSION):
                 newer = str(v).isdigit() and int(v) > SCHEMA_VERSION
@@ -1766,11 +1903,14 @@ class OrderLedger:
                     else:
                         with self._engine.begin() as conn:
                             yield conn
+                            self._flush(conn)
             except BaseException:
                 if self._nwrites != n0:  # rolled back (or will be, with its batch)
                     self._clear_caches()
                     if self._levels:
                         self._levels[-1].failed = True
+                    else:
+                        self._drop_queued()
                 raise
 
     @contextmanager

@@ -5,8 +5,10 @@ submits orders and feeds bars (:meth:`SimulatedBroker.on_bars`); the venue match
 against each bar and reports ``new`` / ``partial_fill`` / ``fill`` / ``canceled`` / ``expired`` /
 ``replaced`` / ``rejected`` events (:meth:`SimulatedBroker.events`). With ``state_url`` (a
 SQLAlchemy URL, e.g. ``sqlite:///runs/sim_venue.db``) the venue's whole state is written in one
-transaction after every command and every timestamp of bars (SQLite: WAL, ``synchronous=FULL``),
-so a session killed with SIGKILL and restarted finds the venue as a real broker would.
+transaction after every command and every timestamp of bars (SQLite: WAL, ``synchronous=NORMAL``:
+each commit survives a crash of the process, which is what the venue stands in for; a power cut may
+lose its last commits, never half of one), so a session killed with SIGKILL and restarted finds the
+venue as a real broker would.
 
 Matching (bar ``ts`` of the order's symbol, the order's decision row = the symbol's last bar the
 venue had processed when it accepted the order):
@@ -286,7 +288,7 @@ class _Store:
                 dbapi_conn.isolation_level = None  # SQLAlchemy issues BEGIN itself (below)
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=FULL")
+                cur.execute("PRAGMA synchronous=NORMAL")  # crash-safe; see above
                 cur.execute("PRAGMA busy_timeout=10000")
                 cur.close()
 
