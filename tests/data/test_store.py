@@ -168,21 +168,29 @@ _KILLER = textwrap.dedent(
     from data.conftest import make_bars
     from workbench.data import store as st
     mode = sys.argv[1]
-    if mode == "before_rename":
-        real = os.replace
+    real = os.replace
+    if mode == "before_rename":  # after the manifest accepts the new checksum
         def boom(src, dst):
             if str(dst).endswith(".parquet"):
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(src, dst)
         st.os.replace = boom
+    elif mode == "before_final_manifest":  # the new file is in place, its old checksum pending
+        seen = []
+        def boom(src, dst):
+            if str(dst).endswith("_manifest.json"):
+                seen.append(dst)
+                if len(seen) == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return real(src, dst)
+        st.os.replace = boom
     else:  # die while the temporary file is half written
-        real_write = pl.DataFrame.write_parquet
-        def half(self, file, **kw):
-            real_write(self, file, **kw)
-            with open(file, "r+b") as fh:
-                fh.truncate(os.path.getsize(file) // 2)
+        def half(data, target):
+            from workbench.data import integrity
+            tmp = integrity.temp_name(target)
+            tmp.write_bytes(data[: len(data) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
-        pl.DataFrame.write_parquet = half
+        st.write_temp = half
     s = st.BarStore(sys.argv[2])
     new = make_bars(["AAA"], datetime(2024, 1, 30, 14, 30, tzinfo=UTC), 60, seed=9)
     s.write(new, "5Min")
@@ -190,10 +198,11 @@ _KILLER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("mode", ["before_rename", "mid_write"])
-def test_killed_writer_leaves_old_partition_intact(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize("mode", ["before_rename", "mid_write", "before_final_manifest"])
+def test_killed_writer_leaves_old_or_new_partition_verified(tmp_path: Path, mode: str) -> None:
     store = BarStore(tmp_path / "s")
     old = make_bars(["AAA"], T0, 60, seed=1)
+    new = make_bars(["AAA"], T0, 60, seed=9)
     store.write(old, "5Min")
     before = snapshot(store.root)
     script = tmp_path / "killer.py"
@@ -205,9 +214,15 @@ def test_killed_writer_leaves_old_partition_intact(tmp_path: Path, mode: str) ->
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert proc.returncode == -9, proc.stderr
-    assert snapshot(store.root) == before  # readers see only the old files
-    assert store.read(["AAA"], "5Min").equals(old.sort("symbol", "ts"))
-    new = make_bars(["AAA"], T0, 60, seed=9)
+    if mode == "before_final_manifest":
+        assert snapshot(store.root) != before  # the new files are in place
+        assert store.read(["AAA"], "5Min").equals(new.sort("symbol", "ts"))
+    else:
+        assert snapshot(store.root) == before  # readers see only the old files
+        assert store.read(["AAA"], "5Min").equals(old.sort("symbol", "ts"))
+    assert store.verify().ok  # whatever is on disk, the manifest accepts it
     store.write(new, "5Min")  # the next writer cleans up and succeeds
     assert store.read(["AAA"], "5Min").equals(new.sort("symbol", "ts"))
     assert not list(store.root.rglob(".*.tmp-*"))
+    man = store.manifest("AAA", "5Min")
+    assert man is not None and not any("pending" in r for r in man.partitions.values())

@@ -1,9 +1,15 @@
-"""Ingest: fetch bars from a source in chunks, validate, upsert into the store, resume on re-run."""
+"""Ingest: fetch bars from a source in chunks, validate, upsert into the store, resume on re-run.
+
+Before any fetch, ingest checks that the store can be written, opens (and checks) the chunk ledger
+and verifies every stored partition in the window. A bad partition whose recorded source is this
+source is re-fetched whole first (status ``repaired`` in the report), so a chunk is never counted
+as done while its partition fails verification; one written by another source is refused with the
+fix (``wb store repair``). Each chunk is recorded in the symbol's manifest with its bars and then in
+the ledger.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,11 +18,12 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 from tqdm.auto import tqdm
 
-from workbench.data.ledger import ChunkLedger
+from workbench.data.integrity import CorruptPartitionError, Problem
+from workbench.data.ledger import LEDGER_NAME, ChunkLedger, provenance_key
 from workbench.data.sources.base import Source
 from workbench.data.store import BarStore
 from workbench.data.timeframe import Timeframe
-from workbench.errors import SourceError
+from workbench.errors import SourceError, StoreError
 
 _GRID_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -104,8 +111,61 @@ def plan_chunks(
 
 def source_key(source: Source) -> str:
     """Return a short id of a source's provenance (different data, different key)."""
-    payload = json.dumps(source.provenance(), sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return provenance_key(source.provenance())
+
+
+def _repair_in_window(
+    source: Source,
+    store: BarStore,
+    ledger: ChunkLedger,
+    tf: Timeframe,
+    symbols: Sequence[str],
+    lo: datetime,
+    hi: datetime,
+) -> list[dict]:
+    """Re-fetch the bad partitions in the window from ``source`` (refuse those of another source)."""
+    from workbench.data import repair
+
+    problems = store.verify(symbols, tf, lo, hi).problems
+    if not problems:
+        return []
+    key = source_key(source)
+    foreign: list[Problem] = []
+    todo: dict[str, dict[str, tuple[datetime, datetime]]] = {}
+    for p in problems:
+        periods = [p.period] if p.period else repair.periods_to_fix(store, p)
+        for period in periods:
+            prov = repair.recorded_provenance(store, tf, p.symbol, period, ledger)
+            if prov and provenance_key(prov) != key:
+                foreign.append(p)
+                continue
+            window = repair.repair_window(store, tf, p.symbol, period, ledger)
+            todo.setdefault(p.symbol, {})[period] = window
+    if foreign:
+        exc = CorruptPartitionError(foreign)
+        raise StoreError(
+            f"{exc} These partitions were written by another source than {source.name!r}, so "
+            f"ingest does not overwrite them. Fix: run `wb store repair --store {store.root}` "
+            "(re-fetches them from their recorded source) and ingest again."
+        )
+    rows = []
+    for symbol, windows in todo.items():
+        t0 = time.perf_counter()
+        got = repair.refetch(store, source, tf, symbol, windows)
+        for period, (a, b) in sorted(windows.items()):
+            rows.append(
+                {
+                    "symbols": symbol,
+                    "start": a,
+                    "end": b,
+                    "status": "repaired",
+                    "rows": got[period],
+                    "inserted": got[period],
+                    "updated": 0,
+                    "seconds": round(time.perf_counter() - t0, 4),
+                }
+            )
+    return rows
 
 
 def _stored_rows(store: BarStore, symbol: str, tf: Timeframe, lo: datetime, hi: datetime) -> int:
@@ -155,12 +215,16 @@ def ingest(
             "no symbols to ingest. Fix: pass --symbols or set data.symbols in config."
         )
     lo, hi = to_window(start, end)
-    now = now or datetime.now(UTC)
-    key = source_key(source)
-    ledger = ChunkLedger(store.root / "_ledger.sqlite")
     chunks = plan_chunks(symbols, lo, hi, chunk_days=chunk_days, chunk_symbols=chunk_symbols)
+    now = now or datetime.now(UTC)
+    store.check_writable(symbols, tf.name)
+    ledger = ChunkLedger(store.root / LEDGER_NAME)
+    key = source_key(source)
+    prov = source.provenance()
     report = IngestReport()
     t0 = time.perf_counter()
+    report.chunks += _repair_in_window(source, store, ledger, tf, symbols, lo, hi)
+    ledger.record_source(key, prov)
     bar = tqdm(
         chunks,
         desc=f"ingest {source.name} {tf.name}",
@@ -197,11 +261,23 @@ def ingest(
                 f"{chunk.start.isoformat()}..{chunk.end.isoformat()} / {todo}; first: {outside.head(3).to_dicts()}. "
                 "Fix the source's window or symbol filtering."
             )
-        wr = store.write(bars, tf, provenance=source.provenance())
         complete = chunk.end <= now - settle
         counts = dict(bars.group_by("symbol").len().iter_rows()) if bars.height else {}
-        for s in todo:
-            ledger.record(key, tf.name, s, chunk.start, chunk.end, int(counts.get(s, 0)), complete)
+        done = [
+            {
+                "symbol": s,
+                "source_key": key,
+                "start": chunk.start.isoformat(),
+                "end": chunk.end.isoformat(),
+                "rows": int(counts.get(s, 0)),
+                "complete": complete,
+            }
+            for s in todo
+        ]
+        wr = store.write(bars, tf, provenance=prov, chunks=done)
+        ledger.record_many(
+            [(key, tf.name, c["symbol"], c["start"], c["end"], c["rows"], complete) for c in done]
+        )
         report.chunks.append(
             {
                 **row,

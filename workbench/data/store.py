@@ -1,16 +1,25 @@
-"""Partitioned parquet bar store with idempotent, atomic upserts.
+"""Partitioned parquet bar store with idempotent, atomic, checksummed upserts.
 
 Layout under ``root``::
 
     timeframe=5Min/symbol=SYN000/2024-01.parquet      # one file per (timeframe, symbol, period)
-    timeframe=5Min/symbol=SYN000/_provenance.json     # where those bars came from
-    _ledger.sqlite                                     # ingest chunk ledger (see ingest.py)
+    timeframe=5Min/symbol=SYN000/_manifest.json       # checksums, rows, provenance, ingest chunks
+    _ledger.sqlite                                     # ingest chunk ledger (see ledger.py)
+    _quarantine/<stamp>/...                            # bad files that a repair replaced
 
 A period is a UTC calendar day, month or year (``store.partition`` in config). Every write merges
-the new bars into the affected partitions (a re-written bar takes the new values), writes each
-partition to a temporary file in the same folder and renames it over the old one with
-:func:`os.replace`, so a crash at any point leaves either the old or the new file, never half of
-one. Writers take an exclusive lock on the store; readers never see temporary files.
+the new bars into the affected partitions (a re-written bar takes the new values). Nothing is
+written until every partition it touches has been read and verified; then each partition goes to a
+temporary file in its folder (fsynced), the folder's manifest records the new checksum beside the
+old one ("pending"), the files are renamed over the old ones with :func:`os.replace`, and the
+manifest drops the old checksums. A crash at any point leaves old or new files that the manifest
+accepts, never half of one. Writers take an exclusive lock on the store; readers never see
+temporary files and never write.
+
+Every read verifies the sha256 of each partition it touches against the manifest (see
+:mod:`workbench.data.integrity`, which also says how stores written before checksums are handled)
+and raises :class:`~workbench.data.integrity.CorruptPartitionError` naming each bad file and the fix
+instead of serving it.
 """
 
 from __future__ import annotations
@@ -18,17 +27,32 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
-import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
+from workbench.data.integrity import (
+    LEGACY_PROVENANCE,
+    MANIFEST,
+    CorruptPartitionError,
+    Manifest,
+    Problem,
+    check_file,
+    check_structure,
+    folder_keys,
+    fsync_dir,
+    partition_record,
+    repair_fix,
+    sha256_file,
+    write_temp,
+)
 from workbench.data.schema import BAR_SCHEMA, KEY, empty_bars, validate_bars
 from workbench.data.timeframe import Timeframe
 from workbench.errors import StoreError
@@ -38,6 +62,7 @@ if TYPE_CHECKING:
 
 Partition = Literal["day", "month", "year"]
 _PERIOD_FMT = {"day": "%Y-%m-%d", "month": "%Y-%m", "year": "%Y"}
+QUARANTINE = "_quarantine"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +79,29 @@ class WriteReport:
         return self.inserted + self.updated + self.unchanged
 
 
+@dataclass
+class VerifyReport:
+    """Outcome of :meth:`BarStore.verify`: bad files, legacy partitions without a checksum, counts."""
+
+    root: Path
+    checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    unverified: list[Path] = field(default_factory=list)
+    adopted: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class _Staged:
+    period: str
+    target: Path
+    frame: pl.DataFrame | None  # None: drop the partition (a repair found no bars for it)
+    replace: bool
+
+
 def _utc(value: datetime | date | str | None) -> datetime | None:
     if value is None:
         return None
@@ -64,8 +112,22 @@ def _utc(value: datetime | date | str | None) -> datetime | None:
     return datetime(value.year, value.month, value.day, tzinfo=UTC)
 
 
+def _parquet_bytes(df: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", statistics=True)
+    return buf.getvalue()
+
+
+def _unwritable(path: Path, exc: OSError) -> StoreError:
+    return StoreError(
+        f"cannot write to the bar store at {path}: {exc.strerror or exc}. Nothing was written. "
+        f"Fix: make the folder writable (e.g. `chmod -R u+w {path}`) or pass --store with a "
+        "writable folder."
+    )
+
+
 class BarStore:
-    """Bars on disk, partitioned by timeframe, symbol and period.
+    """Bars on disk, partitioned by timeframe, symbol and period, each partition checksummed.
 
     Parameters
     ----------
@@ -102,15 +164,58 @@ class BarStore:
     def _period_key(self, ts: pl.Expr) -> pl.Expr:
         return ts.dt.strftime(_PERIOD_FMT[self.partition])
 
+    def period_of(self, ts: datetime) -> str:
+        """Return the partition period (file stem) holding a bar stamped ``ts``."""
+        return ts.astimezone(UTC).strftime(_PERIOD_FMT[self.partition])
+
+    def partition_path(self, symbol: str, timeframe: str | Timeframe, period: str) -> Path:
+        """Return the file of one partition (whether or not it exists)."""
+        return self._symbol_dir(Timeframe.parse(timeframe), symbol) / f"{period}.parquet"
+
+    def _symbol_dirs(self, tf: Timeframe) -> list[Path]:
+        base = self.root / f"timeframe={tf.name}"
+        if not base.is_dir():
+            return []
+        return sorted(p for p in base.iterdir() if p.is_dir() and p.name.startswith("symbol="))
+
     @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as fh:
+    def lock(self) -> Iterator[None]:
+        """Hold the store's exclusive writer lock (readers never take it)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fh = open(self.root / ".lock", "a+")  # noqa: SIM115 - held for the whole block
+        except OSError as exc:
+            raise _unwritable(self.root, exc) from None
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def check_writable(self, symbols: Sequence[str] = (), timeframe: str | None = None) -> None:
+        """Raise :class:`StoreError` naming the folder and the fix if a write could not succeed.
+
+        Checks the store root (or the nearest existing parent of a new store) and the existing
+        folders a write of ``symbols`` at ``timeframe`` would touch. Writes nothing.
+        """
+        probe = [self.root]
+        if timeframe is not None:
+            tf = Timeframe.parse(timeframe)
+            probe.append(self.root / f"timeframe={tf.name}")
+            probe += [self._symbol_dir(tf, s) for s in symbols]
+        for d in probe:
+            target = d
+            while not target.exists() and target.parent != target:
+                target = target.parent
+            if not target.is_dir():
+                raise StoreError(
+                    f"the bar store path {target} is not a folder. Fix: pass --store with a folder."
+                )
+            if target != d and d != self.root:
+                continue  # created by the write below a folder checked already
+            if not os.access(target, os.W_OK | os.X_OK):
+                raise _unwritable(target, PermissionError(13, "permission denied"))
 
     # ---------------------------------------------------------------- write
 
@@ -119,11 +224,15 @@ class BarStore:
         bars: pl.DataFrame,
         timeframe: str | Timeframe,
         provenance: dict[str, str] | None = None,
+        *,
+        chunks: Sequence[dict[str, Any]] = (),
+        replace: Collection[tuple[str, str]] = (),
     ) -> WriteReport:
         """Upsert bars: insert new keys, overwrite existing keys with the new values.
 
-        The whole frame is validated first; nothing is written if any row is invalid. Writing the
-        same bars twice leaves one copy. Each partition is replaced atomically.
+        The whole frame is validated and every partition it touches is verified first; nothing is
+        written if any row is invalid or any touched partition is bad. Writing the same bars twice
+        leaves one copy. Each partition is replaced atomically and its checksum recorded.
 
         Parameters
         ----------
@@ -133,26 +242,72 @@ class BarStore:
             Timeframe of every bar in ``bars``.
         provenance : dict, optional
             Source description stored beside the bars (no secrets).
+        chunks : sequence of dict, optional
+            Ingest chunks these bars complete, recorded in each symbol's manifest (keys ``symbol,
+            source_key, start, end, rows, complete``) so that the ingest ledger can be rebuilt.
+        replace : collection of (symbol, period), optional
+            Partitions whose old content is discarded instead of merged (a repair); the old file,
+            if any, moves to ``_quarantine/``.
 
         Returns
         -------
         WriteReport
+
+        Raises
+        ------
+        CorruptPartitionError
+            If a partition the bars merge into fails verification (naming it and the fix).
+        StoreError
+            If the store's folder cannot be written.
         """
         tf = Timeframe.parse(timeframe)
         new = validate_bars(bars)
-        if new.is_empty():
+        replace = {(str(s), str(p)) for s, p in replace}
+        chunks_of: dict[str, list[dict[str, Any]]] = {}
+        for c in chunks:
+            rec = {k: v for k, v in c.items() if k != "symbol"}
+            chunks_of.setdefault(str(c["symbol"]), []).append(rec)
+        if new.is_empty() and not chunks_of:
             return WriteReport(0, 0, 0, 0)
         new = new.with_columns(self._period_key(pl.col("ts")).alias("_period"))
-        inserted = updated = unchanged = parts = 0
-        with self._lock():
-            for (symbol, period), chunk in new.group_by(["symbol", "_period"], maintain_order=True):
-                chunk = chunk.drop("_period")
-                d = self._symbol_dir(tf, str(symbol))
-                d.mkdir(parents=True, exist_ok=True)
-                self._clean_temp(d)
-                target = d / f"{period}.parquet"
-                if target.exists():
-                    old = pl.read_parquet(target)
+        inserted = updated = unchanged = 0
+        with self.lock():
+            plans: list[tuple[Path, Manifest, list[_Staged], bool]] = []
+            problems: list[Problem] = []
+            by_symbol = {str(k[0]): g for k, g in new.group_by("symbol", maintain_order=True)}
+            for symbol in [*by_symbol, *(s for s in chunks_of if s not in by_symbol)]:
+                d = self._symbol_dir(tf, symbol)
+                group = by_symbol.get(symbol)
+                if group is None and not (d / MANIFEST).exists():
+                    continue  # no bars and no folder: nothing to record the chunk in
+                periods = set() if group is None else set(group.get_column("_period").unique())
+                mine = {p for s, p in replace if s == symbol}
+                if d.is_dir():
+                    self._clean_temp(d)  # left by a writer that died
+                try:
+                    man, dirty = self._manifest_for_write(d, tf, symbol, mine)
+                except CorruptPartitionError as exc:
+                    problems += exc.problems
+                    continue
+                staged: list[_Staged] = []
+                for (period,), chunk in (
+                    group.group_by("_period", maintain_order=True) if group is not None else []
+                ):
+                    period = str(period)
+                    chunk = chunk.drop("_period")
+                    target = d / f"{period}.parquet"
+                    if period in mine:
+                        inserted += chunk.height
+                        staged.append(_Staged(period, target, chunk, True))
+                        continue
+                    if not target.exists() and period not in man.partitions:
+                        inserted += chunk.height
+                        staged.append(_Staged(period, target, chunk, False))
+                        continue
+                    old, problem = self._read_verified(target, man, period)
+                    if problem is not None:
+                        problems.append(problem)
+                        continue
                     joined = chunk.join(old, on=list(KEY), how="left", suffix="_old")
                     is_new = joined["open_old"].is_null()
                     same = pl.all_horizontal(
@@ -162,22 +317,145 @@ class BarStore:
                             if c not in KEY
                         ]
                     )
-                    n_same = joined.filter(~is_new).select(same.sum()).item() or 0
+                    n_same = int(joined.filter(~is_new).select(same.sum()).item() or 0)
                     n_new = int(is_new.sum())
                     inserted += n_new
-                    unchanged += int(n_same)
-                    updated += chunk.height - n_new - int(n_same)
+                    unchanged += n_same
+                    updated += chunk.height - n_new - n_same
                     if n_new == 0 and n_same == chunk.height:
                         continue
                     merged = pl.concat([old.join(chunk, on=list(KEY), how="anti"), chunk]).sort(KEY)
-                else:
-                    inserted += chunk.height
-                    merged = chunk
-                _atomic_parquet(merged, target)
-                parts += 1
-                if provenance:
-                    self._record_provenance(d, str(period), provenance)
+                    staged.append(_Staged(period, target, merged, False))
+                for period in sorted(mine - periods):
+                    target = d / f"{period}.parquet"
+                    if target.exists() or period in man.partitions:
+                        staged.append(_Staged(period, target, None, True))
+                for c in chunks_of.get(symbol, []):
+                    dirty = man.record_chunk(c) or dirty
+                if staged or dirty:
+                    plans.append((d, man, staged, dirty))
+            if problems:
+                raise CorruptPartitionError(problems)
+            parts = 0
+            for d, man, staged, _ in plans:
+                try:
+                    parts += self._commit(d, man, staged, provenance)
+                except OSError as exc:
+                    raise _unwritable(d, exc) from None
         return WriteReport(inserted, updated, unchanged, parts)
+
+    def _manifest_for_write(
+        self, d: Path, tf: Timeframe, symbol: str, replaced: set[str]
+    ) -> tuple[Manifest, bool]:
+        """Return the folder's manifest for a write and whether it must be saved even unchanged.
+
+        A legacy folder's partitions are checked structurally and adopted (their checksums
+        recorded); a corrupt manifest is replaced only when every partition is being replaced.
+        """
+        if not d.exists():
+            return Manifest(symbol, tf.name), True
+        existing = sorted(p.stem for p in d.glob("[!.]*.parquet"))
+        try:
+            man = Manifest.load(d, root=self.root)
+        except CorruptPartitionError:
+            if set(existing) <= replaced:
+                self._quarantine(d / MANIFEST)
+                return Manifest(symbol, tf.name), True
+            raise
+        if man is not None:
+            return man, man.settle(d)
+        man = Manifest(symbol, tf.name)
+        legacy = self._legacy_provenance(d)
+        problems = []
+        for period in existing:
+            if period in replaced:
+                continue
+            rec, problem = self._adopt_file(d / f"{period}.parquet", period, legacy.get(period))
+            if problem is not None:
+                problems.append(problem)
+            else:
+                man.partitions[period] = rec
+        if problems:
+            raise CorruptPartitionError(problems)
+        return man, True
+
+    def _adopt_file(
+        self, path: Path, period: str, provenance: dict | None
+    ) -> tuple[dict, Problem | None]:
+        problem = check_structure(path, period, root=self.root)
+        if problem is not None:
+            return {}, problem
+        digest, size = sha256_file(path)
+        df = pl.read_parquet(path)
+        return partition_record(df, digest, size, provenance), None
+
+    def _read_verified(
+        self, path: Path, man: Manifest, period: str
+    ) -> tuple[pl.DataFrame, Problem | None]:
+        problem = check_file(path, man, period, root=self.root)
+        if problem is None and not path.exists():
+            problem = Problem(path, "missing", "partition is missing", repair_fix(self.root))
+        if problem is not None:
+            return empty_bars(), problem
+        try:
+            return pl.read_parquet(path), None
+        except Exception as exc:  # verified bytes that do not parse: written by another program
+            tf, sym = folder_keys(path.parent)
+            return empty_bars(), Problem(
+                path,
+                "unreadable",
+                f"not a readable parquet file ({str(exc).splitlines()[0][:160]})",
+                repair_fix(self.root),
+                tf,
+                sym,
+                period,
+            )
+
+    def _commit(
+        self, d: Path, man: Manifest, staged: list[_Staged], provenance: dict | None
+    ) -> int:
+        d.mkdir(parents=True, exist_ok=True)
+        temps: list[tuple[_Staged, Path | None]] = []
+        final: dict[str, dict[str, Any]] = {}
+        try:
+            for st in staged:
+                if st.frame is None:
+                    man.partitions.pop(st.period, None)
+                    temps.append((st, None))
+                    continue
+                data = _parquet_bytes(st.frame)
+                digest = hashlib.sha256(data).hexdigest()
+                old = man.partitions.get(st.period)
+                prov = provenance or (old or {}).get("provenance")
+                rec = partition_record(st.frame, digest, len(data), prov)
+                kept = {k: v for k, v in (old or {"sha256": None}).items() if k != "pending"}
+                man.partitions[st.period] = {**kept, "pending": [rec]}
+                final[st.period] = rec
+                temps.append((st, write_temp(data, st.target)))
+            man.save(d)  # new checksums accepted before any file is replaced
+            for st, tmp in temps:
+                if st.replace and st.target.exists():
+                    self._quarantine(st.target)
+                if tmp is not None:
+                    os.replace(tmp, st.target)
+        except BaseException:
+            for _, tmp in temps:
+                if tmp is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        tmp.unlink()
+            raise
+        if temps:
+            fsync_dir(d)
+            man.partitions.update(final)
+            man.save(d)
+        return len(temps)
+
+    def _quarantine(self, path: Path) -> Path:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        dest = self.root / QUARANTINE / stamp / path.relative_to(self.root)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+        return dest
 
     @staticmethod
     def _clean_temp(d: Path) -> None:
@@ -185,38 +463,133 @@ class BarStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
-    def _record_provenance(self, d: Path, period: str, provenance: dict[str, str]) -> None:
-        path = d / "_provenance.json"
-        data = json.loads(path.read_text()) if path.exists() else {}
-        data[period] = {k: str(v) for k, v in sorted(provenance.items())}
-        _atomic_text(json.dumps(data, indent=1, sort_keys=True), path)
+    @staticmethod
+    def _legacy_provenance(d: Path) -> dict[str, dict[str, str]]:
+        path = d / LEGACY_PROVENANCE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
-    # ---------------------------------------------------------------- read
+    # ---------------------------------------------------------------- verify
 
-    def _files(
+    def _dir_problems(
+        self, d: Path, lo: str | None, hi: str | None
+    ) -> tuple[list[Path], list[Problem], Manifest | None]:
+        try:
+            man = Manifest.load(d, root=self.root)
+        except CorruptPartitionError as exc:
+            return [], exc.problems, None
+        on_disk = {p.stem for p in d.glob("[!.]*.parquet")}
+        periods = sorted(on_disk | set(man.partitions if man else ()))
+        files, problems = [], []
+        for period in periods:
+            if (lo and period < lo) or (hi and period > hi):
+                continue
+            path = d / f"{period}.parquet"
+            problem = check_file(path, man, period, root=self.root)
+            if problem is not None:
+                problems.append(problem)
+            elif path.exists():
+                files.append(path)
+        return files, problems, man
+
+    def _verified_files(
         self,
         symbols: Sequence[str] | None,
         tf: Timeframe,
         start: datetime | None,
         end: datetime | None,
     ) -> list[Path]:
-        base = self.root / f"timeframe={tf.name}"
-        if not base.is_dir():
-            return []
         dirs = (
             [self._symbol_dir(tf, s) for s in symbols]
             if symbols is not None
-            else sorted(p for p in base.iterdir() if p.is_dir())
+            else self._symbol_dirs(tf)
         )
         lo = start.strftime(_PERIOD_FMT[self.partition]) if start else None
         hi = end.strftime(_PERIOD_FMT[self.partition]) if end else None
-        files = []
+        files: list[Path] = []
+        problems: list[Problem] = []
         for d in dirs:
-            for f in sorted(d.glob("[!.]*.parquet")):
-                if (lo and f.stem < lo) or (hi and f.stem > hi):
-                    continue
-                files.append(f)
+            if not d.is_dir():
+                continue
+            got, bad, _ = self._dir_problems(d, lo, hi)
+            if bad:  # a writer may have committed between our reads: look once more
+                got, bad, _ = self._dir_problems(d, lo, hi)
+            files += got
+            problems += bad
+        if problems:
+            raise CorruptPartitionError(problems)
         return files
+
+    def verify(
+        self,
+        symbols: Sequence[str] | None = None,
+        timeframe: str | Timeframe | None = None,
+        start: datetime | date | str | None = None,
+        end: datetime | date | str | None = None,
+        *,
+        adopt: bool = False,
+    ) -> VerifyReport:
+        """Check every partition (or those of ``symbols`` / ``timeframe`` in a window).
+
+        A partition is bad when its checksum, size or manifest entry disagree, when it is missing
+        although recorded, or when it is not recorded in a folder that has a manifest. Legacy
+        partitions (no manifest) are checked structurally and listed as ``unverified``; with
+        ``adopt`` their checksums are recorded (under the write lock) after that check.
+
+        Returns
+        -------
+        VerifyReport
+        """
+        rep = VerifyReport(self.root)
+        tfs = (
+            [Timeframe.parse(timeframe)]
+            if timeframe is not None
+            else [Timeframe.parse(t) for t in self.timeframes()]
+        )
+        lo_dt, hi_dt = _utc(start), _utc(end)
+        lo = lo_dt.strftime(_PERIOD_FMT[self.partition]) if lo_dt else None
+        hi = hi_dt.strftime(_PERIOD_FMT[self.partition]) if hi_dt else None
+        for tf in tfs:
+            dirs = (
+                [self._symbol_dir(tf, s) for s in symbols]
+                if symbols is not None
+                else self._symbol_dirs(tf)
+            )
+            for d in dirs:
+                if not d.is_dir():
+                    continue
+                files, problems, man = self._dir_problems(d, lo, hi)
+                rep.checked += len(files) + len(problems)
+                rep.problems += problems
+                if man is None and files and not (d / MANIFEST).exists():
+                    rep.unverified += files
+        if adopt and rep.unverified:
+            rep.adopted = self._adopt_legacy(sorted({p.parent for p in rep.unverified}))
+            rep.unverified = [p for p in rep.unverified if p not in set(rep.adopted)]
+        return rep
+
+    def _adopt_legacy(self, dirs: list[Path]) -> list[Path]:
+        adopted: list[Path] = []
+        with self.lock():
+            for d in dirs:
+                if (d / MANIFEST).exists():
+                    continue
+                tf, sym = folder_keys(d)
+                try:
+                    man, _ = self._manifest_for_write(d, Timeframe.parse(tf), sym, set())
+                except CorruptPartitionError:
+                    continue  # reported by verify already
+                try:
+                    man.save(d)
+                except OSError as exc:
+                    raise _unwritable(d, exc) from None
+                adopted += [d / f"{p}.parquet" for p in man.partitions]
+        return adopted
+
+    # ---------------------------------------------------------------- read
 
     def scan(
         self,
@@ -225,10 +598,19 @@ class BarStore:
         start: datetime | date | str | None = None,
         end: datetime | date | str | None = None,
     ) -> pl.LazyFrame:
-        """Return a lazy frame over the stored bars with ``start <= ts < end`` (unvalidated)."""
+        """Return a lazy frame over the stored bars with ``start <= ts < end`` (not validated).
+
+        The partitions it covers are verified when ``scan`` is called (checksums, or the
+        structural check of a legacy partition).
+
+        Raises
+        ------
+        CorruptPartitionError
+            If a partition in the window is bad, naming each file and the fix.
+        """
         tf = Timeframe.parse(timeframe)
         lo, hi = _utc(start), _utc(end)
-        files = self._files(symbols, tf, lo, hi)
+        files = self._verified_files(symbols, tf, lo, hi)
         if not files:
             return empty_bars().lazy()
         lf = pl.scan_parquet(files, schema=BAR_SCHEMA)
@@ -237,6 +619,19 @@ class BarStore:
         if hi is not None:
             lf = lf.filter(pl.col("ts") < hi)
         return lf
+
+    def _collect(self, lf: pl.LazyFrame, what: str) -> pl.DataFrame:
+        try:
+            return lf.collect(engine="in-memory")
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            first = (
+                str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            )
+            raise StoreError(
+                f"reading {what} from {self.root} failed after verification ({first}); a file "
+                f"changed while it was read. Fix: run `wb store verify --store {self.root}`, "
+                "then `wb store repair` for the files it names."
+            ) from None
 
     def read(
         self,
@@ -248,6 +643,8 @@ class BarStore:
         strict: bool = True,
     ) -> pl.DataFrame:
         """Read bars with ``start <= ts < end`` (UTC; dates mean midnight UTC) as a validated frame.
+
+        Every partition read is verified first (see :meth:`scan`).
 
         Parameters
         ----------
@@ -263,6 +660,8 @@ class BarStore:
         ------
         StoreError
             When ``strict`` and a symbol was never ingested, naming the command that fixes it.
+        CorruptPartitionError
+            When a partition in the window is bad, naming each file and the fix.
         """
         tf = Timeframe.parse(timeframe)
         if symbols is not None:
@@ -274,17 +673,12 @@ class BarStore:
                         f"no {tf.name} bars stored for {absent} in {self.root}. "
                         f"Fix: ingest them first, e.g. `wb ingest --timeframe {tf.name} --symbols {','.join(absent)}`."
                     )
-        df = self.scan(symbols, tf, start, end).collect(engine="in-memory")
+        df = self._collect(self.scan(symbols, tf, start, end), f"{tf.name} bars")
         return validate_bars(df)
 
     def symbols(self, timeframe: str | Timeframe) -> list[str]:
         """Return the symbols stored at a timeframe."""
-        base = self.root / f"timeframe={Timeframe.parse(timeframe).name}"
-        if not base.is_dir():
-            return []
-        return sorted(
-            p.name.split("=", 1)[1].replace("%2F", "/") for p in base.iterdir() if p.is_dir()
-        )
+        return [folder_keys(d)[1] for d in self._symbol_dirs(Timeframe.parse(timeframe))]
 
     def timeframes(self) -> list[str]:
         """Return the timeframes present in the store."""
@@ -293,16 +687,31 @@ class BarStore:
         return sorted(p.name.split("=", 1)[1] for p in self.root.glob("timeframe=*") if p.is_dir())
 
     def coverage(self) -> pl.DataFrame:
-        """Return one row per (timeframe, symbol): first ts, last ts, rows."""
+        """Return one row per (timeframe, symbol): first ts, last ts, rows (partitions verified).
+
+        Raises
+        ------
+        CorruptPartitionError
+            If any partition is bad, naming each file and the fix.
+        """
         frames = []
+        problems: list[Problem] = []
         for tf in self.timeframes():
-            lf = self.scan(None, tf)
+            try:
+                lf = self.scan(None, tf)
+            except CorruptPartitionError as exc:
+                problems += exc.problems
+                continue
             frames.append(
-                lf.group_by("symbol")
-                .agg(first_ts=pl.col("ts").min(), last_ts=pl.col("ts").max(), rows=pl.len())
-                .with_columns(timeframe=pl.lit(tf))
-                .collect(engine="in-memory")
+                self._collect(
+                    lf.group_by("symbol")
+                    .agg(first_ts=pl.col("ts").min(), last_ts=pl.col("ts").max(), rows=pl.len())
+                    .with_columns(timeframe=pl.lit(tf)),
+                    f"{tf} coverage",
+                )
             )
+        if problems:
+            raise CorruptPartitionError(problems)
         schema = {
             "timeframe": pl.String,
             "symbol": pl.String,
@@ -314,10 +723,35 @@ class BarStore:
             return pl.DataFrame(schema=schema)
         return pl.concat(frames).select(list(schema)).cast(schema).sort("timeframe", "symbol")
 
+    def manifest(self, symbol: str, timeframe: str | Timeframe) -> Manifest | None:
+        """Return a symbol folder's manifest (None for a legacy or absent folder).
+
+        Raises
+        ------
+        CorruptPartitionError
+            If the manifest is corrupt.
+        """
+        return Manifest.load(self._symbol_dir(Timeframe.parse(timeframe), symbol), root=self.root)
+
     def provenance(self, symbol: str, timeframe: str | Timeframe) -> dict[str, dict[str, str]]:
         """Return the recorded provenance of a symbol's bars, per period."""
-        path = self._symbol_dir(Timeframe.parse(timeframe), symbol) / "_provenance.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        d = self._symbol_dir(Timeframe.parse(timeframe), symbol)
+        out = self._legacy_provenance(d)
+        man = Manifest.load(d, root=self.root)
+        if man is not None:
+            out.update(
+                {p: r["provenance"] for p, r in man.partitions.items() if r.get("provenance")}
+            )
+        return dict(sorted(out.items()))
+
+    def manifests(self) -> Iterator[tuple[Path, Manifest | None, Problem | None]]:
+        """Yield every symbol folder with its manifest (None: legacy) or the manifest's problem."""
+        for tf in self.timeframes():
+            for d in self._symbol_dirs(Timeframe.parse(tf)):
+                try:
+                    yield d, Manifest.load(d, root=self.root), None
+                except CorruptPartitionError as exc:
+                    yield d, None, exc.problems[0]
 
     def fingerprint(
         self,
@@ -344,31 +778,3 @@ def frame_fingerprint(df: pl.DataFrame) -> str:
         else:
             h.update(s.fill_null(0).to_numpy().tobytes())
     return h.hexdigest()
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_parquet(df: pl.DataFrame, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        df.write_parquet(tmp, compression="zstd", statistics=True)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def _atomic_text(text: str, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, target)

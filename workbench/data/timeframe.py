@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import ClassVar
 
+import polars as pl
+
 from workbench.errors import ConfigError
 
 
@@ -65,6 +67,16 @@ class Timeframe:
         return {"Min": f"{self.amount}m", "Hour": f"{self.amount}h", "Day": f"{self.amount}d"}[
             self.unit
         ]
+
+    def off_grid(self, ts: pl.Expr) -> pl.Expr:
+        """Return a mask of timestamps that do not start a bar of this timeframe.
+
+        Intraday bars start on a multiple of their length since the UTC epoch (exchange time zones
+        are whole hours off UTC); daily bars start at a whole hour (midnight of the exchange's time
+        zone, expressed in UTC).
+        """
+        step = 3_600_000_000 if not self.is_intraday else self.minutes * 60_000_000
+        return ts.dt.epoch("us") % step != 0
 
     def __str__(self) -> str:
         return self.name
