@@ -61,6 +61,14 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _fail_data(exc: Exception) -> None:
+    """Print a data error unwrapped (file names stay whole) and exit 2."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
 @app.command()
 def ingest(
     source: Annotated[
@@ -114,23 +122,28 @@ def ingest(
             progress=progress,
         )
     except (WorkbenchError, ValueError) as exc:
-        _fail(exc)
+        _fail_data(exc)
+    repaired = sum(1 for c in rep.chunks if c["status"] == "repaired")
     console.print(
         f"ingested from [bold]{src.name}[/]: {rep.fetched} chunk(s) fetched, {rep.skipped} skipped, "
-        f"{rep.total('rows'):,} bars ({rep.total('inserted'):,} new, {rep.total('updated'):,} updated) "
+        + (f"{repaired} bad partition(s) re-fetched, " if repaired else "")
+        + f"{rep.total('rows'):,} bars ({rep.total('inserted'):,} new, {rep.total('updated'):,} updated) "
         f"in {rep.seconds:.1f}s into {st.root}"
     )
-    console.print(frame_table(st.coverage(), title="store coverage"))
     from workbench.data.quality import check_store
 
-    report = check_store(
-        st,
-        syms,
-        timeframe or cfg.data.timeframe,
-        start or cfg.data.start,
-        end or cfg.data.end,
-        calendar=cfg.data.calendar,
-    )
+    try:
+        console.print(frame_table(st.coverage(), title="store coverage"))
+        report = check_store(
+            st,
+            syms,
+            timeframe or cfg.data.timeframe,
+            start or cfg.data.start,
+            end or cfg.data.end,
+            calendar=cfg.data.calendar,
+        )
+    except WorkbenchError as exc:
+        _fail_data(exc)
     console.print(report.to_text(), markup=False)
     if report.severe:
         console.print(
@@ -149,9 +162,9 @@ def coverage(
     try:
         cfg = load_config()
         st = BarStore(store, cfg.store.partition) if store else BarStore.from_config(cfg)
+        cov = st.coverage()
     except WorkbenchError as exc:
-        _fail(exc)
-    cov = st.coverage()
+        _fail_data(exc)
     if cov.is_empty():
         console.print(f"the store at {st.root} is empty. Fill it with `wb ingest`.")
         return
@@ -294,6 +307,107 @@ def config_hash_cmd() -> None:
         typer.echo(config_hash(load_config()))
     except WorkbenchError as exc:
         _fail(exc)
+
+
+# --------------------------------------------------------------------------------------------
+# wb store: verify every partition's checksum, repair bad ones from their recorded source.
+
+store_app = typer.Typer(
+    help="Bar store integrity: verify checksums, repair bad partitions.", no_args_is_help=True
+)
+app.add_typer(store_app, name="store")
+
+
+def _say(text: str) -> None:
+    console.print(text, soft_wrap=True, highlight=False)
+
+
+_STORE = Annotated[str | None, typer.Option("--store", help="Store folder (default: store.root).")]
+
+
+def _open_store(store: str | None) -> tuple:
+    from workbench.data.store import BarStore
+    from workbench.errors import StoreError
+
+    cfg = load_config()
+    st = BarStore(store, cfg.store.partition) if store else BarStore.from_config(cfg)
+    if not st.root.is_dir():
+        raise StoreError(f"no bar store at {st.root}. Fix: pass --store with a store folder.")
+    return cfg, st
+
+
+@store_app.command("verify")
+def store_verify(
+    store: _STORE = None,
+    adopt: Annotated[
+        bool,
+        typer.Option(help="Record checksums of partitions written before checksums existed."),
+    ] = False,
+) -> None:
+    """Check every partition's checksum (and the ingest ledger); exit 1 naming each bad file.
+
+    Example: wb store verify --store data/store
+    """
+    from rich.markup import escape
+
+    from workbench.data.ledger import check_ledger
+
+    try:
+        _, st = _open_store(store)
+        rep = st.verify(adopt=adopt)
+        ledger = check_ledger(st)
+    except WorkbenchError as exc:
+        _fail_data(exc)
+    for p in rep.problems:
+        _say(f"[bold red]BAD[/] {escape(p.message)}")
+    if ledger is not None:
+        _say(f"[bold red]BAD[/] {escape(str(ledger))}")
+    for path in rep.adopted:
+        _say(f"adopted {path} (checksum recorded after a structural check)")
+    for path in rep.unverified:
+        _say(
+            f"unverified {path}: written before checksums (checked structurally only). "
+            "Fix: `wb store verify --adopt` records its checksum."
+        )
+    n_bad = len(rep.problems) + (ledger is not None)
+    _say(
+        f"{rep.checked} partition(s) checked in {st.root}: {n_bad} bad, "
+        f"{len(rep.unverified)} without checksum"
+    )
+    if n_bad:
+        _say(f"Fix: `wb store repair --store {st.root}` re-fetches them.")
+        raise typer.Exit(code=1)
+
+
+@store_app.command("repair")
+def store_repair(store: _STORE = None) -> None:
+    """Re-fetch bad or missing partitions from their recorded source, verify, report; rebuild a
+    corrupt ingest ledger from the store. Exit 1 if anything is still bad.
+
+    Example: wb store repair --store data/store
+    """
+    from rich.markup import escape
+
+    from workbench.data.repair import repair_store
+
+    try:
+        cfg, st = _open_store(store)
+        rep = repair_store(st, cfg)
+        left = st.verify()
+    except WorkbenchError as exc:
+        _fail_data(exc)
+    if rep.ledger != "ok":
+        _say(f"ingest ledger: {escape(rep.ledger)}")
+    for i in rep.items:
+        _say(f"{i.status} {i.path} ({i.check}): {escape(i.detail)}")
+    for p in left.problems:
+        _say(f"[bold red]still BAD[/] {escape(p.message)}")
+    _say(
+        f"{sum(i.status != 'failed' for i in rep.items)} of {len(rep.items)} bad file(s) fixed; "
+        f"store {'verifies' if left.ok else 'still has bad files'}"
+    )
+    if not rep.ok or not left.ok:
+        raise typer.Exit(code=1)
 
 
 if __name__ == "__main__":  # pragma: no cover
