@@ -117,6 +117,40 @@ class _Work:
     seq: int
 
 
+@dataclass(frozen=True)
+class BarTiming:
+    """Where one live bar's time went (seconds, ``time.perf_counter``).
+
+    ``decision_latency`` is bar in -> orders out: the broker's events recorded and booked, then
+    features, model, risk and execution policy, the intents committed (durably) and every order
+    handed to the broker. ``venue`` is a simulated venue matching the bar (an exchange's work,
+    not the session's); ``after`` is what follows the orders (acknowledgements recorded, working
+    orders managed, progress).
+    """
+
+    ts: datetime
+    orders: int
+    venue: float
+    record: float  # broker events recorded, fills and releases booked
+    decide: float  # features, model, risk engine
+    send: float  # execution plans, intents committed, orders sent
+    after: float
+    broker: float = 0.0  # of record + send: inside the broker's calls (events, submit)
+
+    @property
+    def decision_latency(self) -> float:
+        return self.record + self.decide + self.send
+
+    @property
+    def session_latency(self) -> float:
+        """The decision latency less the broker's own time (its calls' work)."""
+        return self.decision_latency - self.broker
+
+    @property
+    def total(self) -> float:
+        return self.venue + self.decision_latency + self.after
+
+
 class SessionEngine:
     """One strategy's trading session on one broker (see the module doc).
 
@@ -213,6 +247,9 @@ class SessionEngine:
         self._queued: set[str] = set()
         self._pos: dict[str, float] = {}
         self._bar_px: dict[tuple[str, datetime], tuple[float, float]] = {}
+        self.timings: list[BarTiming] = []  # one per live bar
+        self._t_sent = 0.0
+        self._in_broker = 0.0  # seconds inside broker calls on the decision path, this bar
 
     # ------------------------------------------------------------------ start
 
@@ -310,9 +347,12 @@ class SessionEngine:
         assert self.risk is not None, "call start() first"
         risk = self.risk
         catchup = self._done_until is not None and t <= self._done_until
+        t_in = time.perf_counter()
+        self._in_broker = 0.0
         on_bars = getattr(self.broker, "on_bars", None)
         if on_bars is not None:
             on_bars(now)
+        t_venue = time.perf_counter()
         if catchup:
             fills = self.ledger.fills_booked_at(self.session_id, t)
             released = self.ledger.releases_booked_at(self.session_id, t)
@@ -334,6 +374,7 @@ class SessionEngine:
                 # orders decided at this bar fill after its decision: booked at the next bar
                 fills = self.ledger.book_fills(self.session_id, t, decided_before=t)
                 released = self._book_releases(t, full=resumed)
+        t_booked = time.perf_counter()
         risk.on_fills([FillEvent(f.symbol, f.qty, f.price, f.commission) for f in fills], t)
         for sym, qty in released:
             risk.release(sym, qty)
@@ -363,7 +404,10 @@ class SessionEngine:
                     s: q for s, q in orders.items()
                     if abs(risk.position(s) + q) < abs(risk.position(s))
                 }  # fmt: skip
+            t_decided = self._t_sent = time.perf_counter()
             self._send_decisions(t, orders)
+            t_out = self._t_sent  # the last order handed to the broker
+            in_broker = self._in_broker
             self._work_open_orders(t)
             self._settle()
         self._record_bar(t, closes, preds, orders)
@@ -372,6 +416,15 @@ class SessionEngine:
             with self._batch(durable=False):
                 self.ledger.set_progress(self.session_id, t)
             self._write_health()
+            for store in (self.ledger, self.broker):  # off the decision path (see checkpoint)
+                checkpoint = getattr(store, "checkpoint", None)
+                if checkpoint is not None:
+                    checkpoint()
+            self.timings.append(
+                BarTiming(t, len(orders), t_venue - t_in, t_booked - t_venue,
+                          t_decided - t_booked, t_out - t_decided, time.perf_counter() - t_out,
+                          in_broker)
+            )  # fmt: skip
         return orders
 
     def _note(self, fills: Iterable[Fill]) -> None:
@@ -382,7 +435,9 @@ class SessionEngine:
         """Record the broker's events; return the fills they added."""
         new: list[Fill] = []
         try:
+            b0 = time.perf_counter()
             events = self.broker.events()
+            self._in_broker += time.perf_counter() - b0
             self._last_ok = time.monotonic()
         except BrokerError as exc:
             log.warning("reading broker events failed: %s", exc)
@@ -576,6 +631,9 @@ class SessionEngine:
         venue_batch = getattr(self.broker, "batch", None)
         with venue_batch() if venue_batch is not None else contextlib.nullcontext():
             self._submit_each(requests, now, out, acks)
+            b0 = time.perf_counter()
+        self._t_sent = time.perf_counter()
+        self._in_broker += self._t_sent - b0  # the venue's commit of the batch
         if acks:
             with self._batch(durable=False):
                 for cid, order in acks:
@@ -602,6 +660,7 @@ class SessionEngine:
                 continue
             self._sent_at[cid] = now
             failpoints.hit("intent.after_commit")
+            s0 = time.perf_counter()
             try:
                 order = self.broker.submit(req)
             except OrderRefused as exc:
@@ -614,6 +673,8 @@ class SessionEngine:
                 self._queued.discard(cid)
                 out.append(cid)
                 continue
+            finally:
+                self._in_broker += time.perf_counter() - s0
             self._last_ok = time.monotonic()
             failpoints.hit("submit.after_accept")
             acks.append((cid, order))

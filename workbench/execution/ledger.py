@@ -13,7 +13,7 @@ and time), ``events`` (raw broker events; unknown event names are kept), ``fills
 ``execution_id``), ``position_snapshots`` and ``ledger_meta`` (the ``schema_version`` row).
 
 SQLite runs in WAL mode with ``synchronous=FULL`` (a committed intent survives a power cut) and a
-busy timeout; any other SQLAlchemy URL (e.g. Postgres) works too. Datetimes are stored UTC and
+busy timeout (``batch(durable=False)`` commits without the fsync: see :meth:`OrderLedger.batch`); any other SQLAlchemy URL (e.g. Postgres) works too. Datetimes are stored UTC and
 returned timezone-aware UTC; floats round-trip exactly.
 
 >>> from datetime import UTC, date, datetime
@@ -397,6 +397,9 @@ _U_BOOK_BEFORE = sa.update(_FILLS).where(
     _FILLS.c.booked_bar_ts.is_(None),
     sa.or_(_FILLS.c.decided_at.is_(None), _FILLS.c.decided_at < sa.bindparam("b_before")),
 )
+#: SQLite's automatic WAL checkpoint threshold (pages of 4 KiB) for the ledger and the simulated
+#: venue; the session engine checkpoints after each bar (``checkpoint()``), so this is a bound
+WAL_AUTOCHECKPOINT_PAGES = 16_384
 _OPEN_VALUES = frozenset(s.value for s in OPEN)
 _ORDER_COLS = tuple(c.name for c in _ORDERS.columns if c.name != "id")
 _KEPT_COLS = ("limit_price", "stop_price", "replaces", "replaced_by", "created_at")
@@ -512,6 +515,19 @@ class OrderLedger:
     def url(self) -> str:
         """The resolved database URL (password hidden)."""
         return self._url.render_as_string(hide_password=True)
+
+    def checkpoint(self) -> None:
+        """Move the write-ahead log's pages into the database (SQLite; a no-op elsewhere).
+
+        SQLite would do it inside whichever commit crosses its threshold — on the session's
+        decision path, with an fsync of the database. The session engine calls this after each
+        bar's orders are out instead (``PASSIVE``: it never waits for a reader); the automatic
+        checkpoint stays as a bound (:data:`WAL_AUTOCHECKPOINT_PAGES`) for other writers.
+        """
+        if self._engine.dialect.name != "sqlite" or self._batch_conn is not None:
+            return
+        with self._locked(), self._guard("checkpoint"), self._engine.connect() as conn:
+            conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         """Release the database connections."""
@@ -1941,6 +1957,8 @@ def _ledger_sqlite_on_connect(dbapi_conn: sqlite3.Connection, record: object) ->
     cur = dbapi_conn.cursor()
     try:
         cur.execute("PRAGMA synchronous = FULL")
+        # checkpoints run in checkpoint(), off the decision path; this bounds the log otherwise
+        cur.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
     finally:
         cur.close()
 
