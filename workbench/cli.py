@@ -403,7 +403,7 @@ def store_repair(store: _STORE = None) -> None:
     for p in left.problems:
         _say(f"[bold red]still BAD[/] {escape(p.message)}")
     _say(
-        f"{sum(i.status != 'failed' for i in rep.items)} of {len(rep.items)} bad file(s) fixed; "
+        f"{sum(i.status != 'failed' for i in rep.items)} of {len(rep.items)} bad partition file(s) fixed; "
         f"store {'verifies' if left.ok else 'still has bad files'}"
     )
     if not rep.ok or not left.ok:

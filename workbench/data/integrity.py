@@ -295,7 +295,7 @@ def check_file(path: Path, manifest: Manifest | None, period: str, *, root: Path
     if size != ref["bytes"]:
         detail = (
             f"size is {size} bytes, recorded {ref['bytes']} (truncated or overwritten); "
-            f"sha256 {digest[:12]}..., recorded {ref['sha256'][:12]}..."
+            f"sha256 is {digest[:12]}..., recorded {ref['sha256'][:12]}..."
         )
         return Problem(path, "size", detail, fix, **keys)
     detail = f"sha256 is {digest[:12]}..., recorded {ref['sha256'][:12]}... (bytes changed on disk)"

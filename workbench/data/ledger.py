@@ -227,7 +227,7 @@ def rebuild_ledger(store: BarStore) -> LedgerRebuild:
     """
     path = store.root / LEDGER_NAME
     kept: Path | None = None
-    with store._lock():
+    with store.lock():  # the store writer lock guards its ledger too
         if path.exists():
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             kept = path.with_name(f"{path.name}.corrupt-{stamp}")
