@@ -37,9 +37,16 @@ from pydantic import (
 from workbench.errors import ConfigError
 
 RESERVED_ENV = frozenset(
-    {"WB_ENV", "WB_CONFIG_DIR", "WB_PROJECT_ROOT", "WB_LIVE_TRADING", "WB_FAILPOINTS"}
-)  # not config fields: the overlay, folders, the live opt-in, crash points (tests)
-SECRET_ENV = ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY")
+    {
+        "WB_ENV",
+        "WB_CONFIG_DIR",
+        "WB_PROJECT_ROOT",
+        "WB_LIVE_TRADING",
+        "WB_FAILPOINTS",
+        "WB_SMTP_PASSWORD",
+    }
+)  # not config fields: the overlay, folders, the live opt-in, crash points (tests), a secret
+SECRET_ENV = ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY", "WB_SMTP_PASSWORD")
 
 
 class _Frozen(BaseModel):
@@ -451,6 +458,82 @@ class ExecutionConfig(_Frozen):
     poll_seconds: float = Field(5.0, gt=0)  # REST polling of open orders while the stream is down
 
 
+class MonitoringConfig(_Frozen):
+    """Drift, staleness, lag, performance and model-age checks (see :mod:`workbench.monitoring`)."""
+
+    psi_bins: int = Field(10, ge=2)  # PSI bins at the reference's quantiles
+    psi_warn: float = Field(0.1, gt=0)  # PSI at or above this: warning
+    psi_alert: float = Field(0.25, gt=0)  # PSI at or above this: alert (critical)
+    min_rows: int = Field(100, ge=10)  # fewer live rows than this: no drift verdict
+    reference_rows: int = Field(20_000, ge=100)  # rows per column sampled into a model's reference
+    session_drift_bars: int = Field(
+        0, ge=0
+    )  # a session measures drift every this many bars (0: at its end only)
+    stale_warn_bars: int = Field(3, ge=0)  # last bar behind the calendar by more bars: warning
+    stale_alert_bars: int = Field(12, ge=1)  # ... by this many bars or more: alert
+    lag_warn_seconds: float = Field(60.0, gt=0)  # p95 decision -> fill at or above this: warning
+    lag_alert_seconds: float = Field(300.0, gt=0)  # ... at or above this: alert
+    anomaly_window: int = Field(5, ge=1)  # sessions in the rolling PnL / hit-rate window
+    anomaly_warn_p: float = Field(0.05, gt=0, lt=1)  # backtest share of windows as bad: warning
+    anomaly_alert_p: float = Field(0.01, gt=0, lt=1)  # ... at or below this: alert
+    model_age_warn_days: float = Field(14.0, gt=0)  # model version older than this: warning
+    model_age_alert_days: float = Field(30.0, gt=0)  # ... older than this: alert
+    retrain_on_drift: bool = False  # drift past psi_alert asks for weekly_retrain early
+    retrain_min_features: int = Field(1, ge=1)  # columns past psi_alert that ask for it
+    retrain_cooldown_days: float = Field(2.0, ge=0)  # never for a model younger than this
+
+    @model_validator(mode="after")
+    def _check(self) -> MonitoringConfig:
+        for lo, hi in (
+            ("psi_warn", "psi_alert"),
+            ("lag_warn_seconds", "lag_alert_seconds"),
+            ("model_age_warn_days", "model_age_alert_days"),
+        ):
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(
+                    f"{lo} ({getattr(self, lo)}) must be <= {hi} ({getattr(self, hi)}). "
+                    "Fix: the warning level comes first, e.g. psi_warn: 0.1, psi_alert: 0.25"
+                )
+        if self.anomaly_alert_p > self.anomaly_warn_p:
+            raise ValueError(
+                f"anomaly_alert_p ({self.anomaly_alert_p}) must be <= anomaly_warn_p "
+                f"({self.anomaly_warn_p}). Fix: e.g. anomaly_warn_p: 0.05, anomaly_alert_p: 0.01"
+            )
+        return self
+
+
+class AlertsConfig(_Frozen):
+    """Alert channels (log always; webhook and email when configured), dedupe and rate limits.
+    The SMTP password comes only from the environment (``WB_SMTP_PASSWORD``)."""
+
+    min_severity: Literal["info", "warning", "critical"] = (
+        "warning"  # webhook and email get this and above; the log gets everything
+    )
+    webhook_url: SecretStr | None = None  # Slack or Discord incoming webhook (a credential: masked)
+    webhook_format: Literal["both", "slack", "discord"] = (
+        "both"  # JSON with Slack's `text` and Discord's `content`, or only one of them
+    )
+    timeout_seconds: float = Field(10.0, gt=0)  # per delivery attempt
+    smtp_host: str | None = None  # email channel: SMTP server (null: no email)
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_tls: Literal["starttls", "ssl", "none"] = "starttls"
+    smtp_user: str | None = None  # login user (password: WB_SMTP_PASSWORD)
+    email_from: str = "workbench@localhost"
+    email_to: tuple[str, ...] = ()  # recipients (none: no email)
+    dedupe_seconds: float = Field(3600.0, ge=0)  # the same alert is sent once per this window
+    rate_limit: int = Field(10, ge=1)  # alerts of one kind per rate window; more are held back
+    rate_window_seconds: float = Field(3600.0, gt=0)
+    history_path: str = "runs/alerts.jsonl"  # every alert and its outcome, one JSON line each
+
+
+class MetricsConfig(_Frozen):
+    """Prometheus ``/metrics`` of the long-lived processes (0: no exporter)."""
+
+    host: str = "127.0.0.1"  # bind address: loopback unless a scraper elsewhere needs it
+    session_port: int = Field(0, ge=0, le=65535)  # `wb session run` / the session stage
+    scheduler_port: int = Field(0, ge=0, le=65535)  # `wb schedule start`
+
+
 class Secrets(BaseModel):
     """Broker keys, read from the environment only. Never hashed, never dumped in clear."""
 
@@ -458,12 +541,14 @@ class Secrets(BaseModel):
 
     apca_api_key_id: SecretStr | None = None
     apca_api_secret_key: SecretStr | None = None
+    smtp_password: SecretStr | None = None
 
     @classmethod
     def from_env(cls) -> Secrets:
         return cls(
             apca_api_key_id=os.environ.get("APCA_API_KEY_ID") or None,
             apca_api_secret_key=os.environ.get("APCA_API_SECRET_KEY") or None,
+            smtp_password=os.environ.get("WB_SMTP_PASSWORD") or None,
         )
 
     @property
@@ -483,6 +568,9 @@ class WorkbenchConfig(_Frozen):
     backtest: BacktestConfig = BacktestConfig()
     risk: RiskConfig = RiskConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    metrics: MetricsConfig = MetricsConfig()
     feature_sets: dict[str, tuple[FeatureSpec, ...]] = Field(default_factory=dict)
     strategies: dict[str, StrategyConfig] = Field(default_factory=dict)
     secrets: Secrets = Field(default_factory=Secrets, exclude=True)
