@@ -32,7 +32,7 @@ import json
 import os
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -167,6 +167,10 @@ class BarStore:
     def period_of(self, ts: datetime) -> str:
         """Return the partition period (file stem) holding a bar stamped ``ts``."""
         return ts.astimezone(UTC).strftime(_PERIOD_FMT[self.partition])
+
+    def _last_period(self, end: datetime | None) -> str | None:
+        """Return the period of the last bar before an exclusive ``end``."""
+        return None if end is None else self.period_of(end - timedelta(microseconds=1))
 
     def partition_path(self, symbol: str, timeframe: str | Timeframe, period: str) -> Path:
         """Return the file of one partition (whether or not it exists)."""
@@ -508,7 +512,7 @@ class BarStore:
             else self._symbol_dirs(tf)
         )
         lo = start.strftime(_PERIOD_FMT[self.partition]) if start else None
-        hi = end.strftime(_PERIOD_FMT[self.partition]) if end else None
+        hi = self._last_period(end)
         files: list[Path] = []
         problems: list[Problem] = []
         for d in dirs:
@@ -551,7 +555,7 @@ class BarStore:
         )
         lo_dt, hi_dt = _utc(start), _utc(end)
         lo = lo_dt.strftime(_PERIOD_FMT[self.partition]) if lo_dt else None
-        hi = hi_dt.strftime(_PERIOD_FMT[self.partition]) if hi_dt else None
+        hi = self._last_period(hi_dt)
         for tf in tfs:
             dirs = (
                 [self._symbol_dir(tf, s) for s in symbols]
