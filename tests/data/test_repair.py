@@ -149,3 +149,16 @@ def test_repair_store_library_report(ingested: BarStore) -> None:
     assert rep.ok and sorted(i.path for i in rep.items) == sorted(bad)
     assert {i.status for i in rep.items} == {"repaired"}
     assert rep.frame.height == 4 and json.dumps(rep.frame.to_dicts())
+
+
+def test_readme_store_commands_exist() -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    used = set(re.findall(r"wb store (verify|repair)((?: --[a-z]+)*)", readme))
+    assert {c for c, _ in used} == {"verify", "repair"}
+    for cmd, flags in used:
+        res = runner.invoke(app, ["store", cmd, "--help"])
+        assert res.exit_code == 0
+        for flag in [*flags.split(), "--store"]:
+            assert flag in res.output, (cmd, flag)
