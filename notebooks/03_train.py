@@ -95,7 +95,7 @@ fig.show()
 # %%
 ref = log_lightgbm(res.model, res.split.train.select(res.features).to_pandas(), registered_name=strategy,
                    tags={"split_ts": res.split.split_ts.isoformat(), "strategy": strategy,
-                         "study_name": res.study_name})
+                         "study_name": res.study_name}, reference=res.reference)
 print(f"registered {ref.name} version {ref.version}")
 stage.hand_on(model_name=ref.name, model_version=ref.version, split_ts=res.split.split_ts.isoformat(),
               trial_sharpes=res.trial_sharpes, n_trials=int(res.metrics["search_trials"]),

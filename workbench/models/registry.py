@@ -32,6 +32,11 @@ PARAMS_TAG = "workbench.params"
 """Model-version tag holding the :class:`LGBMForecaster` parameters (JSON) that trained it."""
 RISK_TAG = "workbench.risk"
 """Model-version tag holding the risk policy it was validated under (JSON, thresholds resolved)."""
+REFERENCE_TAG = "workbench.reference"
+"""Model-version tag naming the run artifact with its reference distributions (drift monitoring)."""
+REFERENCE_ARTIFACT = "reference/distributions.parquet"
+"""Where :func:`log_lightgbm` stores a version's reference distributions (``column, window,
+value``, long format) in the run that registered it."""
 
 
 def set_version_tag(ref: ModelRef, key: str, value: str) -> None:
@@ -49,7 +54,12 @@ def version_tag(ref: ModelRef, key: str) -> str | None:
 
 
 def log_lightgbm(
-    model: Any, x_example: Any, *, registered_name: str, tags: dict[str, str] | None = None
+    model: Any,
+    x_example: Any,
+    *,
+    registered_name: str,
+    tags: dict[str, str] | None = None,
+    reference: Any = None,
 ) -> ModelRef:
     """Log a fitted LightGBM model with signature and input example, and register a new version.
 
@@ -57,6 +67,10 @@ def log_lightgbm(
     logged in LightGBM's native format and its parameters go to the version tag
     :data:`PARAMS_TAG`, so validation can retrain the same model), a ``lightgbm.Booster`` or a
     LightGBM scikit-learn model. Must be called inside an active MLflow run (the stage run).
+
+    ``reference`` (a polars frame ``column, window, value``: the distributions of the features
+    and predictions the version is monitored against) is stored as :data:`REFERENCE_ARTIFACT`
+    of the run and named by the version tag :data:`REFERENCE_TAG`.
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -76,6 +90,15 @@ def log_lightgbm(
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
+    if reference is not None:
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
+            reference.write_parquet(path)
+            mlflow.log_artifact(str(path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
+        tags[REFERENCE_TAG] = REFERENCE_ARTIFACT
     for k, v in tags.items():
         client.set_model_version_tag(registered_name, version, k, v)
     run = mlflow.active_run()

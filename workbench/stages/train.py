@@ -36,6 +36,7 @@ from workbench.errors import ParameterError
 from workbench.models.estimator import LGBMForecaster
 from workbench.models.lgbm import Split, chronological_split, importance_frame, predict
 from workbench.models.search import DEFAULT_SEARCH_SPACE, SearchResult, refit, run_search
+from workbench.monitoring.reference import reference_frame
 from workbench.risk import RiskPolicy
 from workbench.validation.cpcv import CPCVResult, cpcv_pbo
 from workbench.validation.cv import CombinatorialPurgedKFold, PurgedKFold
@@ -59,6 +60,7 @@ class TrainResult:
     cpcv: CPCVResult | None
     trial_sharpes: list[float]
     study_name: str
+    reference: pl.DataFrame | None = None  # drift reference: train features, valid predictions
 
 
 def feature_columns(table: pl.DataFrame) -> list[str]:
@@ -262,6 +264,10 @@ def run_train(
         cpcv,
         trial_sharpes,
         study_name,
+        reference_frame(
+            train, p_valid.to_numpy(), columns=feats, max_rows=cfg.monitoring.reference_rows,
+            seed=seed,
+        ),  # fmt: skip
     )
 
 
