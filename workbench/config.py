@@ -534,6 +534,31 @@ class MetricsConfig(_Frozen):
     scheduler_port: int = Field(0, ge=0, le=65535)  # `wb schedule start`
 
 
+class ScheduleConfig(_Frozen):
+    """The scheduler process (`wb schedule start`) and pipeline run locks (see
+    :mod:`workbench.pipeline.scheduler`)."""
+
+    file: str = "pipelines/schedule.yaml"  # the schedule (relative paths: project)
+    jobstore_url: str = "sqlite:///runs/schedule.db"  # APScheduler job store (SQLAlchemy URL)
+    lock_url: str | None = None  # run locks (SQLAlchemy URL); null: locks.db in the runs folder
+    misfire_grace_seconds: int = Field(900, ge=1)  # a run missed by at most this still starts, once
+    display_timezone: str = "America/New_York"  # shown beside UTC
+    max_workers: int = Field(4, ge=1)  # pipelines running at once (one instance of each)
+
+    @field_validator("display_timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {v!r}; use an IANA name such as 'America/New_York'"
+            ) from None
+        return v
+
+
 class Secrets(BaseModel):
     """Broker keys, read from the environment only. Never hashed, never dumped in clear."""
 
@@ -568,6 +593,7 @@ class WorkbenchConfig(_Frozen):
     backtest: BacktestConfig = BacktestConfig()
     risk: RiskConfig = RiskConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     alerts: AlertsConfig = AlertsConfig()
     metrics: MetricsConfig = MetricsConfig()

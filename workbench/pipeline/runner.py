@@ -2,7 +2,12 @@
 
 Each run gets a folder ``runs/<pipeline>/<UTC timestamp>/`` holding the executed notebooks, each
 step's outputs file and ``summary.json``. The runner stops at the first failing step, keeps the
-failed notebook, and reports which cell failed and why.
+failed notebook, and reports which cell failed and why. A step whose ``when:`` condition is false
+is skipped, with the reason in the summary and in MLflow (a child run tagged ``skipped``).
+
+A run holds its pipeline's run lock (:mod:`workbench.pipeline.lock`) from before the run folder
+exists until the summary is written: a second run of the same pipeline, manual or scheduled, is
+refused with a message naming the holder.
 """
 
 from __future__ import annotations
@@ -13,18 +18,22 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from workbench.config import WorkbenchConfig, config_hash, load_config
 from workbench.errors import PipelineError
+from workbench.pipeline.lock import RunLock, sqlite_url_in
 from workbench.pipeline.spec import (
     PipelineSpec,
+    StepSpec,
     check_type,
     load_spec,
     notebook_parameters,
     parse_overrides,
+    parse_when,
+    references,
     resolve_spec_path,
     substitute,
     validate_spec,
@@ -43,6 +52,7 @@ class StepResult:
     notebook: str = ""
     error: str = ""
     overhead_seconds: float = 0.0
+    reason: str = ""  # why a step was skipped
 
 
 @dataclass
@@ -54,18 +64,29 @@ class PipelineResult:
     parent_run_id: str
     parameters: dict[str, Any]
     steps: list[StepResult]
+    session: str = ""
+    trigger: str = "manual"
 
     @property
     def ok(self) -> bool:
-        return all(s.status == "ok" for s in self.steps)
+        """No step failed (steps skipped by their ``when:`` condition are fine)."""
+        return not any(s.status == "failed" for s in self.steps)
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Skipped steps and why."""
+        return {s.step: s.reason for s in self.steps if s.status == "skipped"}
 
     def summary(self) -> dict[str, Any]:
         return {
             "pipeline": self.pipeline,
             "status": "ok" if self.ok else "failed",
+            "session": self.session,
+            "trigger": self.trigger,
             "run_dir": str(self.run_dir),
             "mlflow_parent_run_id": self.parent_run_id,
             "parameters": self.parameters,
+            "skipped": self.skipped,
             "steps": [asdict(s) for s in self.steps],
         }
 
@@ -121,6 +142,75 @@ def _log_notebook(run_id: str, ipynb: Path) -> None:
         client.set_tag(run_id, "notebook_html_error", str(exc)[:500])
 
 
+def current_session(now: datetime | None = None, calendar: str = "XNYS") -> date:
+    """Return the trading session a run started at ``now`` is for by default.
+
+    The New York date's session if that date is a session, else the previous session.
+    """
+    from workbench.data.calendar import get_calendar, sessions
+
+    now = now or datetime.now(UTC)
+    day = now.astimezone(get_calendar(calendar).tz).date()
+    sch = sessions(date(day.year - 1, 1, 1), day, calendar)
+    return sch["session"][-1]
+
+
+def lock_url(cfg: WorkbenchConfig, runs_root: Path) -> str:
+    """The run-lock database: ``schedule.lock_url``, else ``locks.db`` in the runs folder."""
+    url = cfg.schedule.lock_url
+    if url is None:
+        return sqlite_url_in(runs_root)
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + str(cfg.path(url[len(prefix) :]))
+    return url
+
+
+def _skip_reason(step: StepSpec, scope: dict[str, Any], skipped: dict[str, str]) -> tuple[str, str]:
+    """Return ``(reason, error)``: why the step is skipped, or why its condition is unusable."""
+    refs = references(step.parameters) + ([parse_when(step.when, "")[0]] if step.when else [])
+    for ref in refs:
+        parts = ref.split(".")
+        if parts[0] == "steps" and len(parts) == 3 and parts[1] in skipped:
+            return f"needs ${{{ref}}} but step {parts[1]!r} was skipped ({skipped[parts[1]]})", ""
+    if step.when is None:
+        return "", ""
+    ref, negated = parse_when(step.when, f"step {step.name!r}")
+    value = scope.get(ref)
+    if not isinstance(value, bool):
+        return "", (
+            f"when = {step.when!r}: ${{{ref}}} is {value!r} ({type(value).__name__}), not true or "
+            "false. Fix: hand on a bool (stage.hand_on(passed=bool(...)))."
+        )
+    if value != negated:
+        return "", ""
+    shown = "true" if value else "false"
+    src = (
+        f"step {ref.split('.')[1]!r} handed on {ref.split('.')[2]}={shown}"
+        if ref.startswith("steps.")
+        else f"parameter {ref}={shown}"
+    )
+    return f"condition {step.when.strip()} is false ({src})", ""
+
+
+def _record_skip(client: Any, exp_id: str, parent_id: str, pipeline: str, res: StepResult) -> None:
+    """A skipped step is a child run too: tagged skipped, with the reason, status KILLED."""
+    run = client.create_run(
+        exp_id,
+        run_name=f"{res.step} (skipped)",
+        tags={
+            "mlflow.parentRunId": parent_id,
+            "pipeline": pipeline,
+            "step": res.step,
+            "skipped": "true",
+            "skip_reason": res.reason[:5000],
+        },
+    )
+    res.mlflow_run_id = run.info.run_id
+    client.set_terminated(run.info.run_id, "KILLED")
+    client.set_tag(parent_id, f"skipped.{res.step}", res.reason[:5000])
+
+
 def run_pipeline(
     name_or_path: str | Path,
     overrides: dict[str, Any] | Sequence[str] | None = None,
@@ -129,8 +219,10 @@ def run_pipeline(
     runs_root: str | Path | None = None,
     echo: Callable[[str], None] = print,
     execution_timeout: int | None = 900,
+    session: date | str | None = None,
+    trigger: str = "manual",
 ) -> PipelineResult:
-    """Validate and run a pipeline spec.
+    """Validate and run a pipeline spec, holding the pipeline's run lock.
 
     Parameters
     ----------
@@ -140,16 +232,26 @@ def run_pipeline(
         Values for the spec's shared parameters.
     runs_root : path, optional
         Parent of the run folders (default ``<project>/runs``).
+    execution_timeout : int, optional
+        Seconds a cell may run, for steps without their own ``timeout``.
+    session : date or ISO string, optional
+        Trading session the run is for (``${run.session}``; default: the New York date's session,
+        else the previous one). Recorded in the lock, the summary and MLflow.
+    trigger : str
+        Who started the run: ``manual`` or ``schedule:<job>``.
 
     Returns
     -------
     PipelineResult
         ``ok`` is False when a step failed; the failed notebook is kept in the run folder.
-    """
-    import mlflow
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
 
+    Raises
+    ------
+    PipelineLocked
+        If another run of the pipeline holds its lock (nothing is run).
+    PipelineError
+        If the spec or an override is invalid (nothing is run).
+    """
     from workbench import tracking
 
     cfg = cfg or load_config()
@@ -167,10 +269,42 @@ def run_pipeline(
             )
     shared = validate_spec(spec, dict(overrides), root)
     tracking.check_no_secrets(shared, cfg)
+    if session is None:
+        session = current_session(calendar=cfg.data.calendar)
+    session = session.isoformat() if isinstance(session, date) else str(session)
 
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    run_dir = Path(runs_root or root / "runs") / spec.name / stamp
-    run_dir.mkdir(parents=True, exist_ok=False)
+    runs = Path(runs_root or root / "runs")
+    locks = RunLock(lock_url(cfg, runs))
+    holder = locks.acquire(spec.name, session=session, trigger=trigger)
+    try:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        run_dir = runs / spec.name / stamp
+        run_dir.mkdir(parents=True, exist_ok=False)
+        holder = locks.update_run_dir(holder, str(run_dir))
+        return _run(spec, shared, cfg, run_dir, stamp, session, trigger, echo, execution_timeout)
+    finally:
+        locks.release(holder)
+        locks.close()
+
+
+def _run(
+    spec: PipelineSpec,
+    shared: dict[str, Any],
+    cfg: WorkbenchConfig,
+    run_dir: Path,
+    stamp: str,
+    session: str,
+    trigger: str,
+    echo: Callable[[str], None],
+    execution_timeout: int | None,
+) -> PipelineResult:
+    import mlflow
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from workbench import tracking
+
+    root = cfg.project_root
     uri = tracking.tracking_uri(cfg)
     exp_id = tracking.setup(cfg)
     client = mlflow.MlflowClient()
@@ -183,76 +317,101 @@ def run_pipeline(
             "config_hash": config_hash(cfg),
             "git_commit": tracking.git_commit(root),
             "run_dir": str(run_dir),
+            "session": session,
+            "trigger": trigger,
         },
     )
     parent_id = parent.info.run_id
     for k, v in shared.items():
         client.log_param(parent_id, k, v if isinstance(v, str) else json.dumps(v))
 
-    scope: dict[str, Any] = {**shared, "run.dir": str(run_dir)}
+    scope: dict[str, Any] = {**shared, "run.dir": str(run_dir), "run.session": session}
     results: list[StepResult] = []
-    failed = False
-    for i, step in enumerate(spec.steps, start=1):
-        if failed:
-            results.append(StepResult(step.name, "skipped"))
-            continue
-        t_step = time.perf_counter()
-        where = f"step {step.name!r}"
-        params = substitute(dict(step.parameters), scope, where)
-        nb_path = root / step.notebook
-        nb_params = notebook_parameters(nb_path)
-        for pname, value in params.items():
-            reason = check_type(value, nb_params[pname]["inferred_type_name"])
-            if reason:
-                raise PipelineError(
-                    f"{where}: parameter {pname!r} = {value!r} does not fit {nb_params[pname]['inferred_type_name']} ({reason})."
+    skipped: dict[str, str] = {}
+    failed = ""
+    try:
+        for i, step in enumerate(spec.steps, start=1):
+            if failed:
+                results.append(StepResult(step.name, "skipped", reason=f"step {failed!r} failed"))
+                continue
+            t_step = time.perf_counter()
+            where = f"step {step.name!r}"
+            reason, error = _skip_reason(step, scope, skipped)
+            if reason or error:
+                res = StepResult(
+                    step.name, "failed" if error else "skipped", reason=reason, error=error
                 )
-        out_file = run_dir / f"{step.name}.outputs.json"
-        params.update(output_path=str(out_file), parent_run_id=parent_id, pipeline=spec.name)
-        out_nb = run_dir / f"{i:02d}_{step.name}.ipynb"
-        echo(f"[{i}/{len(spec.steps)}] {step.name}: {step.notebook}")
-        res = StepResult(step.name, "ok", notebook=str(out_nb))
-        t_pm = time.perf_counter()
-        try:
-            with _kernel_env(MLFLOW_TRACKING_URI=uri):
-                papermill.execute_notebook(
-                    str(nb_path),
-                    str(out_nb),
-                    parameters=params,
-                    kernel_name="python3",
-                    progress_bar=False,
-                    cwd=str(nb_path.parent),
-                    execution_timeout=execution_timeout,
+                if error:
+                    failed = step.name
+                    echo(f"[{i}/{len(spec.steps)}] {step.name}: FAILED: {error}")
+                else:
+                    skipped[step.name] = reason
+                    echo(f"[{i}/{len(spec.steps)}] {step.name}: skipped: {reason}")
+                    _record_skip(client, exp_id, parent_id, spec.name, res)
+                res.seconds = round(time.perf_counter() - t_step, 3)
+                results.append(res)
+                continue
+            params = substitute(dict(step.parameters), scope, where)
+            nb_path = root / step.notebook
+            nb_params = notebook_parameters(nb_path)
+            for pname, value in params.items():
+                reason = check_type(value, nb_params[pname]["inferred_type_name"])
+                if reason:
+                    raise PipelineError(
+                        f"{where}: parameter {pname!r} = {value!r} does not fit {nb_params[pname]['inferred_type_name']} ({reason})."
+                    )
+            out_file = run_dir / f"{step.name}.outputs.json"
+            params.update(output_path=str(out_file), parent_run_id=parent_id, pipeline=spec.name)
+            out_nb = run_dir / f"{i:02d}_{step.name}.ipynb"
+            echo(f"[{i}/{len(spec.steps)}] {step.name}: {step.notebook}")
+            res = StepResult(step.name, "ok", notebook=str(out_nb))
+            t_pm = time.perf_counter()
+            try:
+                with _kernel_env(MLFLOW_TRACKING_URI=uri):
+                    papermill.execute_notebook(
+                        str(nb_path),
+                        str(out_nb),
+                        parameters=params,
+                        kernel_name="python3",
+                        progress_bar=False,
+                        cwd=str(nb_path.parent),
+                        execution_timeout=step.timeout or execution_timeout,
+                    )
+            except PapermillExecutionError as exc:
+                res.status = "failed"
+                res.error = (
+                    f"cell {exc.cell_index} (In [{exc.exec_count}]): {exc.ename}: {exc.evalue}"
                 )
-        except PapermillExecutionError as exc:
-            res.status = "failed"
-            res.error = f"cell {exc.cell_index} (In [{exc.exec_count}]): {exc.ename}: {exc.evalue}"
-            failed = True
-        pm_seconds = time.perf_counter() - t_pm
-        produced = _read_outputs(out_file)
-        res.mlflow_run_id = produced.get("mlflow_run_id", "")
-        res.metrics = produced.get("metrics", {})
-        if not failed:
-            missing = [k for k in step.outputs if k not in produced.get("outputs", {})]
-            if missing:
-                res.status, failed = "failed", True
-                res.error = f"notebook finished but did not hand on declared output(s) {missing} (StageRun.hand_on)."
-            for k, v in produced.get("outputs", {}).items():
-                scope[f"steps.{step.name}.{k}"] = v
-        if res.mlflow_run_id:
-            _log_notebook(res.mlflow_run_id, out_nb)
-            client.set_tag(res.mlflow_run_id, "notebook", step.notebook)
-            client.log_dict(res.mlflow_run_id, params, "notebook/parameters.json")
+                failed = step.name
+            pm_seconds = time.perf_counter() - t_pm
+            produced = _read_outputs(out_file)
+            res.mlflow_run_id = produced.get("mlflow_run_id", "")
+            res.metrics = produced.get("metrics", {})
+            if not failed:
+                missing = [k for k in step.outputs if k not in produced.get("outputs", {})]
+                if missing:
+                    res.status, failed = "failed", step.name
+                    res.error = f"notebook finished but did not hand on declared output(s) {missing} (StageRun.hand_on)."
+                for k, v in produced.get("outputs", {}).items():
+                    scope[f"steps.{step.name}.{k}"] = v
+            if res.mlflow_run_id:
+                _log_notebook(res.mlflow_run_id, out_nb)
+                client.set_tag(res.mlflow_run_id, "notebook", step.notebook)
+                client.log_dict(res.mlflow_run_id, params, "notebook/parameters.json")
+                if res.status == "failed":
+                    client.set_terminated(res.mlflow_run_id, "FAILED")
+                    client.set_tag(res.mlflow_run_id, "error", res.error[:5000])
+            res.seconds = round(time.perf_counter() - t_step, 3)
+            res.overhead_seconds = round(res.seconds - pm_seconds, 3)
+            results.append(res)
             if res.status == "failed":
-                client.set_terminated(res.mlflow_run_id, "FAILED")
-                client.set_tag(res.mlflow_run_id, "error", res.error[:5000])
-        res.seconds = round(time.perf_counter() - t_step, 3)
-        res.overhead_seconds = round(res.seconds - pm_seconds, 3)
-        results.append(res)
-        if res.status == "failed":
-            echo(f"  FAILED at {res.error}\n  failed notebook kept at {out_nb}")
+                echo(f"  FAILED at {res.error}\n  failed notebook kept at {out_nb}")
+    except BaseException as exc:  # a runner error or an interrupt: keep the record honest
+        client.set_tag(parent_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+        client.set_terminated(parent_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
+        raise
 
-    result = PipelineResult(spec.name, run_dir, parent_id, shared, results)
+    result = PipelineResult(spec.name, run_dir, parent_id, shared, results, session, trigger)
     (run_dir / "summary.json").write_text(json.dumps(result.summary(), indent=1, default=str))
     client.log_artifact(parent_id, str(run_dir / "summary.json"))
     client.set_terminated(parent_id, "FINISHED" if result.ok else "FAILED")

@@ -15,10 +15,16 @@ A spec is YAML::
         parameters: {store_root: "${steps.ingest.store_root}"}
 
 ``${name}`` is a shared parameter, ``${steps.<step>.<key>}`` an output of an earlier step,
-``${run.dir}`` the run folder. A string that is exactly one reference takes the referenced value
+``${run.dir}`` the run folder, ``${run.session}`` the trading session the run is for (ISO date). A string that is exactly one reference takes the referenced value
 with its type; references inside longer strings are formatted in. An undefined reference is an
 error, never a blank. Every parameter must exist in the notebook's ``parameters`` cell with a
 compatible type (papermill only warns about unknown parameters; we refuse).
+
+A step with ``when: ${steps.validate.passed}`` (or ``when: not ${...}``) runs only if that
+output (or shared parameter) is true; it must be a bool. Otherwise the step is recorded as
+``skipped`` with the reason, and so is every later step that needs the skipped step's outputs.
+``timeout`` sets the longest a cell of the step may run, in seconds (default 900; a trading
+session that runs until the close needs hours).
 
 A shared parameter (or ``-p`` override) ``universe:NAME`` becomes the current members of that
 universe (:mod:`workbench.portfolio.universe`, ``runs/universe.db``) when the spec is validated,
@@ -40,7 +46,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from workbench.errors import PipelineError, WorkbenchError
 
 RUNNER_PARAMETERS = ("output_path", "parent_run_id", "pipeline")
+RUN_REFERENCES = ("run.dir", "run.session")
 _REF = re.compile(r"\$\{([^}]+)\}")
+_WHEN = re.compile(r"^\s*(not\s+)?\$\{([^}]+)\}\s*$")
 
 
 class StepSpec(BaseModel):
@@ -53,6 +61,8 @@ class StepSpec(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     outputs: tuple[str, ...] = ()
     description: str = ""
+    when: str | None = None  # ${steps.<step>.<output>} or ${param}, optionally "not ${...}"
+    timeout: int | None = Field(None, ge=1)  # seconds a cell may run (None: the runner's default)
 
 
 class PipelineSpec(BaseModel):
@@ -141,6 +151,17 @@ def parse_overrides(items: typing.Sequence[str], spec: PipelineSpec) -> dict[str
         except yaml.YAMLError:
             out[k] = v
     return out
+
+
+def parse_when(text: str, where: str) -> tuple[str, bool]:
+    """Return ``(reference, negated)`` of a ``when:`` condition, or raise naming the fix."""
+    m = _WHEN.match(text)
+    if not m:
+        raise PipelineError(
+            f"{where}: when = {text!r} is not a condition. Fix: a single reference such as "
+            "'${steps.validate.passed}' or 'not ${steps.validate.passed}'."
+        )
+    return m.group(2).strip(), bool(m.group(1))
 
 
 def substitute(value: Any, scope: dict[str, Any], where: str) -> Any:
@@ -232,6 +253,42 @@ def _universe_members(key: str, value: Any, root: Path, problems: list[str]) -> 
         return value
 
 
+def _check_when(
+    text: str,
+    where: str,
+    declared: dict[str, tuple[str, ...]],
+    shared: dict[str, Any],
+    problems: list[str],
+) -> None:
+    try:
+        ref, _ = parse_when(text, where)
+    except PipelineError as exc:
+        problems.append(str(exc))
+        return
+    if ref.startswith("steps."):
+        parts = ref.split(".")
+        if len(parts) != 3 or parts[1] not in declared:
+            problems.append(
+                f"{where}: when = {text!r} must name an earlier step as ${{steps.<step>.<output>}}; "
+                f"earlier steps: {sorted(declared)}.{_suggest(parts[1] if len(parts) > 1 else ref, declared)}"
+            )
+        elif parts[2] not in declared[parts[1]]:
+            problems.append(
+                f"{where}: when = {text!r}: step {parts[1]!r} does not hand on {parts[2]!r}; it declares "
+                f"outputs {list(declared[parts[1]])}. Fix: add it to that step's outputs and hand it on."
+            )
+    elif ref not in shared:
+        problems.append(
+            f"{where}: when = {text!r}: undefined reference ${{{ref}}}; shared parameters: "
+            f"{sorted(shared)}.{_suggest(ref, shared)}"
+        )
+    elif not isinstance(shared[ref], bool):
+        problems.append(
+            f"{where}: when = {text!r}: shared parameter {ref!r} is {shared[ref]!r}, not true or false. "
+            "Fix: make it a bool."
+        )
+
+
 def validate_spec(spec: PipelineSpec, overrides: dict[str, Any], root: Path) -> dict[str, Any]:
     """Validate a whole spec before anything runs; return the shared parameters after overrides.
 
@@ -248,6 +305,8 @@ def validate_spec(spec: PipelineSpec, overrides: dict[str, Any], root: Path) -> 
     declared: dict[str, tuple[str, ...]] = {}
     for step in spec.steps:
         where = f"step {step.name!r}"
+        if step.when is not None:
+            _check_when(step.when, where, declared, shared, problems)
         try:
             nb_params = notebook_parameters(root / step.notebook)
         except PipelineError as exc:
@@ -281,12 +340,12 @@ def validate_spec(spec: PipelineSpec, overrides: dict[str, Any], root: Path) -> 
                             f"{where}: step {parts[1]!r} does not hand on {parts[2]!r}; it declares outputs {list(declared[parts[1]])}."
                         )
                         bad = True
-                elif ref != "run.dir" and ref not in shared:
+                elif ref not in RUN_REFERENCES and ref not in shared:
                     problems.append(
                         f"{where}: undefined reference ${{{ref}}}; shared parameters: {sorted(shared)}.{_suggest(ref, shared)}"
                     )
                     bad = True
-            if bad or any(r.startswith("steps.") or r == "run.dir" for r in refs):
+            if bad or any(r.startswith("steps.") or r in RUN_REFERENCES for r in refs):
                 continue  # checked again at run time, once the value exists
             resolved = substitute(value, shared, where)
             reason = check_type(resolved, nb_params[pname]["inferred_type_name"])
