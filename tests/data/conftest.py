@@ -42,7 +42,7 @@ def make_bars(
 
 
 class CountingSource:
-    """A deterministic source that counts calls and can fail on a chosen call."""
+    """A deterministic source of daily bars that counts calls and can fail on a chosen call."""
 
     name = "counting"
 
@@ -60,13 +60,13 @@ class CountingSource:
         self.calls.append((tuple(symbols), start, end))
         if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
             raise ConnectionError("simulated network failure")
-        # one bar per UTC day at 15:00, deterministic in (symbol, day): window-independent
-        days = []
-        d = datetime(start.year, start.month, start.day, 15, tzinfo=UTC)
-        while d < end:
-            if d >= start:
-                days.append(d)
-            d += timedelta(days=1)
+        # one daily bar per XNYS session (stamped at midnight New York), deterministic in
+        # (symbol, day): window-independent
+        from workbench.data.calendar import bar_starts
+
+        days = [
+            d for d in bar_starts("1Day", start.date(), end.date()).to_list() if start <= d < end
+        ]
         rows = []
         for s in symbols:
             for d in days:

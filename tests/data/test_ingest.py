@@ -63,7 +63,7 @@ def test_ingest_writes_everything_and_rerun_fetches_nothing(tmp_path: Path) -> N
     rep = run(store, src)
     assert rep.fetched == len(src.calls) > 0 and rep.skipped == 0
     first = store.read(SYMS, "1Day")
-    assert first.height == 5 * 60  # one bar per day, Jan 1 .. Feb 29
+    assert first.height == 5 * 41  # one bar per session, Jan 2 .. Feb 29 (21 + 20)
     src2 = CountingSource()
     rep2 = run(store, src2)
     assert src2.calls == [] and rep2.fetched == 0 and rep2.skipped == rep.fetched
@@ -98,7 +98,7 @@ def test_deleted_partition_is_fetched_again(tmp_path: Path) -> None:
     src = CountingSource()
     run(store, src)
     assert {s for call in src.calls for s in call[0]} == {"S03"}
-    assert store.read(["S03"], "1Day").height == 60
+    assert store.read(["S03"], "1Day").height == 41
 
 
 def test_different_provenance_refetches(tmp_path: Path) -> None:
@@ -153,5 +153,5 @@ def test_report_frame(tmp_path: Path) -> None:
         "updated",
         "seconds",
     }
-    assert df["rows"].sum() == 300 and (df["status"] == "fetched").all()
+    assert df["rows"].sum() == 205 and (df["status"] == "fetched").all()
     assert isinstance(rep.frame, pl.DataFrame)

@@ -302,3 +302,102 @@ def expected_bars(
         timeframe, lo.date() - timedelta(days=1), hi.date() + timedelta(days=1), calendar
     )
     return stamps.filter((stamps >= lo) & (stamps < hi))
+
+
+_PRE_MARKET = timedelta(hours=5, minutes=30)  # 04:00 ET before a 09:30 open
+_POST_MARKET = timedelta(hours=4)  # until 20:00 ET after a 16:00 close
+
+
+def is_crypto(symbol: pl.Expr) -> pl.Expr:
+    """Return a mask of crypto pairs (``BTC/USD``): they trade around the clock, on no calendar."""
+    return symbol.str.contains("/", literal=True)
+
+
+def check_bar_times(
+    bars: pl.DataFrame,
+    timeframe: str | Timeframe,
+    calendar: str = DEFAULT_CALENDAR,
+    *,
+    extended_hours: bool = False,
+) -> None:
+    """Check that bars sit on their timeframe's grid and inside the calendar's sessions.
+
+    Rules (crypto pairs get only the grid rule, on the UTC clock):
+
+    * intraday bars start on a multiple of their length (``5Min``: :00, :05 ...); daily bars of
+      stocks at midnight of the exchange's time zone, of crypto at a whole hour;
+    * an intraday bar ``[ts, ts + timeframe)`` overlaps a regular session (Alpaca's ``1Hour`` bar
+      stamped 09:00 ET covers 09:30-10:00), or with ``extended_hours`` the session's trading day
+      from 04:00 to 20:00 ET (pre- and post-market); a daily bar's date is a session.
+
+    Parameters
+    ----------
+    bars : pl.DataFrame
+        Bars satisfying the bar contract (:func:`~workbench.data.schema.validate_bars`).
+    timeframe : str or Timeframe
+    calendar : str
+        exchange_calendars code of the sessions.
+    extended_hours : bool
+        The source delivers pre- and post-market bars.
+
+    Raises
+    ------
+    SchemaError
+        Naming the rule, how many rows break it, the first rows and the fix.
+    """
+    from workbench.data.schema import reject_rows
+
+    tf = Timeframe.parse(timeframe)
+    if bars.is_empty():
+        return
+    tz = str(get_calendar(calendar).tz)
+    local = pl.col("ts").dt.convert_time_zone(tz)
+    crypto = is_crypto(pl.col("symbol"))
+    if tf.is_intraday:
+        off = tf.off_grid(pl.col("ts"))
+        grid = f"ts on the {tf.name} grid (a multiple of {tf.minutes} minute(s))"
+    else:
+        midnight = (
+            (local.dt.hour() == 0)
+            & (local.dt.minute() == 0)
+            & (local.dt.second() == 0)
+            & (local.dt.microsecond() == 0)
+        )
+        off = pl.when(crypto).then(tf.off_grid(pl.col("ts"))).otherwise(~midnight)
+        grid = f"ts on the 1Day grid (midnight {tz} of the session date)"
+    reject_rows(
+        bars,
+        off,
+        grid,
+        ["symbol", "ts"],
+        f"bars of a {tf.name} timeframe must start on its grid; ingest them with the timeframe "
+        "they have, or resample them first (e.g. df.group_by_dynamic('ts', every="
+        f"'{tf.polars_every}', group_by='symbol')). Timestamps seconds off the grid are a clock or "
+        "parsing error in the source.",
+    )
+    if tf.is_intraday:
+        opens, closes = session_bounds_us(calendar)
+        if extended_hours:
+            opens = opens - _PRE_MARKET // timedelta(microseconds=1)
+            closes = closes + _POST_MARKET // timedelta(microseconds=1)
+        start = bars.get_column("ts").dt.epoch("us").to_numpy()
+        end = start + tf.minutes * 60_000_000
+        idx = np.searchsorted(opens, end, side="left") - 1  # last session opening before the end
+        inside = (idx >= 0) & (start < closes[np.clip(idx, 0, None)])
+        outside = ~pl.lit(pl.Series("inside", inside)) & ~crypto
+        hours = "04:00-20:00 trading day" if extended_hours else "regular session"
+        rule = f"bar inside a {calendar} {hours}"
+    else:
+        days = _schedule(calendar).get_column("session")
+        outside = ~local.dt.date().is_in(days.implode()) & ~crypto
+        rule = f"daily bar on a {calendar} session date"
+    reject_rows(
+        bars.with_columns(ts_local=local),
+        outside,
+        rule,
+        ["symbol", "ts", "ts_local"],
+        "drop bars stamped on weekends, holidays or outside trading hours (or fix their time "
+        "zone: naive exchange-local stamps read as UTC land hours off); if the source delivers "
+        "pre- and post-market bars on purpose, ingest with extended_hours=True (a source says so "
+        "with an `extended_hours = True` attribute).",
+    )

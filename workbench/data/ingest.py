@@ -4,7 +4,9 @@ Before any fetch, ingest checks that the store can be written, opens (and checks
 and verifies every stored partition in the window. A bad partition whose recorded source is this
 source is re-fetched whole first (status ``repaired`` in the report), so a chunk is never counted
 as done while its partition fails verification; one written by another source is refused with the
-fix (``wb store repair``). Each chunk is recorded in the symbol's manifest with its bars and then in
+fix (``wb store repair``). Fetched bars must sit on their timeframe's grid and inside the
+calendar's sessions (:func:`~workbench.data.calendar.check_bar_times`) before they are written.
+Each chunk is recorded in the symbol's manifest with its bars and then in
 the ledger.
 """
 
@@ -18,6 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 from tqdm.auto import tqdm
 
+from workbench.data.calendar import DEFAULT_CALENDAR, check_bar_times
 from workbench.data.integrity import CorruptPartitionError, Problem
 from workbench.data.ledger import LEDGER_NAME, ChunkLedger, provenance_key
 from workbench.data.sources.base import Source
@@ -26,6 +29,7 @@ from workbench.data.timeframe import Timeframe
 from workbench.errors import SourceError, StoreError
 
 _GRID_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_EXTENDED_BY_DEFAULT = frozenset({"alpaca"})  # Alpaca's historical stock bars include pre/post
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +189,8 @@ def ingest(
     progress: bool = True,
     settle: timedelta = timedelta(hours=1),
     now: datetime | None = None,
+    calendar: str | None = None,
+    extended_hours: bool | None = None,
 ) -> IngestReport:
     """Fetch bars chunk by chunk, validate, upsert into the store and record each chunk.
 
@@ -204,6 +210,11 @@ def ingest(
         Size of one chunk.
     progress : bool
         Show a progress bar.
+    calendar : str, optional
+        Sessions the bars must lie in (default: the source's ``calendar``, else XNYS).
+    extended_hours : bool, optional
+        Accept pre- and post-market bars (default: the source's ``extended_hours`` attribute;
+        Alpaca's stock bars include them).
 
     Returns
     -------
@@ -221,6 +232,10 @@ def ingest(
     ledger = ChunkLedger(store.root / LEDGER_NAME)
     key = source_key(source)
     prov = source.provenance()
+    cal_code = calendar or getattr(source, "calendar", None) or DEFAULT_CALENDAR
+    ext = extended_hours
+    if ext is None:
+        ext = bool(getattr(source, "extended_hours", source.name in _EXTENDED_BY_DEFAULT))
     report = IngestReport()
     t0 = time.perf_counter()
     report.chunks += _repair_in_window(source, store, ledger, tf, symbols, lo, hi)
@@ -261,6 +276,7 @@ def ingest(
                 f"{chunk.start.isoformat()}..{chunk.end.isoformat()} / {todo}; first: {outside.head(3).to_dicts()}. "
                 "Fix the source's window or symbol filtering."
             )
+        check_bar_times(bars, tf, cal_code, extended_hours=ext)
         complete = chunk.end <= now - settle
         counts = dict(bars.group_by("symbol").len().iter_rows()) if bars.height else {}
         done = [

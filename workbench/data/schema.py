@@ -58,6 +58,11 @@ def _reject(df: pl.DataFrame, mask: pl.Expr, rule: str, cols: list[str], fix: st
         )
 
 
+def reject_rows(df: pl.DataFrame, mask: pl.Expr, rule: str, cols: list[str], fix: str) -> None:
+    """Raise :class:`SchemaError` naming ``rule``, the rows where ``mask`` holds and the fix."""
+    _reject(df, mask, rule, cols, fix)
+
+
 def _conform_types(df: pl.DataFrame) -> pl.DataFrame:
     missing = [c for c in BAR_COLUMNS if c not in df.columns and c not in NULLABLE]
     if missing:

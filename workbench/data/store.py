@@ -53,7 +53,7 @@ from workbench.data.integrity import (
     sha256_file,
     write_temp,
 )
-from workbench.data.schema import BAR_SCHEMA, KEY, empty_bars, validate_bars
+from workbench.data.schema import BAR_SCHEMA, KEY, empty_bars, reject_rows, validate_bars
 from workbench.data.timeframe import Timeframe
 from workbench.errors import StoreError
 
@@ -234,8 +234,9 @@ class BarStore:
     ) -> WriteReport:
         """Upsert bars: insert new keys, overwrite existing keys with the new values.
 
-        The whole frame is validated and every partition it touches is verified first; nothing is
-        written if any row is invalid or any touched partition is bad. Writing the same bars twice
+        The whole frame is validated (bar contract, and every ``ts`` on the timeframe's grid) and
+        every partition it touches is verified first; nothing is written if any row is invalid or
+        any touched partition is bad. Writing the same bars twice
         leaves one copy. Each partition is replaced atomically and its checksum recorded.
 
         Parameters
@@ -266,6 +267,14 @@ class BarStore:
         """
         tf = Timeframe.parse(timeframe)
         new = validate_bars(bars)
+        reject_rows(
+            new,
+            tf.off_grid(pl.col("ts")),
+            f"ts on the {tf.name} grid of timeframe={tf.name}",
+            ["symbol", "ts"],
+            f"these are not {tf.name} bars (or their clock is off); write them with the timeframe "
+            "they have, or resample them first.",
+        )
         replace = {(str(s), str(p)) for s, p in replace}
         chunks_of: dict[str, list[dict[str, Any]]] = {}
         for c in chunks:
