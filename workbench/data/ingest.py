@@ -121,7 +121,7 @@ def source_key(source: Source) -> str:
 def _repair_in_window(
     source: Source,
     store: BarStore,
-    ledger: ChunkLedger,
+    ledger: ChunkLedger | None,
     tf: Timeframe,
     symbols: Sequence[str],
     lo: datetime,
@@ -229,7 +229,8 @@ def ingest(
     chunks = plan_chunks(symbols, lo, hi, chunk_days=chunk_days, chunk_symbols=chunk_symbols)
     now = now or datetime.now(UTC)
     store.check_writable(symbols, tf.name)
-    ledger = ChunkLedger(store.root / LEDGER_NAME)
+    ledger_path = store.root / LEDGER_NAME
+    ledger = ChunkLedger(ledger_path) if ledger_path.exists() else None  # created on first write
     key = source_key(source)
     prov = source.provenance()
     cal_code = calendar or getattr(source, "calendar", None) or DEFAULT_CALENDAR
@@ -239,7 +240,7 @@ def ingest(
     report = IngestReport()
     t0 = time.perf_counter()
     report.chunks += _repair_in_window(source, store, ledger, tf, symbols, lo, hi)
-    ledger.record_source(key, prov)
+    sourced = False
     bar = tqdm(
         chunks,
         desc=f"ingest {source.name} {tf.name}",
@@ -250,7 +251,7 @@ def ingest(
     for chunk in bar:
         todo = []
         for s in chunk.symbols:
-            rec = ledger.get(key, tf.name, s, chunk.start, chunk.end)
+            rec = ledger.get(key, tf.name, s, chunk.start, chunk.end) if ledger else None
             if (
                 rec is None
                 or not rec[1]
@@ -291,6 +292,11 @@ def ingest(
             for s in todo
         ]
         wr = store.write(bars, tf, provenance=prov, chunks=done)
+        if ledger is None:
+            ledger = ChunkLedger(ledger_path)
+        if not sourced:
+            ledger.record_source(key, prov)
+            sourced = True
         ledger.record_many(
             [(key, tf.name, c["symbol"], c["start"], c["end"], c["rows"], complete) for c in done]
         )
