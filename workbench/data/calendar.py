@@ -398,6 +398,6 @@ def check_bar_times(
         ["symbol", "ts", "ts_local"],
         "drop bars stamped on weekends, holidays or outside trading hours (or fix their time "
         "zone: naive exchange-local stamps read as UTC land hours off); if the source delivers "
-        "pre- and post-market bars on purpose, ingest with extended_hours=True (a source says so "
-        "with an `extended_hours = True` attribute).",
+        "pre- and post-market bars on purpose, call ingest(..., extended_hours=True) (a source "
+        "class declares it with an `extended_hours = True` attribute).",
     )
