@@ -153,6 +153,11 @@ def _sessions(calendar: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return days, opens, closes
 
 
+def session_arrays(calendar: str = DEFAULT_CALENDAR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return every session's date (datetime64[D]), open and close (int64 us since the epoch, UTC)."""
+    return _sessions(calendar)
+
+
 @functools.lru_cache(maxsize=64)
 def _keep(calendar: str, which: str) -> np.ndarray:
     """Boolean mask over the calendar's sessions for a session filter."""
@@ -270,6 +275,12 @@ class MarketTrigger(BaseTrigger):
 
     def __hash__(self) -> int:
         return hash(tuple(sorted(self.__getstate__().items())))
+
+    @property
+    def when(self) -> str:
+        """The time part, e.g. ``after_close + 30min`` or ``cron '0 10 * * mon-fri'``."""
+        what = self._mt.text if self._mt is not None else f"cron '{self.cron}'"
+        return what + (" in market hours" if self.market_hours else "")
 
     def __str__(self) -> str:
         what = self._mt.text if self._mt is not None else f"cron '{self.cron}' ({self._tz})"
