@@ -78,6 +78,20 @@ class FeatureUpdater(Protocol):
     def update(self, bars: pl.DataFrame) -> pl.DataFrame: ...
 
 
+class SessionObserver(Protocol):
+    """Watches a session (metrics, monitoring): called once per bar and on orders sent, orders
+    refused, fills and the finish. Its errors are logged and never change what the session does.
+
+    ``on_bar(engine, t, bars, features, predictions, orders, timing)``: ``features`` are the rows
+    the model read at ``t``, ``timing`` the bar's :class:`BarTiming` (None for a bar a restart
+    replays); ``on_submit(engine, request)``; ``on_refused(engine, client_order_id, why)``;
+    ``on_fills(engine, fills)``; ``on_finish(engine, result)``.
+    """
+
+    def on_bar(self, engine: Any, t: datetime, bars: pl.DataFrame, features: pl.DataFrame,
+               predictions: dict, orders: dict, timing: Any) -> None: ...  # fmt: skip
+
+
 class SessionHalted(BrokerError):
     """The session stopped itself (reconcile mismatch, replay divergence): it must not trade."""
 
@@ -176,6 +190,8 @@ class SessionEngine:
     reconcile_config : ReconcileConfig
     health_path : Path, optional
         Where the health status is written (JSON, atomically) after each bar.
+    observer : SessionObserver, optional
+        Metrics and monitoring (:class:`workbench.monitoring.session.SessionMonitor`).
     """
 
     def __init__(
@@ -200,8 +216,10 @@ class SessionEngine:
         reconcile_config: ReconcileConfig | None = None,
         health_path: Path | None = None,
         model: str = "",
+        observer: SessionObserver | None = None,
     ) -> None:
         self.session_id = session_id
+        self.observer = observer
         self.model = model
         self.policy = policy
         self.symbols = sorted(symbols)
@@ -425,11 +443,27 @@ class SessionEngine:
                           t_decided - t_booked, t_out - t_decided, time.perf_counter() - t_out,
                           in_broker)
             )  # fmt: skip
+        self._observe("on_bar", t, now, ready, preds, orders, None if catchup else self.timings[-1])
         return orders
 
+    def _observe(self, event: str, *args: Any) -> None:
+        """Tell the observer; its failures are logged, never raised (off the decision path)."""
+        if self.observer is None:
+            return
+        hook = getattr(self.observer, event, None)
+        if hook is None:
+            return
+        try:
+            hook(self, *args)
+        except Exception:
+            log.exception("session observer %s failed (the session goes on)", event)
+
     def _note(self, fills: Iterable[Fill]) -> None:
+        fills = list(fills)
         for f in fills:
             self._pos[f.symbol] = self._pos.get(f.symbol, 0.0) + f.qty
+        if fills:
+            self._observe("on_fills", fills)
 
     def _drain(self) -> list[Fill]:
         """Record the broker's events; return the fills they added."""
@@ -608,6 +642,7 @@ class SessionEngine:
         self.ledger.mark_refused(cid, why)
         self._refused.add(cid)
         self._queued.discard(cid)
+        self._observe("on_refused", cid, why)
 
     def _flip_pending(self, req: OrderRequest) -> bool:
         pos = self._pos.get(req.symbol, 0.0)  # filled, now
@@ -677,6 +712,7 @@ class SessionEngine:
                 self._in_broker += time.perf_counter() - s0
             self._last_ok = time.monotonic()
             failpoints.hit("submit.after_accept")
+            self._observe("on_submit", req)
             acks.append((cid, order))
             self._queued.discard(cid)
             out.append(cid)
@@ -858,7 +894,9 @@ class SessionEngine:
             self.session_id, self.ledger.positions(self.session_id), kind="end", ts=self.clock.now()
         )
         self._write_health()
-        return self.result()
+        res = self.result()
+        self._observe("on_finish", res)
+        return res
 
     def result(self) -> SessionResult:
         risk = self.risk

@@ -1,0 +1,144 @@
+"""``/metrics`` scraped while a replayed session runs: the counters move with what the session did.
+
+The oracles are the session's own records: the ledger's orders and fills, the risk engine's
+denials, ``SessionEngine.timings`` and the per-bar PnL frame.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.execution import session_child as child
+from workbench.config import ExecutionPolicyConfig
+from workbench.data.timeframe import Timeframe
+from workbench.execution.bars import ReplayBars, split_session
+from workbench.execution.clock import ReplayClock
+from workbench.execution.engine import SessionEngine, session_id
+from workbench.execution.ledger import OrderLedger
+from workbench.execution.policy import ExecutionPolicy
+from workbench.monitoring.metrics import Metrics, serve
+from workbench.monitoring.session import SessionMonitor
+
+DAY = date(2024, 11, 26)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.status == 200
+        text = resp.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
+
+
+@pytest.fixture
+def session(tmp_path: Path):
+    bars = child.session_bars()
+    table = {(s, t): p for s, t, p in child.predictions(bars).iter_rows()}
+    history, live = split_session(bars, child.SESSION_START)
+    broker = child.make_broker("sim", str(tmp_path / "venue.db"), "")
+    ledger = OrderLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    pol = child.policy()
+    metrics = Metrics()
+    monitor = SessionMonitor(metrics, strategy=pol.name, timeframe="15Min", model="crash v1")
+    eng = SessionEngine(
+        session_id=session_id(pol.name, DAY, "sim", "replay"), policy=pol, symbols=child.SYMBOLS,
+        features=child.Lookup(),
+        predict=lambda rows: np.array([table.get(k, np.nan) for k in rows.select("symbol", "ts").iter_rows()]),
+        feature_names=[], broker=broker, ledger=ledger,
+        execution=ExecutionPolicy(ExecutionPolicyConfig(), broker.capabilities),
+        session_date=DAY, clock=ReplayClock(child.SESSION_START), observer=monitor,
+    )  # fmt: skip
+    eng.start(history, strategy=pol.name, broker_name="sim")
+    server = serve(metrics, port=0)
+    yield eng, live, ledger, server, pol.name
+    server.close()
+    broker.close()
+    ledger.close()
+
+
+def test_metrics_move_with_the_session(session) -> None:
+    eng, live, ledger, server, strategy = session
+    assert server.host == "127.0.0.1" and server.port > 0
+    before = scrape(server.url)
+    assert total(before, "wb_bars_total") == 0
+    steps = list(ReplayBars(live))
+    half = len(steps) // 2
+    for t, now in steps[:half]:
+        eng.step(t, now)
+    mid = scrape(server.url)
+    for t, now in steps[half:]:
+        eng.step(t, now)
+    res = eng.finish()
+    end = scrape(server.url)
+
+    # bars: one per live bar, moving between scrapes
+    assert total(mid, "wb_bars_total", strategy=strategy) == half
+    assert total(end, "wb_bars_total", strategy=strategy) == len(steps)
+    # orders handed to the broker: every order the ledger recorded for the session
+    orders = ledger.frames(eng.session_id)["orders"]
+    assert orders.height > 5
+    assert total(end, "wb_orders_submitted_total") == orders.height
+    for side in ("buy", "sell"):
+        n = orders.filter(pl.col("side") == side).height
+        assert total(end, "wb_orders_submitted_total", side=side) == n
+    assert total(mid, "wb_orders_submitted_total") < orders.height
+    # fills: the ledger's
+    fills = ledger.frames(eng.session_id)["fills"]
+    assert fills.height > 0 and total(end, "wb_fills_total") == fills.height
+    assert total(end, "wb_fill_latency_seconds_count") == fills.height
+    # risk denials by reason: the risk engine's
+    den = res.rejections
+    for reason, n in den.group_by("reason").len().iter_rows():
+        assert total(end, "wb_rejections_total", source="risk", reason=reason) == n
+    assert total(end, "wb_rejections_total", source="risk") == den.height
+    # latency histograms fed from SessionEngine.timings
+    tm = eng.timings
+    assert total(end, "wb_decision_latency_seconds_count") == len(tm)
+    assert total(end, "wb_decision_latency_seconds_sum") == pytest.approx(
+        sum(b.decision_latency for b in tm), rel=1e-9
+    )
+    assert total(end, "wb_submit_latency_seconds_sum") == pytest.approx(
+        sum(b.send for b in tm), rel=1e-9
+    )
+    # PnL, equity, exposure: the session's per-bar frame at its last bar
+    last = res.pnl.row(-1, named=True)
+    assert total(end, "wb_session_pnl", strategy=strategy) == pytest.approx(last["cum_pnl"])
+    assert total(end, "wb_session_equity", strategy=strategy) == pytest.approx(last["equity"])
+    assert total(end, "wb_gross_exposure", strategy=strategy) == pytest.approx(
+        last["gross_exposure"]
+    )
+    eq = res.pnl["equity"]
+    peak = eq.cum_max()[-1]
+    assert total(end, "wb_session_drawdown") == pytest.approx((peak - eq[-1]) / peak)
+    assert total(end, "wb_kill_switch_state") == (2.0 if res.kill_switch.height else 0.0)
+    assert total(end, "wb_last_bar_timestamp_seconds") == steps[-1][0].timestamp()
+    assert total(end, "wb_bar_staleness_seconds") == 0.0  # replay: the clock is the bar
+    assert total(end, "wb_stream_state", wb_stream_state="n/a") == 1.0
+
+
+def test_staleness_counts_the_calendar_bars_missed(session) -> None:
+    eng, live, _, server, _ = session
+    steps = list(ReplayBars(live))
+    for t, now in steps[:4]:
+        eng.step(t, now)
+    mon = eng.observer
+    last = steps[3][0]
+    # one hour after the last bar's close, four 15-minute bars should have closed since
+    mon._now = lambda: last + (Timeframe.parse("15Min").delta * 5)
+    assert mon.staleness_seconds() == pytest.approx(4 * 15 * 60)
+    assert total(scrape(server.url), "wb_bar_staleness_seconds") == pytest.approx(3600)
