@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from workbench.cli_ops import alert_app
 from workbench.cli_schedule import schedule_app
 from workbench.config import config_hash, load_config
 from workbench.errors import WorkbenchError
@@ -37,6 +38,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(risk_app, name="risk")
 app.add_typer(universe_app, name="universe")
 app.add_typer(schedule_app, name="schedule")
+app.add_typer(alert_app, name="alert")
 console = Console()
 
 
