@@ -51,9 +51,7 @@ def test_chunks_tile_the_window_exactly(
     for s in uniq:
         windows = sorted((c.start, c.end) for c in chunks if s in c.symbols)
         assert windows[0][0] == lo and windows[-1][1] == hi
-        assert all(
-            a[1] == b[0] for a, b in itertools.pairwise(windows)
-        )  # no gap, no overlap
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))  # no gap, no overlap
     assert all(len(c.symbols) <= per for c in chunks)
 
 
