@@ -12,13 +12,22 @@ anomalies and model age; alerts; Prometheus metrics.
 
 from workbench.monitoring.alerts import Alert, Alerter, Delivery
 from workbench.monitoring.drift import DriftReport, drift, ks, psi, psi_table
+from workbench.monitoring.retrain import (
+    RetrainDecision,
+    retrain_decision,
+    retrain_decision_from_outputs,
+)
 
-__all__ = ["Alert", "Alerter", "Delivery", "DriftReport", "drift", "ks", "psi", "psi_table"]
-
-
-def __getattr__(name: str):  # lazy: the retrain decision pulls in the registry (MLflow)
-    if name in ("retrain_decision", "RetrainDecision"):
-        from workbench.monitoring import retrain
-
-        return getattr(retrain, name)
-    raise AttributeError(f"module 'workbench.monitoring' has no attribute {name!r}")
+__all__ = [
+    "Alert",
+    "Alerter",
+    "Delivery",
+    "DriftReport",
+    "RetrainDecision",
+    "drift",
+    "ks",
+    "psi",
+    "psi_table",
+    "retrain_decision",
+    "retrain_decision_from_outputs",
+]
