@@ -64,6 +64,27 @@ def write_notebook(path: Path, text: str) -> None:
 
 
 @pytest.fixture
+def make_result():
+    """Build stand-ins for a PipelineResult (what the scheduler reads of one)."""
+    return tiny_result
+
+
+def tiny_result(run_dir: Path, *, ok: bool = True) -> object:
+    """A stand-in for a PipelineResult (what the scheduler reads of one)."""
+    from workbench.pipeline.runner import StepResult
+
+    class Result:
+        pass
+
+    r = Result()
+    r.ok, r.run_dir, r.skipped = ok, run_dir, {}  # type: ignore[attr-defined]
+    r.steps = [
+        StepResult("a", "ok" if ok else "failed", error="" if ok else "cell 2: ValueError: boom")
+    ]  # type: ignore[attr-defined]
+    return r
+
+
+@pytest.fixture
 def tiny_project(isolated: Path) -> Path:
     root = isolated / "proj"
     (root / "config").mkdir(parents=True)

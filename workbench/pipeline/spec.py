@@ -99,7 +99,7 @@ def resolve_spec_path(name_or_path: str | Path, root: Path) -> Path:
     for c in candidates:
         if c.is_file():
             return c.resolve()
-    have = sorted(f.stem for f in (root / "pipelines").glob("*.yaml"))
+    have = sorted(f.stem for f in (root / "pipelines").glob("*.yaml") if f.stem != "schedule")
     raise PipelineError(
         f"pipeline {str(name_or_path)!r} not found; available: {have}.{_suggest(p.stem, have)}"
     )
@@ -114,6 +114,11 @@ def load_spec(path: str | Path) -> PipelineSpec:
         raise PipelineError(f"{path}: not valid YAML ({exc}).") from exc
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected a mapping with name, parameters and steps.")
+    if "jobs" in raw and "steps" not in raw:
+        raise PipelineError(
+            f"{path} is a schedule, not a pipeline. Fix: run a pipeline it names (wb run "
+            "daily_ingest) or the schedule itself (wb schedule start | list | next | run-now)."
+        )
     raw = _plain(raw)
     try:
         spec = PipelineSpec(**raw)
