@@ -162,3 +162,15 @@ def test_readme_store_commands_exist() -> None:
         assert res.exit_code == 0
         for flag in [*flags.split(), "--store"]:
             assert flag in res.output, (cmd, flag)
+
+
+def test_verify_adopt_on_a_store_written_before_checksums(ingested: BarStore) -> None:
+    for m in ingested.root.rglob(MANIFEST):
+        m.unlink()
+    res = runner.invoke(app, ["store", "verify", "--store", str(ingested.root)])
+    assert res.exit_code == 0 and "9 without checksum" in res.output, res.output
+    assert "Fix: `wb store verify --adopt`" in res.output
+    res = runner.invoke(app, ["store", "verify", "--adopt", "--store", str(ingested.root)])
+    assert res.exit_code == 0 and res.output.count("adopted ") == 9, res.output
+    assert "0 without checksum" in res.output
+    assert len(list(ingested.root.rglob(MANIFEST))) == 3
