@@ -1,0 +1,90 @@
+"""`wb schedule next` and `list` on the repository's default schedule, for a known week:
+Thanksgiving 2024 (Thursday closed, Friday a half day closing 13:00 New York)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from workbench.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+@pytest.fixture
+def repo_env(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("WB_PROJECT_ROOT", str(REPO))
+    monkeypatch.setenv("WB_SCHEDULE__JOBSTORE_URL", f"sqlite:///{isolated / 'schedule.db'}")
+    monkeypatch.setenv("WB_SCHEDULE__LOCK_URL", f"sqlite:///{isolated / 'locks.db'}")
+    monkeypatch.setenv("COLUMNS", "120")
+    return isolated
+
+
+def next_json(*args: str) -> list[dict]:
+    res = runner.invoke(app, ["schedule", "next", "--json", *args])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output)
+
+
+def test_next_for_thanksgiving_week(repo_env: Path) -> None:
+    ingest = next_json("--pipeline", "daily_ingest", "--from", "2024-11-25", "--count", "5")
+    assert [(f["session"], f["utc"], f["local"]) for f in ingest] == [
+        ("2024-11-25", "2024-11-25T21:30:00+00:00", "2024-11-25T16:30:00-05:00"),
+        ("2024-11-26", "2024-11-26T21:30:00+00:00", "2024-11-26T16:30:00-05:00"),
+        ("2024-11-27", "2024-11-27T21:30:00+00:00", "2024-11-27T16:30:00-05:00"),
+        ("2024-11-29", "2024-11-29T18:30:00+00:00", "2024-11-29T13:30:00-05:00"),  # half day
+        ("2024-12-02", "2024-12-02T21:30:00+00:00", "2024-12-02T16:30:00-05:00"),
+    ]
+    trading = next_json("--pipeline", "trading_day", "--from", "2024-11-25", "--count", "5")
+    assert [f["session"] for f in trading] == [
+        "2024-11-25",
+        "2024-11-26",
+        "2024-11-27",
+        "2024-11-29",
+        "2024-12-02",
+    ]
+    assert {f["local"][11:] for f in trading} == {"09:00:00-05:00"}  # 30 minutes before the open
+    retrain = next_json("--pipeline", "weekly_retrain", "--from", "2024-11-25", "--count", "2")
+    assert [(f["session"], f["local"]) for f in retrain] == [
+        ("2024-11-25", "2024-11-25T17:00:00-05:00"),
+        ("2024-12-02", "2024-12-02T17:00:00-05:00"),
+    ]
+    week = next_json("--from", "2024-11-25", "--count", "40")
+    assert not [f for f in week if f["session"] == "2024-11-28"]  # the holiday never fires
+    assert all(f["timezone"] == "America/New_York" for f in week)
+    assert [f["utc"] for f in week] == sorted(f["utc"] for f in week)
+    # a datetime without offset is UTC: starting after Wednesday's ingest fire skips it
+    later = next_json("--pipeline", "daily_ingest", "--from", "2024-11-27T21:30:01", "--count", "1")
+    assert later[0]["session"] == "2024-11-29"
+
+
+def test_next_table_shows_utc_and_new_york(repo_env: Path) -> None:
+    res = runner.invoke(
+        app,
+        ["schedule", "next", "--pipeline", "daily_ingest", "--from", "2024-11-29", "--count", "1"],
+    )
+    assert res.exit_code == 0, res.output
+    row = next(line for line in res.output.splitlines() if "2024-11-29" in line)
+    cells = [c.strip() for c in row.strip("│┃ ").split("│")]
+    assert cells[:4] == ["2024-11-29", "daily_ingest", "2024-11-29 18:30 UTC", "Fri 13:30 EST"]
+
+
+def test_next_and_list_refuse_bad_input_with_the_fix(repo_env: Path) -> None:
+    res = runner.invoke(app, ["schedule", "next", "--pipeline", "daily_ingets"])
+    assert res.exit_code == 2 and "no scheduled job or pipeline 'daily_ingets'" in res.output
+    assert "Did you mean 'daily_ingest'?" in res.output
+    res = runner.invoke(app, ["schedule", "next", "--from", "next tuesday"])
+    assert res.exit_code == 2 and "is not ISO 8601" in res.output
+    listed = runner.invoke(app, ["schedule", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    jobs = {j["job"]: j for j in json.loads(listed.output)["jobs"]}
+    assert jobs["daily_ingest"]["when"] == "after_close + 30min"
+    assert jobs["weekly_retrain"]["when"] == "after_close + 1h, first_of_week"
+    assert (
+        jobs["daily_ingest"]["grace_seconds"] == 14400
+        and jobs["daily_ingest"]["stored_next_utc"] is None
+    )
