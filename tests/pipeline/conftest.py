@@ -64,6 +64,12 @@ def write_notebook(path: Path, text: str) -> None:
 
 
 @pytest.fixture
+def notebook_writer():
+    """Write a py:percent text as a notebook (for tests that add their own steps)."""
+    return write_notebook
+
+
+@pytest.fixture
 def make_result():
     """Build stand-ins for a PipelineResult (what the scheduler reads of one)."""
     return tiny_result
