@@ -198,6 +198,7 @@ def run_trade_session(
     venue = make_session_broker(cfg, broker, session=sid, ledger_url=lurl, live=live)
     ledger = OrderLedger(lurl)
     ks = KillSwitchStore(project_url(cfg, cfg.risk.state_url))
+    exporter = None
     try:
         acct = venue.account()
         echo(
@@ -209,6 +210,7 @@ def run_trade_session(
             return lgbm.predict(rows.select(feats).to_pandas())
 
         ex = cfg.execution
+        observer, exporter = session_monitor(cfg, strategy, timeframe, ref, echo=echo)
         engine = SessionEngine(
             session_id=sid, policy=policy, symbols=symbols, features=fe, predict=predict,
             feature_names=feats, broker=venue, ledger=ledger,
@@ -217,7 +219,7 @@ def run_trade_session(
             killswitch=ks, settle_seconds=ex.settle_seconds if mode == "replay" else None,
             on_shutdown=ex.on_shutdown, reconcile_config=ex.reconcile,
             health_path=health_path(cfg, sid),
-            model=f"{ref.name} v{ref.version}",
+            model=f"{ref.name} v{ref.version}", observer=observer,
         )  # fmt: skip
         report = engine.start(history, strategy=strategy, broker_name=broker)
         if report.resolved or report.missed_fills or report.orphans:
@@ -228,9 +230,34 @@ def run_trade_session(
             source = _live_source(cfg, symbols, timeframe, engine.clock, start_ts, close_ts)
         res = _run_sync(_run(engine, source, install_signals))
     finally:
+        if exporter is not None:
+            exporter.close()
         venue.close()
         ledger.close()
     return SessionStageResult(ref, day, res, frame_fingerprint(bars))
+
+
+def session_monitor(
+    cfg: WorkbenchConfig, strategy: str, timeframe: str, ref: ModelRef,
+    echo: Callable[[str], None] = print,
+) -> tuple[Any, Any]:  # fmt: skip
+    """The session's observer (drift against the version's reference, alerts, metrics) and, when
+    ``metrics.session_port`` is set, its ``/metrics`` server (close it after the session)."""
+    from workbench.monitoring.alerts import Alerter
+    from workbench.monitoring.metrics import start_exporter
+    from workbench.monitoring.reference import load_reference
+    from workbench.monitoring.session import SessionMonitor
+
+    metrics, server = start_exporter(cfg, "session") if cfg.metrics.session_port else (None, None)
+    if server is not None:
+        echo(f"metrics on {server.url}")
+    observer = SessionMonitor(
+        metrics, strategy=strategy, timeframe=timeframe, calendar=cfg.data.calendar,
+        model=f"{ref.name} v{ref.version}", reference=load_reference(ref),
+        monitoring=cfg.monitoring,
+        alerter=Alerter.from_config(cfg, on_delivery=metrics.observe_alert if metrics else None),
+    )  # fmt: skip
+    return observer, server
 
 
 def _run_sync(coro: Any) -> SessionResult:
