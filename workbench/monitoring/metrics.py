@@ -37,9 +37,11 @@ wb_alerts_total                                counter     kind, severity, outco
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
@@ -161,6 +163,21 @@ class Metrics:
         steps = [(s.step, float(s.seconds)) for s in result.steps]
         total = seconds if seconds is not None else sum(sec for _, sec in steps)
         self.observe_pipeline(result.pipeline, "ok" if result.ok else "failed", total, steps)
+
+    def run_listener(self) -> Callable[[Any], None]:
+        """A scheduler run listener: ``scheduler.listeners.append(metrics.run_listener())``.
+
+        Records each run outcome (duck-typed ``pipeline, status, seconds, run_dir``) and, after a
+        run whose folder holds ``monitor.outputs.json`` (the nightly monitor), its PSI and model
+        age gauges."""
+
+        def listen(out: Any) -> None:
+            self.observe_pipeline(out.pipeline, out.status, float(out.seconds or 0.0))
+            path = Path(out.run_dir) / "monitor.outputs.json" if out.run_dir else None
+            if out.status == "ok" and path is not None and path.exists():
+                self.observe_monitor(json.loads(path.read_text()).get("outputs", {}))
+
+        return listen
 
     def observe_monitor(self, outputs: Mapping[str, Any]) -> None:
         """Set the PSI and model-age gauges from the nightly monitor's step outputs (``model``,
