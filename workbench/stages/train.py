@@ -265,9 +265,12 @@ def run_train(
         trial_sharpes,
         study_name,
         reference_frame(
-            train, p_valid.to_numpy(), columns=feats, max_rows=cfg.monitoring.reference_rows,
+            train,
+            p_valid.to_numpy(),
+            columns=feats,
+            max_rows=cfg.monitoring.reference_rows,
             seed=seed,
-        ),  # fmt: skip
+        ),
     )
 
 
