@@ -515,6 +515,11 @@ class SchedulerService:
                     else ""
                 )
                 self.echo(f"job {name}: {what}{nxt}")
+            for job in self.schedule.jobs.values():
+                if job.after is not None:
+                    self.echo(
+                        f"job {job.name}: after {job.after} (when its run for a session is ok)"
+                    )
             for name, why in self.schedule.left_out.items():
                 self.echo(f"job {name}: left out ({why})")
             if install_signals:
