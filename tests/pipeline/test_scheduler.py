@@ -362,3 +362,22 @@ def test_a_year_of_the_default_schedule_is_fast() -> None:
     }
     assert per_job == {"daily_ingest": 250, "trading_day": 250, "weekly_retrain": 52}
     assert elapsed < 2.0, f"{elapsed:.3f}s"
+
+
+def test_a_failed_scheduled_run_alerts_through_the_configured_channels(
+    tiny_project: Path, clock: Clock, make_result
+) -> None:
+    from workbench.monitoring.alerts import recent_alerts
+
+    cfg = load_config(tiny_project)
+    sch = load_schedule(write_schedule(tiny_project, DAILY), tiny_project)
+    svc = SchedulerService(cfg, sch, clock=clock, runner=Recorder(tiny_project, make_result, fail=True),
+                           echo=lambda _: None)  # fmt: skip
+    out = svc.fire("nightly")
+    assert out.status == "failed" and "failed notebook" in out.message and out.run_dir
+    rows = recent_alerts(cfg.path(cfg.alerts.history_path))
+    assert [(r["severity"], r["kind"], r["key"]) for r in rows] == [
+        ("critical", "pipeline", "tiny")
+    ]
+    assert "scheduled run of 'tiny' failed: step 'a' failed at cell 2" in rows[0]["message"]
+    assert rows[0]["values"]["session"] == "2024-03-01"  # the latest close before Monday noon
