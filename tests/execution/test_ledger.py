@@ -1176,3 +1176,39 @@ def test_an_intent_another_writer_took_fails_the_queued_batch_and_keeps_nothing(
     assert _outside(db, "SELECT client_order_id FROM intents ORDER BY seq") == [("c0",), ("x1",)]
     assert [i.client_order_id for i in ledger.intents("s1")] == ["c0", "x1"]  # read again
     other.close()
+
+
+def test_new_orders_of_a_known_session_are_one_statement_and_a_taken_id_fails_the_batch(
+    tmp_path: Path, ledger: OrderLedger
+) -> None:
+    for i in range(20):
+        ledger.add_intent("s1", i, req(f"c{i}"), bar_ts=T0)
+    ledger.orders("s1")  # the session's orders are all known to this object now
+    n = _Count(ledger)
+    with ledger.batch(durable=False):
+        for i in range(10):
+            ledger.mark_acked(f"c{i}", bo(oid=f"o{i}", cid=f"c{i}"), T0)
+    # BEGIN, then one statement each for the orders, events, transitions and intents' state
+    assert n.statements <= 1 + 4
+    assert [o.id for o in OrderLedger(ledger.url).orders("s1")] == [f"o{i}" for i in range(10)]
+    # another session, written by another process, holds o10 already (a venue reused its ids)
+    other = OrderLedger(ledger.url)
+    other.open_session("s2", strategy="rev", broker="sim", mode="paper", session_date=DAY)
+    other.add_intent("s2", 0, req("x0"), bar_ts=T0)
+    other.mark_acked("x0", bo(oid="o10", cid="x0"), T0)
+    with (
+        pytest.raises(StoreError, match="orders could not all be recorded.*order id is taken"),
+        ledger.batch(durable=False),
+    ):
+        for i in (10, 11):
+            ledger.mark_acked(f"c{i}", bo(oid=f"o{i}", cid=f"c{i}"), T0)
+    db = tmp_path / "ledger.db"
+    assert _outside(db, "SELECT count(*) FROM orders WHERE session_id = 's1'") == [(10,)]
+    assert _outside(db, "SELECT state FROM intents WHERE client_order_id = 'c11'") == [("pending",)]
+    assert ledger.intent("c11").state == "pending"  # the caches were read again
+    assert other.order("o10").client_order_id == "x0"  # the other session's order untouched
+    # this object knows o10 now (read back): the clash is refused before anything is written
+    with pytest.raises(StoreError, match="is recorded .* for client order id 'x0'.*share an id"):
+        ledger.mark_acked("c10", bo(oid="o10", cid="c10"), T0)
+    assert other.order("o10").client_order_id == "x0" and ledger.intent("c10").state == "pending"
+    other.close()

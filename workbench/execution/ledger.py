@@ -400,6 +400,8 @@ _U_BOOK_BEFORE = sa.update(_FILLS).where(
 #: SQLite's automatic WAL checkpoint threshold (pages of 4 KiB) for the ledger and the simulated
 #: venue; the session engine checkpoints after each bar (``checkpoint()``), so this is a bound
 WAL_AUTOCHECKPOINT_PAGES = 16_384
+#: the log size from which ``OrderLedger.checkpoint()`` runs (SQLite's own default is ~4 MB)
+WAL_CHECKPOINT_BYTES = 4 << 20
 _OPEN_VALUES = frozenset(s.value for s in OPEN)
 _ORDER_COLS = tuple(c.name for c in _ORDERS.columns if c.name != "id")
 _KEPT_COLS = ("limit_price", "stop_price", "replaces", "replaced_by", "created_at")
@@ -516,16 +518,25 @@ class OrderLedger:
         """The resolved database URL (password hidden)."""
         return self._url.render_as_string(hide_password=True)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, *, force: bool = False) -> None:
         """Move the write-ahead log's pages into the database (SQLite; a no-op elsewhere).
 
         SQLite would do it inside whichever commit crosses its threshold — on the session's
         decision path, with an fsync of the database. The session engine calls this after each
-        bar's orders are out instead (``PASSIVE``: it never waits for a reader); the automatic
-        checkpoint stays as a bound (:data:`WAL_AUTOCHECKPOINT_PAGES`) for other writers.
+        bar's orders are out instead (``PASSIVE``: it never waits for a reader), and it runs
+        once the log holds :data:`WAL_CHECKPOINT_BYTES` (or always with ``force``); the
+        automatic checkpoint stays as a bound (:data:`WAL_AUTOCHECKPOINT_PAGES`) for other
+        writers.
         """
         if self._engine.dialect.name != "sqlite" or self._batch_conn is not None:
             return
+        if not force and self._path is not None:
+            wal = self._path.with_name(self._path.name + "-wal")
+            try:
+                if wal.stat().st_size < WAL_CHECKPOINT_BYTES:
+                    return
+            except OSError:
+                return  # no log yet
         with self._locked(), self._guard("checkpoint"), self._engine.connect() as conn:
             conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -875,9 +886,7 @@ class OrderLedger:
                 # inside a batch, the next intent of a session whose intents are all known here:
                 # queued and inserted with the batch's others in one statement; a conflict the
                 # cache could not foresee (another writer) fails the batch (see _flush)
-                self._q_inserts.setdefault(self._i_intent_new, []).append(row)
-                self._q_rows += 1
-                self._nwrites += 1
+                self._queue_insert(self._i_intent_new, "intents", row)
             elif self._i_intent_new is not None:  # one statement; a conflict says which below
                 if self._w(conn, self._i_intent_new, row).rowcount != 1:
                     known = self._fetch_intent(conn, cid)
@@ -1344,6 +1353,15 @@ class OrderLedger:
         if row is None and not optimistic:
             row = self._fetch_order(conn, oid)
         while True:
+            known = row["client_order_id"] if row is not None else ""
+            if known and order.client_order_id and order.client_order_id != known:
+                raise StoreError(
+                    f"order {oid!r} is recorded in ledger {self.url} for client order id "
+                    f"{known!r} (session {row['session_id']!r}); the broker reported it for "
+                    f"{order.client_order_id!r}. Two orders cannot share an id: a venue reused "
+                    f"its ids in this ledger. Fix: keep a simulated venue's state with its ledger "
+                    f"(or use a new ledger for a new venue)."
+                )
             plan = self._plan(
                 conn, session_id, order, row, event, price, qty, ts, reported, snapshot
             )
@@ -1354,7 +1372,18 @@ class OrderLedger:
                     self._cache_order_update(oid, changed, plan.legs)  # legs: of the raw kept
                 break
             new_row = {"order_id": oid, "session_id": plan.owner, **plan.cols}
-            if not optimistic:
+            owner = self._session_caches.get(plan.owner)
+            if (
+                optimistic
+                and self._batch_conn is not None
+                and owner is not None
+                and owner.orders is not None
+                and plan.owner in self._owned
+            ):
+                # inside a batch, an order new to a session whose orders are all known here:
+                # queued with the batch's other new orders (a taken id fails the batch)
+                self._queue_insert(self._i_order_new, "orders", new_row)
+            elif not optimistic:
                 self._w(conn, _I_ORDER, new_row)
             elif self._w(conn, self._i_order_new, new_row).rowcount != 1:
                 optimistic = False
@@ -1663,13 +1692,15 @@ class OrderLedger:
             return
         inserts, appends, updates = self._q_inserts, self._q_appends, self._q_updates
         self._drop_queued()
-        for stmt, rows in inserts.items():
+        for (stmt, what), rows in inserts.items():
             if conn.execute(stmt, rows).rowcount != len(rows):
+                key = "a client order id or a seq" if what == "intents" else "an order id"
                 raise StoreError(
-                    f"order ledger {self.url}: {len(rows)} intents could not all be recorded "
-                    f"(a client order id or a seq is taken: another process writes this "
-                    f"session). Nothing of the batch was kept. Fix: run one session process per "
-                    f"session; `wb session status` shows what is recorded."
+                    f"order ledger {self.url}: {len(rows)} {what} could not all be recorded "
+                    f"({key} is taken: another process writes this session, or a venue "
+                    f"reused its ids in this ledger). Nothing of the batch was kept. Fix: run "
+                    f"one session process per session, and keep a simulated venue's state "
+                    f"with its ledger; `wb session status` shows what is recorded."
                 )
         for stmt, rows in appends.items():
             conn.execute(stmt, rows)
@@ -1679,8 +1710,15 @@ class OrderLedger:
         for (stmt, _cols), rows in groups.items():
             conn.execute(stmt, rows)
 
+    def _queue_insert(self, stmt: Any, what: str, row: dict[str, Any]) -> None:
+        """Queue an ``INSERT ... ON CONFLICT DO NOTHING`` whose row the caches say is new; the
+        flush checks that every row went in."""
+        self._q_inserts.setdefault((stmt, what), []).append(row)
+        self._q_rows += 1
+        self._nwrites += 1
+
     def _drop_queued(self) -> None:
-        self._q_inserts: dict[Any, list[dict[str, Any]]] = {}  # checked by rowcount
+        self._q_inserts: dict[tuple[Any, str], list[dict[str, Any]]] = {}  # rowcount-checked
         self._q_appends: dict[Any, list[dict[str, Any]]] = {}
         self._q_updates: dict[tuple[Any, str], dict[str, Any]] = {}
         self._q_rows = 0

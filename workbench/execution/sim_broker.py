@@ -58,6 +58,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -275,6 +276,7 @@ def _fill_from(d: dict[str, Any]) -> Fill:
 
 #: the automatic WAL checkpoint threshold (4 KiB pages); the session checkpoints after each bar
 _WAL_AUTOCHECKPOINT_PAGES = 16_384
+_WAL_CHECKPOINT_BYTES = 4 << 20  # checkpoint() runs once the log is this large
 
 
 class _Store:
@@ -411,6 +413,13 @@ class _Store:
 
     def checkpoint(self) -> None:
         if self.engine.dialect.name == "sqlite":
+            db = self.engine.url.database
+            if db and db != ":memory:":
+                try:
+                    if os.path.getsize(f"{db}-wal") < _WAL_CHECKPOINT_BYTES:
+                        return
+                except OSError:
+                    return
             with self.engine.connect() as conn:
                 conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
