@@ -7,6 +7,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -41,6 +43,8 @@ parent_run_id: str = ""  # set by the pipeline runner: MLflow parent run
 pipeline: str = ""  # set by the pipeline runner: pipeline name
 
 # %%
+import json
+
 import polars as pl
 
 from workbench.config import load_config
@@ -122,9 +126,11 @@ if rep is not None:
 
 # %%
 if rep is not None:
-    display(pl.DataFrame([a.to_dict() for a in rep.alerts]) if rep.alerts else "no alerts")
-    display(pl.DataFrame(recent_alerts(cfg.path(cfg.alerts.history_path), limit=20)).select(
-        "ts", "severity", "kind", "message", "outcome") if cfg.path(cfg.alerts.history_path).exists() else "none")
+    cols = ("ts", "severity", "kind", "message", "outcome")
+    display(pl.DataFrame([{**a.to_dict(), "values": json.dumps(a.to_dict()["values"], default=str)}
+                          for a in rep.alerts]) if rep.alerts else "no alerts in this run")
+    recent = recent_alerts(cfg.path(cfg.alerts.history_path), limit=20)
+    display(pl.DataFrame([{c: str(a.get(c, "")) for c in cols} for a in recent]) if recent else "no alert history")
     print(f"retrain early: {rep.retrain.retrain} ({rep.retrain.reason})")
     stage.hand_on(**rep.outputs())
 
