@@ -101,6 +101,14 @@ def _alive(holder: LockHolder) -> bool:
     return not (holder.pid_started and started and abs(started - holder.pid_started) > 1.0)
 
 
+def project_url(root: Path, url: str) -> str:
+    """An SQLAlchemy URL with a relative SQLite path made absolute under ``root``."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url.startswith(prefix + "/") or ":memory:" in url:
+        return url
+    return prefix + str(root / url[len(prefix) :])
+
+
 def sqlite_url_in(folder: str | Path) -> str:
     """The default lock database: ``locks.db`` in the runs folder."""
     return f"sqlite:///{Path(folder) / 'locks.db'}"

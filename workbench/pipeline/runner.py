@@ -24,7 +24,7 @@ from typing import Any
 
 from workbench.config import WorkbenchConfig, config_hash, load_config
 from workbench.errors import PipelineError
-from workbench.pipeline.lock import RunLock, sqlite_url_in
+from workbench.pipeline.lock import RunLock, project_url, sqlite_url_in
 from workbench.pipeline.spec import (
     PipelineSpec,
     StepSpec,
@@ -158,12 +158,7 @@ def current_session(now: datetime | None = None, calendar: str = "XNYS") -> date
 def lock_url(cfg: WorkbenchConfig, runs_root: Path) -> str:
     """The run-lock database: ``schedule.lock_url``, else ``locks.db`` in the runs folder."""
     url = cfg.schedule.lock_url
-    if url is None:
-        return sqlite_url_in(runs_root)
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        return prefix + str(cfg.path(url[len(prefix) :]))
-    return url
+    return sqlite_url_in(runs_root) if url is None else project_url(cfg.project_root, url)
 
 
 def _skip_reason(step: StepSpec, scope: dict[str, Any], skipped: dict[str, str]) -> tuple[str, str]:

@@ -49,6 +49,7 @@ from apscheduler.triggers.date import DateTrigger
 from workbench.config import WorkbenchConfig
 from workbench.errors import WorkbenchError
 from workbench.pipeline.lock import LockHolder, PipelineLocked, RunLock
+from workbench.pipeline.lock import project_url as _project_url
 from workbench.pipeline.schedule_spec import (
     Schedule,
     ScheduleError,
@@ -158,10 +159,7 @@ def _chain(schedule: Schedule, name: str) -> list[str]:
 
 def project_url(cfg: WorkbenchConfig, url: str) -> str:
     """An SQLAlchemy URL with a relative SQLite path made absolute under the project root."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or url.startswith(prefix + "/") or ":memory:" in url:
-        return url
-    return prefix + str(cfg.path(url[len(prefix) :]))
+    return _project_url(cfg.project_root, url)
 
 
 def fire_job(job: str, session: str | None = None, fire_time: str | None = None) -> dict[str, Any]:
