@@ -381,16 +381,18 @@ def check_parts(
     def agg():
         return K.aggregates_nb(engine.s, engine.sector, engine.n_sectors)
 
+    den = np.empty((K.DEN_PER_ORDER, K.N_DENIAL))
+
     def lim():
         gross, net, heat, n_open, sec = agg()
         return K.limits_nb(
             min(t, ret.shape[0] - 1), j, float(engine.g[K.G_DAY]), np.nan, qe, float(qty),
             float(price), engine.equity, engine._last_atr[j], ret, engine.tradable,
             engine.shortable, engine.fractionable, engine.sector, sec, gross, net, heat, n_open,
-            engine.rp, engine.s, engine.g, np.empty((4, K.N_DENIAL)), 0,
+            engine.rp, engine.s, engine.g, den, 0,
         )  # fmt: skip
 
-    _, den, n_den, _ = lim()
+    _, n_den, _ = lim()
     den = den[:n_den].copy()
     den[:, BK.D_DEC] = np.arange(n_den)  # rows of the ts array passed below
 
@@ -419,12 +421,16 @@ def on_bar_parts(engine: RiskEngine, ts: datetime, g: pl.DataFrame, n: int) -> d
     day, eod = pol.calendar_rows(np.array([ts_us]))
     atr, vol, sma, ret, regime = pol.inputs(e._hi[:m], e._lo[:m], e._cl[:m], e._day[:m], m - 1)
 
+    n = len(e.symbols)
+    orders = K.room(e._orders, e._n_ord, K.ORD_PER_ROW * n)
+    den = K.room(e._den, e._n_den, K.DEN_PER_ORDER * n)
+
     def decide():
         s, gg, v = e.s.copy(), e.g.copy(), e.v.copy()
         K.decide_row_nb(
             m - 1, float(ts_us), int(day[0]), bool(eod[0]), e._pred[:m], e._cl[:m], atr, vol,
-            sma, regime, ret, e.tradable, e.shortable, e.fractionable, e.sector, e.n_sectors,
-            e.rp, s, gg, v, e._out, e._orders, e._n_ord, e._den, e._n_den,
+            sma, regime, ret, e.tradable, e.shortable, e.fractionable, e.sector, e._sec,
+            e.rp, s, gg, v, e._out, orders, e._n_ord, den, e._n_den,
         )  # fmt: skip
 
     def rows():  # what RiskEngine._append does with the bar, without moving the buffers

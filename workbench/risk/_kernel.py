@@ -19,6 +19,13 @@ from numba import njit
 
 from workbench.backtest import _kernels as BK
 
+# Rules called on every bar never allocate: compiled without the runtime's reference counting,
+# a call costs no atomic increment and decrement per array argument (inlined into a caller that
+# counts references, those pairs stay in the bar loop and cost more than the rules themselves).
+_leaf = njit(cache=True, nogil=True, _nrt=False)
+# the small ones are inlined into their (equally reference-count free) callers in the bar loop
+_leaf_inline = njit(cache=True, nogil=True, _nrt=False, inline="always")
+
 # ------------------------------------------------------------------ per-symbol state columns
 (
     S_QTY,
@@ -117,6 +124,9 @@ N_ORDER = 7
 # denial record columns (D_DEC, D_COL, D_CODE, D_TARGET, D_REQ, D_ALLOWED as the backtest's)
 DR_VALUE, DR_LIMIT = 6, 7
 N_DENIAL = 8
+# room a caller of decide_row_nb makes in its record buffers before each row, per symbol
+ORD_PER_ROW = 2  # a model order and a kill-switch flatten
+DEN_PER_ORDER = 10  # at most one denial per rule an order meets
 PDT_EQUITY = 25_000.0
 PDT_MAX_DAY_TRADES = 3
 
@@ -259,7 +269,7 @@ def regime_nb(vol, day, lookback, lo_pct, hi_pct, m_lo, m_mid, m_hi, from_row):
     return out
 
 
-@njit(cache=True, nogil=True)
+@_leaf
 def correlation_nb(ret, t, a, b, window):
     """Pearson correlation of columns ``a`` and ``b`` of ``ret`` over rows ``t-window+1 .. t``
     where both are finite (NaN with fewer than 3 pairs or a constant column)."""
@@ -292,7 +302,7 @@ def correlation_nb(ret, t, a, b, window):
 # ====================================================================== decision and sizing
 
 
-@njit(cache=True, inline="always")
+@_leaf_inline
 def side_nb(p, c, sma_v, rp):
     """Side of a prediction: +1 above the long threshold, -1 below the short one, else 0; with
     the trend filter on, longs need the close above its moving average and shorts below it (no
@@ -314,7 +324,7 @@ def side_nb(p, c, sma_v, rp):
     return side
 
 
-@njit(cache=True, inline="always")
+@_leaf_inline
 def conviction_nb(p, side, rp):
     """Probability of winning for probability decisions (p for longs, 1-p for shorts), else NaN."""
     if rp[R_PROBABILITY] == 0.0 or side == 0:
@@ -322,7 +332,7 @@ def conviction_nb(p, side, rp):
     return p if side > 0 else 1.0 - p
 
 
-@njit(cache=True, inline="always")
+@_leaf_inline
 def size_nb(side, conviction, price, atr_v, vol_v, g, rp):
     """Unsigned target fraction of equity for a side (0 for no side).
 
@@ -378,7 +388,7 @@ def size_nb(side, conviction, price, atr_v, vol_v, g, rp):
 # ====================================================================== fills and marks
 
 
-@njit(cache=True)
+@_leaf
 def apply_fill_nb(s, g, j, qty, px, comm, day):
     """Book a fill of ``qty`` shares at ``px`` (costs in the price) plus ``comm``: cash, average
     entry, realised PnL of the round trip, and, when it closes, the trade statistics the Kelly
@@ -461,7 +471,7 @@ def _day_trades(g, day):
     return n
 
 
-@njit(cache=True, inline="always")
+@_leaf_inline
 def mark_nb(s, g, close, t, borrow):
     """Mark the book at this row's closes (the last close where a symbol has no bar), charge
     borrow on shorts at rate ``borrow`` and return the equity."""
@@ -486,7 +496,7 @@ def mark_nb(s, g, close, t, borrow):
 # ====================================================================== kill switch
 
 
-@njit(cache=True)
+@_leaf
 def heat_nb(s):
     """Portfolio heat in currency: sum of stop distance x shares (positions and pending orders)."""
     h = 0.0
@@ -495,7 +505,7 @@ def heat_nb(s):
     return h
 
 
-@njit(cache=True, inline="always")
+@_leaf_inline
 def _trip(g, t, code, value, limit):
     if g[G_KILL] == 0.0:
         g[G_KILL] = 2.0
@@ -505,7 +515,7 @@ def _trip(g, t, code, value, limit):
         g[G_TRIP_LIMIT] = limit
 
 
-@njit(cache=True, inline="always")
+@_leaf_inline
 def killswitch_nb(s, g, t, day, rp):
     """Roll the session bookkeeping and trip on the equity rules at this row's close.
 
@@ -549,17 +559,24 @@ def killswitch_nb(s, g, t, day, rp):
 
 
 @njit(cache=True)
-def _grow(a, n):
-    if n < a.shape[0]:
-        return a
-    b = np.empty((2 * a.shape[0] + 16, a.shape[1]))
+def _grow_to(a, n, rows):
+    b = np.empty((rows, a.shape[1]))
     b[:n] = a[:n]
     return b
 
 
-@njit(cache=True)
+def room(a: np.ndarray, n: int, need: int) -> np.ndarray:
+    """Return record buffer ``a`` (``n`` rows used) with room for ``need`` more rows: itself, or
+    a copy twice as large (the callers of :func:`decide_row_nb` make room before each row)."""
+    if n + need <= a.shape[0]:
+        return a
+    b = np.empty((max(2 * a.shape[0], n + need), a.shape[1]))
+    b[:n] = a[:n]
+    return b
+
+
+@_leaf
 def _deny(den, n_den, t, j, code, target, req, allowed, value, limit):
-    den = _grow(den, n_den)
     den[n_den, BK.D_DEC] = t
     den[n_den, BK.D_COL] = j
     den[n_den, BK.D_CODE] = code
@@ -568,15 +585,15 @@ def _deny(den, n_den, t, j, code, target, req, allowed, value, limit):
     den[n_den, BK.D_ALLOWED] = allowed
     den[n_den, DR_VALUE] = value
     den[n_den, DR_LIMIT] = limit
-    return den, n_den + 1
+    return n_den + 1
 
 
-@njit(cache=True, inline="always")
+@_leaf
 def _cut(den, n_den, t, j, code, target, req, sg, qe, base, lim, value, limit):
     # cut an exposure-adding order to ``lim`` shares (never below the same-side position)
     new_a = max(lim, base)
-    den, n_den = _deny(den, n_den, t, j, code, target, req, sg * new_a - qe, value, limit)
-    return den, n_den, new_a
+    n_den = _deny(den, n_den, t, j, code, target, req, sg * new_a - qe, value, limit)
+    return n_den, new_a
 
 
 @njit(cache=True, inline="always")
@@ -585,7 +602,7 @@ def _shares(x, frac_ok):
     return x if frac_ok else np.floor(x + 1e-9)
 
 
-@njit(cache=True)
+@_leaf
 def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, fractionable,
               sector, sec, gross, net, heat, n_open, rp, s, g, den, n_den):  # fmt: skip
     """Apply the pre-trade limits to an order of ``d`` shares in column ``j`` (``qe`` = position
@@ -593,23 +610,24 @@ def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, 
     requested and allowed quantity, the measured value and the limit); rules never raise.
 
     Only exposure-adding parts are cut: an order that reduces a position always passes the caps,
-    and a cut never goes below the current same-side position. Returns ``(allowed d, denials,
+    and a cut never goes below the current same-side position. Denials are written into ``den``
+    from row ``n_den`` on (it has room for :data:`DEN_PER_ORDER` more). Returns ``(allowed d,
     n_denials, n_violations)``.
     """
     nv = 0
     frac_ok = rp[R_FRACTIONAL] != 0.0 and fractionable[j]
     if not tradable[j]:
-        den, n_den = _deny(den, n_den, t, j, BK.NOT_TRADABLE, target, d, 0.0, np.nan, np.nan)
-        return 0.0, den, n_den, 1
+        n_den = _deny(den, n_den, t, j, BK.NOT_TRADABLE, target, d, 0.0, np.nan, np.nan)
+        return 0.0, n_den, 1
     pend = s[j, S_PEND]
     if pend != 0.0 and pend * d < 0.0:  # opposite side of a working order: a wash trade
-        den, n_den = _deny(den, n_den, t, j, OPEN_ORDER, target, d, 0.0, pend, 0.0)
-        return 0.0, den, n_den, 1
+        n_den = _deny(den, n_den, t, j, OPEN_ORDER, target, d, 0.0, pend, 0.0)
+        return 0.0, n_den, 1
     q1 = qe + d
     if q1 < 0.0 and (rp[R_ALLOW_SHORT] == 0.0 or not shortable[j]):
         code = BK.SHORT_DISABLED if rp[R_ALLOW_SHORT] == 0.0 else BK.NOT_SHORTABLE
         new_q1 = 0.0 if qe >= 0.0 else max(q1, qe)
-        den, n_den = _deny(den, n_den, t, j, code, target, d, new_q1 - qe, q1, 0.0)
+        n_den = _deny(den, n_den, t, j, code, target, d, new_q1 - qe, q1, 0.0)
         nv += 1
         q1 = new_q1
     held = s[j, S_QTY]
@@ -621,31 +639,31 @@ def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, 
         and held * (q1 - held) < 0.0
         and _day_trades(g, day) >= PDT_MAX_DAY_TRADES
     ):
-        den, n_den = _deny(
+        n_den = _deny(
             den, n_den, t, j, PDT, target, q1 - qe, 0.0, _day_trades(g, day), PDT_MAX_DAY_TRADES
         )
-        return 0.0, den, n_den, nv + 1
+        return 0.0, n_den, nv + 1
     if q1 == 0.0 or eq <= 0.0:
-        return q1 - qe, den, n_den, nv
+        return q1 - qe, n_den, nv
     sg = 1.0 if q1 > 0.0 else -1.0
     same = qe * q1 > 0.0
     base = abs(qe) if same else 0.0
     a = abs(q1)
     if a <= base:
-        return q1 - qe, den, n_den, nv
+        return q1 - qe, n_den, nv
     lc = s[j, S_LAST]
     sym_val = abs(qe) * lc
     req = q1 - qe
     if not np.isnan(rp[R_MAX_POS]):
         lim = _shares(rp[R_MAX_POS] * eq / c, frac_ok)
         if a > lim + 1e-9 * a:  # a rounding hair over the limit is not a cut
-            den, n_den, a = _cut(den, n_den, t, j, MAX_POSITION, target, req, sg, qe, base, lim,
+            n_den, a = _cut(den, n_den, t, j, MAX_POSITION, target, req, sg, qe, base, lim,
                                  a * c / eq, rp[R_MAX_POS])  # fmt: skip
             nv += 1
     if a > base and not same and not np.isnan(rp[R_MAX_OPEN]):
         others = n_open - (1 if qe != 0.0 else 0)
         if others >= rp[R_MAX_OPEN]:
-            den, n_den = _deny(den, n_den, t, j, MAX_OPEN, target, req, sg * base - qe,
+            n_den = _deny(den, n_den, t, j, MAX_OPEN, target, req, sg * base - qe,
                                others + 1.0, rp[R_MAX_OPEN])  # fmt: skip
             nv += 1
             a = base
@@ -653,7 +671,7 @@ def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, 
         other = sec[sector[j]] - sym_val
         lim = _shares((rp[R_SECTOR_CAP] * eq - other) / c, frac_ok)
         if a > lim + 1e-9 * a:  # a rounding hair over the limit is not a cut
-            den, n_den, a = _cut(den, n_den, t, j, SECTOR, target, req, sg, qe, base, lim,
+            n_den, a = _cut(den, n_den, t, j, SECTOR, target, req, sg, qe, base, lim,
                                  (other + a * c) / eq, rp[R_SECTOR_CAP])  # fmt: skip
             nv += 1
     if a > base and not same and not np.isnan(rp[R_MAX_CORR]):
@@ -666,7 +684,7 @@ def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, 
                 continue
             rho = correlation_nb(ret, t, j, k, win)
             if rho > rp[R_MAX_CORR]:
-                den, n_den = _deny(den, n_den, t, j, CORRELATION, target, req, sg * base - qe,
+                n_den = _deny(den, n_den, t, j, CORRELATION, target, req, sg * base - qe,
                                    rho, rp[R_MAX_CORR])  # fmt: skip
                 nv += 1
                 a = base
@@ -675,21 +693,21 @@ def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, 
         stop = rp[R_ATR_K] * atr_j
         other = heat - abs(qe) * s[j, S_STOP]
         if not (stop > 0.0):
-            den, n_den = _deny(den, n_den, t, j, HEAT, target, req, sg * base - qe, np.nan,
+            n_den = _deny(den, n_den, t, j, HEAT, target, req, sg * base - qe, np.nan,
                                rp[R_HEAT_MAX])  # fmt: skip
             nv += 1
             a = base
         else:
             lim = _shares((rp[R_HEAT_MAX] * eq - other) / stop, frac_ok)
             if a > lim + 1e-9 * a:  # a rounding hair over the limit is not a cut
-                den, n_den, a = _cut(den, n_den, t, j, HEAT, target, req, sg, qe, base, lim,
+                n_den, a = _cut(den, n_den, t, j, HEAT, target, req, sg, qe, base, lim,
                                      (other + a * stop) / eq, rp[R_HEAT_MAX])  # fmt: skip
                 nv += 1
     if a > base and not np.isnan(rp[R_MAX_GROSS]):
         other = gross - sym_val
         lim = _shares((rp[R_MAX_GROSS] * eq - other) / c, frac_ok)
         if a > lim + 1e-9 * a:  # a rounding hair over the limit is not a cut
-            den, n_den, a = _cut(den, n_den, t, j, GROSS, target, req, sg, qe, base, lim,
+            n_den, a = _cut(den, n_den, t, j, GROSS, target, req, sg, qe, base, lim,
                                  (other + a * c) / eq, rp[R_MAX_GROSS])  # fmt: skip
             nv += 1
     if a > base and not np.isnan(rp[R_MAX_NET]):
@@ -697,27 +715,26 @@ def limits_nb(t, j, day, target, qe, d, c, eq, atr_j, ret, tradable, shortable, 
         room = rp[R_MAX_NET] * eq - sg * other
         lim = _shares(room / c, frac_ok)
         if a > lim + 1e-9 * a:  # a rounding hair over the limit is not a cut
-            den, n_den, a = _cut(den, n_den, t, j, NET, target, req, sg, qe, base, lim,
+            n_den, a = _cut(den, n_den, t, j, NET, target, req, sg, qe, base, lim,
                                  abs(other + sg * a * c) / eq, rp[R_MAX_NET])  # fmt: skip
             nv += 1
     if a > base and not np.isnan(rp[R_LEVERAGE]):
         other = gross - sym_val
         lim = _shares((rp[R_LEVERAGE] * eq - other) / c, frac_ok)
         if a > lim + 1e-9 * a:  # a rounding hair over the limit is not a cut
-            den, n_den, a = _cut(den, n_den, t, j, BK.BUYING_POWER, target, req, sg, qe, base, lim,
+            n_den, a = _cut(den, n_den, t, j, BK.BUYING_POWER, target, req, sg, qe, base, lim,
                                  (other + a * c) / eq, rp[R_LEVERAGE])  # fmt: skip
             nv += 1
-    return sg * a - qe, den, n_den, nv
+    return sg * a - qe, n_den, nv
 
 
-@njit(cache=True)
-def aggregates_nb(s, sector, n_sectors):
-    """Gross, net, heat, open positions and gross per sector of the book plus pending orders."""
+@_leaf
+def _aggregates_into(s, sector, sec):
     gross = 0.0
     net = 0.0
     heat = 0.0
     n_open = 0
-    sec = np.zeros(max(n_sectors, 1))
+    sec[:] = 0.0
     for k in range(s.shape[0]):
         qe = s[k, S_QTY] + s[k, S_PEND]
         if qe != 0.0:
@@ -728,6 +745,14 @@ def aggregates_nb(s, sector, n_sectors):
             heat += abs(qe) * s[k, S_STOP]
             if sector[k] >= 0:
                 sec[sector[k]] += abs(val)
+    return gross, net, heat, n_open
+
+
+@njit(cache=True)
+def aggregates_nb(s, sector, n_sectors):
+    """Gross, net, heat, open positions and gross per sector of the book plus pending orders."""
+    sec = np.zeros(max(n_sectors, 1))
+    gross, net, heat, n_open = _aggregates_into(s, sector, sec)
     return gross, net, heat, n_open, sec
 
 
@@ -735,19 +760,18 @@ def aggregates_nb(s, sector, n_sectors):
 def check_order_nb(t, j, day, target, qty, price, atr_j, ret, tradable, shortable, fractionable,
                    sector, n_sectors, rp, s, g, den):  # fmt: skip
     """One pre-trade check of ``qty`` shares in column ``j`` against the book (positions and
-    pending orders): :func:`limits_nb` with the book's aggregates. Returns ``(allowed, denials,
-    n_denials)``."""
+    pending orders): :func:`limits_nb` with the book's aggregates (``den`` has room for
+    :data:`DEN_PER_ORDER` rows). Returns ``(allowed, denials, n_denials)``."""
     gross, net, heat, n_open, sec = aggregates_nb(s, sector, n_sectors)
     qe = s[j, S_QTY] + s[j, S_PEND]
-    d, den, n_den, _ = limits_nb(t, j, day, target, qe, qty, price, g[G_EQ], atr_j, ret, tradable,
-                                 shortable, fractionable, sector, sec, gross, net, heat, n_open,
-                                 rp, s, g, den, 0)  # fmt: skip
+    d, n_den, _ = limits_nb(t, j, day, target, qe, qty, price, g[G_EQ], atr_j, ret, tradable,
+                            shortable, fractionable, sector, sec, gross, net, heat, n_open, rp, s,
+                            g, den, 0)  # fmt: skip
     return d, den, n_den
 
 
-@njit(cache=True)
+@_leaf
 def _place(s, out_qty, orders, n_ord, t, j, d, target, c, reason, eq, stop):
-    orders = _grow(orders, n_ord)
     orders[n_ord, O_ROW] = t
     orders[n_ord, O_COL] = j
     orders[n_ord, O_QTY] = d
@@ -765,52 +789,67 @@ def _place(s, out_qty, orders, n_ord, t, j, d, target, c, reason, eq, stop):
     if s[j, S_PEND_ROW] < 0.0:
         s[j, S_PEND_ROW] = t
     out_qty[j] += d
-    return orders, n_ord + 1
+    return n_ord + 1
 
 
-@njit(cache=True, inline="always")
-def _model_target(t, j, p, c, atr, vol, sma, regime, rp, g):
-    side = side_nb(p, c, sma[t, j], rp)
-    frac = size_nb(side, conviction_nb(p, side, rp), c, atr[t, j], vol[t, j], g, rp)
-    if regime.shape[0] > 1:
-        frac *= regime[t, j]
-    return side * frac
+@_leaf_inline
+def model_target_nb(p, c, atr_v, vol_v, sma_v, regime_v, rp, g):
+    """Signed target fraction of equity of prediction ``p`` at close ``c``: side, size and the
+    regime multiplier (1 without regimes), from the cell's ATR, volatility and moving average."""
+    side = side_nb(p, c, sma_v, rp)
+    frac = size_nb(side, conviction_nb(p, side, rp), c, atr_v, vol_v, g, rp)
+    return side * (frac * regime_v)
 
 
-@njit(cache=True, inline="always")
-def row_idle_nb(t, eod, pred, close, atr, vol, sma, regime, rp, s, g):
-    """True when :func:`decide_row_nb` would only note the model targets (recorded here): no
-    override in force and every symbol's target equals the target in force."""
-    if g[G_KILL] != 0.0 or eod or rp[R_EVERY_BAR] != 0.0:
-        return False
-    for j in range(s.shape[0]):
-        c = close[t, j]
-        p = pred[t, j]
-        if np.isnan(c) or np.isnan(p):
-            continue
-        mt = _model_target(t, j, p, c, atr, vol, sma, regime, rp, g)
-        s[j, S_MODEL] = mt
-        if mt != s[j, S_HELD]:
-            return False
-    return True
+@_leaf_inline
+def _regime_at(regime, t, j):
+    return regime[t, j] if regime.shape[0] > 1 else 1.0
 
 
-@njit(cache=True)
+@_leaf_inline
+def _rebalance_nb(j, p, c, eq, atr_v, vol_v, sma_v, regime_v, frac_ok, rp, s, g):
+    """The order symbol ``j``'s model target asks for before the limits, as ``(target, position
+    plus pending, shares)``; 0 shares when it orders nothing: the target in force is unchanged
+    (``rebalance: on_change``), the change is under a share, or it is worth less than
+    ``min_trade`` of equity (hysteresis: the target is re-examined next bar). Notes the model
+    target, and the target as in force when the book already holds it."""
+    mt = model_target_nb(p, c, atr_v, vol_v, sma_v, regime_v, rp, g)
+    s[j, S_MODEL] = mt
+    if mt == s[j, S_HELD] and rp[R_EVERY_BAR] == 0.0:
+        return mt, 0.0, 0.0
+    qe = s[j, S_QTY] + s[j, S_PEND]
+    qd = mt * eq / c
+    if not frac_ok:
+        qd = np.trunc(qd + 1e-9 * np.sign(qd))
+    d = qd - qe
+    if abs(d) < 1e-9:
+        s[j, S_HELD] = mt
+        return mt, qe, 0.0
+    if qd != 0.0 and abs(d) * c < rp[R_MIN_TRADE] * eq:
+        return mt, qe, 0.0
+    return mt, qe, d
+
+
+@_leaf
 def decide_row_nb(t, ts_us, day, eod, pred, close, atr, vol, sma, regime, ret, tradable,
-                  shortable, fractionable, sector, n_sectors, rp, s, g, v, out_qty, orders,
-                  n_ord, den, n_den):  # fmt: skip
+                  shortable, fractionable, sector, sec, rp, s, g, v, out_qty, orders, n_ord, den,
+                  n_den):  # fmt: skip
     """Decide every symbol's order at the close of row ``t``: prediction -> side -> size ->
     target -> hysteresis -> limits -> order; the kill switch and the end-of-day window override
     the model (flatten, entries denied). ``out_qty`` receives the net order per symbol.
 
     A symbol orders only when its target differs from the target in force (``rebalance:
     on_change``) and the change in shares is worth at least ``min_trade`` of equity (exits
-    always pass). Arrays of records grow as needed and are returned with their counts.
+    always pass). Orders and denials are written into ``orders`` and ``den`` from rows
+    ``n_ord`` and ``n_den`` on; the caller makes room for :data:`ORD_PER_ROW` and
+    :data:`DEN_PER_ORDER` rows per symbol (:func:`room`). ``sec`` is scratch space for the gross
+    per sector (at least one slot). Returns the new ``(n_orders, n_denials)``.
     """
     n_s = s.shape[0]
-    out_qty[:] = 0.0
+    for j in range(n_s):
+        out_qty[j] = 0.0
     eq = g[G_EQ]
-    gross, net, heat, n_open, sec = aggregates_nb(s, sector, n_sectors)
+    gross, net, heat, n_open = _aggregates_into(s, sector, sec)
     n_viol = 0
     for j in range(n_s):
         c = close[t, j]
@@ -821,47 +860,38 @@ def decide_row_nb(t, ts_us, day, eod, pred, close, atr, vol, sma, regime, ret, t
         if g[G_KILL] != 0.0 or eod:
             reason = ORDER_KILL if g[G_KILL] != 0.0 else ORDER_EOD
             if qe != 0.0:
-                orders, n_ord = _place(
-                    s, out_qty, orders, n_ord, t, j, -qe, 0.0, c, reason, eq, 0.0
-                )
+                n_ord = _place(s, out_qty, orders, n_ord, t, j, -qe, 0.0, c, reason, eq, 0.0)
                 gross -= abs(qe) * s[j, S_LAST]
                 net -= qe * s[j, S_LAST]
                 n_open -= 1
             s[j, S_HELD] = 0.0
             if not np.isnan(p):
-                mt = _model_target(t, j, p, c, atr, vol, sma, regime, rp, g)
+                mt = model_target_nb(p, c, atr[t, j], vol[t, j], sma[t, j],
+                                     _regime_at(regime, t, j), rp, g)  # fmt: skip
                 if mt != s[j, S_MODEL]:
                     s[j, S_MODEL] = mt
                     if mt != 0.0:
                         code = KILL_SWITCH if g[G_KILL] != 0.0 else EOD_FLATTEN
-                        den, n_den = _deny(den, n_den, t, j, code, mt, np.trunc(mt * eq / c), 0.0,
-                                           g[G_TRIP_RULE], 0.0)  # fmt: skip
+                        n_den = _deny(den, n_den, t, j, code, mt, np.trunc(mt * eq / c), 0.0,
+                                      g[G_TRIP_RULE], 0.0)  # fmt: skip
             continue
         if np.isnan(p):
             continue
-        mt = _model_target(t, j, p, c, atr, vol, sma, regime, rp, g)
-        s[j, S_MODEL] = mt
-        if mt == s[j, S_HELD] and rp[R_EVERY_BAR] == 0.0:
+        frac_ok = rp[R_FRACTIONAL] != 0.0 and fractionable[j]
+        mt, qe, d = _rebalance_nb(j, p, c, eq, atr[t, j], vol[t, j], sma[t, j],
+                                  _regime_at(regime, t, j), frac_ok, rp, s, g)  # fmt: skip
+        if d == 0.0:
             continue
-        qd = mt * eq / c
-        if rp[R_FRACTIONAL] == 0.0 or not fractionable[j]:
-            qd = np.trunc(qd + 1e-9 * np.sign(qd))
-        d = qd - qe
-        if abs(d) < 1e-9:
-            s[j, S_HELD] = mt
-            continue
-        if qd != 0.0 and abs(d) * c < rp[R_MIN_TRADE] * eq:
-            continue  # hysteresis: too small to trade; the target is re-examined next bar
-        d, den, n_den, nv = limits_nb(t, j, day, mt, qe, d, c, eq, atr[t, j], ret, tradable,
-                                      shortable, fractionable, sector, sec, gross, net, heat,
-                                      n_open, rp, s, g, den, n_den)  # fmt: skip
+        d, n_den, nv = limits_nb(t, j, day, mt, qe, d, c, eq, atr[t, j], ret, tradable,
+                                 shortable, fractionable, sector, sec, gross, net, heat, n_open,
+                                 rp, s, g, den, n_den)  # fmt: skip
         n_viol += nv
         s[j, S_HELD] = mt
         if abs(d) > 1e-9:
             old_stop = abs(qe) * s[j, S_STOP]
             old_val = qe * s[j, S_LAST]
-            orders, n_ord = _place(s, out_qty, orders, n_ord, t, j, d, mt, c, ORDER_MODEL, eq,
-                                   rp[R_ATR_K] * atr[t, j])  # fmt: skip
+            n_ord = _place(s, out_qty, orders, n_ord, t, j, d, mt, c, ORDER_MODEL, eq,
+                           rp[R_ATR_K] * atr[t, j])  # fmt: skip
             q1 = qe + d
             new_val = q1 * s[j, S_LAST]
             gross += abs(new_val) - abs(old_val)
@@ -890,34 +920,41 @@ def decide_row_nb(t, ts_us, day, eod, pred, close, atr, vol, sma, regime, ret, t
                     continue
                 qe = s[j, S_QTY] + s[j, S_PEND]
                 if qe != 0.0:
-                    orders, n_ord = _place(s, out_qty, orders, n_ord, t, j, -qe, 0.0, close[t, j],
-                                           ORDER_KILL, eq, 0.0)  # fmt: skip
+                    n_ord = _place(s, out_qty, orders, n_ord, t, j, -qe, 0.0, close[t, j],
+                                   ORDER_KILL, eq, 0.0)  # fmt: skip
                 s[j, S_HELD] = 0.0
-    return orders, n_ord, den, n_den
+    return n_ord, n_den
 
 
 # ====================================================================== the backtest loop
 
 
-@njit(cache=True, nogil=True)
-def simulate_risk_nb(ref, close, pred, atr, vol, sma, regime, ret, half_spread, sigma, volume,
-                     slip_row, borrow_row, ts_us, day, eod, tradable, shortable, fractionable,
-                     sector, n_sectors, p, rp, s, g, v):  # fmt: skip
-    """Run the portfolio under the risk policy: at each row, fill pending orders at the open
-    (costs as in the backtest kernel), mark at the close, check the kill switch, decide."""
+@_leaf
+def _n_pending(s):
+    n = 0
+    for j in range(s.shape[0]):
+        if s[j, S_PEND] != 0.0:
+            n += 1
+    return n
+
+
+@_leaf
+def _rows_nb(t0, ref, close, pred, atr, vol, sma, regime, ret, half_spread, sigma, volume,
+             slip_row, borrow_row, ts_us, day, eod, tradable, shortable, fractionable, frac_ok,
+             sector, sec, p, rp, s, g, v, equity, positions, cum_borrow, out_qty, fills, n_fill,
+             orders, n_ord, den, n_den):  # fmt: skip
+    """Run rows from ``t0`` while the record buffers have room for one more row; return the
+    next row and the record counts (the caller grows the buffers and calls again)."""
     n_t, n_s = close.shape
-    equity = np.empty(n_t)
-    positions = np.empty((n_t, n_s))
-    cum_borrow = np.zeros(n_s)
-    fills = np.empty((max(n_s, 16), BK.N_FILL))
-    n_fill = 0
-    orders = np.empty((max(n_s, 16), N_ORDER))
-    n_ord = 0
-    den = np.empty((16, N_DENIAL))
-    n_den = 0
-    out_qty = np.zeros(n_s)
-    for t in range(n_t):
-        for j in range(n_s):
+    n_pend = _n_pending(s)
+    for t in range(t0, n_t):
+        if (
+            n_fill + n_s > fills.shape[0]
+            or n_ord + ORD_PER_ROW * n_s > orders.shape[0]
+            or n_den + DEN_PER_ORDER * n_s > den.shape[0]
+        ):
+            return t, n_fill, n_ord, n_den
+        for j in range(n_s if n_pend > 0 else 0):  # fills at the open (costs as in the backtest)
             d = s[j, S_PEND]
             if d == 0.0 or np.isnan(close[t, j]):
                 continue
@@ -927,7 +964,6 @@ def simulate_risk_nb(ref, close, pred, atr, vol, sma, regime, ret, half_spread, 
                 px, d, dec, j, t, half_spread, sigma, volume, slip_row, p
             )
             apply_fill_nb(s, g, j, d, pxx, comm, day[t])
-            fills = _grow(fills, n_fill)
             fills[n_fill, BK.F_ROW] = t
             fills[n_fill, BK.F_COL] = j
             fills[n_fill, BK.F_DEC] = dec
@@ -940,6 +976,8 @@ def simulate_risk_nb(ref, close, pred, atr, vol, sma, regime, ret, half_spread, 
             fills[n_fill, BK.F_BORROW] = cum_borrow[j]
             fills[n_fill, BK.F_POS] = s[j, S_QTY]
             n_fill += 1
+        if n_pend > 0:
+            n_pend = _n_pending(s)
         eq = mark_nb(s, g, close, t, borrow_row[t])
         br = borrow_row[t]
         if br > 0.0:
@@ -947,19 +985,94 @@ def simulate_risk_nb(ref, close, pred, atr, vol, sma, regime, ret, half_spread, 
                 if s[j, S_QTY] < 0.0:
                     cum_borrow[j] += -s[j, S_QTY] * s[j, S_LAST] * br
         killswitch_nb(s, g, t, day[t], rp)
-        if not row_idle_nb(t, eod[t], pred, close, atr, vol, sma, regime, rp, s, g):
-            orders, n_ord, den, n_den = decide_row_nb(
+        # Idle rows (most of them), where decide_row_nb would record nothing, skip it; the state
+        # it would change is changed the same way. Without an override no symbol's
+        # _rebalance_nb orders; under the kill switch or in the end-of-day window every symbol
+        # with a bar is flat with nothing pending and its model target is the one noted (a new
+        # one is a denial).
+        override = g[G_KILL] != 0.0 or eod[t]
+        quiet = True
+        for j in range(n_s):
+            c = close[t, j]
+            pj = pred[t, j]
+            if np.isnan(c):
+                continue
+            if override:
+                if s[j, S_QTY] + s[j, S_PEND] != 0.0:
+                    quiet = False
+                    break
+                if not np.isnan(pj):
+                    mt = model_target_nb(pj, c, atr[t, j], vol[t, j], sma[t, j],
+                                         _regime_at(regime, t, j), rp, g)  # fmt: skip
+                    if mt != s[j, S_MODEL]:
+                        quiet = False
+                        break
+            elif not np.isnan(pj):
+                dq = _rebalance_nb(j, pj, c, eq, atr[t, j], vol[t, j], sma[t, j],
+                                   _regime_at(regime, t, j), frac_ok[j], rp, s, g)[2]  # fmt: skip
+                if dq != 0.0:
+                    quiet = False
+                    break
+        if quiet and override:
+            for j in range(n_s):
+                if not np.isnan(close[t, j]):
+                    s[j, S_HELD] = 0.0
+        if not quiet:
+            n_ord, n_den = decide_row_nb(
                 t, ts_us[t], day[t], eod[t], pred, close, atr, vol, sma, regime, ret, tradable,
-                shortable, fractionable, sector, n_sectors, rp, s, g, v, out_qty, orders, n_ord,
-                den, n_den,
+                shortable, fractionable, sector, sec, rp, s, g, v, out_qty, orders, n_ord, den,
+                n_den,
             )  # fmt: skip
+            n_pend = _n_pending(s)
         for j in range(n_s):
             positions[t, j] = s[j, S_QTY]
         equity[t] = eq
+    return n_t, n_fill, n_ord, n_den
+
+
+@njit(cache=True, nogil=True)
+def simulate_risk_nb(ref, close, pred, atr, vol, sma, regime, ret, half_spread, sigma, volume,
+                     slip_row, borrow_row, ts_us, day, eod, tradable, shortable, fractionable,
+                     sector, n_sectors, p, rp, s, g, v):  # fmt: skip
+    """Run the portfolio under the risk policy: at each row, fill pending orders at the open
+    (costs as in the backtest kernel), mark at the close, check the kill switch, decide."""
+    n_t, n_s = close.shape
+    equity = np.empty(n_t)
+    positions = np.empty((n_t, n_s))
+    cum_borrow = np.zeros(n_s)
+    out_qty = np.zeros(n_s)
+    sec = np.zeros(max(n_sectors, 1))
+    frac_ok = np.empty(n_s, dtype=np.bool_)
+    for j in range(n_s):
+        frac_ok[j] = rp[R_FRACTIONAL] != 0.0 and fractionable[j]
+    cap = max(64, n_t // 64)
+    fills = np.empty((max(cap, n_s), BK.N_FILL))
+    orders = np.empty((max(cap, ORD_PER_ROW * n_s), N_ORDER))
+    den = np.empty((max(cap, DEN_PER_ORDER * n_s + n_s), N_DENIAL))
+    n_fill = 0
+    n_ord = 0
+    n_den = 0
+    t = 0
+    while t < n_t:
+        t, n_fill, n_ord, n_den = _rows_nb(
+            t, ref, close, pred, atr, vol, sma, regime, ret, half_spread, sigma, volume,
+            slip_row, borrow_row, ts_us, day, eod, tradable, shortable, fractionable, frac_ok,
+            sector, sec, p, rp, s, g, v, equity, positions, cum_borrow, out_qty, fills, n_fill,
+            orders, n_ord, den, n_den,
+        )  # fmt: skip
+        if t < n_t:  # a buffer is full: double the ones short of room for a row
+            if n_fill + n_s > fills.shape[0]:
+                fills = _grow_to(fills, n_fill, 2 * fills.shape[0])
+            if n_ord + ORD_PER_ROW * n_s > orders.shape[0]:
+                orders = _grow_to(orders, n_ord, 2 * orders.shape[0])
+            if n_den + DEN_PER_ORDER * n_s > den.shape[0]:
+                den = _grow_to(den, n_den, 2 * den.shape[0])
+    if n_den + n_s > den.shape[0]:
+        den = _grow_to(den, n_den, n_den + n_s)
     for j in range(n_s):
         if s[j, S_PEND] != 0.0:
-            den, n_den = _deny(den, n_den, int(s[j, S_PEND_ROW]), j, BK.END_OF_DATA,
-                               s[j, S_HELD], np.nan, 0.0, np.nan, np.nan)  # fmt: skip
+            n_den = _deny(den, n_den, int(s[j, S_PEND_ROW]), j, BK.END_OF_DATA,
+                          s[j, S_HELD], np.nan, 0.0, np.nan, np.nan)  # fmt: skip
     last_close = s[:, S_LAST].copy()
     return (
         equity,

@@ -99,6 +99,7 @@ class RiskEngine:
         self.tradable, self.shortable, self.fractionable = policy.facts(self.symbols, assets)
         self.sector, self.n_sectors = policy.sector_codes(self.symbols)
         self._facts = BKfrozen(self.tradable, self.shortable, self.fractionable, self.sector)
+        self._sec = np.zeros(max(self.n_sectors, 1))  # decide_row_nb's scratch
         self._rp_ro = BKfrozen(self.rp)[0]
         self.keep = policy.history_rows()
         cap = 2 * self.keep + 2
@@ -212,10 +213,12 @@ class RiskEngine:
         n_ord0, n_den0 = self._n_ord, self._n_den
         # read-only inputs, as inside the backtest kernel: one compiled signature serves both
         inputs = BKfrozen(self._pred[lo:hi], self._cl[lo:hi], atr, vol, sma, regime, ret)
-        self._orders, self._n_ord, self._den, self._n_den = K.decide_row_nb(
-            t, ts_us, int(day[0]), bool(eod[0]), *inputs, *self._facts, self.n_sectors,
-            self._rp_ro, self.s, self.g, self.v, self._out, self._orders, self._n_ord, self._den,
-            self._n_den,
+        n = len(self.symbols)
+        self._orders = K.room(self._orders, self._n_ord, K.ORD_PER_ROW * n)
+        self._den = K.room(self._den, self._n_den, K.DEN_PER_ORDER * n)
+        self._n_ord, self._n_den = K.decide_row_nb(
+            t, ts_us, int(day[0]), bool(eod[0]), *inputs, *self._facts, self._sec, self._rp_ro,
+            self.s, self.g, self.v, self._out, self._orders, self._n_ord, self._den, self._n_den,
         )  # fmt: skip
         self._order_ts.extend([ts_us] * (self._n_ord - n_ord0))
         self._den_ts.extend([ts_us] * (self._n_den - n_den0))
