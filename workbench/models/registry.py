@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,11 +138,29 @@ def resolve_alias(name: str, aliases: Sequence[str] = (CHAMPION, CHALLENGER)) ->
     )
 
 
+@contextlib.contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """No MLflow artifact progress bars inside the block: in a notebook they land in the
+    outputs as widgets, on a terminal they end without a newline and run into the next line
+    (``wb session run --json`` prints one JSON line)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
 def load_model(ref: ModelRef) -> Any:
     """Load the LightGBM model of a registered version."""
     import mlflow
 
-    return mlflow.lightgbm.load_model(f"models:/{ref.name}/{ref.version}")
+    with quiet_downloads():
+        return mlflow.lightgbm.load_model(f"models:/{ref.name}/{ref.version}")
 
 
 def model_params(ref: ModelRef) -> dict[str, Any]:

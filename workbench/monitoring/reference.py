@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from workbench.models.registry import REFERENCE_ARTIFACT, REFERENCE_TAG, ModelRef
+from workbench.models.registry import (
+    REFERENCE_ARTIFACT,
+    REFERENCE_TAG,
+    ModelRef,
+    quiet_downloads,
+)
 
 log = logging.getLogger("workbench.monitoring")
 
@@ -100,7 +105,8 @@ def load_reference(ref: ModelRef) -> pl.DataFrame | None:
             "retrain it to monitor drift", ref.name, ref.version,
         )  # fmt: skip
         return None
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact)
+    with quiet_downloads():
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact)
     return pl.read_parquet(Path(path))
 
 

@@ -29,12 +29,10 @@ Current weights (the rebalance check)
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import hashlib
 import math
-import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +42,7 @@ import polars as pl
 from workbench.config import WorkbenchConfig
 from workbench.data.store import frame_fingerprint
 from workbench.errors import ParameterError, SourceError
+from workbench.models.registry import quiet_downloads
 from workbench.portfolio import (
     METHODS,
     RebalancePlan,
@@ -192,21 +191,6 @@ def previous_weights(
         if w:
             return w, run.info.run_id
     return None
-
-
-@contextlib.contextmanager
-def _quiet_downloads() -> Iterator[None]:
-    # MLflow's artifact progress bars would land in the notebook's outputs as widgets
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    old = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -419,7 +403,7 @@ def run_portfolio(
         raise ParameterError(f"a strategy cannot be named {PORTFOLIO!r} (the portfolio's column).")
     from workbench.tracking import tracking_uri
 
-    with _quiet_downloads():
+    with quiet_downloads():
         raw = strategy_returns_from_mlflow(chosen, tracking_uri=tracking_uri(cfg))
     frame = to_daily(raw) if frequency == "daily" else raw
     if frame.height < 2:
