@@ -156,20 +156,23 @@ def new_state(n_symbols: int, cash: float, n_violations: int) -> tuple:
 
 
 @njit(cache=True, nogil=True)
-def risk_inputs_nb(high, low, close, atr_w, vol_w, sma_w, need_atr, need_vol, need_sma, from_row):
+def risk_inputs_nb(high, low, close, atr_w, vol_w, sma_w, need_atr, need_vol, need_sma, need_ret,
+                   from_row, compact):  # fmt: skip
     """Per cell: simple ATR over ``atr_w`` bars, realised volatility (std of log returns over
     ``vol_w`` bars, ddof=1), moving average of ``sma_w`` closes, and the simple return.
 
-    Windows run over each symbol's own bars (missing bars skipped) and are summed afresh per cell,
-    so a value depends only on the last window of bars: a session holding fewer bars of history
-    computes exactly what the backtest did. Rows before ``from_row`` are left NaN (a session asks
-    for its last row only).
+    Windows run over each symbol's own bars (missing bars skipped) and are summed afresh per cell
+    (in bar order), so a value depends only on the last window of bars: a session holding fewer
+    bars of history computes exactly what the backtest did. Rows before ``from_row`` are left NaN
+    (a session asks for its last row only). With ``compact`` an input no rule reads is one row
+    of NaN (read through :func:`_cell`) instead of a full grid.
     """
     n_t, n_s = close.shape
-    atr = np.full((n_t, n_s), np.nan)
-    vol = np.full((n_t, n_s), np.nan)
-    sma = np.full((n_t, n_s), np.nan)
-    ret = np.full((n_t, n_s), np.nan)
+    atr = np.full((n_t if (need_atr or not compact) else 1, n_s), np.nan)
+    vol = np.full((n_t if (need_vol or not compact) else 1, n_s), np.nan)
+    sma = np.full((n_t if (need_sma or not compact) else 1, n_s), np.nan)
+    ret = np.full((n_t if (need_ret or not compact) else 1, n_s), np.nan)
+    want_ret = need_ret or not compact
     idx = np.empty(n_t, dtype=np.int64)
     c = np.empty(n_t)
     tr = np.empty(n_t)
@@ -188,33 +191,97 @@ def risk_inputs_nb(high, low, close, atr_w, vol_w, sma_w, need_atr, need_vol, ne
                     tr[m] = max(high[t, j], pc) - min(low[t, j], pc)
                 if need_vol:
                     lr[m] = np.log(x / pc)
-                ret[t, j] = x / pc - 1.0
+                if want_ret:
+                    ret[t, j] = x / pc - 1.0
             m += 1
-        for k in range(m):
-            t = idx[k]
-            if t < from_row:
-                continue
-            if need_atr and k >= atr_w:
-                acc = 0.0
-                for i in range(k - atr_w + 1, k + 1):
-                    acc += tr[i]
-                atr[t, j] = acc / atr_w
-            if need_vol and k >= vol_w:
-                mu = 0.0
-                for i in range(k - vol_w + 1, k + 1):
-                    mu += lr[i]
-                mu /= vol_w
-                ss = 0.0
-                for i in range(k - vol_w + 1, k + 1):
-                    d = lr[i] - mu
-                    ss += d * d
-                vol[t, j] = np.sqrt(ss / (vol_w - 1))
-            if need_sma and k >= sma_w - 1:
-                acc = 0.0
-                for i in range(k - sma_w + 1, k + 1):
-                    acc += c[i]
-                sma[t, j] = acc / sma_w
+        k_from = 0
+        while k_from < m and idx[k_from] < from_row:
+            k_from += 1
+        if need_atr:
+            _window_means(tr, idx, m, atr_w, max(k_from, atr_w), atr, j)
+        if need_vol:
+            _window_stds(lr, idx, m, vol_w, max(k_from, vol_w), vol, j)
+        if need_sma:
+            _window_means(c, idx, m, sma_w, max(k_from, sma_w - 1), sma, j)
     return atr, vol, sma, ret
+
+
+@njit(cache=True, nogil=True)
+def _window_means(x, idx, m, w, k0, out, j):
+    # out[idx[k], j] = mean of x[k-w+1 .. k], summed in order from 0.0, for k >= k0; four cells
+    # at a time (four independent sums: the same additions in the same order, four times faster)
+    k = k0
+    while k + 3 < m:
+        a0 = 0.0
+        a1 = 0.0
+        a2 = 0.0
+        a3 = 0.0
+        b = k - w + 1
+        for i in range(w):
+            a0 += x[b + i]
+            a1 += x[b + i + 1]
+            a2 += x[b + i + 2]
+            a3 += x[b + i + 3]
+        out[idx[k], j] = a0 / w
+        out[idx[k + 1], j] = a1 / w
+        out[idx[k + 2], j] = a2 / w
+        out[idx[k + 3], j] = a3 / w
+        k += 4
+    while k < m:
+        acc = 0.0
+        for i in range(k - w + 1, k + 1):
+            acc += x[i]
+        out[idx[k], j] = acc / w
+        k += 1
+
+
+@njit(cache=True, nogil=True)
+def _window_stds(x, idx, m, w, k0, out, j):
+    # out[idx[k], j] = sample std (ddof=1, two passes: mean, then squared deviations) of
+    # x[k-w+1 .. k] for k >= k0; two cells at a time, each summed in order as one cell alone
+    k = k0
+    while k + 1 < m:
+        b = k - w + 1
+        mu0 = 0.0
+        mu1 = 0.0
+        for i in range(w):
+            mu0 += x[b + i]
+            mu1 += x[b + i + 1]
+        mu0 /= w
+        mu1 /= w
+        s0 = 0.0
+        s1 = 0.0
+        for i in range(w):
+            d0 = x[b + i] - mu0
+            d1 = x[b + i + 1] - mu1
+            s0 += d0 * d0
+            s1 += d1 * d1
+        out[idx[k], j] = np.sqrt(s0 / (w - 1))
+        out[idx[k + 1], j] = np.sqrt(s1 / (w - 1))
+        k += 2
+    while k < m:
+        mu = 0.0
+        for i in range(k - w + 1, k + 1):
+            mu += x[i]
+        mu /= w
+        ss = 0.0
+        for i in range(k - w + 1, k + 1):
+            d = x[i] - mu
+            ss += d * d
+        out[idx[k], j] = np.sqrt(ss / (w - 1))
+        k += 1
+
+
+@_leaf_inline
+def _cell(a, t, j):
+    """``a[t, j]`` of an input grid, or of its single row when it is compact."""
+    return a[t if a.shape[0] > 1 else 0, j]
+
+
+@_leaf_inline
+def _cells(atr, vol, sma, regime, t, j):
+    """The rules' inputs of cell ``(t, j)``: ATR, volatility, moving average, regime multiplier."""
+    return _cell(atr, t, j), _cell(vol, t, j), _cell(sma, t, j), _regime_at(regime, t, j)
 
 
 @njit(cache=True, nogil=True)
@@ -866,8 +933,8 @@ def decide_row_nb(t, ts_us, day, eod, pred, close, atr, vol, sma, regime, ret, t
                 n_open -= 1
             s[j, S_HELD] = 0.0
             if not np.isnan(p):
-                mt = model_target_nb(p, c, atr[t, j], vol[t, j], sma[t, j],
-                                     _regime_at(regime, t, j), rp, g)  # fmt: skip
+                atr_v, vol_v, sma_v, reg_v = _cells(atr, vol, sma, regime, t, j)
+                mt = model_target_nb(p, c, atr_v, vol_v, sma_v, reg_v, rp, g)
                 if mt != s[j, S_MODEL]:
                     s[j, S_MODEL] = mt
                     if mt != 0.0:
@@ -878,11 +945,11 @@ def decide_row_nb(t, ts_us, day, eod, pred, close, atr, vol, sma, regime, ret, t
         if np.isnan(p):
             continue
         frac_ok = rp[R_FRACTIONAL] != 0.0 and fractionable[j]
-        mt, qe, d = _rebalance_nb(j, p, c, eq, atr[t, j], vol[t, j], sma[t, j],
-                                  _regime_at(regime, t, j), frac_ok, rp, s, g)  # fmt: skip
+        atr_v, vol_v, sma_v, reg_v = _cells(atr, vol, sma, regime, t, j)
+        mt, qe, d = _rebalance_nb(j, p, c, eq, atr_v, vol_v, sma_v, reg_v, frac_ok, rp, s, g)
         if d == 0.0:
             continue
-        d, n_den, nv = limits_nb(t, j, day, mt, qe, d, c, eq, atr[t, j], ret, tradable,
+        d, n_den, nv = limits_nb(t, j, day, mt, qe, d, c, eq, atr_v, ret, tradable,
                                  shortable, fractionable, sector, sec, gross, net, heat, n_open,
                                  rp, s, g, den, n_den)  # fmt: skip
         n_viol += nv
@@ -891,7 +958,7 @@ def decide_row_nb(t, ts_us, day, eod, pred, close, atr, vol, sma, regime, ret, t
             old_stop = abs(qe) * s[j, S_STOP]
             old_val = qe * s[j, S_LAST]
             n_ord = _place(s, out_qty, orders, n_ord, t, j, d, mt, c, ORDER_MODEL, eq,
-                           rp[R_ATR_K] * atr[t, j])  # fmt: skip
+                           rp[R_ATR_K] * atr_v)  # fmt: skip
             q1 = qe + d
             new_val = q1 * s[j, S_LAST]
             gross += abs(new_val) - abs(old_val)
@@ -1002,14 +1069,15 @@ def _rows_nb(t0, ref, close, pred, atr, vol, sma, regime, ret, half_spread, sigm
                     quiet = False
                     break
                 if not np.isnan(pj):
-                    mt = model_target_nb(pj, c, atr[t, j], vol[t, j], sma[t, j],
-                                         _regime_at(regime, t, j), rp, g)  # fmt: skip
+                    atr_v, vol_v, sma_v, reg_v = _cells(atr, vol, sma, regime, t, j)
+                    mt = model_target_nb(pj, c, atr_v, vol_v, sma_v, reg_v, rp, g)
                     if mt != s[j, S_MODEL]:
                         quiet = False
                         break
             elif not np.isnan(pj):
-                dq = _rebalance_nb(j, pj, c, eq, atr[t, j], vol[t, j], sma[t, j],
-                                   _regime_at(regime, t, j), frac_ok[j], rp, s, g)[2]  # fmt: skip
+                atr_v, vol_v, sma_v, reg_v = _cells(atr, vol, sma, regime, t, j)
+                fo = frac_ok[j]
+                dq = _rebalance_nb(j, pj, c, eq, atr_v, vol_v, sma_v, reg_v, fo, rp, s, g)[2]
                 if dq != 0.0:
                     quiet = False
                     break

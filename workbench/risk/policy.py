@@ -352,8 +352,14 @@ class RiskPolicy:
         close: np.ndarray,
         day: np.ndarray,
         from_row: int = 0,
+        *,
+        compact: bool = False,
     ) -> tuple[np.ndarray, ...]:
-        """ATR, volatility, moving average, returns and the regime multiplier on a grid."""
+        """ATR, volatility, moving average, returns and the regime multiplier on a grid.
+
+        With ``compact`` an input no rule of the policy reads is a single row of NaN (the
+        backtest kernel reads inputs through ``_kernel._cell``); otherwise every one is a grid.
+        """
         need_atr, need_vol, need_sma = self.needs()
         s = self.sizing
         # regimes read the volatility of past rows too: compute it over the whole window then
@@ -366,7 +372,9 @@ class RiskPolicy:
             need_atr,
             need_vol,
             need_sma,
+            self.limits.max_correlation is not None,
             first,
+            compact,
         )
         if s.regime is None:
             regime = np.ones((1, 1))
@@ -400,7 +408,7 @@ class RiskPolicy:
         directly).
         """
         day, eod = self.calendar_rows(ts_us)
-        atr, vol, sma, ret, regime = self.inputs(high, low, close, day)
+        atr, vol, sma, ret, regime = self.inputs(high, low, close, day, compact=True)
         tradable, shortable, fractionable = self.facts(symbols, assets)
         sector, n_sectors = self.sector_codes(symbols)
         s, g, v = K.new_state(len(symbols), initial_cash, self.n_violations)
