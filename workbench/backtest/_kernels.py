@@ -99,6 +99,16 @@ def bars_ok_nb(o, h, lo, c, v, w):
 
 
 @njit(cache=True, nogil=True)
+def day_changes_nb(ts, shift, day_us):
+    """Number of times the date of ``(ts - shift) // day_us`` changes along ``ts``."""
+    n = 0
+    for i in range(1, len(ts)):
+        if (ts[i] - shift) // day_us != (ts[i - 1] - shift) // day_us:
+            n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
 def estimates_nb(high, low, close, volume, span, want_spread, want_vol):
     """EWMA half-spread (Corwin-Schultz over bars t-1, t), return volatility and volume, causal."""
     n_t, n_s = close.shape

@@ -84,16 +84,19 @@ def run_backtest(
         When bars or targets break their contract, naming the column, the bad value and the fix.
     """
     cfg = config if config is not None else BacktestConfig()
+    runs = None  # the symbols' runs, when the contract check already measured them
     if not validate:
         bars = _check_trusted_bars(bars)
-    elif not _conforms(bars):
-        bars = validate_bars(bars)  # conforms, sorts, or raises the contract's own error
+    else:
+        runs = _conformed_runs(bars)
+        if runs is None:
+            bars = validate_bars(bars)  # conforms, sorts, or raises the contract's own error
     if bars.height == 0:
         raise SchemaError(
             "bars rejected: the frame is empty. Fix: load at least two bars per symbol.",
             rule="empty",
         )
-    grid = _Grid.build(bars)
+    grid = _Grid.build(bars, runs)
     target_vec = _align_targets(bars, targets, "prediction" if risk is not None else "target")
 
     price_col = "vwap" if cfg.fill_price == "vwap" else "open"
@@ -186,30 +189,37 @@ def _conforms(bars: object) -> bool:
     (which implies unique keys) on zero-copy arrays. Any doubt returns False and the caller runs
     ``validate_bars``, which raises the contract's own error or conforms the frame.
     """
+    return _conformed_runs(bars) is not None
+
+
+def _conformed_runs(bars: object) -> tuple[list[str], np.ndarray] | None:
+    """:func:`_conforms` returning the symbols and their run lengths (None: does not conform),
+    which the grid reuses."""
     if not isinstance(bars, pl.DataFrame) or bars.height == 0:
-        return False
+        return None
     if list(bars.columns) != list(BAR_COLUMNS) or dict(bars.schema) != BAR_SCHEMA:
-        return False
+        return None
     required = ("symbol", "ts", *PRICE_COLUMNS, "volume")
     if any(bars[c].null_count() for c in required):
-        return False
+        return None
     vwap = bars["vwap"]
     arrays = (*(bars[x].to_numpy() for x in (*PRICE_COLUMNS, "volume")), vwap.to_numpy())
     ok, n_nan = K.bars_ok_nb(*K.frozen(*arrays))
     if not ok or n_nan != vwap.null_count():  # nulls become NaN: more NaN than nulls is a bad NaN
-        return False
+        return None
     tc_min = bars["trade_count"].min()
     if tc_min is not None and tc_min < 0:  # type: ignore[operator]
-        return False
+        return None
     runs = bars["symbol"].rle()
     symbols = runs.struct.field("value").to_list()
     if "" in symbols or any(a >= b for a, b in itertools.pairwise(symbols)):
-        return False  # empty symbol, symbols out of order or split into several runs
+        return None  # empty symbol, symbols out of order or split into several runs
     ts = bars["ts"].dt.epoch("us").to_numpy()
+    lengths = runs.struct.field("len").to_numpy()
     step_ok = np.diff(ts) > 0
-    starts = np.cumsum(runs.struct.field("len").to_numpy())[:-1]
+    starts = np.cumsum(lengths)[:-1]
     step_ok[starts - 1] = True  # a new symbol may restart the clock
-    return bool(step_ok.all())
+    return (symbols, lengths) if bool(step_ok.all()) else None
 
 
 def _check_trusted_bars(bars: pl.DataFrame) -> pl.DataFrame:
@@ -247,17 +257,17 @@ class _Grid:
         self.intraday = bool(spacing < _US_PER_DAY * 0.99)
 
     @classmethod
-    def build(cls, bars: pl.DataFrame) -> _Grid:
-        sym = bars["symbol"]
-        runs = sym.rle()
-        symbols = runs.struct.field("value").to_list()
-        lengths = runs.struct.field("len").to_numpy()
+    def build(cls, bars: pl.DataFrame, runs: tuple[list[str], np.ndarray] | None = None) -> _Grid:
+        if runs is None:
+            rle = bars["symbol"].rle()
+            runs = rle.struct.field("value").to_list(), rle.struct.field("len").to_numpy()
+        symbols, lengths = runs
         ts = bars["ts"].dt.epoch("us").to_numpy()
         n_s = len(symbols)
         first = int(lengths[0])
         if (lengths == first).all():
             block = ts.reshape(n_s, first)
-            if (block == block[0]).all():
+            if n_s == 1 or (block == block[0]).all():
                 return cls(symbols, block[0].copy(), None, np.empty(0, dtype=np.int64))
         grid = pl.Series(ts).unique().sort().to_numpy()
         rows = np.searchsorted(grid, ts)
@@ -273,8 +283,8 @@ class _Grid:
         return out
 
     def periods_per_year(self) -> float:
-        days = (self.ts_us - _SESSION_SHIFT_US) // _US_PER_DAY  # sorted grid: count day changes
-        sessions = 1 + int(np.count_nonzero(np.diff(days))) if len(days) else 1
+        # sorted grid: count the changes of date (UTC - 4h puts every US session on its date)
+        sessions = 1 + K.day_changes_nb(self.ts_us, _SESSION_SHIFT_US, _US_PER_DAY)
         return 252.0 * self.n_rows / sessions
 
 
@@ -323,8 +333,9 @@ def _align_targets(bars: pl.DataFrame, targets: pl.DataFrame, column: str = "tar
         pl.col("ts").cast(TS_DTYPE),
         pl.col("target").cast(pl.Float64),
     )
-    bad = t.filter(pl.col("target").is_not_null() & ~pl.col("target").is_finite())
-    if bad.height:
+    n_bad = int((~t["target"].is_finite()).sum())  # nulls stay null: not counted
+    if n_bad:
+        bad = t.filter(pl.col("target").is_not_null() & ~pl.col("target").is_finite())
         raise SchemaError(
             f"targets rejected: {bad.height} row(s) have a NaN/inf target, first: "
             f"{bad.row(0, named=True)}. Fix: use null for 'no decision' "
@@ -336,10 +347,10 @@ def _align_targets(bars: pl.DataFrame, targets: pl.DataFrame, column: str = "tar
     keys = bars.select("symbol", "ts")
     if t.height == keys.height:
         if _same_keys(t, keys):
-            return t["target"].to_numpy().astype(np.float64)
+            return _nan_for_null(t["target"])
         t_sorted = t.sort("symbol", "ts")
         if _same_keys(t_sorted, keys):
-            return t_sorted["target"].to_numpy().astype(np.float64)
+            return _nan_for_null(t_sorted["target"])
     dup = t.filter(pl.struct("symbol", "ts").is_duplicated())
     if dup.height:
         raise SchemaError(
@@ -366,8 +377,13 @@ def _align_targets(bars: pl.DataFrame, targets: pl.DataFrame, column: str = "tar
             n_rows=unmatched.height,
         )
     aligned = keys.join(t, on=["symbol", "ts"], how="left", maintain_order="left")
-    return aligned["target"].to_numpy().astype(np.float64)
+    return _nan_for_null(aligned["target"])
 
 
 def _same_keys(t: pl.DataFrame, keys: pl.DataFrame) -> bool:
     return t["ts"].equals(keys["ts"]) and t["symbol"].equals(keys["symbol"])
+
+
+def _nan_for_null(target: pl.Series) -> np.ndarray:
+    # filling nulls first hands numpy the values without a masked copy
+    return target.fill_null(np.nan).to_numpy().astype(np.float64, copy=False)

@@ -285,6 +285,30 @@ def _cells(atr, vol, sma, regime, t, j):
 
 
 @njit(cache=True, nogil=True)
+def calendar_rows_nb(ts, closes, tf_us, eod_us, want_eod):
+    """Per bar start: the index of its session (the first close after it, the last session for
+    bars past the calendar) and whether its end (``ts + tf_us``) is at or after that close less
+    ``eod_us``. One pass over time-ordered bars (a step back in time searches afresh)."""
+    n = len(ts)
+    m = len(closes)
+    day = np.empty(n, dtype=np.int64)
+    eod = np.zeros(n, dtype=np.bool_)
+    k = 0
+    for i in range(n):
+        x = ts[i]
+        if i == 0 or x < ts[i - 1]:
+            k = np.searchsorted(closes, x, side="right")
+        else:
+            while k < m and closes[k] <= x:
+                k += 1
+        idx = min(k, m - 1)
+        day[i] = idx
+        if want_eod:
+            eod[i] = x + tf_us >= closes[idx] - eod_us
+    return day, eod
+
+
+@njit(cache=True, nogil=True)
 def regime_nb(vol, day, lookback, lo_pct, hi_pct, m_lo, m_mid, m_hi, from_row):
     """Size multiplier per cell from the volatility regime.
 

@@ -326,14 +326,11 @@ class RiskPolicy:
         bar long.
         """
         _, closes = session_bounds_us(self.calendar)
-        ts = np.asarray(ts_us, dtype=np.int64)
-        idx = np.searchsorted(closes, ts, side="right")
-        idx = np.minimum(idx, len(closes) - 1)
-        if self.eod_flatten_minutes is None:
-            return idx.astype(np.int64), np.zeros(len(ts), dtype=np.bool_)
+        ts = np.ascontiguousarray(ts_us, dtype=np.int64)
+        want = self.eod_flatten_minutes is not None
         tf_us = int(self.timeframe.delta.total_seconds() * 1e6)
-        cut = closes[idx] - int(self.eod_flatten_minutes * 60e6)
-        return idx.astype(np.int64), (ts + tf_us >= cut)
+        eod_us = int(self.eod_flatten_minutes * 60e6) if want else 0
+        return K.calendar_rows_nb(*BKfrozen(ts, closes), tf_us, eod_us, want)
 
     def facts(
         self, symbols: Sequence[str], assets: Mapping[str, AssetFacts] | None
