@@ -381,3 +381,42 @@ def test_a_failed_scheduled_run_alerts_through_the_configured_channels(
     ]
     assert "scheduled run of 'tiny' failed: step 'a' failed at cell 2" in rows[0]["message"]
     assert rows[0]["values"]["session"] == "2024-03-01"  # the latest close before Monday noon
+
+
+@pytest.mark.slow
+def test_a_scheduled_fire_runs_the_real_pipeline_in_a_worker_thread(tiny_project: Path) -> None:
+    """The timer thread, the thread pool and papermill together: a one-off fire of a job runs its
+    notebooks, records the trigger and session, and releases the lock."""
+    import json
+
+    import mlflow
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.date import DateTrigger
+
+    from workbench.pipeline.lock import RunLock
+    from workbench.pipeline.runner import lock_url
+    from workbench.pipeline.scheduler import FUNC
+
+    cfg = load_config(tiny_project)
+    sch = load_schedule(write_schedule(tiny_project, DAILY), tiny_project)
+    svc = SchedulerService(cfg, sch, echo=lambda _: None, alert=lambda *a: None)
+    sched = svc.build(BackgroundScheduler)
+    sched.start()
+    try:
+        sched.add_job(
+            FUNC, DateTrigger(run_date=datetime.now(UTC)), id="nightly@2024-03-05",
+            kwargs={"job": "nightly", "session": "2024-03-05", "fire_time": "2024-03-05T21:30:00+00:00"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 240
+        while not svc.outcomes and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        sched.shutdown(wait=True)
+    [out] = svc.outcomes
+    assert out.status == "ok", out
+    summary = json.loads((Path(out.run_dir) / "summary.json").read_text())
+    assert summary["trigger"] == "schedule:nightly" and summary["session"] == "2024-03-05"
+    assert summary["parameters"]["x"] == 3 and [s["status"] for s in summary["steps"]] == ["ok"] * 3
+    tags = mlflow.MlflowClient().get_run(summary["mlflow_parent_run_id"]).data.tags
+    assert tags["trigger"] == "schedule:nightly" and tags["session"] == "2024-03-05"
+    assert RunLock(lock_url(cfg, tiny_project / "runs")).holders() == []
