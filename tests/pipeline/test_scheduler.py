@@ -320,8 +320,18 @@ def test_run_now_uses_the_latest_session_and_the_schedules_parameters(
 
 
 def test_wb_schedule_start_is_sigterm_graceful(tiny_project: Path) -> None:
+    import socket
+    import urllib.request
+
     write_schedule(tiny_project, DAILY)
-    env = {**os.environ, "WB_PROJECT_ROOT": str(tiny_project)}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "WB_PROJECT_ROOT": str(tiny_project),
+        "WB_METRICS__SCHEDULER_PORT": str(port),
+    }
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "wb"), "schedule", "start"],
         cwd=tiny_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -338,6 +348,9 @@ def test_wb_schedule_start_is_sigterm_graceful(tiny_project: Path) -> None:
             break
     assert any("scheduler running" in x for x in lines), "".join(lines)
     assert any("job nightly: added, next" in x for x in lines), "".join(lines)
+    assert any(f"metrics on http://127.0.0.1:{port}/metrics" in x for x in lines), "".join(lines)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert "wb_pipeline_runs_total" in r.read().decode()  # the scheduler's own exporter
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, "".join(lines) + out
@@ -373,8 +386,13 @@ def test_a_failed_scheduled_run_alerts_through_the_configured_channels(
     sch = load_schedule(write_schedule(tiny_project, DAILY), tiny_project)
     svc = SchedulerService(cfg, sch, clock=clock, runner=Recorder(tiny_project, make_result, fail=True),
                            echo=lambda _: None)  # fmt: skip
+    from workbench.monitoring.metrics import Metrics
+
+    metrics = Metrics()
+    svc.listeners.append(metrics.run_listener())
     out = svc.fire("nightly")
     assert out.status == "failed" and "failed notebook" in out.message and out.run_dir
+    assert 'wb_pipeline_runs_total{outcome="failed",pipeline="tiny"} 1.0' in metrics.text()
     rows = recent_alerts(cfg.path(cfg.alerts.history_path))
     assert [(r["severity"], r["kind"], r["key"]) for r in rows] == [
         ("critical", "pipeline", "tiny")

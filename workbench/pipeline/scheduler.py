@@ -220,6 +220,7 @@ class SchedulerService:
         self.listeners: list[Callable[[RunOutcome], None]] = []  # e.g. metrics
         self.running: dict[str, tuple[str, datetime]] = {}  # job -> (session, started)
         self._guard: tuple[RunLock, LockHolder] | None = None
+        self._on_delivery: Callable[[Any], None] | None = None  # alert deliveries (metrics)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ set-up
@@ -462,7 +463,7 @@ class SchedulerService:
             if self._alert is None:
                 from workbench.monitoring.alerts import Alert, Alerter
 
-                alerter = Alerter.from_config(self.cfg)
+                alerter = Alerter.from_config(self.cfg, on_delivery=self._on_delivery)
                 self._alert = lambda s, m, v, k: alerter.send(Alert(s, "pipeline", m, v, key=k))  # type: ignore[func-returns-value]
             self._alert(severity, message, values, key)
         except Exception:
@@ -501,7 +502,16 @@ class SchedulerService:
         """
         stop = stop or threading.Event()
         self.acquire_process_lock()
+        exporter = None
         try:
+            if self.cfg.metrics.scheduler_port:
+                from workbench.monitoring.metrics import start_exporter
+
+                metrics, exporter = start_exporter(self.cfg, "scheduler")
+                self.listeners.append(metrics.run_listener())
+                self._on_delivery = metrics.observe_alert
+                if exporter is not None:
+                    self.echo(f"metrics on {exporter.url}")
             sched = self.build(BackgroundScheduler)
             sched.start(paused=True)
             changes = self.sync()
@@ -544,6 +554,8 @@ class SchedulerService:
         finally:
             global _SERVICE
             _SERVICE = None
+            if exporter is not None:
+                exporter.close()
             self.release_process_lock()
 
     def _install_signals(self, stop: threading.Event) -> None:
