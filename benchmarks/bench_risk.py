@@ -173,7 +173,7 @@ def risk_profile(bars, preds, cfg, policy, repeat) -> dict[str, float]:
     def kernel():
         s, g, v = K.new_state(grid.n_symbols, cfg.initial_cash, policy.n_violations)
         args = (
-            *BKfrozen(ref, close, target, atr, vol, sma, regime, ret),
+            *BKfrozen(ref, close, high, low, target, atr, vol, sma, regime, ret),
             *BKfrozen(ca.half_spread, ca.sigma, ca.volume, ca.slip_row, ca.borrow_row),
             *BKfrozen(grid.ts_us, day, eod, tradable, shortable, fractionable, sector),
         )
@@ -428,8 +428,8 @@ def on_bar_parts(engine: RiskEngine, ts: datetime, g: pl.DataFrame, n: int) -> d
     def decide():
         s, gg, v = e.s.copy(), e.g.copy(), e.v.copy()
         K.decide_row_nb(
-            m - 1, float(ts_us), int(day[0]), bool(eod[0]), e._pred[:m], e._cl[:m], atr, vol,
-            sma, regime, ret, e.tradable, e.shortable, e.fractionable, e.sector, e._sec,
+            m - 1, float(ts_us), int(day[0]), bool(eod[0]), e._pred[:m], e._cl[:m], e._hi[:m],
+            e._lo[:m], atr, vol, sma, regime, ret, e.tradable, e.shortable, e.fractionable, e.sector, e._sec,
             e.rp, s, gg, v, e._out, orders, e._n_ord, den, e._n_den,
         )  # fmt: skip
 

@@ -105,8 +105,9 @@ N_G = 24
     R_VIOL_WIN_US,
     R_HEAT_EMERG,
     R_EVERY_BAR,
-) = range(34)
-N_R = 34
+    R_ATR_ON_DEMAND,  # ATR window: the backtest measures the ATR at order rows from the bars
+) = range(35)
+N_R = 35
 SIZERS = {"fixed_fraction": 0, "atr_risk": 1, "vol_target": 2, "kelly": 3}
 KELLY_MODES = {"payoff": 0, "mean_variance": 1}
 # ------------------------------------------------------------------ rule codes (denials)
@@ -270,6 +271,34 @@ def _window_stds(x, idx, m, w, k0, out, j):
             ss += d * d
         out[idx[k], j] = np.sqrt(ss / (w - 1))
         k += 1
+
+
+@_leaf
+def atr_cell_nb(high, low, close, t, j, w):
+    """The ATR of cell ``(t, j)`` as :func:`risk_inputs_nb` computes it (the mean of the true
+    ranges of the symbol's last ``w`` bars, summed in bar order), from the bars alone; NaN
+    without a bar at ``t`` or with fewer than ``w + 1`` bars up to it."""
+    if np.isnan(close[t, j]):
+        return np.nan
+    first = -1
+    k = 0
+    for r in range(t, -1, -1):
+        if not np.isnan(close[r, j]):
+            k += 1
+            if k == w + 1:
+                first = r
+                break
+    if first < 0:
+        return np.nan
+    acc = 0.0
+    pc = close[first, j]
+    for r in range(first + 1, t + 1):
+        x = close[r, j]
+        if np.isnan(x):
+            continue
+        acc += max(high[r, j], pc) - min(low[r, j], pc)
+        pc = x
+    return acc / w
 
 
 @_leaf_inline
@@ -922,9 +951,9 @@ def _rebalance_nb(j, p, c, eq, atr_v, vol_v, sma_v, regime_v, frac_ok, rp, s, g)
 
 
 @_leaf
-def decide_row_nb(t, ts_us, day, eod, pred, close, atr, vol, sma, regime, ret, tradable,
-                  shortable, fractionable, sector, sec, rp, s, g, v, out_qty, orders, n_ord, den,
-                  n_den):  # fmt: skip
+def decide_row_nb(t, ts_us, day, eod, pred, close, high, low, atr, vol, sma, regime, ret,
+                  tradable, shortable, fractionable, sector, sec, rp, s, g, v, out_qty, orders,
+                  n_ord, den, n_den):  # fmt: skip
     """Decide every symbol's order at the close of row ``t``: prediction -> side -> size ->
     target -> hysteresis -> limits -> order; the kill switch and the end-of-day window override
     the model (flatten, entries denied). ``out_qty`` receives the net order per symbol.
@@ -934,7 +963,9 @@ def decide_row_nb(t, ts_us, day, eod, pred, close, atr, vol, sma, regime, ret, t
     always pass). Orders and denials are written into ``orders`` and ``den`` from rows
     ``n_ord`` and ``n_den`` on; the caller makes room for :data:`ORD_PER_ROW` and
     :data:`DEN_PER_ORDER` rows per symbol (:func:`room`). ``sec`` is scratch space for the gross
-    per sector (at least one slot). Returns the new ``(n_orders, n_denials)``.
+    per sector (at least one slot). With ``R_ATR_ON_DEMAND`` set the ATR of an order's cell is
+    measured here from ``high``, ``low`` and ``close`` (:func:`atr_cell_nb`) instead of read
+    from ``atr``. Returns the new ``(n_orders, n_denials)``.
     """
     n_s = s.shape[0]
     for j in range(n_s):
@@ -973,6 +1004,8 @@ def decide_row_nb(t, ts_us, day, eod, pred, close, atr, vol, sma, regime, ret, t
         mt, qe, d = _rebalance_nb(j, p, c, eq, atr_v, vol_v, sma_v, reg_v, frac_ok, rp, s, g)
         if d == 0.0:
             continue
+        if not np.isnan(rp[R_ATR_ON_DEMAND]):
+            atr_v = atr_cell_nb(high, low, close, t, j, int(rp[R_ATR_ON_DEMAND]))
         d, n_den, nv = limits_nb(t, j, day, mt, qe, d, c, eq, atr_v, ret, tradable,
                                  shortable, fractionable, sector, sec, gross, net, heat, n_open,
                                  rp, s, g, den, n_den)  # fmt: skip
@@ -1030,10 +1063,10 @@ def _n_pending(s):
 
 
 @_leaf
-def _rows_nb(t0, ref, close, pred, atr, vol, sma, regime, ret, half_spread, sigma, volume,
-             slip_row, borrow_row, ts_us, day, eod, tradable, shortable, fractionable, frac_ok,
-             sector, sec, p, rp, s, g, v, equity, positions, cum_borrow, out_qty, fills, n_fill,
-             orders, n_ord, den, n_den):  # fmt: skip
+def _rows_nb(t0, ref, close, high, low, pred, atr, vol, sma, regime, ret, half_spread, sigma,
+             volume, slip_row, borrow_row, ts_us, day, eod, tradable, shortable, fractionable,
+             frac_ok, sector, sec, p, rp, s, g, v, equity, positions, cum_borrow, out_qty, fills,
+             n_fill, orders, n_ord, den, n_den):  # fmt: skip
     """Run rows from ``t0`` while the record buffers have room for one more row; return the
     next row and the record counts (the caller grows the buffers and calls again)."""
     n_t, n_s = close.shape
@@ -1111,9 +1144,9 @@ def _rows_nb(t0, ref, close, pred, atr, vol, sma, regime, ret, half_spread, sigm
                     s[j, S_HELD] = 0.0
         if not quiet:
             n_ord, n_den = decide_row_nb(
-                t, ts_us[t], day[t], eod[t], pred, close, atr, vol, sma, regime, ret, tradable,
-                shortable, fractionable, sector, sec, rp, s, g, v, out_qty, orders, n_ord, den,
-                n_den,
+                t, ts_us[t], day[t], eod[t], pred, close, high, low, atr, vol, sma, regime, ret,
+                tradable, shortable, fractionable, sector, sec, rp, s, g, v, out_qty, orders,
+                n_ord, den, n_den,
             )  # fmt: skip
             n_pend = _n_pending(s)
         for j in range(n_s):
@@ -1123,9 +1156,9 @@ def _rows_nb(t0, ref, close, pred, atr, vol, sma, regime, ret, half_spread, sigm
 
 
 @njit(cache=True, nogil=True)
-def simulate_risk_nb(ref, close, pred, atr, vol, sma, regime, ret, half_spread, sigma, volume,
-                     slip_row, borrow_row, ts_us, day, eod, tradable, shortable, fractionable,
-                     sector, n_sectors, p, rp, s, g, v):  # fmt: skip
+def simulate_risk_nb(ref, close, high, low, pred, atr, vol, sma, regime, ret, half_spread, sigma,
+                     volume, slip_row, borrow_row, ts_us, day, eod, tradable, shortable,
+                     fractionable, sector, n_sectors, p, rp, s, g, v):  # fmt: skip
     """Run the portfolio under the risk policy: at each row, fill pending orders at the open
     (costs as in the backtest kernel), mark at the close, check the kill switch, decide."""
     n_t, n_s = close.shape
@@ -1147,7 +1180,7 @@ def simulate_risk_nb(ref, close, pred, atr, vol, sma, regime, ret, half_spread, 
     t = 0
     while t < n_t:
         t, n_fill, n_ord, n_den = _rows_nb(
-            t, ref, close, pred, atr, vol, sma, regime, ret, half_spread, sigma, volume,
+            t, ref, close, high, low, pred, atr, vol, sma, regime, ret, half_spread, sigma, volume,
             slip_row, borrow_row, ts_us, day, eod, tradable, shortable, fractionable, frac_ok,
             sector, sec, p, rp, s, g, v, equity, positions, cum_borrow, out_qty, fills, n_fill,
             orders, n_ord, den, n_den,

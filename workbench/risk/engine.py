@@ -212,7 +212,10 @@ class RiskEngine:
         K.killswitch_nb(self.s, self.g, t, int(day[0]), self.rp)
         n_ord0, n_den0 = self._n_ord, self._n_den
         # read-only inputs, as inside the backtest kernel: one compiled signature serves both
-        inputs = BKfrozen(self._pred[lo:hi], self._cl[lo:hi], atr, vol, sma, regime, ret)
+        inputs = BKfrozen(
+            self._pred[lo:hi], self._cl[lo:hi], self._hi[lo:hi], self._lo[lo:hi], atr, vol, sma,
+            regime, ret,
+        )  # fmt: skip
         n = len(self.symbols)
         self._orders = K.room(self._orders, self._n_ord, K.ORD_PER_ROW * n)
         self._den = K.room(self._den, self._n_den, K.DEN_PER_ORDER * n)

@@ -275,6 +275,11 @@ class RiskPolicy:
         vol = s.method == "vol_target" or s.regime is not None
         return atr, vol, self.decision.config.trend_filter is not None
 
+    def atr_on_demand(self) -> bool:
+        """Whether only order rows read the ATR (the heat limit and the stops): the backtest then
+        measures it from the bars at those rows instead of on every bar."""
+        return self.needs()[0] and self.sizing.method not in ("atr_risk", "kelly")
+
     def vol_window(self) -> int:
         s = self.sizing
         return (
@@ -354,10 +359,13 @@ class RiskPolicy:
     ) -> tuple[np.ndarray, ...]:
         """ATR, volatility, moving average, returns and the regime multiplier on a grid.
 
-        With ``compact`` an input no rule of the policy reads is a single row of NaN (the
-        backtest kernel reads inputs through ``_kernel._cell``); otherwise every one is a grid.
+        With ``compact`` an input no rule of the policy reads on every bar is a single row of NaN
+        (the backtest kernel reads inputs through ``_kernel._cell``; an ATR read only by the heat
+        rule it measures at order rows, see :meth:`atr_on_demand`); otherwise every one is a grid.
         """
         need_atr, need_vol, need_sma = self.needs()
+        if compact and self.atr_on_demand():
+            need_atr = False
         s = self.sizing
         # regimes read the volatility of past rows too: compute it over the whole window then
         first = 0 if s.regime is not None else from_row
@@ -409,13 +417,16 @@ class RiskPolicy:
         tradable, shortable, fractionable = self.facts(symbols, assets)
         sector, n_sectors = self.sector_codes(symbols)
         s, g, v = K.new_state(len(symbols), initial_cash, self.n_violations)
+        rp = self.params()
+        if self.atr_on_demand():
+            rp[K.R_ATR_ON_DEMAND] = self.sizing.atr_window
         out = K.simulate_risk_nb(
-            *BKfrozen(ref, close, pred, atr, vol, sma, regime, ret),
+            *BKfrozen(ref, close, high, low, pred, atr, vol, sma, regime, ret),
             *BKfrozen(cost_arrays.half_spread, cost_arrays.sigma, cost_arrays.volume),
             *BKfrozen(cost_arrays.slip_row, cost_arrays.borrow_row, ts_us, day, eod),
             *BKfrozen(tradable, shortable, fractionable, sector),
             n_sectors,
-            *BKfrozen(params, self.params()),
+            *BKfrozen(params, rp),
             s,
             g,
             v,
