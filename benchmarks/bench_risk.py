@@ -6,7 +6,8 @@ interleaved so a shared machine slows them alike):
 a. **Backtest under a risk policy** — 1 symbol x 1,000,000 minute bars (bench_backtest's data),
    a 50/200 SMA crossover as a prediction (+1 fast above slow, -1 otherwise, null while the slow
    SMA warms up), decided with thresholds long 0.5 / short -0.5, under a ``StrategyConfig``
-   with every rule on: sizing (fixed_fraction 1.0, or vol_target with a volatility regime),
+   with every rule on: sizing (fixed_fraction 1.0, or vol_target with a volatility regime and
+   a 2% min_trade; and again with min_trade 0, which re-sizes on almost every bar),
    max_position 1.0, leverage 1.0, heat_max, max_open_positions, gross/net caps, the kill
    switch (daily_loss, max_drawdown, max_violations; loose: whether it tripped is printed) and
    the intraday end-of-day flatten (5 minutes). Timed: ``run_backtest(bars, predictions,
@@ -108,15 +109,20 @@ def strategy(sizing: SizingConfig) -> StrategyConfig:
     )
 
 
+VOL_TARGET = SizingConfig(
+    method="vol_target",
+    vol_target=0.15,
+    vol_window=20,
+    max_leverage=1.0,
+    regime=RegimeConfig(window=20, lookback=780),
+)
 SIZINGS = {
     "fixed_fraction 1.0": SizingConfig(method="fixed_fraction", fraction=1.0),
-    "vol_target + regime": SizingConfig(
-        method="vol_target",
-        vol_target=0.15,
-        vol_window=20,
-        max_leverage=1.0,
-        regime=RegimeConfig(window=20, lookback=780),
-    ),
+    # hysteresis on, as the intraday strategies configure it: no order under 2% of equity
+    "vol_target + regime": VOL_TARGET.model_copy(update={"min_trade": 0.02}),
+    # min_trade 0: the 20-bar volatility moves the target on every bar, so it re-sizes on
+    # (almost) every bar; the worst case of the policy, not a realistic one
+    "vol_target, min_trade 0": VOL_TARGET,
 }
 
 
@@ -159,7 +165,8 @@ def risk_profile(bars, preds, cfg, policy, repeat) -> dict[str, float]:
 
     ca = costs()
     day, eod = policy.calendar_rows(grid.ts_us)
-    atr, vol, sma, ret, regime = policy.inputs(high, low, close, day)
+    # as RiskPolicy.simulate: compact inputs, an ATR read only at order rows measured there
+    atr, vol, sma, ret, regime = policy.inputs(high, low, close, day, compact=True)
     tradable, shortable, fractionable = policy.facts(grid.symbols, None)
     sector, n_sectors = policy.sector_codes(grid.symbols)
     params = np.zeros(BK.N_PARAMS)
@@ -169,6 +176,8 @@ def risk_profile(bars, preds, cfg, policy, repeat) -> dict[str, float]:
     params[BK.P_BPS] = cfg.costs.commission_bps
     params[BK.P_CLIP_TOL] = BE.CLIP_TOLERANCE
     rp = policy.params()
+    if policy.atr_on_demand():
+        rp[K.R_ATR_ON_DEMAND] = policy.sizing.atr_window
 
     def kernel():
         s, g, v = K.new_state(grid.n_symbols, cfg.initial_cash, policy.n_violations)
@@ -192,7 +201,9 @@ def risk_profile(bars, preds, cfg, policy, repeat) -> dict[str, float]:
         "grid + align + to_2d": align,
         "costs.prepare": costs,
         "calendar_rows": lambda: policy.calendar_rows(grid.ts_us),
-        "risk inputs (ATR, vol, regime)": lambda: policy.inputs(high, low, close, day),
+        "risk inputs (ATR, vol, regime)": lambda: policy.inputs(
+            high, low, close, day, compact=True
+        ),
         "simulate_risk_nb (kernel)": kernel,
         "log frames (orders, denials, trip)": logs,
     }

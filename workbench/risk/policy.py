@@ -481,7 +481,11 @@ def orders_frame(orders: np.ndarray, symbols: Sequence[str], ts_us: np.ndarray) 
 
 
 def _names(codes: np.ndarray, names: Mapping[int, str]) -> pl.Series:
-    return pl.Series(codes.astype(np.int64)).replace_strict(dict(names), return_dtype=pl.String)
+    # one gather from a dense table of the names (codes are small non-negative integers)
+    table = [""] * (max(names, default=0) + 1)
+    for code, name in names.items():
+        table[code] = name
+    return pl.Series(table, dtype=pl.String).gather(codes.astype(np.int64))
 
 
 def denials_frame(den: np.ndarray, symbols: Sequence[str], ts_us: np.ndarray) -> pl.DataFrame:
@@ -491,9 +495,15 @@ def denials_frame(den: np.ndarray, symbols: Sequence[str], ts_us: np.ndarray) ->
 
     rows = den[:, BK.D_DEC].astype(np.int64)
     reason = _names(den[:, BK.D_CODE], RULE_NAMES)
-    rules = reason.to_list()
     value = den[:, K.DR_VALUE]
     limit = den[:, K.DR_LIMIT]
+    # one sentence per distinct (rule, value, limit): runs of one rule (the end-of-day window,
+    # a halted kill switch) repeat theirs
+    keys = np.stack([den[:, BK.D_CODE], value, limit], axis=1) if len(den) else np.empty((0, 3))
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    texts = [
+        reason_text(RULE_NAMES[int(c)], float(x), float(y)) for c, x, y in uniq
+    ]  # fmt: skip
     return pl.DataFrame(
         {
             "decision_ts": _ts(ts_us[rows]),
@@ -504,13 +514,7 @@ def denials_frame(den: np.ndarray, symbols: Sequence[str], ts_us: np.ndarray) ->
             "allowed_qty": den[:, BK.D_ALLOWED],
             "value": pl.Series(value).fill_nan(None),
             "limit": pl.Series(limit).fill_nan(None),
-            "detail": pl.Series(
-                [
-                    reason_text(r, float(x), float(y))
-                    for r, x, y in zip(rules, value, limit, strict=True)
-                ],
-                dtype=pl.String,
-            ),
+            "detail": pl.Series(texts, dtype=pl.String).gather(inverse.ravel().astype(np.int64)),
         }
     )
 
