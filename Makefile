@@ -35,7 +35,7 @@ demo: $(VENV)/.base  ## set up and run the research pipeline on the embedded sim
 
 test: $(VENV)/.dev  ## set up and run every test
 	$(BIN)/ruff check workbench tests benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder --durations=25
 
 lint: $(VENV)/.dev  ## ruff lint + format check
 	$(BIN)/ruff check .

@@ -19,3 +19,30 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WB_STORE__ROOT", str(tmp_path / "data" / "bars"))
     monkeypatch.setenv("WB_STORE__FEATURES_ROOT", str(tmp_path / "data" / "features"))
     return tmp_path
+
+
+# Modules whose tests take minutes (a pipeline run behind a module fixture, the SIGKILL trials)
+HEAVY = ("tests/execution/test_crash_safety.py", "tests/pipeline/test_runner.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist (`make test`: -n 2 --dist loadscope --no-loadscope-reorder, a module or class
+    at a time per worker), hand out the longest modules first: started last, one of them would
+    leave the other worker idle at the end. A plain `pytest` keeps the collection order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::", 1)[0]
+
+    rank: dict[str, int] = {}
+    for item in items:
+        r = (
+            0
+            if item.get_closest_marker("slow")
+            else 1
+            if item.get_closest_marker("notebook") or module(item) in HEAVY
+            else 2
+        )
+        rank[module(item)] = min(r, rank.get(module(item), 2))
+    items.sort(key=lambda item: rank[module(item)])  # stable: same order on every worker
