@@ -392,7 +392,7 @@ def check_parts(
     def agg():
         return K.aggregates_nb(engine.s, engine.sector, engine.n_sectors)
 
-    den = np.empty((K.DEN_PER_ORDER, K.N_DENIAL))
+    buf = np.empty((K.DEN_PER_ORDER, K.N_DENIAL))
 
     def lim():
         gross, net, heat, n_open, sec = agg()
@@ -400,11 +400,11 @@ def check_parts(
             min(t, ret.shape[0] - 1), j, float(engine.g[K.G_DAY]), np.nan, qe, float(qty),
             float(price), engine.equity, engine._last_atr[j], ret, engine.tradable,
             engine.shortable, engine.fractionable, engine.sector, sec, gross, net, heat, n_open,
-            engine.rp, engine.s, engine.g, den, 0,
+            engine.rp, engine.s, engine.g, buf, 0,
         )  # fmt: skip
 
     _, n_den, _ = lim()
-    den = den[:n_den].copy()
+    den = buf[:n_den].copy()
     den[:, BK.D_DEC] = np.arange(n_den)  # rows of the ts array passed below
 
     def frame():
