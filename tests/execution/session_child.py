@@ -48,19 +48,6 @@ SESSION_START = datetime(2024, 11, 26, 14, 30, tzinfo=UTC)
 COSTS = CostsConfig(commission_per_share=0.005, commission_min=1.0, half_spread_bps=2.0)
 
 
-def warm_up() -> None:
-    """Do once in the crash suite's fork server what every forked child would otherwise repeat:
-    numba's initialisation (its target context, LLVM, the BLAS check: about 2 s) and the exchange
-    calendar (about 0.8 s). Neither starts a thread, so forking after it stays safe (polars, whose
-    thread pool must not exist before a fork, is not touched)."""
-    import numba
-
-    from workbench.data.calendar import get_calendar
-
-    numba.njit(lambda: 0)()
-    get_calendar("XNYS")
-
-
 def session_bars() -> pl.DataFrame:
     return SyntheticSource(seed=3, alpha=0.2).fetch(SYMBOLS, Timeframe.parse("15Min"), START, END)
 
@@ -208,9 +195,6 @@ def intents_summary(ledger_path: str, sid: str) -> list[dict]:
     finally:
         led.close()
 
-
-if os.environ.get("CRASH_CHILD_WARM_UP"):  # set by the crash suite while its fork server starts
-    warm_up()
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

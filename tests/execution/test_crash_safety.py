@@ -50,7 +50,6 @@ def ctx():
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).parent), *filter(None, [saved.get("PYTHONPATH")])]
     )
-    os.environ["CRASH_CHILD_WARM_UP"] = "1"  # the server warms up what each child would redo
     try:
         c.set_forkserver_preload(["session_child"])
         p = c.Process(target=_noop)
