@@ -188,25 +188,31 @@ def next_cmd(
 @schedule_app.command("run-now")
 def run_now_cmd(
     job: Annotated[str, typer.Argument(help="Scheduled job or its pipeline, e.g. daily_ingest.")],
-) -> None:
-    """Run a scheduled job now, in the foreground, with the schedule's parameters.
+    after: Annotated[bool, typer.Option("--after/--no-after", help="Also run the jobs that run after it (default), as the scheduler would.")] = True,
+) -> None:  # fmt: skip
+    """Run a scheduled job now, in the foreground, with the schedule's parameters, then the jobs
+    that run after it (e.g. nightly_monitor after daily_ingest), each only if the one it follows
+    ended ok.
 
     The session is the one of the job's latest fire time (any session, even for a weekly job).
-    The pipeline's run lock applies: a run in progress makes this one refuse (exit 2).
+    The pipeline's run lock applies: a run in progress makes this one refuse (exit 2). Exit 1
+    when a run failed. Example: wb schedule run-now daily_ingest --no-after
     """
     from workbench.pipeline.scheduler import SchedulerService
 
     try:
         cfg = load_config()
-        out = SchedulerService(cfg, _schedule(cfg), echo=_out.print, alert=lambda *a: None).run_now(
-            job
-        )
+        svc = SchedulerService(cfg, _schedule(cfg), echo=_out.print, alert=lambda *a: None)
+        outs = svc.run_now(job, after=after)
     except WorkbenchError as exc:
         _fail(exc)
-    if out.status == "failed":
-        raise typer.Exit(1)
-    if out.status != "ok":
+    for out in outs:
+        _out.print(f"{out.job}: {out.status} (session {out.session})")
+    statuses = {o.status for o in outs}
+    if statuses - {"ok", "failed"}:
         raise typer.Exit(2)
+    if "failed" in statuses:
+        raise typer.Exit(1)
 
 
 @schedule_app.command("unlock")

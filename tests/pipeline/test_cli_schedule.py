@@ -88,3 +88,62 @@ def test_next_and_list_refuse_bad_input_with_the_fix(repo_env: Path) -> None:
         jobs["daily_ingest"]["grace_seconds"] == 14400
         and jobs["daily_ingest"]["stored_next_utc"] is None
     )
+
+
+class FakeRuns:
+    """Stands in for run_pipeline: records each run; the pipelines in ``fail`` fail."""
+
+    def __init__(self, root: Path, fail: tuple[str, ...] = ()) -> None:
+        self.root, self.fail = root, fail
+        self.calls: list[tuple[str, dict, str, str]] = []
+
+    def __call__(self, pipeline, params, *, cfg, session, trigger, echo):
+        from tests.pipeline.conftest import tiny_result
+
+        self.calls.append((pipeline, params, session.isoformat(), trigger))
+        return tiny_result(self.root / pipeline, ok=pipeline not in self.fail)
+
+
+def test_run_now_runs_the_after_jobs_for_the_same_session(
+    repo_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workbench.pipeline.runner as runner_mod
+
+    fake = FakeRuns(repo_env)
+    monkeypatch.setattr(runner_mod, "run_pipeline", fake)
+    res = runner.invoke(app, ["schedule", "run-now", "daily_ingest"])
+    assert res.exit_code == 0, res.output
+    assert [c[0] for c in fake.calls] == ["daily_ingest", "nightly_monitor"]
+    (_, ingest, session, trig), (_, monitor, session2, trig2) = fake.calls
+    assert ingest == {"start": session, "end": session} and monitor == {}
+    assert session2 == session and (trig, trig2) == (
+        "schedule:daily_ingest",
+        "schedule:nightly_monitor",
+    )
+    assert "nightly_monitor: runs after daily_ingest" in res.output
+    assert "nightly_monitor: ok (session" in res.output
+    # --no-after runs the job alone; an after job run by name runs alone too (nothing follows it)
+    fake.calls.clear()
+    res = runner.invoke(app, ["schedule", "run-now", "daily_ingest", "--no-after"])
+    assert res.exit_code == 0 and [c[0] for c in fake.calls] == ["daily_ingest"], res.output
+    fake.calls.clear()
+    res = runner.invoke(app, ["schedule", "run-now", "nightly_monitor"])
+    assert res.exit_code == 0 and [c[0] for c in fake.calls] == ["nightly_monitor"], res.output
+
+
+def test_run_now_does_not_run_the_after_jobs_of_a_failed_run(
+    repo_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workbench.pipeline.runner as runner_mod
+
+    fake = FakeRuns(repo_env, fail=("daily_ingest",))
+    monkeypatch.setattr(runner_mod, "run_pipeline", fake)
+    res = runner.invoke(app, ["schedule", "run-now", "daily_ingest"])
+    assert res.exit_code == 1, res.output
+    assert [c[0] for c in fake.calls] == ["daily_ingest"]
+    assert "daily_ingest: failed" in res.output and "nightly_monitor" not in res.output
+    # the after job failing: exit 1 too, both ran
+    fake = FakeRuns(repo_env, fail=("nightly_monitor",))
+    monkeypatch.setattr(runner_mod, "run_pipeline", fake)
+    res = runner.invoke(app, ["schedule", "run-now", "daily_ingest"])
+    assert res.exit_code == 1 and [c[0] for c in fake.calls] == ["daily_ingest", "nightly_monitor"]

@@ -103,3 +103,83 @@ def test_wb_schedule_unlock_clears_a_lock_held_elsewhere(tiny_project: Path, mon
     assert locks.holder("tiny") is None
     again = runner.invoke(app, ["schedule", "unlock", "tiny"])
     assert "no lock held for tiny" in again.output
+
+
+SCHEDULER = textwrap.dedent(
+    """
+    import subprocess, sys, threading, time
+    from datetime import UTC, datetime
+    from pathlib import Path
+    from apscheduler.triggers.date import DateTrigger
+    from workbench.config import load_config
+    from workbench.pipeline.lock import RunLock
+    from workbench.pipeline.runner import lock_url
+    from workbench.pipeline.scheduler import FUNC, SchedulerService
+
+    root = Path(sys.argv[1])
+    cfg = load_config(root)
+
+    def runner(pipeline, params, *, cfg, session, trigger, echo):
+        # what run_pipeline does first: take the lock; then a child process (a kernel) works
+        RunLock(lock_url(cfg, root / "runs")).acquire(pipeline, session=str(session), trigger=trigger)
+        kid = subprocess.Popen(["sleep", "300"])
+        print(f"running kernel {kid.pid}", flush=True)
+        time.sleep(300)
+
+    svc = SchedulerService(cfg, runner=runner, alert=lambda *a: None,
+                           echo=lambda m: print(m, flush=True))
+
+    def fire_soon():
+        while svc.scheduler is None or not svc.scheduler.running:
+            time.sleep(0.05)
+        svc.scheduler.add_job(FUNC, DateTrigger(run_date=datetime.now(UTC)), id="tiny@2024-03-05",
+                              kwargs={"job": "tiny", "session": "2024-03-05"})
+
+    threading.Thread(target=fire_soon, daemon=True).start()
+    sys.exit(svc.serve())
+    """
+)
+
+
+def test_a_second_sigterm_exits_at_once_and_leaves_no_stale_lock(tiny_project: Path) -> None:
+    import os
+    import signal
+
+    (tiny_project / "pipelines" / "schedule.yaml").write_text(
+        "jobs:\n  - {name: tiny, pipeline: tiny, at: after_close + 30min}\n"
+    )
+    cfg = load_config(tiny_project)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCHEDULER, str(tiny_project)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    kernel = 0
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("running kernel"):
+            kernel = int(line.split()[-1])
+            break
+    assert kernel, "".join(lines)
+    locks = RunLock(lock_url(cfg, tiny_project / "runs"))
+    assert [h.pipeline for h in locks.holders()] == ["tiny"] and locks.holder(
+        "tiny"
+    ).pid == proc.pid
+    proc.send_signal(signal.SIGTERM)
+    for line in proc.stdout:
+        lines.append(line)
+        if "signal again to exit now" in line:
+            break
+    assert "waiting for tiny (session 2024-03-05)" in lines[-1], "".join(lines)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1, "".join(lines) + out
+    assert locks.holders() == [], out  # neither the run's lock nor the scheduler's is left behind
+    assert "SIGTERM again: exiting now" in out
+    assert "released the run lock of tiny (session 2024-03-05)" in out
+    assert "tiny: interrupted (session 2024-03-05)" in out
+    scheduler_locks = RunLock(f"sqlite:///{tiny_project / 'runs' / 'schedule.db'}")
+    assert scheduler_locks.holders() == []
+    with pytest.raises(ProcessLookupError):  # the run's child process was ended with it
+        os.kill(kernel, 0)

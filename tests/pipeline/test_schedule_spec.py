@@ -172,10 +172,7 @@ def test_the_repository_schedule_validates_with_every_pipeline() -> None:
     assert {"daily_ingest", "trading_day", "weekly_retrain"} <= set(sch.jobs)
     assert sch.jobs["daily_ingest"].at == "after_close + 30min"
     assert sch.jobs["weekly_retrain"].sessions == "first_of_week"
-    if (REPO / "pipelines" / "nightly_monitor.yaml").exists():
-        assert sch.jobs["nightly_monitor"].after == "daily_ingest" and sch.left_out == {}
-    else:  # the monitoring work lands it; until then the optional job is left out, not refused
-        assert sch.left_out == {
-            "nightly_monitor": "pipelines/nightly_monitor.yaml does not exist yet"
-        }
-    assert (REPO / "pipelines" / "nightly_monitor.yaml").exists() == ("nightly_monitor" in sch.jobs)
+    assert sch.jobs["nightly_monitor"].after == "daily_ingest" and sch.left_out == {}
+    assert not any(j.optional for j in sch.jobs.values())  # every default job is there
+    assert [d.name for d in sch.dependents("daily_ingest")] == ["nightly_monitor"]
+    assert set(sch.triggers) == {"daily_ingest", "trading_day", "weekly_retrain"}

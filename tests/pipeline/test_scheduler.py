@@ -313,7 +313,7 @@ def test_run_now_uses_the_latest_session_and_the_schedules_parameters(
     svc = SchedulerService(cfg, load_schedule(write_schedule(tiny_project, weekly), tiny_project),
                            clock=clock, runner=runner, echo=lambda _: None)  # fmt: skip
     clock.t = ny(date(2024, 3, 7), 10, 0)  # Thursday morning: the latest close is Wednesday's
-    out = svc.run_now("tiny")  # by pipeline name
+    [out] = svc.run_now("tiny")  # by pipeline name
     assert out.status == "ok" and runner.calls[0]["session"] == date(2024, 3, 6)
     with pytest.raises(ScheduleError, match="jobs: \\['nightly'\\]"):
         svc.run_now("nope")

@@ -9,7 +9,8 @@ and the row names its holder: pipeline, session, trigger, process, host, start t
 A holder that died without releasing (SIGKILL, power loss) leaves a stale row. On the holder's
 own host the next run sees that the process is gone (its pid is not running, or runs a process
 started at another time) and takes the lock over; a holder on another host is reported with the
-command that clears it (``wb schedule unlock PIPELINE``).
+command that clears it (``wb schedule unlock PIPELINE``). A process that must exit at once
+(the scheduler's second SIGTERM) first releases every lock it holds (:func:`release_held`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -30,6 +32,8 @@ import sqlalchemy as sa
 from workbench.errors import PipelineError
 
 NEW_YORK = ZoneInfo("America/New_York")
+_HELD: dict[str, tuple[RunLock, LockHolder]] = {}  # token -> lock taken in this process
+_HELD_GUARD = threading.Lock()
 _META = sa.MetaData()
 _LOCKS = sa.Table(
     "pipeline_locks",
@@ -163,6 +167,8 @@ class RunLock:
             try:
                 with self.engine.begin() as c:
                     c.execute(sa.insert(_LOCKS).values(**asdict(me)))
+                with _HELD_GUARD:
+                    _HELD[me.token] = (self, me)
                 return me
             except sa.exc.IntegrityError:
                 held = self.holder(pipeline)
@@ -188,6 +194,8 @@ class RunLock:
 
     def release(self, holder: LockHolder) -> bool:
         """Release a lock this holder took; return False if it was no longer held by it."""
+        with _HELD_GUARD:
+            _HELD.pop(holder.token, None)
         with self.engine.begin() as c:
             res = c.execute(
                 sa.delete(_LOCKS).where(
@@ -227,6 +235,27 @@ class RunLock:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def held_here() -> list[LockHolder]:
+    """The locks this process holds now (taken and not yet released)."""
+    with _HELD_GUARD:
+        return [h for _, h in _HELD.values()]
+
+
+def release_held() -> list[LockHolder]:
+    """Release every lock this process holds (before an immediate exit that skips the runs'
+    ``finally`` blocks, so no stale row is left); return what was released."""
+    with _HELD_GUARD:
+        held = list(_HELD.values())
+    out = []
+    for locks, holder in held:
+        try:
+            if locks.release(holder):
+                out.append(holder)
+        except Exception:  # a database gone: the row is stale, taken over by the next run here
+            continue
+    return out
 
 
 def _holder(row: Any) -> LockHolder:

@@ -20,6 +20,7 @@ notebook, HTML, the failing cell and error, in the run folder and MLflow) and ra
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -301,9 +302,15 @@ class SchedulerService:
     # ------------------------------------------------------------------ firing
 
     def fire(
-        self, job: str, *, session: date | None = None, fire_time: datetime | None = None
-    ) -> RunOutcome:
-        """Run one fire of a job now: its pipeline with the schedule's parameters, for its session."""
+        self, job: str, *, session: date | None = None, fire_time: datetime | None = None,
+        inline_after: bool = False,
+    ) -> RunOutcome:  # fmt: skip
+        """Run one fire of a job now: its pipeline with the schedule's parameters, for its session.
+
+        When it ends ok, the jobs that run after it are queued in the job store (the scheduler
+        runs them next), or with ``inline_after`` run here, one after the other, for the same
+        session (``wb schedule run-now``).
+        """
         spec = self.schedule.jobs[job]
         now = self.clock()
         if session is None:
@@ -354,14 +361,28 @@ class SchedulerService:
         out.seconds = round(time.perf_counter() - t0, 3)
         self._finished(out)
         if out.status == "ok":
-            self._queue_dependents(job, session, fire_time)
+            if inline_after:
+                for dep in self.schedule.dependents(job):
+                    self.echo(
+                        f"{_stamp(self.clock())} {dep.name}: runs after {job} (session {session})"
+                    )
+                    self.fire(dep.name, session=session, fire_time=fire_time, inline_after=True)
+            else:
+                self._queue_dependents(job, session, fire_time)
         return out
 
-    def run_now(self, job_or_pipeline: str) -> RunOutcome:
-        """Fire a job now (``wb schedule run-now``), for the session of its latest fire time.
+    def run_now(self, job_or_pipeline: str, *, after: bool = True) -> list[RunOutcome]:
+        """Fire a job now (``wb schedule run-now``), for the session of its latest fire time,
+        then (``after``) the jobs that run after it, as the scheduler would: each only when the
+        one it follows ended ok, all for the same session. Return the outcomes in run order.
 
         The session filter is ignored (a weekly job run now is for the latest session).
         """
+        first = len(self.outcomes)
+        self._run_now(job_or_pipeline, after)
+        return self.outcomes[first:]
+
+    def _run_now(self, job_or_pipeline: str, after: bool) -> RunOutcome:
         spec = self.schedule.job(job_or_pipeline)
         now = self.clock()
         up = self.schedule.upstream(spec.name)
@@ -373,8 +394,8 @@ class SchedulerService:
         )
         last = every.last_fire(now)
         if last is None:
-            return self.fire(spec.name)
-        return self.fire(spec.name, session=last[1], fire_time=now)
+            return self.fire(spec.name, inline_after=after)
+        return self.fire(spec.name, session=last[1], fire_time=now, inline_after=after)
 
     def _queue_dependents(self, job: str, session: date, fire_time: datetime) -> None:
         for dep in self.schedule.dependents(job):
@@ -498,7 +519,7 @@ class SchedulerService:
         """Run the schedule in the foreground until SIGTERM/SIGINT (or ``stop`` is set).
 
         The first signal stops new fires and waits for running pipelines to finish; a second
-        one exits at once (their locks are then stale and taken over by the next run here).
+        one exits at once (:meth:`exit_now`: their kernels ended, their run locks released).
         """
         stop = stop or threading.Event()
         self.acquire_process_lock()
@@ -562,11 +583,47 @@ class SchedulerService:
         def handler(signum: int, _frame: Any) -> None:
             if stop.is_set():
                 self.echo(f"{signal.Signals(signum).name} again: exiting now")
-                os._exit(1)
+                self.exit_now()
             stop.set()
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+    def exit_now(self, code: int = 1) -> None:
+        """Leave at once (a second signal): end the runs' child processes (notebook kernels),
+        release the run locks this process holds and the scheduler lock, then ``os._exit``.
+
+        The runs' own ``finally`` blocks do not run, so without this their locks would stay in
+        the database as stale rows until the next run on this host took them over.
+        """
+        from workbench.pipeline.lock import release_held
+
+        running = dict(self.running)
+        try:
+            _end_children()
+            for h in release_held():
+                self.echo(f"released the run lock of {h.pipeline} (session {h.session})")
+            self._guard = None  # released with the rest
+            for job, (session, _) in running.items():
+                self.echo(f"{job}: interrupted (session {session}); its run folder is incomplete")
+        except Exception:
+            log.exception("could not clean up before exiting")
+        finally:
+            os._exit(code)
+
+
+def _end_children(timeout: float = 5.0) -> None:
+    """Terminate this process's children (papermill's kernels), then kill what is left."""
+    import psutil
+
+    kids = psutil.Process().children(recursive=True)
+    for p in kids:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(kids, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def stored_jobs(cfg: WorkbenchConfig) -> dict[str, datetime | None]:
