@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from workbench.cli_errors import CleanErrors
 from workbench.cli_ops import alert_app
 from workbench.cli_schedule import schedule_app
 from workbench.config import config_hash, load_config
@@ -27,6 +28,7 @@ from workbench.risk.cli import risk_app
 
 app = typer.Typer(
     help="Quant workbench: ingest bars, inspect the store, run research pipelines.",
+    cls=CleanErrors,  # expected errors: one message, exit 2; bugs: a summary and a log file
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -111,9 +113,14 @@ def ingest(
         st = BarStore(store, cfg.store.partition) if store else BarStore.from_config(cfg)
         syms = (
             [s.strip() for s in symbols.split(",") if s.strip()]
-            if symbols
+            if symbols is not None
             else list(cfg.data.symbols)
         )
+        if not syms:
+            raise WorkbenchError(
+                f"--symbols {symbols!r} names no symbol (the default universe is not used in its "
+                "place). Fix: pass symbols, e.g. --symbols SYN000,SYN001, or leave --symbols out."
+            )
         rep = run_ingest(
             src,
             st,

@@ -90,7 +90,7 @@ class DataConfig(_Frozen):
 class SimulatorConfig(_Frozen):
     """The embedded market simulator (see :mod:`workbench.data.sources.synthetic`)."""
 
-    seed: int = 7  # master seed: same seed, same bars
+    seed: int = Field(7, ge=0, lt=2**32)  # master seed: same seed, same bars
     alpha: float = Field(0.0, ge=0.0, le=0.5)  # planted predictability; 0 = martingale
     n_sectors: int = Field(3, ge=1)  # sector factors
     start_price: float = Field(100.0, gt=0)  # mean starting price
@@ -686,10 +686,30 @@ class _Layer:
         return f"{self.where}, line {line}" if line else self.where
 
 
+class _LenientDates(yaml.SafeLoader):
+    """A safe loader that keeps an impossible date (``2024-02-30``) as its text, so the field
+    that receives it reports the field, the value and where it came from (PyYAML raises a bare
+    ``ValueError: day is out of range for month`` naming neither)."""
+
+    def construct_yaml_timestamp(self, node: yaml.Node) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:
+            return self.construct_scalar(node)
+
+
+_LenientDates.add_constructor("tag:yaml.org,2002:timestamp", _LenientDates.construct_yaml_timestamp)
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load``, except that impossible dates stay text (for a clear error later)."""
+    return yaml.load(text, Loader=_LenientDates)  # a SafeLoader subclass
+
+
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     text = path.read_text()
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(
             f"{path}: not valid YAML ({exc}). Fix the syntax at the position shown."
@@ -764,14 +784,21 @@ def _env_layer(model: type[BaseModel]) -> _Layer:
                 f"{_did_you_mean(parts[0], model.model_fields)}."
             )
         try:
-            value = yaml.safe_load(raw)
+            value = yaml_load(raw)
         except yaml.YAMLError:
             value = raw
         node = data
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
-    return _Layer(data, "environment (WB_* variables)")
+    return _EnvLayer(data, "environment (WB_* variables)")
+
+
+class _EnvLayer(_Layer):
+    """The WB_* variables: a key is located by the variable that set it."""
+
+    def locate(self, path: tuple[str, ...]) -> str:
+        return f"environment variable WB_{'__'.join(path).upper()}"
 
 
 def load_config(root: str | Path | None = None, env: str | None = None) -> WorkbenchConfig:
@@ -791,6 +818,12 @@ def load_config(root: str | Path | None = None, env: str | None = None) -> Workb
     """
     project = Path(root).resolve() if root is not None else find_project_root()
     cfg_dir = Path(os.environ.get("WB_CONFIG_DIR") or project / "config")
+    if os.environ.get("WB_CONFIG_DIR") and not cfg_dir.is_dir():
+        raise ConfigError(
+            f"WB_CONFIG_DIR={os.environ['WB_CONFIG_DIR']!r} is not a folder (nothing would be read "
+            "from it and the built-in defaults would run silently). Fix: point WB_CONFIG_DIR at the "
+            "folder holding workbench.yaml, or unset it to use <project>/config."
+        )
     layers: list[_Layer] = []
     base = cfg_dir / "workbench.yaml"
     if base.is_file():
@@ -830,7 +863,9 @@ def load_config(root: str | Path | None = None, env: str | None = None) -> Workb
                 (lay.locate(loc) for lay in reversed(layers) if _has(lay.data, loc)), "defaults"
             )
             msgs.append(f"{'.'.join(loc)} = {err.get('input')!r} at {where}: {err['msg']}")
-        raise ConfigError("invalid config:\n  " + "\n  ".join(msgs)) from None
+        raise ConfigError(
+            "invalid config:\n  " + "\n  ".join(msgs) + "\nFix: correct the value at the place shown."
+        ) from None
     for name, strat in cfg.strategies.items():
         if strat.feature_set not in cfg.feature_sets:
             raise ConfigError(

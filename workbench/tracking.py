@@ -56,19 +56,68 @@ def tracking_uri(cfg: WorkbenchConfig | None = None) -> str:
     return uri
 
 
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+"""The experiment tag MLflow 3's UI reads to open an experiment on its training runs (rather than
+the GenAI traces view); the values are ``genai_development`` and ``custom_model_development``."""
+
+
+class TrackingStoreError(WorkbenchError):
+    """The tracking URI points somewhere a store cannot be opened or created."""
+
+
+def _store_folder(uri: str) -> Path | None:
+    """The local folder a tracking URI needs to exist (None for servers and databases)."""
+    from urllib.parse import unquote, urlparse
+
+    if uri.startswith("sqlite:///"):
+        db = uri[len("sqlite:///") :]
+        return None if db in ("", ":memory:") else Path(unquote(db)).parent
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path)).parent
+    if parsed.scheme == "" or len(parsed.scheme) == 1:  # a plain path (or a Windows drive)
+        return Path(uri).parent
+    return None
+
+
+def check_uri(cfg: WorkbenchConfig | None = None) -> str:
+    """Return the tracking URI, or raise naming it when its folder does not exist.
+
+    MLflow would create a missing folder for a file store (runs then land somewhere unexpected,
+    often a typo) and fails with a database traceback for SQLite; both are refused here.
+    """
+    uri = tracking_uri(cfg)
+    folder = _store_folder(uri)
+    if folder is not None and not folder.is_dir():
+        source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.tracking_uri"
+        raise TrackingStoreError(
+            f"{source} = {uri!r} points into {folder}, which does not exist. Fix: create the "
+            f"folder (mkdir -p {folder}) or correct {source}."
+        )
+    return uri
+
+
 def setup(cfg: WorkbenchConfig | None = None, experiment: str | None = None) -> str:
-    """Point MLflow at the project's store and experiment; return the experiment id."""
+    """Point MLflow at the project's store and experiment; return the experiment id.
+
+    The experiment is created as a model-training experiment (:data:`EXPERIMENT_KIND`), and an
+    existing one without that tag gets it.
+    """
     import mlflow
 
     cfg = cfg or load_config()
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_tracking_uri(check_uri(cfg))
     name = experiment or cfg.mlflow.experiment
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         root = cfg.path(cfg.mlflow.artifact_root).resolve()
-        exp_id = mlflow.create_experiment(name, artifact_location=(root / name).as_uri())
+        exp_id = mlflow.create_experiment(
+            name, artifact_location=(root / name).as_uri(), tags=dict([EXPERIMENT_KIND])
+        )
     else:
         exp_id = exp.experiment_id
+        if EXPERIMENT_KIND[0] not in exp.tags:
+            mlflow.MlflowClient().set_experiment_tag(exp_id, *EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

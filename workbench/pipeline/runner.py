@@ -29,6 +29,7 @@ from workbench.pipeline.spec import (
     PipelineSpec,
     StepSpec,
     check_type,
+    check_values,
     load_spec,
     notebook_parameters,
     parse_overrides,
@@ -262,8 +263,9 @@ def run_pipeline(
             raise PipelineError(
                 f"pipeline {spec.name!r} has no parameter(s) {unknown}; valid: {sorted(spec.parameters)}."
             )
-    shared = validate_spec(spec, dict(overrides), root)
+    shared = validate_spec(spec, dict(overrides), root, cfg)
     tracking.check_no_secrets(shared, cfg)
+    tracking.check_uri(cfg)  # a tracking store that cannot be written fails here, not mid-run
     if session is None:
         session = current_session(calendar=cfg.data.calendar)
     session = session.isoformat() if isinstance(session, date) else str(session)
@@ -355,6 +357,9 @@ def _run(
                     raise PipelineError(
                         f"{where}: parameter {pname!r} = {value!r} does not fit {nb_params[pname]['inferred_type_name']} ({reason})."
                     )
+            bad_values = check_values(params, where, cfg)
+            if bad_values:
+                raise PipelineError("; ".join(bad_values))
             out_file = run_dir / f"{step.name}.outputs.json"
             params.update(output_path=str(out_file), parent_run_id=parent_id, pipeline=spec.name)
             out_nb = run_dir / f"{i:02d}_{step.name}.ipynb"

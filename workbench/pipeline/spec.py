@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from workbench.config import yaml_load
 from workbench.errors import PipelineError, WorkbenchError
 
 RUNNER_PARAMETERS = ("output_path", "parent_run_id", "pipeline")
@@ -73,7 +74,7 @@ class PipelineSpec(BaseModel):
     name: str
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=dict)
-    steps: tuple[StepSpec, ...]
+    steps: tuple[StepSpec, ...] = Field(min_length=1)  # an empty pipeline is refused
 
 
 def _plain(value: Any) -> Any:
@@ -109,7 +110,7 @@ def load_spec(path: str | Path) -> PipelineSpec:
     """Read and check a pipeline spec file (unknown keys are errors)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml_load(path.read_text())
     except yaml.YAMLError as exc:
         raise PipelineError(f"{path}: not valid YAML ({exc}).") from exc
     if not isinstance(raw, dict):
@@ -152,7 +153,7 @@ def parse_overrides(items: typing.Sequence[str], spec: PipelineSpec) -> dict[str
                 f"pipeline {spec.name!r} has no parameter {k!r}; valid: {sorted(spec.parameters)}.{_suggest(k, spec.parameters)}"
             )
         try:
-            out[k] = _plain(yaml.safe_load(v))
+            out[k] = _plain(yaml_load(v))
         except yaml.YAMLError:
             out[k] = v
     return out
@@ -294,13 +295,16 @@ def _check_when(
         )
 
 
-def validate_spec(spec: PipelineSpec, overrides: dict[str, Any], root: Path) -> dict[str, Any]:
+def validate_spec(
+    spec: PipelineSpec, overrides: dict[str, Any], root: Path, cfg: Any = None
+) -> dict[str, Any]:
     """Validate a whole spec before anything runs; return the shared parameters after overrides.
 
     Checks every notebook exists and declares the runner's parameters, every step parameter
-    exists in its notebook with a compatible type, and every reference is defined (outputs only
-    of earlier steps that declare them). All problems are reported together. Shared values
-    ``universe:NAME`` are replaced by the universe's members first.
+    exists in its notebook with a compatible type, every reference is defined (outputs only
+    of earlier steps that declare them), and the values that feed config models are valid
+    (:func:`check_values`; ``cfg`` names the configured strategies). All problems are reported
+    together. Shared values ``universe:NAME`` are replaced by the universe's members first.
     """
     problems: list[str] = []
     shared = {
@@ -318,6 +322,7 @@ def validate_spec(spec: PipelineSpec, overrides: dict[str, Any], root: Path) -> 
             problems.append(f"{where}: {exc}")
             declared[step.name] = step.outputs
             continue
+        resolved_params: dict[str, Any] = {}
         missing = [p for p in RUNNER_PARAMETERS if p not in nb_params]
         if missing:
             problems.append(
@@ -359,9 +364,148 @@ def validate_spec(spec: PipelineSpec, overrides: dict[str, Any], root: Path) -> 
                     f"{where}: parameter {pname!r} = {resolved!r} does not fit its annotation "
                     f"{nb_params[pname]['inferred_type_name']} ({reason})."
                 )
+            else:
+                resolved_params[pname] = resolved
+        problems += check_values(resolved_params, where, cfg)
         declared[step.name] = step.outputs
     if problems:
         raise PipelineError(
             f"pipeline {spec.name!r} is invalid; nothing was run:\n  - " + "\n  - ".join(problems)
         )
     return shared
+
+
+# --------------------------------------------------------------------------------------------
+# values: parameters that feed config models are checked before anything runs
+
+
+def _date_value(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return None  # the annotation check reports the type
+    try:
+        date.fromisoformat(v)
+    except ValueError as exc:
+        return f"not a calendar date ({exc}). Fix: a real date as YYYY-MM-DD, e.g. 2024-02-29"
+    return None
+
+
+def _timeframe_value(v: Any) -> str | None:
+    from workbench.data.timeframe import Timeframe
+
+    try:
+        Timeframe.parse(v)
+    except WorkbenchError as exc:
+        return str(exc)
+    return None
+
+
+def _field_value(model: type[BaseModel], name: str) -> Any:
+    """Check a value against a config model's field (its type and bounds)."""
+
+    def check(v: Any) -> str | None:
+        fld = model.model_fields[name]
+        try:
+            TypeAdapter(typing.Annotated[fld.annotation, *fld.metadata]).validate_python(v)
+        except ValidationError as exc:
+            bounds = ", ".join(str(m) for m in fld.metadata) or str(fld.annotation)
+            return (
+                f"{exc.errors()[0]['msg']} (as {model.__name__}.{name}: {bounds}). "
+                f"Fix: a value within those bounds"
+            )
+        return None
+
+    return check
+
+
+def _seed_value(v: Any) -> str | None:
+    if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v < 2**32:
+        return "seeds are 0 <= seed < 2**32 (numpy and LightGBM). Fix: a non-negative integer"
+    return None
+
+
+def _count_value(v: Any) -> str | None:
+    if isinstance(v, int) and not isinstance(v, bool) and v < 0:
+        return "must be >= 0 (0 means the strategy's setting). Fix: a non-negative integer"
+    return None
+
+
+def _fraction_value(v: Any) -> str | None:
+    if isinstance(v, int | float) and not isinstance(v, bool) and not 0 < v < 1:
+        return "must be strictly between 0 and 1. Fix: e.g. 0.6"
+    return None
+
+
+def _symbols_value(v: Any) -> str | None:
+    if isinstance(v, list | tuple) and not v:
+        return "an empty symbol list. Fix: list at least one symbol, e.g. [SYN000, SYN001]"
+    if isinstance(v, list | tuple) and any(not str(s).strip() for s in v):
+        return "holds an empty symbol. Fix: remove the empty entry"
+    return None
+
+
+def _choice_value(*choices: str) -> Any:
+    def check(v: Any) -> str | None:
+        if isinstance(v, str) and v not in choices:
+            return f"not one of {list(choices)}.{_suggest(v, choices)} Fix: pick one of them"
+        return None
+
+    return check
+
+
+def _value_checks(cfg: Any) -> dict[str, Any]:
+    from workbench.config import SimulatorConfig
+
+    def strategy(v: Any) -> str | None:
+        if cfg is None or not isinstance(v, str) or v in cfg.strategies:
+            return None
+        return (
+            f"not a configured strategy; configured: {sorted(cfg.strategies)}."
+            f"{_suggest(v, cfg.strategies)} Fix: add config/strategies/{v}.yaml or pick one of them"
+        )
+
+    return {
+        "timeframe": _timeframe_value,
+        "start": _date_value,
+        "end": _date_value,
+        "session_date": lambda v: _date_value(v) if v else None,
+        "alpha": _field_value(SimulatorConfig, "alpha"),
+        "seed": _seed_value,
+        "n_trials": _count_value,
+        "n_folds": _count_value,
+        "pbo_configs": _count_value,
+        "train_frac": _fraction_value,
+        "symbols": _symbols_value,
+        "strategy": strategy,
+        "broker": _choice_value("sim", "alpaca"),
+        "mode": _choice_value("replay", "live"),
+    }
+
+
+def check_values(params: dict[str, Any], where: str, cfg: Any = None) -> list[str]:
+    """Return a problem per parameter whose value a config model or the data layer refuses.
+
+    The parameters checked by name: ``timeframe`` (a known bar length), ``start``, ``end`` and
+    ``session_date`` (real calendar dates, ``start <= end``), ``alpha`` (the simulator's bounds),
+    ``seed`` (``0 <= seed < 2**32``), ``n_trials``/``n_folds``/``pbo_configs`` (``>= 0``),
+    ``train_frac`` (in (0, 1)), ``symbols`` (not empty), ``strategy`` (a configured one) and
+    ``broker``/``mode``. Values that are still references (``${steps...}``) are skipped.
+    """
+    checks = _value_checks(cfg)
+    problems = []
+    for name, value in params.items():
+        if name not in checks or references(value):
+            continue
+        reason = checks[name](value)
+        if reason:
+            problems.append(f"{where}: parameter {name!r} = {value!r}: {reason}.")
+    lo, hi = params.get("start"), params.get("end")
+    if (
+        isinstance(lo, str)
+        and isinstance(hi, str)
+        and not (_date_value(lo) or _date_value(hi))
+        and date.fromisoformat(hi) < date.fromisoformat(lo)
+    ):
+        problems.append(
+            f"{where}: end = {hi!r} is before start = {lo!r}. Fix: set end on or after start."
+        )
+    return problems
