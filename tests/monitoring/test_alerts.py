@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -172,6 +173,107 @@ def test_email_over_a_local_smtp_server_logs_in_with_the_env_password(
     assert msg["To"] == "ops@example.com, risk@example.com"
     assert "rule: max_drawdown" in msg.get_payload()
     assert FAKE_PASSWORD.encode() not in raw
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (made with cryptography): (cert, key) PEM files."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "workbench test smtp")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_pem, key_pem = tmp / "smtp.crt", tmp / "smtp.key"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_pem, key_pem
+
+
+class TlsMailbox(Mailbox):
+    """Also records the TLS version each message arrived over (None: in the clear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tls: list[str | None] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        obj = server.transport.get_extra_info("ssl_object")
+        self.tls.append(obj.version() if obj is not None else None)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture
+def tls_smtp(tmp_path: Path) -> Iterator[tuple[TlsMailbox, int, int, ssl.SSLContext]]:
+    """Two local SMTP servers with a self-signed certificate: STARTTLS required before AUTH and
+    MAIL on the first port, implicit TLS (SMTPS) on the second; and a client context trusting
+    that certificate."""
+    cert, key = self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    box = TlsMailbox()
+    starttls = Controller(
+        box, hostname="127.0.0.1", port=free_port(), authenticator=box.auth,
+        tls_context=server_ctx, require_starttls=True, auth_require_tls=True,
+    )  # fmt: skip
+    implicit = Controller(
+        box, hostname="127.0.0.1", port=free_port(), authenticator=box.auth,
+        ssl_context=server_ctx, auth_require_tls=False,
+    )  # fmt: skip
+    starttls.start()
+    implicit.start()
+    yield box, starttls.port, implicit.port, ssl.create_default_context(cafile=str(cert))
+    starttls.stop()
+    implicit.stop()
+
+
+def test_email_over_starttls_and_implicit_tls_verifies_the_server(tls_smtp) -> None:
+    box, starttls_port, ssl_port, trust = tls_smtp
+
+    def channel(port: int, tls: str, ctx: ssl.SSLContext | None) -> EmailChannel:
+        return EmailChannel(
+            "127.0.0.1", port, sender="wb@example.com", to=["ops@example.com"], tls=tls,
+            user="wb", password=FAKE_PASSWORD, min_severity="info", ssl_context=ctx, timeout=5,
+        )  # fmt: skip
+
+    def send(ch: EmailChannel) -> str:
+        return (
+            Alerter([ch], secrets=[FAKE_PASSWORD])
+            .send(Alert("critical", "x", "y"))
+            .channels["email"]
+        )
+
+    # STARTTLS, the certificate trusted: login and message over TLS 1.2+
+    assert send(channel(starttls_port, "starttls", trust)) == "ok"
+    assert box.logins == [("wb", FAKE_PASSWORD)] and box.tls[-1] in ("TLSv1.2", "TLSv1.3")
+    # implicit TLS (SMTPS), the same
+    assert send(channel(ssl_port, "ssl", trust)) == "ok"
+    assert len(box.logins) == 2 and len(box.messages) == 2 and box.tls[-1] in ("TLSv1.2", "TLSv1.3")
+    # the default context does not trust a self-signed certificate: refused, nothing sent
+    for port, tls in ((starttls_port, "starttls"), (ssl_port, "ssl")):
+        out = send(channel(port, tls, None))
+        assert "CERTIFICATE_VERIFY_FAILED" in out, out
+    # without TLS the server offers no AUTH: the password is never sent in the clear
+    out = send(channel(starttls_port, "none", None))
+    assert "SMTPNotSupportedError" in out and "AUTH" in out, out
+    assert len(box.logins) == 2 and len(box.messages) == 2  # no login, no message in the clear
 
 
 def test_email_failure_is_reported_not_raised() -> None:
