@@ -38,6 +38,7 @@ def _run_research(tmp: Path, *params: str) -> tuple:
     mp.setenv("WB_STORE__FEATURES_ROOT", str(tmp / "features"))
     mp.setenv("WB_STRATEGIES__INTRADAY_REVERSAL__SEARCH__STORAGE", f"sqlite:///{tmp / 'optuna.db'}")
     mp.setenv("WB_RISK__STATE_URL", f"sqlite:///{tmp / 'risk.db'}")  # not the project's runs/
+    mp.setenv("WB_ALERTS__HISTORY_PATH", str(tmp / "alerts.jsonl"))  # the session's alerts too
     mp.setenv("APCA_API_KEY_ID", KEY_ID)  # present in every kernel: must never reach an output
     mp.setenv("APCA_API_SECRET_KEY", SECRET)
     res = run_pipeline(
@@ -313,5 +314,14 @@ class TestNullMarket:
         assert {"gate.min_sharpe", "gate.min_deflated_sharpe"} <= failed
         with pytest.raises(mlflow.exceptions.MlflowException):
             client.get_model_version_by_alias("intraday_reversal", "challenger")
-        # the session had nothing to trade: no alias was ever set in this tracking store
+        # the gates refused: trade_session was skipped (no notebook ran), and the summary says why
+        summary = json.loads((res.run_dir / "summary.json").read_text())
+        assert [(s["step"], s["status"]) for s in summary["steps"]] == [
+            *((s, "ok") for s in STEPS[:-1]),
+            ("trade_session", "skipped"),
+        ]
+        why = "condition ${steps.validate.passed} is false (step 'validate' handed on passed=false)"
+        assert summary["skipped"] == {"trade_session": why}
+        assert by_step["trade_session"].data.tags["skip_reason"] == why
+        assert not list(res.run_dir.glob("*trade_session*.ipynb"))
         assert "fills_path" not in res.outputs("trade_session")
