@@ -121,7 +121,10 @@ class AlpacaConfig(_Frozen):
     free_plan: bool = True  # clamp SIP requests to 15 minutes ago
     rate_limit_per_minute: int = Field(200, ge=1)  # client-side request budget
     max_retries: int = Field(6, ge=0)  # retries on 429/5xx/timeouts
-    timeout_seconds: float = Field(30.0, gt=0)  # per-request timeout
+    timeout_seconds: float = Field(10.0, gt=0)  # per-request timeout (connect, read)
+    deadline_seconds: float = Field(
+        25.0, gt=0
+    )  # total per call: attempts, timeouts and waits between retries
     max_pages_per_chunk: int = Field(1000, ge=1)  # pagination bound per chunk
     asset_cache_ttl_seconds: int = Field(3600, ge=0)  # asset facts cache lifetime
 
@@ -818,6 +821,12 @@ def load_config(root: str | Path | None = None, env: str | None = None) -> Workb
     """
     project = Path(root).resolve() if root is not None else find_project_root()
     cfg_dir = Path(os.environ.get("WB_CONFIG_DIR") or project / "config")
+    if os.environ.get("WB_CONFIG_DIR") and not cfg_dir.is_dir():
+        raise ConfigError(
+            f"WB_CONFIG_DIR={os.environ['WB_CONFIG_DIR']!r} is not a folder (nothing would be read "
+            "from it and the built-in defaults would run silently). Fix: point WB_CONFIG_DIR at the "
+            "folder holding workbench.yaml, or unset it to use <project>/config."
+        )
     if os.environ.get("WB_CONFIG_DIR") and not cfg_dir.is_dir():
         raise ConfigError(
             f"WB_CONFIG_DIR={os.environ['WB_CONFIG_DIR']!r} is not a folder (nothing would be read "

@@ -136,7 +136,8 @@ def test_from_config_uses_env_url_override_and_registry(
     assert "alpaca" in source_names()
     assert (src.data_url, src.feed, src.max_pages_per_chunk) == (stub.url, "sip", 7)
     assert src.limiter.max_requests == 200 and src.limiter.window_seconds == 60.0
-    assert src.http.policy.max_retries == 6 and src.http.policy.timeout == 30.0
+    assert src.http.policy.max_retries == 6 and src.http.policy.timeout == 10.0
+    assert src.http.policy.deadline == 25.0  # a dead endpoint fails within 30 s
 
 
 @pytest.mark.parametrize(

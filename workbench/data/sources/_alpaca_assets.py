@@ -112,7 +112,10 @@ class AlpacaAssets:
             secret=cfg.secrets.apca_api_secret_key,
             trading_url=a.trading_url,
             limiter=limiter,
-            retry=retry or RetryPolicy(max_retries=a.max_retries, timeout=a.timeout_seconds),
+            retry=retry
+            or RetryPolicy(
+                max_retries=a.max_retries, timeout=a.timeout_seconds, deadline=a.deadline_seconds
+            ),
             rate_limit_per_minute=a.rate_limit_per_minute,
         )
 

@@ -4,7 +4,9 @@ alpaca-py's own ``RESTClient._request`` retries 429/504 three times with a fixed
 the rate-limit headers and sends no timeout. We keep the SDK for what it is good at (credentials,
 base URL and API version, auth headers, request models, response mappings and models) and send each
 page ourselves: through the process-wide :class:`~workbench.data.ratelimit.RateLimiter`, with a
-per-request timeout, and with tenacity deciding when to retry:
+per-request timeout inside a total deadline per call (connect, read, retries and waits together:
+25 s by default, so a server that accepts connections and never answers fails in well under
+30 s, naming the endpoint), and with tenacity deciding when to retry:
 
 * HTTP 429: wait what ``Retry-After`` or ``X-RateLimit-Reset`` says (capped), else exponential
   backoff with jitter; the limiter is paused for everyone meanwhile;
@@ -39,6 +41,9 @@ from workbench.errors import CredentialsError, SourceError
 log = logging.getLogger("workbench.data.alpaca")
 
 _BODY_SHOWN = 200
+DEFAULT_DEADLINE = 25.0
+"""Seconds one call may take in total by default (the dead-endpoint case fails within 30 s)."""
+_MIN_ATTEMPT = 0.05  # no attempt starts with less than this left before the deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +55,10 @@ class RetryPolicy:
     max_retries : int
         Retries after the first attempt (429, 5xx, timeouts, dropped connections, bad bodies).
     timeout : float
-        Seconds to wait for the server (connect and read).
+        Seconds to wait for the server (connect and read) in one attempt.
+    deadline : float
+        Seconds one call may take in total: attempts, their timeouts and the waits between them.
+        Each attempt's timeout and each wait are cut to what is left; no attempt starts after it.
     backoff_initial, backoff_max : float
         Exponential backoff with full jitter: the n-th wait is uniform in
         ``[0, min(backoff_max, backoff_initial * 2**n)]``.
@@ -61,11 +69,21 @@ class RetryPolicy:
     """
 
     max_retries: int = 6
-    timeout: float = 30.0
+    timeout: float = 10.0
+    deadline: float = DEFAULT_DEADLINE
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     rate_limit_wait_max: float = 60.0
     sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        if not self.deadline > 0 or not self.timeout > 0:
+            raise SourceError(
+                f"RetryPolicy needs timeout > 0 and deadline > 0 seconds; got timeout="
+                f"{self.timeout!r}, deadline={self.deadline!r}. Fix: alpaca.timeout_seconds and "
+                "alpaca.deadline_seconds (WB_ALPACA__DEADLINE_SECONDS) must be positive."
+            )
 
 
 class _Transient(Exception):
@@ -102,6 +120,15 @@ def rate_limit_wait(headers: Mapping[str, str], now_epoch: float) -> float | Non
         except ValueError:
             return None
     return None
+
+
+def public_base(url: str) -> str:
+    """A base URL as shown in messages: scheme, host and port only (no user info, no query)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    host = u.hostname or ""
+    return f"{u.scheme}://{host}{f':{u.port}' if u.port else ''}" if u.scheme else url
 
 
 def _server_message(resp: requests.Response) -> str:
@@ -170,22 +197,41 @@ class AlpacaHttp:
         url = f"{client._base_url}/{client._api_version}{path}"
         shown = f"GET /{client._api_version}{path}"
         headers = client._get_default_headers()
+        pol = self.policy
+        due = pol.clock() + pol.deadline
+        attempts = Counter[str]()
+
+        def out_of_time(rs: RetryCallState) -> bool:
+            return due - pol.clock() < _MIN_ATTEMPT
+
         retrying = Retrying(
-            stop=stop_after_attempt(self.policy.max_retries + 1),
-            wait=self._wait,
+            stop=stop_after_attempt(pol.max_retries + 1) | out_of_time,
+            wait=lambda rs: max(0.0, min(self._wait(rs), due - pol.clock())),
             retry=retry_if_exception_type(_Transient),
             sleep=self.policy.sleep,
             before_sleep=lambda rs: self._log_retry(shown, rs),
             reraise=True,
         )
         try:
-            return retrying(self._attempt, url, shown, dict(params or {}), headers)
+            return retrying(self._attempt, url, shown, dict(params or {}), headers, due, attempts)
         except _Transient as exc:
             self.stats["gave_up"] += 1
+            n = attempts["n"]
+            endpoint = f"{public_base(client._base_url)}/{client._api_version}{path}"
+            if exc.reason.startswith("HTTP 429") or (
+                exc.reason.startswith("HTTP 5") and due - pol.clock() >= _MIN_ATTEMPT
+            ):
+                raise SourceError(
+                    f"{shown} at {endpoint} failed after {n} attempt(s): {exc.reason}. Fix: the "
+                    "server is up but failing; check https://status.alpaca.markets, or raise "
+                    "alpaca.max_retries (WB_ALPACA__MAX_RETRIES=...)."
+                ) from exc
             raise SourceError(
-                f"{shown} failed after {self.policy.max_retries + 1} attempt(s): {exc.reason}. "
-                "Fix: check that the server at alpaca.data_url/trading_url is reachable, or raise "
-                "alpaca.max_retries / alpaca.timeout_seconds (WB_ALPACA__MAX_RETRIES=...)."
+                f"{shown}: the endpoint {endpoint} gave no usable answer within the "
+                f"{pol.deadline:g} s deadline ({n} attempt(s); last: {exc.reason}). Fix: check "
+                "that this endpoint is the right one, up and reachable (alpaca.data_url / "
+                "alpaca.trading_url, your network or proxy, https://status.alpaca.markets); "
+                "waiting longer will not help."
             ) from exc
 
     def _wait(self, rs: RetryCallState) -> float:
@@ -212,15 +258,25 @@ class AlpacaHttp:
             wait,
         )
 
-    def _attempt(self, url: str, shown: str, params: dict[str, Any], headers: dict) -> Any:
+    def _attempt(
+        self,
+        url: str,
+        shown: str,
+        params: dict[str, Any],
+        headers: dict,
+        due: float,
+        attempts: Counter[str],
+    ) -> Any:
         self.limiter.acquire()
         self.stats["requests"] += 1
+        attempts["n"] += 1
+        timeout = max(_MIN_ATTEMPT, min(self.policy.timeout, due - self.policy.clock()))
         try:
             resp = self.session.get(
                 url,
                 params=params,
                 headers=headers,
-                timeout=self.policy.timeout,
+                timeout=timeout,
                 allow_redirects=False,
             )
         except (
@@ -234,7 +290,7 @@ class AlpacaHttp:
             ) from None
         except requests.exceptions.Timeout:
             self.stats["timeout"] += 1
-            raise _Transient(f"no answer within {self.policy.timeout:g}s (timeout)") from None
+            raise _Transient(f"no answer within {timeout:.3g}s (timeout)") from None
         except requests.exceptions.RequestException as exc:
             self.stats["dropped"] += 1
             raise _Transient(f"connection failed ({type(exc).__name__})") from None

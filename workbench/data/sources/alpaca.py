@@ -140,6 +140,7 @@ class AlpacaSource:
     """
 
     name = "alpaca"
+    extended_hours = True  # Alpaca's intraday stock bars include pre- and post-market trading
 
     def __init__(
         self,
@@ -212,7 +213,10 @@ class AlpacaSource:
             free_plan=a.free_plan,
             max_pages_per_chunk=a.max_pages_per_chunk,
             limiter=limiter,
-            retry=retry or RetryPolicy(max_retries=a.max_retries, timeout=a.timeout_seconds),
+            retry=retry
+            or RetryPolicy(
+                max_retries=a.max_retries, timeout=a.timeout_seconds, deadline=a.deadline_seconds
+            ),
             rate_limit_per_minute=a.rate_limit_per_minute,
         )
 
