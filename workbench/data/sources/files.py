@@ -14,6 +14,8 @@ from workbench.data.sources.base import register_source
 from workbench.data.timeframe import Timeframe
 from workbench.errors import SourceError
 
+_OFFSET = r"(?:Z|[+-]\d{2}:?\d{2})$"  # a trailing UTC offset of an ISO 8601 stamp
+
 
 @register_source("files")
 class FilesSource:
@@ -95,8 +97,7 @@ class FilesSource:
             )
         ts = df.schema["ts"]
         if ts == pl.String:
-            expr = pl.col("ts").str.to_datetime(self.ts_format, time_unit="us")
-            df = df.with_columns(expr.alias("ts"))
+            df = df.with_columns(self._parse_text_ts(df["ts"], path).alias("ts"))
             ts = df.schema["ts"]
         elif ts == pl.Date:
             df = df.with_columns(pl.col("ts").cast(pl.Datetime("us")))
@@ -115,6 +116,29 @@ class FilesSource:
             if col in df.columns and df.schema[col].is_integer():
                 df = df.with_columns(pl.col(col).cast(pl.Float64))
         return df
+
+    def _parse_text_ts(self, text: pl.Series, path: str) -> pl.Series:
+        """Parse text stamps: with a UTC offset (``...+00:00``, ``...Z``) as that instant, without
+        one in ``timezone``. A file mixing both is refused (its naive stamps are ambiguous)."""
+        has_offset = text.str.contains(_OFFSET)
+        n_aware = int(has_offset.sum())
+        if 0 < n_aware < text.len() - text.null_count():
+            row = int(has_offset.not_().arg_true()[0])
+            raise SourceError(
+                f"{path}: column 'ts' mixes stamps with a UTC offset and without one (row {row + 1}: "
+                f"{text[row]!r}). Fix: write every stamp with its offset, or none of them and pass "
+                "timezone=..."
+            )
+        try:
+            return text.str.to_datetime(
+                self.ts_format, time_unit="us", time_zone="UTC" if n_aware else None
+            )
+        except pl.exceptions.PolarsError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise SourceError(
+                f"{path}: column 'ts' is not parseable as timestamps ({first}). Fix: ISO 8601 text "
+                "(2024-01-03T14:30:00Z) or pass ts_format='%Y-%m-%d %H:%M:%S'."
+            ) from None
 
     def _all(self) -> pl.DataFrame:
         if self._cache is None:
