@@ -163,6 +163,11 @@ class CostsConfig(_Frozen):
     estimate_span: int = Field(
         20, ge=1
     )  # EWMA span (bars) of the spread, volatility and volume estimates
+    model: Literal["config", "learned"] = (
+        "config"  # learned: the slippage model fitted on fills prices spread, slippage and impact
+    )
+    slippage_path: str = "data/slippage"  # the learned slippage model's versions (project-relative)
+    learn_paper_impact: bool = False  # paper fills ignore size: they teach no impact unless True
 
 
 class BacktestConfig(_Frozen):

@@ -107,15 +107,19 @@ def run_backtest(
     ref = grid.to_2d(ref_vec)
     target = grid.to_2d(target_vec)
     costs = cfg.costs
-    need_hl = costs.spread_from_bars or costs.impact_coef > 0 or risk is not None
+    need_hl = (
+        costs.spread_from_bars or costs.impact_coef > 0 or risk is not None
+        or costs.model == "learned"
+    )  # fmt: skip
     if need_hl:
         high = grid.to_2d(bars["high"].to_numpy())
         low = grid.to_2d(bars["low"].to_numpy())
         volume = grid.to_2d(bars["volume"].to_numpy())
     else:
         high = low = volume = np.empty((0, grid.n_symbols))
-    cost_arrays = CostModel.from_config(costs).prepare(
-        high, low, close, volume, grid.ts_us, intraday=grid.intraday
+    cost_model = CostModel.from_config(costs)
+    cost_arrays = cost_model.prepare(
+        high, low, close, volume, grid.ts_us, intraday=grid.intraday, symbols=grid.symbols
     )
     facts = facts_for(grid.symbols, assets)
     tradable = np.array([facts[s].tradable for s in grid.symbols], dtype=np.bool_)
@@ -133,7 +137,7 @@ def run_backtest(
     params[K.P_MIN] = costs.commission_min
     params[K.P_BPS] = costs.commission_bps
     params[K.P_FLAT] = costs.commission_flat
-    params[K.P_IMPACT] = costs.impact_coef
+    params[K.P_IMPACT] = cost_model.impact_param
     params[K.P_CLIP_TOL] = CLIP_TOLERANCE
     ppy = periods_per_year if periods_per_year is not None else grid.periods_per_year()
     log = None
