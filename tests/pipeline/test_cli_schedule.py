@@ -147,3 +147,54 @@ def test_run_now_does_not_run_the_after_jobs_of_a_failed_run(
     monkeypatch.setattr(runner_mod, "run_pipeline", fake)
     res = runner.invoke(app, ["schedule", "run-now", "daily_ingest"])
     assert res.exit_code == 1 and [c[0] for c in fake.calls] == ["daily_ingest", "nightly_monitor"]
+
+
+@pytest.mark.slow
+def test_wb_schedule_start_runs_the_default_schedule(repo_env: Path) -> None:
+    """The repository's schedule on its committed config: every job is scheduled (the after job
+    too) with the fire times `wb schedule next` shows, stored in the job store; SIGTERM stops it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from datetime import UTC, datetime
+
+    from workbench.config import load_config
+    from workbench.pipeline.schedule_spec import load_schedule
+    from workbench.pipeline.scheduler import stored_jobs, upcoming
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = datetime.now(UTC)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "wb"), "schedule", "start"], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "scheduler running" in line:
+            break
+    started = datetime.now(UTC)
+    text = "".join(lines)
+    assert "scheduler running" in text, text
+    cfg = load_config()
+    stored = stored_jobs(cfg)
+    sch = load_schedule(REPO / "pipelines" / "schedule.yaml", REPO)
+    assert set(stored) == {"daily_ingest", "trading_day", "weekly_retrain"}
+    for job, nxt in stored.items():
+        # the next fire from when it started (or, had one passed during start-up, the one after)
+        want = [upcoming(sch, t, count=1, job=job)[0].fire_time for t in (t0, started)]
+        assert nxt in want, (job, nxt, want)
+        assert f"job {job}: added, next {nxt:%Y-%m-%d %H:%M} UTC" in text, text
+    assert "job nightly_monitor: after daily_ingest (when its run for a session is ok)" in text
+    assert "left out" not in text
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, text + out
+    assert "scheduler stopped" in out

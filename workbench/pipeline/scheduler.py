@@ -522,6 +522,8 @@ class SchedulerService:
         one exits at once (:meth:`exit_now`: their kernels ended, their run locks released).
         """
         stop = stop or threading.Event()
+        if install_signals:  # from here on a signal stops the start-up gracefully too
+            self._install_signals(stop)
         self.acquire_process_lock()
         exporter = None
         try:
@@ -551,9 +553,8 @@ class SchedulerService:
                     )
             for name, why in self.schedule.left_out.items():
                 self.echo(f"job {name}: left out ({why})")
-            if install_signals:
-                self._install_signals(stop)
-            sched.resume()
+            if not stop.is_set():  # a signal during start-up: stop without firing anything
+                sched.resume()
             self.echo(
                 f"scheduler running (pid {os.getpid()}, job store {self.jobstore_url}); SIGTERM or Ctrl-C stops it"
             )
