@@ -21,6 +21,7 @@ from rich.table import Table
 from workbench.cli_errors import CleanErrors
 from workbench.cli_ops import alert_app
 from workbench.cli_schedule import schedule_app
+from workbench.cli_sweep import sweep
 from workbench.config import config_hash, load_config
 from workbench.errors import WorkbenchError
 from workbench.portfolio.universe_cli import universe_app
@@ -41,6 +42,7 @@ app.add_typer(risk_app, name="risk")
 app.add_typer(universe_app, name="universe")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(alert_app, name="alert")
+app.command("sweep")(sweep)
 console = Console()
 
 

@@ -249,14 +249,22 @@ class SearchConfig(_Frozen):
         0.01, ge=0, lt=1
     )  # share of training timestamps embargoed after a test block
     space: dict[str, ParamRange] = Field(default_factory=dict)  # empty: the library's default space
-    storage: str = "sqlite:///runs/optuna.db"  # Optuna storage URL (relative sqlite paths: project)
+    storage: str = "sqlite:///runs/optuna.db"  # Optuna RDB URL or journal:PATH (relative paths: project)
     pbo_configs: int = Field(8, ge=2)  # best trials whose CPCV paths measure PBO
     cpcv_groups: int = Field(6, ge=3)  # CPCV groups N
     cpcv_test_groups: int = Field(2, ge=1)  # CPCV test groups k per split
     pbo_splits: int = Field(8, ge=2, multiple_of=2)  # CSCV row blocks per CPCV path
+    workers: int = Field(1, ge=1)  # Dask workers running trials at once on one shared storage
 
     @model_validator(mode="after")
     def _check(self) -> SearchConfig:
+        if self.workers > 1 and self.storage.startswith("sqlite"):
+            raise ValueError(
+                f"workers: {self.workers} cannot share the SQLite storage {self.storage!r} "
+                "(SQLite is not for concurrent writers). Fix: storage: "
+                "journal:runs/optuna.journal (one host) or postgresql://user@host/db (many "
+                "hosts), or workers: 1"
+            )
         if self.cpcv_test_groups >= self.cpcv_groups:
             raise ValueError(
                 f"cpcv_test_groups ({self.cpcv_test_groups}) must be below cpcv_groups "
@@ -542,6 +550,20 @@ class MetricsConfig(_Frozen):
     scheduler_port: int = Field(0, ge=0, le=65535)  # `wb schedule start`
 
 
+class DaskConfig(_Frozen):
+    """Where parallel work runs (see :mod:`workbench.cluster`): in-process (``local``) or on Dask,
+    a ``LocalCluster`` the workbench starts and stops, or the scheduler at ``address``."""
+
+    executor: Literal["local", "dask"] = "local"  # sweeps and features fan-out (search: workers)
+    address: str | None = None  # tcp://host:8786 of a running scheduler; null: a LocalCluster
+    n_workers: int = Field(2, ge=1)  # LocalCluster worker processes
+    threads_per_worker: int = Field(1, ge=1)  # LocalCluster threads per worker
+    processes: bool = True  # worker processes (isolated kernels, GIL-free) or threads
+    memory_limit: str = "auto"  # per LocalCluster worker ("4GiB"; auto: system memory / workers)
+    dashboard_address: str = "127.0.0.1:0"  # LocalCluster dashboard (":8787"; port 0: a free one)
+    connect_timeout: float = Field(5.0, gt=0)  # seconds to reach `address` before failing
+
+
 class ScheduleConfig(_Frozen):
     """The scheduler process (`wb schedule start`) and pipeline run locks (see
     :mod:`workbench.pipeline.scheduler`)."""
@@ -602,6 +624,7 @@ class WorkbenchConfig(_Frozen):
     risk: RiskConfig = RiskConfig()
     execution: ExecutionConfig = ExecutionConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    dask: DaskConfig = DaskConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     alerts: AlertsConfig = AlertsConfig()
     metrics: MetricsConfig = MetricsConfig()
