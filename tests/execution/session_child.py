@@ -16,8 +16,10 @@ import json
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -45,6 +47,7 @@ SYMBOLS = ["SYN000", "SYN001"]
 START = datetime(2024, 11, 25, tzinfo=UTC)
 END = datetime(2024, 11, 27, tzinfo=UTC)
 SESSION_START = datetime(2024, 11, 26, 14, 30, tzinfo=UTC)
+DAY = date(2024, 11, 26)
 COSTS = CostsConfig(commission_per_share=0.005, commission_min=1.0, half_spread_bps=2.0)
 
 
@@ -90,6 +93,52 @@ def make_broker(kind: str, venue: str, url: str):
     )  # fmt: skip
 
 
+@dataclass
+class SmallSession:
+    """One replayed simulator session's engine, started (history warmed up), and its parts."""
+
+    engine: SessionEngine
+    broker: Any
+    ledger: OrderLedger
+    live: pl.DataFrame  # the session's bars, for ReplayBars
+    policy: RiskPolicy
+
+    def close(self) -> None:
+        self.broker.close()
+        self.ledger.close()
+
+
+def small_session(
+    ledger: str | Path, *, broker: str = "sim", venue: str | Path = "", url: str = "",
+    observer: Any = None, settle_seconds: float | None = None,
+) -> SmallSession:  # fmt: skip
+    """Build and start the session engine of this module's session (day 1 warms up, day 2 is
+    replayed): ledger at ``ledger``, the simulated venue's state at ``venue`` (sim) or the
+    Alpaca-compatible server at ``url``; ``observer`` sees every bar (metrics)."""
+    bars = session_bars()
+    table = {(s, t): p for s, t, p in predictions(bars).iter_rows()}
+    history, live = split_session(bars, SESSION_START)
+    brk = make_broker(broker, str(venue), url)
+    led = OrderLedger(f"sqlite:///{ledger}")
+    pol = policy()
+    engine = SessionEngine(
+        session_id=session_id(pol.name, DAY, broker, "replay"), policy=pol, symbols=SYMBOLS,
+        features=Lookup(),
+        predict=lambda rows: np.array([table.get(k, np.nan) for k in rows.select("symbol", "ts").iter_rows()]),
+        feature_names=[], broker=brk, ledger=led,
+        execution=ExecutionPolicy(ExecutionPolicyConfig(), brk.capabilities),
+        session_date=DAY, clock=ReplayClock(SESSION_START), settle_seconds=settle_seconds,
+        observer=observer,
+    )  # fmt: skip
+    try:
+        engine.start(history, strategy=pol.name, broker_name=broker)
+    except BaseException:
+        brk.close()
+        led.close()
+        raise
+    return SmallSession(engine, brk, led, live, pol)
+
+
 def run_child(argv: list[str], failpoint_spec: str = "", env: dict | None = None) -> None:
     """Entry point of a forked child (the fork server has the modules imported already; its
     environment is the server's, so the caller passes what it needs in ``env``)."""
@@ -110,34 +159,20 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--bar-delay", type=float, default=0.0, help="seconds per bar (async loop)")
     a = ap.parse_args(argv)
-    bars = session_bars()
-    preds = predictions(bars)
-    table = {(s, t): p for s, t, p in preds.iter_rows()}
-    history, session = split_session(bars, SESSION_START)
-    broker = make_broker(a.broker, a.venue, a.url)
-    ledger = OrderLedger(f"sqlite:///{a.ledger}")
-    pol = policy()
-    day = date(2024, 11, 26)
-    engine = SessionEngine(
-        session_id=session_id(pol.name, day, a.broker, "replay"), policy=pol, symbols=SYMBOLS,
-        features=Lookup(),
-        predict=lambda rows: np.array([table.get(k, np.nan) for k in rows.select("symbol", "ts").iter_rows()]),
-        feature_names=[], broker=broker, ledger=ledger,
-        execution=ExecutionPolicy(ExecutionPolicyConfig(), broker.capabilities),
-        session_date=day, clock=ReplayClock(SESSION_START),
+    sess = small_session(
+        a.ledger, broker=a.broker, venue=a.venue, url=a.url,
         settle_seconds=5.0 if a.broker != "sim" else None,
     )  # fmt: skip
+    engine = sess.engine
     try:
-        engine.start(history, strategy=pol.name, broker_name=a.broker)
         if a.bar_delay:  # the live loop: asyncio, SIGTERM/SIGINT handled gracefully
-            res = asyncio.run(_run_async(engine, session, a.bar_delay))
+            res = asyncio.run(_run_async(engine, sess.live, a.bar_delay))
         else:
-            for t, now in ReplayBars(session):
+            for t, now in ReplayBars(sess.live):
                 engine.step(t, now)
             res = engine.finish()
     finally:
-        broker.close()
-        ledger.close()
+        sess.close()
     by_seq = intents_summary(a.ledger, engine.session_id)
     Path(a.out).write_text(
         json.dumps(

@@ -5,40 +5,20 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-import numpy as np
-
 from tests.execution import session_child as child
-from workbench.config import ExecutionPolicyConfig
-from workbench.execution.bars import ReplayBars, split_session
-from workbench.execution.clock import ReplayClock
-from workbench.execution.engine import SessionEngine, session_id
+from workbench.execution.bars import ReplayBars
 from workbench.execution.ledger import OrderLedger
 from workbench.execution.orders import OrderRequest, Side
-from workbench.execution.policy import ExecutionPolicy
 
 DAY = date(2024, 11, 26)
 
 
 def test_every_live_bar_has_its_timing_and_the_parts_add_up(tmp_path: Path) -> None:
-    bars = child.session_bars()
-    table = {(s, t): p for s, t, p in child.predictions(bars).iter_rows()}
-    history, session = split_session(bars, child.SESSION_START)
-    broker = child.make_broker("sim", str(tmp_path / "venue.db"), "")
-    ledger = OrderLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    pol = child.policy()
-    eng = SessionEngine(
-        session_id=session_id(pol.name, DAY, "sim", "replay"), policy=pol, symbols=child.SYMBOLS,
-        features=child.Lookup(),
-        predict=lambda rows: np.array([table.get(k, np.nan) for k in rows.select("symbol", "ts").iter_rows()]),
-        feature_names=[], broker=broker, ledger=ledger,
-        execution=ExecutionPolicy(ExecutionPolicyConfig(), broker.capabilities),
-        session_date=DAY, clock=ReplayClock(child.SESSION_START),
-    )  # fmt: skip
-    eng.start(history, strategy=pol.name, broker_name="sim")
-    decided = {t: len(eng.step(t, now)) for t, now in ReplayBars(session)}
+    sess = child.small_session(tmp_path / "ledger.db", venue=tmp_path / "venue.db")
+    eng = sess.engine
+    decided = {t: len(eng.step(t, now)) for t, now in ReplayBars(sess.live)}
     eng.finish()
-    broker.close()
-    ledger.close()
+    sess.close()
     tm = eng.timings
     assert [b.ts for b in tm] == list(decided)  # one per live bar, in order
     assert [b.orders for b in tm] == list(decided.values())

@@ -7,26 +7,17 @@ denials, ``SessionEngine.timings`` and the per-bar PnL frame.
 from __future__ import annotations
 
 import urllib.request
-from datetime import date
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.execution import session_child as child
-from workbench.config import ExecutionPolicyConfig
 from workbench.data.timeframe import Timeframe
-from workbench.execution.bars import ReplayBars, split_session
-from workbench.execution.clock import ReplayClock
-from workbench.execution.engine import SessionEngine, session_id
-from workbench.execution.ledger import OrderLedger
-from workbench.execution.policy import ExecutionPolicy
+from workbench.execution.bars import ReplayBars
 from workbench.monitoring.metrics import Metrics, serve
 from workbench.monitoring.session import SessionMonitor
-
-DAY = date(2024, 11, 26)
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -47,28 +38,16 @@ def total(samples: dict, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def session(tmp_path: Path):
-    bars = child.session_bars()
-    table = {(s, t): p for s, t, p in child.predictions(bars).iter_rows()}
-    history, live = split_session(bars, child.SESSION_START)
-    broker = child.make_broker("sim", str(tmp_path / "venue.db"), "")
-    ledger = OrderLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    pol = child.policy()
     metrics = Metrics()
-    monitor = SessionMonitor(metrics, strategy=pol.name, timeframe="15Min", model="crash v1")
-    eng = SessionEngine(
-        session_id=session_id(pol.name, DAY, "sim", "replay"), policy=pol, symbols=child.SYMBOLS,
-        features=child.Lookup(),
-        predict=lambda rows: np.array([table.get(k, np.nan) for k in rows.select("symbol", "ts").iter_rows()]),
-        feature_names=[], broker=broker, ledger=ledger,
-        execution=ExecutionPolicy(ExecutionPolicyConfig(), broker.capabilities),
-        session_date=DAY, clock=ReplayClock(child.SESSION_START), observer=monitor,
-    )  # fmt: skip
-    eng.start(history, strategy=pol.name, broker_name="sim")
+    monitor = SessionMonitor(metrics, strategy="crash", timeframe="15Min", model="crash v1")
+    sess = child.small_session(
+        tmp_path / "ledger.db", venue=tmp_path / "venue.db", observer=monitor
+    )
+    assert sess.policy.name == "crash"
     server = serve(metrics, port=0)
-    yield eng, live, ledger, server, pol.name
+    yield sess.engine, sess.live, sess.ledger, server, sess.policy.name
     server.close()
-    broker.close()
-    ledger.close()
+    sess.close()
 
 
 def test_metrics_move_with_the_session(session) -> None:
