@@ -283,13 +283,18 @@ def reproduce(
     from workbench.pipeline.reproduce import reproduce as run_reproduce
 
     try:
-        rep = run_reproduce(run_id)
+        rep = run_reproduce(run_id, echo=console.print)
     except WorkbenchError as exc:
-        _fail(exc)
+        _fail_data(exc)
     console.print(frame_table(rep.comparison, title=f"{run_id} -> {rep.new_run_id}"))
     console.print(
-        f"same data: {rep.same_data}   same code: {rep.same_code}   metrics match: {rep.matches}"
+        f"same data: {rep.same_data}   same code: {rep.same_code}   same lock: {rep.same_lock}"
+        f"   metrics match: {rep.matches}"
     )
+    if rep.excluded:
+        console.print(f"not compared (they depend on cache state): {', '.join(rep.excluded)}")
+    for line in rep.differences:
+        console.print(f"differs: {line}", soft_wrap=True)
     if not rep.matches:
         raise typer.Exit(code=1)
 
