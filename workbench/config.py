@@ -193,6 +193,9 @@ class GatesConfig(_Frozen):
     min_sharpe: float | None = 0.5  # annualised out-of-sample Sharpe
     min_deflated_sharpe: float | None = None  # probability, 0..1
     max_pbo: float | None = None  # probability of backtest overfitting, 0..1
+    pbo_min_distinct: int = Field(
+        3, ge=2
+    )  # distinct candidates (after merging near-duplicates) below which PBO is not measurable
     max_drawdown: float | None = 0.25  # fraction, positive number
     min_trades: int | None = 20  # out-of-sample trades
     min_win_rate: float | None = None  # fraction
@@ -254,6 +257,9 @@ class SearchConfig(_Frozen):
     cpcv_groups: int = Field(6, ge=3)  # CPCV groups N
     cpcv_test_groups: int = Field(2, ge=1)  # CPCV test groups k per split
     pbo_splits: int = Field(8, ge=2, multiple_of=2)  # CSCV row blocks per CPCV path
+    pbo_duplicate_correlation: float = Field(
+        0.9, gt=0, le=1
+    )  # candidates whose out-of-sample returns correlate above this count as one
     workers: int = Field(1, ge=1)  # Dask workers running trials at once on one shared storage
 
     @model_validator(mode="after")
@@ -283,9 +289,16 @@ class DecisionConfig(_Frozen):
     trend_filter: int | None = Field(
         None, ge=2
     )  # bars of a moving average of closes: longs above it, shorts below
+    cost_multiples: tuple[float, ...] = ()  # +-m x round-trip cost; the search's purged CV picks m
 
     @model_validator(mode="after")
     def _check(self) -> DecisionConfig:
+        if self.cost_multiples and (self.method != "threshold" or min(self.cost_multiples) < 0):
+            raise ValueError(
+                f"cost_multiples {list(self.cost_multiples)} need method: threshold and multiples "
+                f">= 0; got method {self.method!r}. Fix: e.g. {{method: threshold, "
+                "cost_multiples: [1.0, 1.5, 2.0]}, or drop cost_multiples"
+            )
         if self.short > self.long:
             raise ValueError(
                 f"short ({self.short}) must be <= long ({self.long}). Fix: swap them or set them equal"

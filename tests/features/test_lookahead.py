@@ -46,8 +46,66 @@ def test_meta_labels_with_a_primary_side_are_known_at_t1(bars):
 
 
 def test_configured_feature_sets_are_causal(bars):
-    for name in ("intraday_mean_reversion", "swing_trend_following"):
+    from workbench.config import load_config
+
+    configured = sorted(load_config().feature_sets)
+    assert {"intraday_reversal", "intraday_mean_reversion", "swing_trend_following"} <= set(
+        configured
+    )
+    for name in configured:
         check_truncation(lambda b, n=name: build_features(b, n), bars, name=name)
+
+
+def test_run_time_guard_checks_the_columns_actually_used(bars, temporary_feature):
+    """The train step's guard: a feature registered at run time and put in a feature set is
+    caught on a small sample of the bars; columns not trained on are not compared."""
+    from workbench.features.lookahead import check_feature_set
+
+    def peek(*, column: str = "close", by: str = "symbol") -> pl.Expr:
+        return (pl.col(column).shift(-1) / pl.col(column) - 1).over(by)
+
+    temporary_feature("peek_next_close_rt", peek, 1)
+    leaky = [
+        FeatureSpec(name="returns", params={"periods": 1}, alias="ret_1"),
+        FeatureSpec(name="peek_next_close_rt", alias="peek"),
+    ]
+    with pytest.raises(LookAheadError, match="'peek'.*reads the future"):
+        check_feature_set(leaky, bars, columns=["ret_1", "peek"], max_bars=400)
+    assert check_feature_set(leaky, bars, columns=["ret_1"], max_bars=400) == 1
+    assert check_feature_set("intraday_reversal", bars, max_bars=400) == 6
+    assert check_feature_set(leaky, bars.head(0)) == 0
+
+
+def test_train_step_refuses_a_leaky_feature_set(bars, temporary_feature, tmp_path, monkeypatch):
+    """run_train runs the guard before any search: a leaky feature stops it with the reason."""
+    from workbench.config import load_config
+    from workbench.data.store import BarStore
+    from workbench.labels import forward_return
+    from workbench.stages.train import run_train
+
+    def peek(*, column: str = "close", by: str = "symbol") -> pl.Expr:
+        return (pl.col(column).shift(-1) / pl.col(column) - 1).over(by)
+
+    temporary_feature("peek_next_close_train", peek, 1)
+    cfg = load_config()
+    sets = {**cfg.feature_sets, "leaky": (FeatureSpec(name="peek_next_close_train", alias="pk"),)}
+    strat = cfg.strategies["intraday_reversal"].model_copy(update={"feature_set": "leaky"})
+    cfg = cfg.model_copy(
+        update={"feature_sets": sets, "strategies": {**cfg.strategies, "intraday_reversal": strat}}
+    )
+    BarStore(tmp_path / "bars", cfg.store.partition).write(bars, "5Min")
+    table = (
+        build_features(bars, list(sets["leaky"]))
+        .join(forward_return(bars, 1).select("symbol", "ts", "label", "t1"), on=["symbol", "ts"])
+        .drop_nulls()
+    )
+    table.write_parquet(tmp_path / "features.parquet")
+    monkeypatch.setattr(
+        "workbench.stages.train.run_search", lambda *a, **k: pytest.fail("searched a leaky set")
+    )
+    with pytest.raises(LookAheadError, match="'pk'.*reads the future"):
+        run_train(cfg, features_path=tmp_path / "features.parquet", store_root=tmp_path / "bars",
+                  strategy="intraday_reversal", timeframe="5Min", seed=0, progress=False)  # fmt: skip
 
 
 @pytest.fixture

@@ -405,3 +405,62 @@ def test_input_table_unchanged(tmp_path: Path, experiment: str) -> None:
     with mlflow.start_run():
         _search(tmp_path, table, n_trials=1)
     assert table.equals(before)
+
+
+def test_decision_space_is_searched_with_the_model_and_traded_by_the_folds(
+    tmp_path: Path, experiment: str
+) -> None:
+    """Each trial draws its decision parameters; every fold's backtest trades them, so the
+    trial's score is that of what is traded, and the best trial's decision is the chosen one."""
+    from optuna.distributions import CategoricalDistribution
+
+    _, feats = _bars_and_table()
+    value = {0.5: 0.1, 1.5: 0.3, 3.0: 0.2}  # the fold's Sharpe depends on the decision only
+    calls: list[dict[str, Any]] = []
+
+    def sharpe(fold: pl.DataFrame, preds: pl.DataFrame, *, decision: dict[str, Any]) -> float:
+        calls.append(decision)
+        return value[decision["cost_multiple"]]
+
+    space = {"cost_multiple": CategoricalDistribution([0.5, 1.5, 3.0])}
+    with mlflow.start_run():
+        res = _search(
+            tmp_path, feats, score="sharpe", backtest_fn=sharpe, n_trials=8, decision_space=space,
+            pruner=optuna.pruners.NopPruner(),
+        )  # fmt: skip
+    trials = res.study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(calls) == 8 * 3  # every fold of every trial, with the trial's own decision
+    assert calls == [t.user_attrs["decision"] for t in trials for _ in range(3)]
+    assert all(
+        t.params["decision.cost_multiple"] == t.user_attrs["decision"]["cost_multiple"]
+        for t in trials
+    )
+    assert all(
+        t.value == pytest.approx(value[t.user_attrs["decision"]["cost_multiple"]]) for t in trials
+    )
+    best = max(trials, key=lambda t: t.value)
+    assert res.best_decision == best.user_attrs["decision"] == {"cost_multiple": 1.5}
+    assert "cost_multiple" not in res.best_params  # decision parameters never reach the model
+    top = res.top_candidates(3)
+    assert top[0] == (res.best_params, {"cost_multiple": 1.5})
+    assert res.top_params(3) == [p for p, _ in top]
+    with pytest.raises(ParameterError, match="'decision_space'.*needs a backtest_fn"):
+        _search(tmp_path / "x", feats, decision_space=space)
+
+
+def test_cost_aware_thresholds_are_multiples_of_the_round_trip_cost() -> None:
+    """Hand-computed: 2 x (half spread 2 + commission 0.5 + slippage 1) bps = 7 bps a round trip."""
+    from workbench.config import CostsConfig, DecisionConfig
+    from workbench.risk.decision import DecisionPolicy, round_trip_cost
+
+    costs = CostsConfig(half_spread_bps=2.0, commission_bps=0.5, slippage_bps=1.0)
+    assert round_trip_cost(costs) == pytest.approx(7e-4)
+    cfg = DecisionConfig(method="threshold", cost_multiples=(1.0, 2.0))
+    pol = DecisionPolicy.at_cost_multiple(cfg, costs, 2.0)
+    assert pol.thresholds() == pytest.approx({"long": 1.4e-3, "short": -1.4e-3})
+    side, _ = pol.decide(np.array([1.5e-3, 1.3e-3, -1.3e-3, -1.5e-3, np.nan]))
+    assert side.tolist() == [1, 0, 0, -1, 0]  # the predicted edge must beat twice the cost
+    with pytest.raises(ParameterError, match="cost multiple"):
+        DecisionPolicy.at_cost_multiple(cfg, costs, -1.0)
+    with pytest.raises(ValueError, match="cost_multiples .* need method: threshold"):
+        DecisionConfig(method="quantile", long=0.8, short=0.2, cost_multiples=(1.0,))

@@ -14,6 +14,9 @@ row:
 
 :func:`check_feature` runs the first two on a registered feature; the test suite runs it over
 every name in the registry, so a newly registered feature is checked automatically.
+:func:`check_feature_set` is the run-time guard: the train step runs the truncation check on a
+sample of its training bars for the feature columns it actually trains on, so a feature
+registered at run time (after the test suite ran) cannot leak either.
 """
 
 from __future__ import annotations
@@ -282,3 +285,74 @@ def check_feature(
 
     check_truncation(compute, bars, name=name)
     check_history_stability(compute, bars, warmup, name=name)
+
+
+def check_feature_set(
+    feature_set: Any,
+    bars: pl.DataFrame,
+    *,
+    columns: Sequence[str] | None = None,
+    cfg: Any = None,
+    symbols: int = 2,
+    max_bars: int = 1560,
+    cuts: int = 3,
+    seed: int = 0,
+) -> int:
+    """Run the truncation check on a sample of the bars a feature set is used on.
+
+    The run-time guard of the train step: whatever was registered when the pipeline ran, the
+    feature columns it trains on (``columns``, default every column of the set) must not change
+    when later bars are removed. The sample is the last ``max_bars`` bars of up to ``symbols``
+    symbols (picked by ``seed``), cut at ``cuts`` times spread over it, so the check costs a few
+    feature computations on a small frame.
+
+    Parameters
+    ----------
+    feature_set : str, sequence of specs or FeatureSet
+        What :func:`workbench.features.sets.build_features` accepts (a configured name needs
+        ``cfg``).
+    bars : pl.DataFrame
+        Bars the features were computed from (any order).
+    columns : sequence of str, optional
+        The feature columns actually used; others are not compared.
+    cfg : WorkbenchConfig, optional
+        Resolves a feature-set name.
+
+    Returns
+    -------
+    int
+        Number of feature columns checked.
+
+    Raises
+    ------
+    LookAheadError
+        Naming the column, row, full and truncated values.
+    """
+    from workbench.features.sets import build_features, resolve_feature_set
+
+    fs = resolve_feature_set(feature_set, cfg)
+    cols = [c for c in fs.columns if columns is None or c in set(columns)]
+    if not cols or bars.height == 0:
+        return 0
+    names = bars.get_column("symbol").unique().sort().to_list()
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(names, size=min(symbols, len(names)), replace=False).tolist())
+    sample = (
+        bars.filter(pl.col("symbol").is_in(pick))
+        .sort(list(KEY))
+        .group_by("symbol", maintain_order=True)
+        .tail(max_bars)
+        .sort(list(KEY))
+    )
+    fractions = [(k + 1) / (cuts + 1) for k in range(cuts)]
+
+    def compute(b: pl.DataFrame) -> pl.DataFrame:
+        return build_features(b, fs, cfg).select(*KEY, *cols)
+
+    check_truncation(
+        compute,
+        sample,
+        cuts=_default_cuts(sample, fractions),
+        name=f"feature set {fs.name!r}",
+    )
+    return len(cols)

@@ -80,7 +80,9 @@ class Splitter(Protocol):
     def split(self, X: Any, y: Any = None, groups: Any = None) -> Iterable[tuple[Any, Any]]: ...
 
 
-BacktestFn = Callable[[pl.DataFrame, pl.DataFrame], float]
+BacktestFn = Callable[..., float]
+"""``backtest_fn(fold_table, predictions) -> Sharpe`` (with a ``decision_space``, also the
+keyword ``decision=``: the trial's decision parameters)."""
 
 
 @dataclass(frozen=True)
@@ -172,9 +174,22 @@ class SearchResult:
 
     def top_params(self, k: int) -> list[dict[str, Any]]:
         """Return the :class:`LGBMForecaster` parameters of the ``k`` best completed trials."""
+        return [params for params, _ in self.top_candidates(k)]
+
+    def top_candidates(self, k: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Return ``(model parameters, decision parameters)`` of the ``k`` best completed trials
+        (decision parameters empty without a ``decision_space``)."""
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         ranked = sorted(complete, key=lambda t: t.value, reverse=self.direction == "maximize")
-        return [dict(t.user_attrs["params"]) for t in ranked[:k]]
+        return [
+            (dict(t.user_attrs["params"]), dict(t.user_attrs.get("decision", {})))
+            for t in ranked[:k]
+        ]
+
+    @property
+    def best_decision(self) -> dict[str, Any]:
+        """Decision parameters of the best trial (empty without a ``decision_space``)."""
+        return dict(self.study.best_trial.user_attrs.get("decision", {}))
 
 
 def run_search(
@@ -194,6 +209,7 @@ def run_search(
     label: str = "label",
     timeout: float | None = None,
     progress: bool = True,
+    decision_space: Mapping[str, BaseDistribution] | None = None,
 ) -> SearchResult:
     """Search LightGBM hyperparameters by the mean ``score`` over the folds of ``splitter``.
 
@@ -238,6 +254,12 @@ def run_search(
         Stop starting new trials after this many seconds.
     progress : bool, default True
         Show Optuna's progress bar.
+    decision_space : Mapping[str, BaseDistribution], optional
+        Parameters of the trading decision searched with the model's (e.g. ``{"cost_multiple":
+        CategoricalDistribution([1.0, 2.0])}``): each trial draws them and its folds are
+        backtested with them (``backtest_fn(fold, preds, decision={...})``), so the score is
+        that of what would be traded. Needs a ``backtest_fn``; stored as the trial's user
+        attribute ``decision`` (:meth:`SearchResult.top_candidates`, ``best_decision``).
 
     Returns
     -------
@@ -266,6 +288,7 @@ def run_search(
         )
     space = dict(DEFAULT_SEARCH_SPACE if search_space is None else search_space)
     fixed = _fixed_params(spec, space, params, seed)
+    decisions = _decision_space(decision_space, backtest_fn)
     data = _prepare(table, features, label, need_symbol=score == "sharpe")
     x, _ = feature_matrix(data, features)
     y = data[label].to_numpy()
@@ -299,7 +322,18 @@ def run_search(
             }
         )
         objective = _Objective(
-            x, y, folds, data, spec, score, fixed, space, backtest_fn, stride, study_name
+            x,
+            y,
+            folds,
+            data,
+            spec,
+            score,
+            fixed,
+            space,
+            backtest_fn,
+            stride,
+            study_name,
+            decisions=decisions,
         )
         if remaining > 0:
             study.optimize(
@@ -382,10 +416,13 @@ class _Objective:
         backtest_fn: BacktestFn | None,
         stride: int,
         study_name: str,
+        *,
+        decisions: dict[str, BaseDistribution] | None = None,
     ) -> None:
         self.x, self.y, self.folds, self.data = x, y, folds, data
         self.spec, self.score, self.fixed, self.space = spec, score, fixed, space
         self.backtest_fn, self.stride, self.study_name = backtest_fn, stride, study_name
+        self.decisions = dict(decisions or {})
 
     def __call__(self, trial: optuna.Trial) -> float:
         import mlflow
@@ -393,6 +430,10 @@ class _Objective:
 
         params = {**self.fixed, **{k: _suggest(trial, k, d) for k, d in self.space.items()}}
         trial.set_user_attr("params", params)
+        decision = None
+        if self.decisions:  # drawn under their own names: never confused with model parameters
+            decision = {k: _suggest(trial, f"decision.{k}", d) for k, d in self.decisions.items()}
+            trial.set_user_attr("decision", decision)
         scores: list[float] = []
         sharpes: list[float] = []
         pruned: optuna.TrialPruned | None = None
@@ -414,6 +455,8 @@ class _Objective:
                 }
             )
             mlflow.log_params(_loggable(params))
+            if decision is not None:
+                mlflow.log_params({f"decision.{k}": str(v) for k, v in decision.items()})
             try:
                 for k, (train, test) in enumerate(self.folds):
                     pruning = LightGBMPruningCallback(
@@ -422,7 +465,8 @@ class _Objective:
                         valid_name=VALID_NAME,
                         report_interval=REPORT_EVERY,
                     )
-                    s, sr = self._fold(params, train, test, _FoldSteps(pruning, k * self.stride))
+                    steps = _FoldSteps(pruning, k * self.stride)
+                    s, sr = self._fold(params, train, test, steps, decision)
                     scores.append(s)
                     trial.set_user_attr("fold_scores", scores)
                     if math.isfinite(s):
@@ -452,7 +496,12 @@ class _Objective:
         return value
 
     def _fold(
-        self, params: dict[str, Any], train: np.ndarray, test: np.ndarray, pruning: _FoldSteps
+        self,
+        params: dict[str, Any],
+        train: np.ndarray,
+        test: np.ndarray,
+        pruning: _FoldSteps,
+        decision: dict[str, Any] | None = None,
     ) -> tuple[float, float | None]:
         """Return the fold's score and, with a ``backtest_fn``, its backtest Sharpe ratio."""
         x_test, y_test = self.x[test], self.y[test]
@@ -465,7 +514,7 @@ class _Objective:
             callbacks=[pruning],
         )
         pred = model.predict(x_test)
-        sharpe = None if self.backtest_fn is None else self._sharpe(test, pred)
+        sharpe = None if self.backtest_fn is None else self._sharpe(test, pred, decision)
         if self.score == "ic":
             return _pearson(pred, y_test), sharpe
         if self.score == "logloss":
@@ -479,10 +528,16 @@ class _Objective:
         assert sharpe is not None  # _check_score requires a backtest_fn for score="sharpe"
         return sharpe, sharpe
 
-    def _sharpe(self, test: np.ndarray, pred: np.ndarray) -> float:
+    def _sharpe(
+        self, test: np.ndarray, pred: np.ndarray, decision: dict[str, Any] | None = None
+    ) -> float:
         rows = self.data[test].with_columns(prediction=pl.Series(pred)).sort("symbol", "ts")
         assert self.backtest_fn is not None
-        out = self.backtest_fn(rows.drop("prediction"), rows.select("symbol", "ts", "prediction"))
+        fold, preds = rows.drop("prediction"), rows.select("symbol", "ts", "prediction")
+        if decision is not None:
+            out = self.backtest_fn(fold, preds, decision=dict(decision))
+        else:
+            out = self.backtest_fn(fold, preds)
         try:
             return float(out)
         except (TypeError, ValueError):
@@ -530,6 +585,25 @@ def _check_score(score: str, backtest_fn: BacktestFn | None) -> _Score:
             "Fix: pass backtest_fn=lambda fold, preds: run_backtest(...).stats['sharpe']."
         )
     return SCORES[score]
+
+
+def _decision_space(
+    space: Mapping[str, BaseDistribution] | None, backtest_fn: BacktestFn | None
+) -> dict[str, BaseDistribution]:
+    out = dict(space or {})
+    if out and backtest_fn is None:
+        raise ParameterError(
+            f"The 'decision_space' parameter of run_search ({sorted(out)}) needs a backtest_fn "
+            "to trade each trial's decision. Got backtest_fn=None. Fix: pass backtest_fn, or "
+            "drop decision_space."
+        )
+    for name, dist in out.items():
+        if not isinstance(dist, FloatDistribution | IntDistribution | CategoricalDistribution):
+            raise ParameterError(
+                f"The 'decision_space' parameter must map names to Optuna distributions. Got "
+                f"{name!r}: {dist!r}. Fix: e.g. CategoricalDistribution([1.0, 1.5, 2.0])."
+            )
+    return out
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

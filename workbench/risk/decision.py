@@ -9,6 +9,13 @@ the session compare numbers, never re-fit anything):
 - ``probability``: long when the predicted probability is above ``long``, short below
   ``short``; the conviction (probability of winning) feeds the Kelly sizer.
 
+Cost-aware thresholds (``threshold`` with ``cost_multiples``): trade only where the predicted
+return exceeds ``m`` times the expected round-trip cost of the cost model
+(:func:`round_trip_cost`, return units), long above ``+m x cost`` and short below ``-m x cost``.
+The train step's search chooses ``m`` among ``cost_multiples`` by purged cross-validation on the
+training window (each trial's folds are backtested with its ``m``); validation and the session
+trade the chosen thresholds (:meth:`DecisionPolicy.at_cost_multiple`).
+
 An optional trend filter keeps longs to closes above their ``trend_filter``-bar moving average
 and shorts to closes below it. The side itself is computed by
 :func:`workbench.risk._kernel.side_nb`, the one implementation every path calls.
@@ -21,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from workbench.config import DecisionConfig
+from workbench.config import CostsConfig, DecisionConfig
 from workbench.errors import ParameterError
 from workbench.risk import _kernel as K
 
@@ -71,6 +78,19 @@ class DecisionPolicy:
         hi, lo = np.quantile(p, [config.long, config.short])
         return cls(config, float(hi), float(lo))
 
+    @classmethod
+    def at_cost_multiple(
+        cls, config: DecisionConfig, costs: CostsConfig, multiple: float
+    ) -> DecisionPolicy:
+        """Thresholds ``+-multiple x round_trip_cost(costs)`` (predictions in return units)."""
+        if not (multiple >= 0 and np.isfinite(multiple)):
+            raise ParameterError(
+                f"The cost multiple of a cost-aware decision must be a finite number >= 0. Got "
+                f"{multiple!r}. Fix: pick one of decision.cost_multiples."
+            )
+        edge = float(multiple) * round_trip_cost(costs)
+        return cls(config, edge, -edge)
+
     def thresholds(self) -> dict[str, float]:
         """Return the resolved thresholds (for logging on a model version or a run)."""
         return {"long": self.long, "short": self.short}
@@ -103,6 +123,17 @@ class DecisionPolicy:
         rp[K.R_TREND] = float(self.config.trend_filter is not None)
         rp[K.R_ALLOW_SHORT] = float(allow_short)
         return _decide_nb(p, c.ravel(), np.ascontiguousarray(ma, float).ravel(), rp)
+
+
+def round_trip_cost(costs: CostsConfig) -> float:
+    """Expected cost of entering and leaving a position, as a return (fraction of notional).
+
+    Twice the per-side proportional cost of the cost model: half spread, commission in bps and
+    base slippage. Per-share and flat commissions, square-root impact, the open/close U-shape and
+    borrow depend on price, size or time and are left out (the backtest still charges them).
+    """
+    side_bps = costs.half_spread_bps + costs.commission_bps + costs.slippage_bps
+    return 2.0 * side_bps / 1e4
 
 
 @njit(cache=True)

@@ -11,9 +11,11 @@ paths, whose backtests give the probability of backtest overfitting (PBO) of pic
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,11 +35,13 @@ from workbench.backtest import run_backtest
 from workbench.config import ParamRange, WorkbenchConfig
 from workbench.data.store import BarStore, frame_fingerprint
 from workbench.errors import ParameterError
+from workbench.features.lookahead import check_feature_set
 from workbench.models.estimator import LGBMForecaster
 from workbench.models.lgbm import Split, chronological_split, importance_frame, predict
 from workbench.models.search import DEFAULT_SEARCH_SPACE, SearchResult, refit, run_search
 from workbench.monitoring.reference import reference_frame
 from workbench.risk import RiskPolicy
+from workbench.risk.decision import DecisionPolicy
 from workbench.validation.cpcv import CPCVResult, cpcv_pbo
 from workbench.validation.cv import CombinatorialPurgedKFold, PurgedKFold
 from workbench.validation.overfitting import effective_trials, sharpe_per_period
@@ -61,6 +65,7 @@ class TrainResult:
     trial_sharpes: list[float]
     study_name: str
     reference: pl.DataFrame | None = None  # drift reference: train features, valid predictions
+    decision: DecisionPolicy | None = None  # the thresholds chosen on the training window
 
 
 def feature_columns(table: pl.DataFrame) -> list[str]:
@@ -89,15 +94,33 @@ class StrategyBacktest:
     def __init__(self, cfg: WorkbenchConfig, policy: RiskPolicy, bars: pl.DataFrame) -> None:
         self.cfg, self.policy, self.bars = cfg, policy, bars
 
-    def returns(self, preds: pl.DataFrame, start: datetime, end: datetime) -> np.ndarray:
+    def with_decision(self, decision: Mapping[str, Any] | None) -> RiskPolicy:
+        """The policy trading a search trial's decision parameters (``cost_multiple``)."""
+        if not decision:
+            return self.policy
+        d = DecisionPolicy.at_cost_multiple(
+            self.policy.decision.config, self.cfg.backtest.costs, float(decision["cost_multiple"])
+        )
+        return dataclasses.replace(self.policy, decision=d)
+
+    def returns(
+        self,
+        preds: pl.DataFrame,
+        start: datetime,
+        end: datetime,
+        decision: Mapping[str, Any] | None = None,
+    ) -> np.ndarray:
         window = self.bars.filter(pl.col("ts").is_between(start, end))
         p = preds.select("symbol", "ts", "prediction").filter(pl.col("ts") <= end)
-        bt = run_backtest(window, p, config=self.cfg.backtest, risk=self.policy)
+        bt = run_backtest(window, p, config=self.cfg.backtest, risk=self.with_decision(decision))
         return np.nan_to_num(bt.equity["returns"].to_numpy().astype(float))
 
-    def fold_sharpe(self, fold: pl.DataFrame, preds: pl.DataFrame) -> float:
-        """``run_search``'s ``backtest_fn``: per-bar Sharpe over the fold's time span."""
-        return sharpe_per_period(self.returns(preds, fold["ts"].min(), fold["ts"].max()))
+    def fold_sharpe(
+        self, fold: pl.DataFrame, preds: pl.DataFrame, decision: Mapping[str, Any] | None = None
+    ) -> float:
+        """``run_search``'s ``backtest_fn``: per-bar Sharpe over the fold's time span, costs on,
+        trading the trial's decision (``decision``) with the strategy's sizing and limits."""
+        return sharpe_per_period(self.returns(preds, fold["ts"].min(), fold["ts"].max(), decision))
 
 
 def search_space(space: dict[str, ParamRange]) -> dict[str, BaseDistribution]:
@@ -172,6 +195,10 @@ def run_train(
         .read(symbols, timeframe, start=start)
         .filter(pl.col("ts") <= end)
     )
+    # run-time look-ahead guard: the feature columns trained on, on a sample of the training bars
+    lookahead_checked = check_feature_set(
+        strat.feature_set, bars, columns=feats, cfg=cfg, seed=seed
+    )
     if strat.decision.method == "quantile":
         raise ParameterError(
             f"strategies.{strategy}.decision.method 'quantile' is not searchable yet: each trial's "
@@ -182,6 +209,10 @@ def run_train(
     bt = StrategyBacktest(cfg, policy, bars)
 
     space = search_space(sc.space)
+    # cost-aware thresholds: the multiple of the round-trip cost is drawn by each trial and its
+    # folds are backtested with it, so purged CV on the training window chooses it
+    multiples = strat.decision.cost_multiples
+    decisions = {"cost_multiple": CategoricalDistribution(list(multiples))} if multiples else None
     fixed = {k: v for k, v in strat.model.items() if k not in space and k not in _NOT_SEARCHED}
     key = {
         "strategy": strategy,
@@ -210,13 +241,16 @@ def run_train(
         params=fixed,
         backtest_fn=bt.fold_sharpe,
         progress=progress,
+        decision_space=decisions,
     )
     model = refit(res.best_params, train, feats)
+    decision = bt.with_decision(res.best_decision if decisions else None).decision
     # the spread among configurations from completed trials (all folds); every trial counts in N
     trial_sharpes = list(res.trial_sharpes(include_pruned=False).values())
     n_tried = res.n_trials + res.n_pruned
 
-    configs = res.top_params(pbo_configs)
+    candidates = res.top_candidates(pbo_configs)
+    configs = [params for params, _ in candidates]
     cpcv = None
     if len(configs) >= 2:
         cpcv = cpcv_pbo(
@@ -226,9 +260,13 @@ def run_train(
             splitter=CombinatorialPurgedKFold(
                 sc.cpcv_groups, sc.cpcv_test_groups, embargo=sc.embargo
             ),
-            returns_fn=lambda preds: bt.returns(preds, start, end),
+            returns_fn=[
+                (lambda preds, d=d: bt.returns(preds, start, end, d or None)) for _, d in candidates
+            ],
             n_splits=sc.pbo_splits,
             progress=progress,
+            duplicate_correlation=sc.pbo_duplicate_correlation,
+            min_distinct=strat.gates.pbo_min_distinct,
         )
 
     rho = cpcv.correlation if cpcv else 0.0  # no CPCV: treat the trials as independent
@@ -249,9 +287,17 @@ def run_train(
         "trial_sharpe_var": float(np.var(trial_sharpes, ddof=1))
         if len(trial_sharpes) >= 2
         else math.nan,
-        "pbo": cpcv.pbo.pbo if cpcv else math.nan,
+        "pbo": cpcv.value if cpcv else math.nan,  # NaN also when not measurable (pbo_distinct)
         "pbo_configs": float(len(configs)),
+        "pbo_distinct": float(cpcv.n_distinct) if cpcv else math.nan,
+        "pbo_std": cpcv.pbo.pbo_std if cpcv else math.nan,
         "pbo_prob_oos_loss": cpcv.pbo.prob_oos_loss if cpcv else math.nan,
+        "lookahead_checked_features": float(lookahead_checked),
+        "decision_long": decision.long,
+        "decision_short": decision.short,
+        "decision_cost_multiple": float(res.best_decision.get("cost_multiple", math.nan))
+        if decisions
+        else math.nan,
     }
     return TrainResult(
         model,
@@ -271,6 +317,7 @@ def run_train(
             max_rows=cfg.monitoring.reference_rows,
             seed=seed,
         ),
+        decision,
     )
 
 

@@ -7,6 +7,16 @@ backtested per configuration, giving one T x N matrix of per-bar returns per pat
 (:func:`~workbench.validation.overfitting.pbo_from_cpcv`) asks how often the configuration that
 looks best on half the blocks is below the median on the other half.
 
+PBO is measured among *distinct* candidates. Configurations whose out-of-sample returns are
+near-duplicates (correlation above ``duplicate_correlation`` over every path) are one candidate:
+picking among copies cannot overfit, and CSCV over them ranks noise (PBO ~0.5 by symmetry,
+whatever the edge). Candidates are clustered by complete linkage on ``1 - correlation`` (every
+pair inside a cluster correlates above the threshold), each cluster is represented by its first
+configuration in the given order (the search's ranking on the training folds), and CSCV runs
+over the representatives. With fewer than ``min_distinct`` distinct candidates the PBO is *not
+measurable* (``CPCVResult.measurable`` is False, ``CPCVResult.value`` NaN). The dispersion of the
+estimate is the spread of the per-path PBOs (``pbo.pbo_std``).
+
 >>> res = cpcv_pbo(train_table, features, configs=search.top_params(8),  # doctest: +SKIP
 ...                splitter=CombinatorialPurgedKFold(6, 2, embargo=0.01),
 ...                returns_fn=lambda preds: backtest(preds).equity["returns"].to_numpy())
@@ -51,6 +61,13 @@ class CPCVResult:
         The configurations, in column order.
     figures : dict
         ``logits`` (histogram of the CSCV logits) and ``is_vs_oos`` (performance degradation).
+    clusters : numpy.ndarray, shape (N,)
+        Cluster of each configuration (near-duplicates share one); 0-based, in order of first
+        appearance.
+    representatives : list of int
+        Column of each cluster's representative (the PBO's candidates).
+    min_distinct : int
+        Distinct candidates needed for the PBO to be measurable.
     """
 
     pbo: PBOResult
@@ -58,6 +75,37 @@ class CPCVResult:
     correlation: float
     configs: list[dict[str, Any]]
     figures: dict[str, Any] = field(repr=False)
+    clusters: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    representatives: list[int] = field(default_factory=list)
+    min_distinct: int = 2
+
+    @property
+    def n_distinct(self) -> int:
+        """Number of distinct candidates (clusters of near-duplicates)."""
+        return len(self.representatives) if self.representatives else len(self.configs)
+
+    @property
+    def measurable(self) -> bool:
+        """Whether enough distinct candidates were tried for PBO to mean anything."""
+        return self.n_distinct >= max(2, self.min_distinct)
+
+    @property
+    def value(self) -> float:
+        """The PBO when measurable, else NaN."""
+        return self.pbo.pbo if self.measurable else float("nan")
+
+    def describe(self) -> str:
+        """One sentence for a report: the PBO and its spread, or why it is not measurable."""
+        n, k = len(self.configs), self.n_distinct
+        if not self.measurable:
+            return (
+                f"PBO not measurable: {k} distinct candidate(s) among {n} configurations "
+                f"(near-duplicate out-of-sample returns merged); it needs {self.min_distinct}"
+            )
+        return (
+            f"PBO {self.pbo.pbo:.3f} (per-path std {self.pbo.pbo_std:.3f}) over {k} distinct "
+            f"candidates among {n} configurations"
+        )
 
 
 def cpcv_pbo(
@@ -66,10 +114,12 @@ def cpcv_pbo(
     *,
     configs: Sequence[Mapping[str, Any]],
     splitter: CombinatorialPurgedKFold,
-    returns_fn: ReturnsFn,
+    returns_fn: ReturnsFn | Sequence[ReturnsFn],
     n_splits: int = 8,
     label: str = "label",
     progress: bool = True,
+    duplicate_correlation: float = 1.0,
+    min_distinct: int = 2,
 ) -> CPCVResult:
     """Return the PBO of choosing among ``configs``, from CPCV paths and CSCV.
 
@@ -84,19 +134,30 @@ def cpcv_pbo(
         :class:`LGBMForecaster` keyword arguments, one per configuration (N >= 2).
     splitter : CombinatorialPurgedKFold
         Purges by ``t1`` and embargoes; its paths cover every row.
-    returns_fn : callable
-        Backtest of one path's predictions: see :data:`ReturnsFn`.
+    returns_fn : callable or sequence of callables
+        Backtest of one path's predictions: see :data:`ReturnsFn`; one per configuration when
+        the candidates trade differently (e.g. each with its own decision thresholds).
     n_splits : int, default 8
         CSCV row blocks per path (even).
     label : str, default "label"
         Label column.
     progress : bool, default True
         Show a progress bar over the fits.
+    duplicate_correlation : float, default 1.0
+        Configurations whose out-of-sample returns correlate above this are one candidate
+        (1.0: only exact copies merge).
+    min_distinct : int, default 2
+        Distinct candidates below which the PBO is not measurable.
 
     Returns
     -------
     CPCVResult
     """
+    if not (0.0 < duplicate_correlation <= 1.0):
+        raise ParameterError(
+            f"The 'duplicate_correlation' parameter of cpcv_pbo must be in (0, 1]. Got "
+            f"{duplicate_correlation!r}. Fix: e.g. 0.9."
+        )
     if len(configs) < 2:
         raise ParameterError(
             f"The 'configs' parameter of cpcv_pbo needs at least 2 configurations to choose "
@@ -109,6 +170,13 @@ def cpcv_pbo(
         )
     for i, cfg in enumerate(configs):
         check_params(f"configs[{i}]", cfg)
+    fns = list(returns_fn) if not callable(returns_fn) else [returns_fn] * len(configs)
+    if len(fns) != len(configs) or not all(callable(f) for f in fns):
+        raise ParameterError(
+            f"The 'returns_fn' parameter of cpcv_pbo must be a callable or one callable per "
+            f"configuration ({len(configs)}). Got {len(fns)} item(s). Fix: pass one backtest "
+            "function, or a list as long as configs."
+        )
     data = table.filter(pl.col(label).is_not_null() & pl.col(label).is_finite()).sort(
         "ts", "symbol", maintain_order=True
     )
@@ -122,7 +190,7 @@ def cpcv_pbo(
     bar = tqdm(total=len(configs) * len(splits), desc="CPCV fits", disable=not progress)
     per_path: list[list[np.ndarray]] = [[] for _ in range(splitter.n_paths)]
     try:
-        for cfg in configs:
+        for cfg, fn in zip(configs, fns, strict=True):
             preds = []
             for train, test in splits:
                 model = LGBMForecaster(**dict(cfg)).fit(x[train], y[train])
@@ -130,7 +198,7 @@ def cpcv_pbo(
                 bar.update()
             paths = splitter.stitch_paths(data, preds)
             for p, row in enumerate(paths):
-                per_path[p].append(_returns(returns_fn, keys.with_columns(prediction=row), p))
+                per_path[p].append(_returns(fn, keys.with_columns(prediction=row), p))
     finally:
         bar.close()
     mats = []
@@ -143,10 +211,54 @@ def cpcv_pbo(
                 "range and keep flat bars as 0."
             )
         mats.append(np.column_stack(cols))
-    pbo = pbo_from_cpcv(mats, n_splits)
+    clusters = distinct_candidates(np.vstack(mats), duplicate_correlation)
+    reps = [int(np.flatnonzero(clusters == c)[0]) for c in range(int(clusters.max()) + 1)]
+    pick = reps if len(reps) >= 2 else list(range(len(configs)))
+    pbo = pbo_from_cpcv([m[:, pick] for m in mats], n_splits)
     sharpes = np.array([[sharpe_per_period(m[:, j]) for j in range(m.shape[1])] for m in mats])
     corr = float(np.mean([_mean_correlation(m) for m in mats]))
-    return CPCVResult(pbo, sharpes, corr, [dict(c) for c in configs], _figures(pbo))
+    return CPCVResult(
+        pbo,
+        sharpes,
+        corr,
+        [dict(c) for c in configs],
+        _figures(pbo),
+        clusters,
+        reps,
+        int(min_distinct),
+    )
+
+
+def distinct_candidates(returns: np.ndarray, duplicate_correlation: float) -> np.ndarray:
+    """Cluster the columns of a T x N returns matrix into near-duplicates.
+
+    Complete linkage on the distance ``1 - correlation`` cut at ``1 - duplicate_correlation``:
+    every pair of columns inside a cluster correlates at least ``duplicate_correlation``.
+    Columns that never move (a configuration that never trades) are duplicates of each other
+    and distinct from the rest. Returns 0-based cluster labels numbered in column order.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    m = np.asarray(returns, dtype=np.float64)
+    n = m.shape[1]
+    if n < 2:
+        return np.zeros(n, dtype=np.int64)
+    sd = m.std(axis=0)
+    live = sd > 0
+    z = np.where(live, (m - m.mean(axis=0)) / np.where(live, sd, 1.0), 0.0)
+    corr = np.clip((z.T @ z) / len(m), -1.0, 1.0)
+    flat = ~live
+    corr[np.ix_(flat, flat)] = 1.0  # two flat columns are the same (no) trading
+    np.fill_diagonal(corr, 1.0)
+    dist = squareform(np.clip(1.0 - corr, 0.0, 2.0), checks=False)
+    raw = fcluster(
+        linkage(dist, method="complete"),
+        t=1.0 - duplicate_correlation + 1e-12,
+        criterion="distance",
+    )
+    order: dict[int, int] = {}
+    return np.array([order.setdefault(int(c), len(order)) for c in raw], dtype=np.int64)
 
 
 def _mean_correlation(m: np.ndarray) -> float:

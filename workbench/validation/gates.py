@@ -3,6 +3,13 @@
 Each gate reads one measured value and a threshold from :class:`workbench.config.GatesConfig`;
 an unset threshold (``None``) skips the gate. A missing or non-finite measurement fails its gate:
 the model must prove it, not be given the benefit of the doubt.
+
+One exception, stated in the report: the PBO is *not measurable* when the search's candidates
+hold fewer than ``pbo_min_distinct`` distinct ones (``values["pbo_distinct"]``, the clusters of
+near-duplicate out-of-sample returns, see :mod:`workbench.validation.cpcv`). Choosing among
+copies of one configuration cannot overfit, and CSCV over them ranks noise (a PBO near 0.5
+whatever the edge), so the ``max_pbo`` gate is not applied; its row says why (``note``) and the
+other gates (the deflated Sharpe ratio among them) still judge the model.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ GATES: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True)
 class GateReport:
-    """One row per active gate: gate, metric, value, threshold, passed."""
+    """One row per active gate: gate, metric, op, value, threshold, passed, note (why a gate
+    was not applied, else empty)."""
 
     frame: pl.DataFrame
 
@@ -52,7 +60,9 @@ class GateReport:
     def tags(self) -> dict[str, str]:
         """Return MLflow tags (``gate.<name>`` = pass/fail, ``gates`` = pass/fail)."""
         out = {
-            f"gate.{r['gate']}": "pass" if r["passed"] else "fail"
+            f"gate.{r['gate']}": "not measurable"
+            if r["note"]
+            else ("pass" if r["passed"] else "fail")
             for r in self.frame.iter_rows(named=True)
         }
         out["gates"] = "pass" if self.passed else "fail"
@@ -63,6 +73,8 @@ def evaluate_gates(values: Mapping[str, float | None], gates: GatesConfig) -> Ga
     """Evaluate every configured gate against measured ``values``.
 
     ``max_drawdown`` is compared as a positive fraction (``abs`` of the measured drawdown).
+    ``max_pbo`` is not applied (passed, with a ``note``) when ``values["pbo_distinct"]`` is below
+    ``gates.pbo_min_distinct``: see the module docstring.
     """
     rows = []
     for gate, (metric, op) in GATES.items():
@@ -74,6 +86,20 @@ def evaluate_gates(values: Mapping[str, float | None], gates: GatesConfig) -> Ga
         if metric == "max_drawdown":
             value = abs(value)
         ok = math.isfinite(value) and (value >= threshold if op == ">=" else value <= threshold)
+        note = ""
+        distinct = values.get("pbo_distinct")
+        if (
+            gate == "max_pbo"
+            and distinct is not None
+            and math.isfinite(float(distinct))
+            and float(distinct) < gates.pbo_min_distinct
+        ):
+            ok, value = True, float("nan")
+            note = (
+                f"PBO not measurable: {int(distinct)} distinct candidate(s) after merging "
+                f"near-duplicate out-of-sample returns, fewer than pbo_min_distinct = "
+                f"{gates.pbo_min_distinct}; the gate is not applied"
+            )
         rows.append(
             {
                 "gate": gate,
@@ -82,6 +108,7 @@ def evaluate_gates(values: Mapping[str, float | None], gates: GatesConfig) -> Ga
                 "value": value,
                 "threshold": float(threshold),
                 "passed": ok,
+                "note": note,
             }
         )
     schema = {
@@ -91,5 +118,6 @@ def evaluate_gates(values: Mapping[str, float | None], gates: GatesConfig) -> Ga
         "value": pl.Float64,
         "threshold": pl.Float64,
         "passed": pl.Boolean,
+        "note": pl.String,
     }
     return GateReport(pl.DataFrame(rows, schema=schema))

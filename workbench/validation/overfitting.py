@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -382,6 +382,9 @@ class PBOResult:
         configuration, per combination.
     n_splits : int
         Number of row blocks S.
+    path_pbo : numpy.ndarray
+        PBO of each CPCV path on its own (:func:`pbo_from_cpcv`; empty for a single matrix):
+        their spread is the dispersion of the pooled estimate.
     """
 
     pbo: float
@@ -389,6 +392,13 @@ class PBOResult:
     is_performance: np.ndarray
     oos_performance: np.ndarray
     n_splits: int
+    path_pbo: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+    @property
+    def pbo_std(self) -> float:
+        """Standard deviation of the per-path PBOs (ddof=1; NaN below two paths)."""
+        p = np.asarray(self.path_pbo, dtype=float)
+        return float(np.std(p, ddof=1)) if p.size >= 2 else math.nan
 
     @property
     def prob_oos_loss(self) -> float:
@@ -561,4 +571,5 @@ def pbo_from_cpcv(path_returns: Any, n_splits: int = 16) -> PBOResult:
         is_performance=np.concatenate([r.is_performance for r in results]),
         oos_performance=np.concatenate([r.oos_performance for r in results]),
         n_splits=int(n_splits),
+        path_pbo=np.array([r.pbo for r in results]),
     )
