@@ -49,7 +49,7 @@ from workbench.errors import ConfigError, StoreError
 from workbench.execution import failpoints
 from workbench.execution.broker import Broker, BrokerError, OrderRefused, OutcomeUnknown
 from workbench.execution.clock import Clock, ReplayClock
-from workbench.execution.ledger import OrderLedger
+from workbench.execution.ledger import OrderLedger, SessionRecord
 from workbench.execution.orders import (
     BrokerOrder,
     Fill,
@@ -297,10 +297,11 @@ class SessionEngine:
         # ids are unique per ledger session: a rehearsal re-run on a fresh ledger gets new ones
         self._salt = f"{self.session_id}|{rec.started_at.isoformat()}"
         self._done_until = rec.last_bar_ts
-        if self.ledger.snapshot(self.session_id, "start") is None:
-            self.ledger.snapshot_positions(
-                self.session_id, self._carried(strategy, broker_name), kind="start", ts=now
-            )
+        prev = self._previous(strategy, broker_name)
+        first_open = self.ledger.snapshot(self.session_id, "start") is None
+        if first_open:
+            carried = self.ledger.snapshot(prev.session_id, "end") if prev is not None else None
+            self.ledger.snapshot_positions(self.session_id, carried or {}, kind="start", ts=now)
         self.report = reconcile(
             self.ledger, self.broker, self.session_id, now=now,
             config=self.reconcile_config, venue=self.venue,
@@ -318,11 +319,14 @@ class SessionEngine:
         if history.height:
             self.features.update(history)
             self.risk.warm(history)
+        if prev is not None:
+            self._carry_in(prev.session_id, now, float(rec.params["initial_cash"]))
         self._last_ok = time.monotonic()
         return self.report
 
-    def _carried(self, strategy: str, broker_name: str) -> dict[str, float]:
-        """Positions the session starts with: the previous session's end snapshot, else flat."""
+    def _previous(self, strategy: str, broker_name: str) -> SessionRecord | None:
+        """The strategy's latest earlier session on this broker and mode that ended (has an end
+        snapshot): the one this session continues from."""
         prev = [
             s
             for s in self.ledger.sessions(strategy)
@@ -330,10 +334,70 @@ class SessionEngine:
             and s.session_date < self.session_date
         ]  # fmt: skip
         for s in sorted(prev, key=lambda s: s.session_date, reverse=True):
-            snap = self.ledger.snapshot(s.session_id, "end")
-            if snap is not None:
-                return snap
-        return {}
+            if self.ledger.snapshot(s.session_id, "end") is not None:
+                return s
+        return None
+
+    def _carry_in(self, prev_id: str, now: datetime, cash: float) -> None:
+        """Continue from session ``prev_id``: its book and the orders it decided at its last bar.
+
+        Those orders are still working at the broker (a market order sent after the close fills
+        at the next open, as the backtest fills it). Each becomes an intent of this session
+        (``carry``: committed before anything is sent; its old order is cancelled, confirmed,
+        and the remainder sent under this session's id), so this session owns their fills. A
+        restart finds the carry intents in the ledger and carries nothing twice. The risk engine
+        then starts from the book ``prev_id`` recorded at its end (:meth:`RiskEngine.restore_state`),
+        with this session's starting cash and positions and the carried orders pending.
+        """
+        risk = self.risk
+        assert risk is not None
+        mine = self.ledger.intents(self.session_id)
+        taken = {oid for i in mine if i.request.intent == "carry" for oid in i.request.after_cancel}
+        plans = []
+        for o in self.ledger.orders(prev_id, open_only=True):
+            if o.id in taken or o.symbol not in risk.col or o.remaining <= 1e-9:
+                continue
+            it = self.ledger.intent(o.client_order_id)
+            signed = o.remaining if o.side is Side.BUY else -o.remaining
+            decided = (it.request.decided_at if it is not None else None) or now
+            reduce_only = bool(it is not None and it.request.reduce_only)
+            plans.append(
+                Planned(
+                    o.symbol,
+                    signed,
+                    type=o.type,
+                    limit_price=o.limit_price,
+                    intent="carry",
+                    reduce_only=reduce_only,
+                    decided_at=decided,
+                    after_cancel=(o.id,),
+                )
+            )
+        if plans:
+            t = min(p.decided_at for p in plans if p.decided_at is not None)
+            self._seq = max((q for _, q in self._prior), default=-1) + 1
+            self._commit_plans(plans, t)
+            mine = self.ledger.intents(self.session_id)
+            self._prior = [(i.bar_ts, i.seq) for i in mine]
+        pending: dict[str, float] = {}
+        for i in mine:
+            if i.request.intent == "carry" and i.state not in ("refused",):
+                q = i.request.qty or 0.0
+                pending[i.request.symbol] = pending.get(i.request.symbol, 0.0) + (
+                    q if i.request.side is Side.BUY else -q
+                )
+        state = self.ledger.engine_state(prev_id) or {"version": 1, "policy": self.policy.name}
+        start = self.ledger.snapshot(self.session_id, "start") or {}
+        for w in risk.restore_state(state, cash=cash, positions=start, pending=pending):
+            log.warning("session %s: %s", self.session_id, w)
+        if self._done_until is None and plans:  # first open: out before the first bar
+            deadline = time.monotonic() + (self.settle_seconds or 5.0)
+            self._flush_waiting()
+            while self._waiting and time.monotonic() < deadline:
+                self._drain()
+                self._flush_waiting()
+                if self._waiting:
+                    time.sleep(0.02)
 
     def _halt(self, reason: str, strategy: str) -> None:
         self.ledger.set_status(self.session_id, "halted", reason)
@@ -620,7 +684,7 @@ class SessionEngine:
             if req.intent == "flip_open" and self._flip_pending(req):
                 keep.append(w)  # the close must fill first
                 continue
-            if req.intent in ("fallback", "stale_resend"):
+            if req.intent in ("fallback", "stale_resend", "carry"):
                 old = self.ledger.order(req.after_cancel[0])
                 rest = old.remaining if old is not None else 0.0
                 if rest <= 1e-9:  # it filled before the cancel landed: nothing left to send
@@ -893,6 +957,10 @@ class SessionEngine:
         self.ledger.snapshot_positions(
             self.session_id, self.ledger.positions(self.session_id), kind="end", ts=self.clock.now()
         )
+        if self.risk is not None:  # the next session of the strategy starts from this book
+            self.ledger.save_engine_state(
+                self.session_id, self.risk.export_state(), ts=self.clock.now()
+            )
         self._write_health()
         res = self.result()
         self._observe("on_finish", res)

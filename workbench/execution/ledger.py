@@ -280,9 +280,16 @@ _RELEASES = sa.Table(
     sa.Column("booked_bar_ts", _DT(), nullable=False),
     sa.UniqueConstraint("session_id", "key", name="uq_releases_key"),
 )
+_STATES = sa.Table(  # the risk engine's book at a session's end (the next session starts from it)
+    "engine_states",
+    _META,
+    sa.Column("session_id", sa.String(200), primary_key=True),
+    sa.Column("ts", _DT(), nullable=False),
+    sa.Column("state", sa.Text(), nullable=False),
+)
 _TABLES = (
     _SESSIONS, _INTENTS, _ORDERS, _TRANSITIONS, _EVENTS, _FILLS, _SNAPSHOTS, _RELEASES,
-    _LEDGER_META,
+    _STATES, _LEDGER_META,
 )  # fmt: skip
 
 _UTC_US = pl.Datetime("us", "UTC")
@@ -1236,6 +1243,33 @@ class OrderLedger:
         with self._tx("snapshot") as conn:
             return self._snapshot(conn, session_id, kind)
 
+    def save_engine_state(self, session_id: str, state: Mapping[str, Any], *, ts: datetime) -> None:
+        """Record the risk engine's book at the end of ``session_id`` (replacing an earlier one):
+        JSON with ``null`` for NaN. The next session of the strategy starts from it."""
+        ts = _utc(ts, "ts")
+        body = _dumps(_nan_to_none(state), "engine state")
+        with self._tx("save_engine_state") as conn:
+            self._need_session(conn, session_id, own=True)
+            self._w(conn, sa.delete(_STATES).where(_STATES.c.session_id == session_id), {})
+            self._w(conn, sa.insert(_STATES), {"session_id": session_id, "ts": ts, "state": body})
+
+    def engine_state(self, session_id: str) -> dict[str, Any] | None:
+        """The risk engine's book recorded at the end of ``session_id``, or None."""
+        with self._tx("engine_state") as conn:
+            body = self._x(
+                conn, sa.select(_STATES.c.state).where(_STATES.c.session_id == session_id)
+            ).scalar()
+        if body is None:
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise StoreError(
+                f"order ledger {self.url}: the engine state of session {session_id!r} is not "
+                "JSON. Fix: delete that row of engine_states (the next session then starts "
+                "flat, from the broker's positions) or restore the ledger from a backup."
+            ) from None
+
     # -- history ---------------------------------------------------------------------------------
 
     def events(self, session_id: str, client_order_id: str | None = None) -> list[dict[str, Any]]:
@@ -2028,6 +2062,16 @@ def _utc_or_none(ts: datetime | None) -> datetime | None:
     if ts is None:
         return None
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 def _dumps(value: Any, what: str) -> str:

@@ -262,6 +262,97 @@ class RiskEngine:
         status = "allowed" if n_den == 0 else ("denied" if abs(d) < 1e-9 else "cut")
         return {"allowed_qty": float(d), "status": status, "denials": denials}
 
+    # ------------------------------------------------------------------ carried book
+
+    def export_state(self) -> dict[str, Any]:
+        """The book as the next session of this strategy starts from it (JSON-able).
+
+        Per symbol the position, average price, stop distance, entry notional, realised PnL,
+        held and model targets, last close and entry session; the portfolio's trade history
+        (Kelly's statistics, consecutive losses), day trades, the last mark and its session id
+        (the next day's daily-loss rule measures from it) and the recent limit violations.
+        """
+        return {
+            "version": 1,
+            "policy": self.policy.name,
+            "symbols": list(self.symbols),
+            "s": {sym: [float(x) for x in self.s[j]] for sym, j in self.col.items()},
+            "g": [float(x) for x in self.g],
+            "v": [float(x) for x in self.v],
+        }
+
+    def restore_state(
+        self,
+        state: Mapping[str, Any],
+        *,
+        cash: float,
+        positions: Mapping[str, float],
+        pending: Mapping[str, float] | None = None,
+    ) -> list[str]:
+        """Start from the book an earlier session left (:meth:`export_state`), after :meth:`warm`.
+
+        The broker is the truth for ``cash`` and ``positions`` (the session's start snapshot):
+        a symbol whose position differs from the recorded one keeps its position and starts its
+        entry bookkeeping afresh at its last close (a warning names it). ``pending`` holds the
+        signed shares of the orders carried into this session (decided at the last bar before).
+        The kill switch is not carried here: its store halts the engine when it is halted.
+        Returns the warnings.
+        """
+        if int(state.get("version", 0)) != 1 or state.get("policy") != self.policy.name:
+            raise SchemaError(
+                f"the carried risk state is of policy {state.get('policy')!r} (version "
+                f"{state.get('version')!r}); this engine runs {self.policy.name!r}. Fix: start "
+                "the session flat (a new ledger) or with the strategy that recorded it.",
+                rule="carried state",
+            )
+
+        def num(x: Any) -> float:
+            return float("nan") if x is None else float(x)
+
+        warnings: list[str] = []
+        rows = state.get("s", {})
+        last_row = float(max(self._n - 1, 0))
+        for sym, j in self.col.items():
+            rec = rows.get(sym)
+            if rec is not None and len(rec) == K.N_S:
+                self.s[j] = [num(x) for x in rec]
+            q = float(positions.get(sym, 0.0))
+            was = float(self.s[j, K.S_QTY])
+            if abs(q - was) > 1e-9:
+                warnings.append(
+                    f"{sym}: the broker holds {q:g} shares, the carried book {was:g}; its entry "
+                    "bookkeeping starts afresh at the last close"
+                )
+                last = self.s[j, K.S_LAST]
+                if np.isnan(last) and self._n:
+                    last = self._cl[self._n - 1, j]
+                self.s[j, K.S_QTY] = q
+                self.s[j, K.S_AVG] = 0.0 if q == 0.0 else float(last)
+                self.s[j, K.S_ENTRY_NOT] = abs(q) * float(last) if q else 0.0
+                self.s[j, K.S_RPNL] = 0.0
+                self.s[j, K.S_ENTRY_DAY] = -1.0
+            p = float((pending or {}).get(sym, 0.0))
+            self.s[j, K.S_PEND] = p
+            self.s[j, K.S_PEND_ROW] = last_row if p else -1.0
+        g = state.get("g", [])
+        if len(g) == K.N_G:
+            keep = [K.G_KILL, K.G_TRIP_ROW, K.G_TRIP_RULE, K.G_TRIP_VALUE, K.G_TRIP_LIMIT]
+            saved = self.g[keep].copy()
+            self.g[:] = [num(x) for x in g]
+            self.g[keep] = saved
+        v = state.get("v", [])
+        if len(v) == len(self.v):
+            self.v[:] = [num(x) for x in v]
+        self.g[K.G_CASH] = float(cash)
+        value = sum(
+            self.s[j, K.S_QTY] * self.s[j, K.S_LAST]
+            for j in range(len(self.symbols))
+            if self.s[j, K.S_QTY] != 0.0
+        )
+        self.g[K.G_EQ] = float(cash) + float(value)
+        self.g[K.G_PREV_EQ] = self.g[K.G_EQ]
+        return warnings
+
     def warm(self, bars: pl.DataFrame) -> None:
         """Feed history bars (before the session) without predictions: inputs warm up."""
         for (ts,), group in bars.sort("ts").group_by(["ts"], maintain_order=True):
