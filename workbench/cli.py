@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated
 
 import polars as pl
@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from workbench.cli_errors import CleanErrors
+from workbench.cli_models import demote_cmd, promote_cmd
 from workbench.cli_ops import alert_app
 from workbench.cli_schedule import schedule_app
 from workbench.cli_sweep import sweep
@@ -42,6 +43,8 @@ app.add_typer(risk_app, name="risk")
 app.add_typer(universe_app, name="universe")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(alert_app, name="alert")
+app.command("promote")(promote_cmd)
+app.command("demote")(demote_cmd)
 app.command("sweep")(sweep)
 console = Console()
 
@@ -235,39 +238,6 @@ def run(
         console.print(f"[bold red]step {failed[0].step!r} failed[/] at {failed[0].error}")
         console.print(f"failed notebook: {failed[0].notebook}")
         raise typer.Exit(code=1)
-
-
-@app.command()
-def promote(
-    strategy: Annotated[
-        str, typer.Argument(help="Strategy (= registered model name), e.g. intraday_reversal.")
-    ],
-    force: Annotated[
-        bool, typer.Option(help="Promote without the out-of-sample comparison (recorded).")
-    ] = False,
-    reason: Annotated[
-        str, typer.Option(help="Why; required with --force, recorded with the decision.")
-    ] = "",
-) -> None:
-    """Move the 'champion' alias to the 'challenger' if it beats the champion out of sample.
-
-    Both models are backtested on the challenger's out-of-sample window with the same costs; the
-    decision and its reason are recorded on the model versions and in the 'promotions' experiment.
-
-    Example: wb promote intraday_reversal
-    """
-    from workbench.models.promotion import promote as run_promote
-    from workbench.stages.validate import oos_sharpe
-
-    try:
-        cfg = load_config()
-        res = run_promote(
-            cfg, strategy, evaluate=oos_sharpe(cfg, strategy), force=force, reason=reason
-        )
-    except WorkbenchError as exc:
-        _fail(exc)
-    verdict = "[bold green]promoted[/]" if res.promoted else "[bold yellow]not promoted[/]"
-    console.print(f"{verdict} {strategy} v{res.challenger}: {res.reason}")
 
 
 @app.command()
@@ -485,6 +455,7 @@ def run_cmd(
     timeframe: Annotated[str | None, typer.Option(help="Bar length (default: data.timeframe).")] = None,
     live: Annotated[bool, typer.Option("--live", help="Trade the LIVE account (also needs WB_LIVE_TRADING=yes).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    allow: Annotated[list[str] | None, typer.Option("--allow", help="Trade the model anyway when it is: ungated | expired | drifted (repeatable).")] = None,
 ) -> None:  # fmt: skip
     """Trade one session; a restart with the same arguments reconciles and resumes."""
     from workbench.stages.session import run_trade_session
@@ -503,7 +474,7 @@ def run_cmd(
             strategy=strategy, timeframe=timeframe or cfg.data.timeframe, symbols=syms,
             session_date=date or "", broker=broker, mode=mode, ledger_url=ledger or "",
             model_alias=alias, live=live, install_signals=True,
-            echo=(lambda m: _err.print(m)) if as_json else console.print,
+            echo=(lambda m: _err.print(m)) if as_json else console.print, allow_model=tuple(allow or ()),
         )  # fmt: skip
         r = res.result
         summary = {
@@ -541,7 +512,9 @@ def status_cmd(
     from workbench.stages.session import session_status
 
     with _session_errors():
-        st = session_status(load_config(), ledger, session)
+        cfg = load_config()
+        st = session_status(cfg, ledger, session)
+        st.update(_model_age(cfg, ledger, st))
         if as_json:
             print(json.dumps(st, default=str))
         elif not st.get("session"):
@@ -552,11 +525,35 @@ def status_cmd(
                 f"{st['last_bar']}; kill switch {st['kill_switch']}; PnL {st['pnl']}; "
                 f"positions {st['positions'] or 'flat'}; open orders {st['open_orders']}"
             )
+            if st.get("model_age_days") is not None:
+                console.print(
+                    f"model {st['model']}: trained to {st['model_train_end']}, "
+                    f"{st['model_age_days']} days old at the session (max {st['model_max_age_days']})"
+                    + (" [red]EXPIRED[/red]" if st["model_expired"] else "")
+                )
             for name in ("orders", "fills"):
                 if st[name]:
                     console.print(_session_table(pl.DataFrame(st[name]), name))
         if st.get("status") == "halted" or st.get("kill_switch") == "halted":
             raise typer.Exit(SESSION_HALTED)
+
+
+def _model_age(cfg, ledger: str | None, st: dict) -> dict:
+    """The traded model's age at the session's last bar (``wb session status``)."""
+    from workbench.execution.ledger import OrderLedger
+    from workbench.models.lifecycle import model_age_status
+    from workbench.stages.session import project_url
+
+    if not st.get("session"):
+        return {}
+    led = OrderLedger(project_url(cfg, ledger or cfg.execution.ledger_url))
+    try:
+        rec = led.session(st["session"])
+    finally:
+        led.close()
+    model = str((rec.params if rec else {}).get("model", ""))
+    at = datetime.fromisoformat(st["last_bar"]) if st.get("last_bar") else datetime.now(UTC)
+    return {"model": model, **model_age_status(cfg, model, at)} if model else {}
 
 
 @session_app.command("flatten")

@@ -602,6 +602,30 @@ class ScheduleConfig(_Frozen):
         return v
 
 
+class PromotionConfig(_Frozen):
+    """How ``wb promote`` judges a challenger against the champion (see workbench.models.promotion)."""
+
+    alpha: float = Field(0.05, gt=0, lt=1)  # one-sided level of the paired test (challenger better)
+    min_deflated_sharpe: float | None = Field(
+        None, ge=0, le=1
+    )  # the challenger's DSR on the window; null: the strategy's gates.min_deflated_sharpe, else 0.95
+    min_shadow_sessions: int = Field(0, ge=0)  # shadow sessions required beside the champion
+    hac_lags: int | None = Field(
+        None, ge=0
+    )  # Newey-West lags of the paired test; null: floor(4 (n / 100) ** (2 / 9))
+
+
+class ModelsConfig(_Frozen):
+    """Model lifecycle: what a session may trade (gate record, age, drift) and promotion."""
+
+    max_age_days: float | None = Field(
+        180.0, gt=0
+    )  # days from the training window's end to the session; older: expired (null: never)
+    on_expired: Literal["refuse", "warn"] = "refuse"  # a session with an expired model version
+    on_drift: Literal["refuse", "warn"] = "refuse"  # ... with a version monitoring flagged as drifted
+    promotion: PromotionConfig = PromotionConfig()
+
+
 class Secrets(BaseModel):
     """Broker keys, read from the environment only. Never hashed, never dumped in clear."""
 
@@ -641,6 +665,7 @@ class WorkbenchConfig(_Frozen):
     monitoring: MonitoringConfig = MonitoringConfig()
     alerts: AlertsConfig = AlertsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    models: ModelsConfig = ModelsConfig()
     feature_sets: dict[str, tuple[FeatureSpec, ...]] = Field(default_factory=dict)
     strategies: dict[str, StrategyConfig] = Field(default_factory=dict)
     secrets: Secrets = Field(default_factory=Secrets, exclude=True)

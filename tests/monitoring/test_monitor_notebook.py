@@ -98,6 +98,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     session = run_trade_session(
         cfg, store_root=str(tmp / "bars"), model_name=STRATEGY, strategy=STRATEGY, timeframe="5Min",
         symbols=SYMBOLS, session_date="2024-03-01", echo=printed.append,
+        allow_model=("ungated",),  # registered by hand above, never validated
     )  # fmt: skip
     res = run_pipeline(
         "nightly_monitor",

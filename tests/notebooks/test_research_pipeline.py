@@ -238,24 +238,25 @@ def test_promote_needs_a_better_challenger(research: tuple) -> None:
     import numpy as np
 
     from workbench.models.lgbm import fit_lgbm
-    from workbench.models.promotion import PromotionError, promote
+    from workbench.models.lifecycle import GATE_RUN_TAG, GATE_TAG
+    from workbench.models.promotion import PromotionError, demote, promote
     from workbench.models.registry import log_lightgbm, set_alias
-    from workbench.stages.train import feature_columns
-    from workbench.stages.validate import oos_sharpe
+    from workbench.validation.evaluate import feature_columns
 
     res, _ = research
     cfg = load_config(REPO)
     client = mlflow.MlflowClient()
-    evaluate = oos_sharpe(cfg, "intraday_reversal")
-    first = promote(cfg, "intraday_reversal", evaluate=evaluate)
+    first = promote(cfg, "intraday_reversal")
     assert first.promoted and first.reason == "no champion yet"
     champ = client.get_model_version_by_alias("intraday_reversal", "champion")
     assert champ.tags["promotion_reason"] == "no champion yet"
-    assert not promote(cfg, "intraday_reversal", evaluate=evaluate).promoted  # already champion
+    assert champ.tags[GATE_TAG] == "pass"  # the validate step's gate record
+    assert not promote(cfg, "intraday_reversal").promoted  # already champion
     with pytest.raises(PromotionError, match="--force needs --reason"):
-        promote(cfg, "intraday_reversal", evaluate=evaluate, force=True)
+        promote(cfg, "intraday_reversal", force=True)
 
-    # a challenger trained on shuffled labels must not replace the champion
+    # a challenger trained on shuffled labels must not replace the champion: both are
+    # re-evaluated on the champion's validation window, rebuilt from the store
     table = pl.read_parquet(res.outputs("features")["features_path"]).drop_nulls("label")
     noise = table.with_columns(
         label=pl.Series(np.random.default_rng(0).permutation(table["label"].to_numpy()))
@@ -267,19 +268,18 @@ def test_promote_needs_a_better_challenger(research: tuple) -> None:
             table.select(feats).to_pandas(),
             registered_name="intraday_reversal",
         )
-    for k, v in champ.tags.items():
-        if k.startswith("oos."):
-            client.set_model_version_tag("intraday_reversal", bad.version, k, v)
+    for k in (GATE_TAG, GATE_RUN_TAG):  # judged on the same window as the champion
+        client.set_model_version_tag("intraday_reversal", bad.version, k, champ.tags[k])
     set_alias("intraday_reversal", "challenger", bad.version)
-    second = promote(cfg, "intraday_reversal", evaluate=evaluate)
-    assert not second.promoted and "<=" in second.reason
-    assert (
-        client.get_model_version_by_alias("intraday_reversal", "champion").version == champ.version
-    )
+    second = promote(cfg, "intraday_reversal")
+    assert not second.promoted and "not <= alpha" in second.reason, second.reason
+    assert second.window_test is not None and second.window_test.mean_diff < 0
+    assert str(
+        client.get_model_version_by_alias("intraday_reversal", "champion").version
+    ) == str(champ.version)
     forced = promote(
         cfg,
         "intraday_reversal",
-        evaluate=evaluate,
         force=True,
         reason="operator override in a test",
     )
@@ -292,6 +292,8 @@ def test_promote_needs_a_better_challenger(research: tuple) -> None:
         client.get_registered_model("intraday_reversal").tags["last_promotion_decision"]
     )
     assert decision["forced"] is True and "operator override" in decision["reason"]
+    back = demote(cfg, "intraday_reversal", reason="the override was a mistake")
+    assert (back.demoted, back.champion) == (bad.version, str(champ.version))
 
 
 @pytest.mark.slow

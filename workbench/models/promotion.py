@@ -1,32 +1,112 @@
-"""Promotion: move ``champion`` to the ``challenger`` only if it beats the champion out of sample.
+"""Promotion: move ``champion`` to the ``challenger`` only on evidence, and roll it back.
 
-Both models are judged on the challenger's out-of-sample window (recorded as model-version tags by
-the validate step), with the same backtest, costs and configuration. Every decision, forced or not,
-is recorded on the model versions (tags) and as an MLflow run in the ``promotions`` experiment.
+The evidence is rebuilt from what MLflow holds: the challenger's gate record names the
+validation run whose ``evaluation/window.json`` says which bars it was judged on (symbols,
+timeframe, sessions, split, the store relative to the project, fingerprints); the feature table is
+rebuilt from the bar store (:func:`workbench.validation.evaluate.reproduce_window`), so neither the
+run folder nor the feature cache is needed, and a store that no longer holds the window is
+refused by name. Both versions are backtested on that window by
+:func:`~workbench.validation.evaluate.evaluate_model` (same bars, costs, risk policy), and judged by
+
+* a paired test of their per-bar returns (Newey-West t-test of the mean difference, one-sided:
+  the challenger must be better at level ``models.promotion.alpha``),
+* the challenger's deflated Sharpe ratio on the window (corrected for its search's trials),
+  at least ``models.promotion.min_deflated_sharpe`` (default: the strategy's gate, else 0.95),
+* shadow sessions when given (paired session returns, champion and challenger on the same bars):
+  at least ``models.promotion.min_shadow_sessions`` of them, and the challenger not behind on
+  average (their paired t-test is recorded).
+
+Every decision, forced or not, and every rollback (:func:`demote`) is recorded: model-version
+tags, the registered model's ``last_promotion_decision`` and champion lineage
+(``workbench.champions``), and an MLflow run in the ``promotions`` experiment (decision JSON,
+metrics, the two equity curves as a figure).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import polars as pl
 
 from workbench.config import WorkbenchConfig
 from workbench.errors import WorkbenchError
+from workbench.models.lifecycle import gate_record
 from workbench.models.registry import (
     CHALLENGER,
     CHAMPION,
     ModelNotFoundError,
     ModelRef,
+    load_model,
     resolve_alias,
 )
 
-OOS_TAGS = ("oos.features_path", "oos.store_root", "oos.split_ts", "oos.timeframe")
+LINEAGE_TAG = "workbench.champions"
+"""Registered-model tag: the versions ``champion`` pointed at through promotions (JSON list, last
+is the current one when nobody moved the alias by hand); :func:`demote` pops it."""
+LAST_DECISION_TAG = "last_promotion_decision"
+_KEEP = 50
 
 
 class PromotionError(WorkbenchError):
-    """The challenger cannot be compared or promoted."""
+    """The challenger cannot be compared or promoted, or the champion cannot be rolled back."""
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A one-sided test that ``a`` beats ``b`` on paired observations."""
+
+    n: int
+    mean_diff: float
+    t: float
+    p_value: float
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "mean_diff": self.mean_diff, "t": self.t, "p_value": self.p_value,
+                "method": self.method}  # fmt: skip
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, *, lags: int | None = None) -> PairedTest:
+    """One-sided test of ``mean(a - b) > 0`` for paired per-bar returns, with Newey-West (HAC)
+    standard errors (statsmodels; ``lags`` default ``floor(4 (n / 100) ** (2 / 9))``) so that
+    autocorrelated returns do not overstate the evidence. p-value from the normal distribution."""
+    import statsmodels.api as sm
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    if n < 3:
+        return PairedTest(n, float(d.mean()) if n else math.nan, math.nan, 1.0, "hac")
+    lags = int(4 * (n / 100) ** (2 / 9)) if lags is None else lags
+    mean = float(d.mean())
+    if np.all(d == d[0]):  # no variation: the difference is exact
+        t = 0.0 if mean == 0 else math.copysign(math.inf, mean)
+    else:
+        fit = sm.OLS(d, np.ones(n)).fit(cov_type="HAC", cov_kwds={"maxlags": lags})
+        t = float(fit.tvalues[0])
+    return PairedTest(n, mean, t, float(stats.norm.sf(t)), f"hac(lags={lags})")
+
+
+def session_test(pairs: Sequence[tuple[float, float]]) -> PairedTest:
+    """One-sided paired t-test (scipy) that the challenger's session returns beat the
+    champion's: ``pairs`` are ``(champion, challenger)`` returns of the same sessions."""
+    from scipy import stats
+
+    arr = np.asarray(pairs, dtype=float).reshape(-1, 2)
+    d = arr[:, 1] - arr[:, 0]
+    n = len(d)
+    if n < 2 or np.all(d == d[0]):
+        mean = float(d.mean()) if n else math.nan
+        return PairedTest(n, mean, math.nan, 0.0 if n and mean > 0 else 1.0, "paired t")
+    res = stats.ttest_rel(arr[:, 1], arr[:, 0], alternative="greater")
+    return PairedTest(n, float(d.mean()), float(res.statistic), float(res.pvalue), "paired t")
 
 
 @dataclass(frozen=True)
@@ -40,72 +120,233 @@ class PromotionResult:
     challenger_sharpe: float | None
     champion_sharpe: float | None
     forced: bool
+    window_test: PairedTest | None = None
+    shadow_test: PairedTest | None = None
+    deflated_sharpe: float | None = None
+    run_id: str = ""
 
 
-def record_oos_window(
-    name: str,
-    version: str,
+@dataclass(frozen=True)
+class DemotionResult:
+    """What ``demote`` did: the version that was champion, the one that is now, and why."""
+
+    demoted: str
+    champion: str
+    reason: str
+    run_id: str = ""
+
+
+@dataclass
+class _Comparison:
+    window_test: PairedTest
+    chal_sharpe: float
+    champ_sharpe: float
+    dsr: float
+    curves: pl.DataFrame
+    span: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+Evaluator = Callable[[ModelRef, Any, pl.DataFrame, pl.DataFrame], Any]
+
+
+def _evaluator(cfg: WorkbenchConfig) -> Evaluator:
+    from workbench.validation.evaluate import evaluate_model
+
+    def run(ref: ModelRef, window: Any, table: pl.DataFrame, bars: pl.DataFrame) -> Any:
+        return evaluate_model(
+            cfg, load_model(ref), table, bars, split=window.split, strategy=window.strategy,
+            timeframe=window.timeframe, trial_sharpes=window.trial_sharpes,
+            n_trials=window.n_trials, trial_correlation=window.trial_correlation,
+        )  # fmt: skip
+
+    return run
+
+
+def compare_on_window(
+    cfg: WorkbenchConfig,
+    challenger: ModelRef,
+    champion: ModelRef,
     *,
-    features_path: str,
-    store_root: str,
-    split_ts: str,
-    timeframe: str,
-    sharpe: float,
-) -> None:
-    """Tag a validated model version with the out-of-sample window it was judged on."""
+    evaluate: Evaluator | None = None,
+) -> _Comparison:
+    """Rebuild the challenger's validation window from the store and evaluate both versions on
+    it; raise :class:`PromotionError` naming what is missing when it cannot be rebuilt."""
+    from workbench.validation.evaluate import WindowUnavailableError, reproduce_window
+
+    label = f"{challenger.name} v{challenger.version}"
+    gate = gate_record(challenger)
+    if gate is None or not gate.passed:
+        raise PromotionError(
+            f"{label} has no passing gate record, so there is no validated window to judge it "
+            "on. Fix: validate it (`wb run research`), or promote with --force and a reason."
+        )
+    try:
+        window = gate.window()
+        table, bars = reproduce_window(cfg, window)
+    except WindowUnavailableError as exc:
+        raise PromotionError(
+            f"cannot re-evaluate {label} on its validation window: {exc} "
+            "(or promote with --force and a reason)"
+        ) from None
+    run = evaluate or _evaluator(cfg)
+    a = run(challenger, window, table, bars)
+    b = run(champion, window, table, bars)
+    ra = a.backtest.equity.select("ts", pl.col("returns").fill_nan(0).fill_null(0).alias("a"))
+    rb = b.backtest.equity.select("ts", pl.col("returns").fill_nan(0).fill_null(0).alias("b"))
+    both = ra.join(rb, on="ts", how="inner").sort("ts")
+    test = paired_test(both["a"].to_numpy(), both["b"].to_numpy(),
+                       lags=cfg.models.promotion.hac_lags)  # fmt: skip
+    curves = both.select(
+        "ts",
+        ((1 + pl.col("a")).cum_prod() - 1).alias("challenger"),
+        ((1 + pl.col("b")).cum_prod() - 1).alias("champion"),
+    )
+    span = f"{window.split_ts} to {window.end} ({test.n} bars)"
+    return _Comparison(
+        test, float(a.metrics.get("sharpe", math.nan)), float(b.metrics.get("sharpe", math.nan)),
+        float(a.metrics.get("deflated_sharpe", math.nan)), curves, span,
+    )  # fmt: skip
+
+
+def min_deflated_sharpe(cfg: WorkbenchConfig, strategy: str) -> float:
+    """The challenger's required deflated Sharpe ratio (config, else the strategy's gate, else
+    0.95)."""
+    p = cfg.models.promotion.min_deflated_sharpe
+    if p is not None:
+        return float(p)
+    g = cfg.strategy(strategy).gates.min_deflated_sharpe
+    return 0.95 if g is None else float(g)
+
+
+def _judge(
+    cfg: WorkbenchConfig,
+    strategy: str,
+    chal: ModelRef,
+    champ: ModelRef,
+    cmp: _Comparison,
+    shadow: Sequence[tuple[float, float]] | None,
+) -> tuple[bool, str, PairedTest | None]:
+    pc = cfg.models.promotion
+    t = cmp.window_test
+    need = min_deflated_sharpe(cfg, strategy)
+    better = t.mean_diff > 0 and t.p_value <= pc.alpha
+    dsr_ok = math.isfinite(cmp.dsr) and cmp.dsr >= need
+    parts = [
+        f"challenger v{chal.version} vs champion v{champ.version} on {cmp.span}: mean paired "
+        f"difference {t.mean_diff:+.3g}/bar, {t.method} t {t.t:.2f}, one-sided p {t.p_value:.3g} "
+        f"{'<=' if better else 'not <='} alpha {pc.alpha:g} (Sharpe {cmp.chal_sharpe:.3f} vs "
+        f"{cmp.champ_sharpe:.3f})",
+        f"challenger deflated Sharpe {cmp.dsr:.3f} {'>=' if dsr_ok else '<'} {need:g}",
+    ]
+    sh = session_test(shadow) if shadow else None
+    shadow_ok = True
+    if pc.min_shadow_sessions and (sh is None or sh.n < pc.min_shadow_sessions):
+        shadow_ok = False
+        parts.append(
+            f"{0 if sh is None else sh.n} shadow session(s) < models.promotion.min_shadow_sessions "
+            f"{pc.min_shadow_sessions}"
+        )
+    elif sh is not None:
+        shadow_ok = sh.mean_diff >= 0
+        parts.append(
+            f"{sh.n} shadow session(s): mean difference {sh.mean_diff:+.3g} "
+            f"({'not behind' if shadow_ok else 'behind'}; paired t p {sh.p_value:.3g})"
+        )
+    return better and dsr_ok and shadow_ok, "; ".join(parts), sh
+
+
+def _lineage(client: Any, name: str) -> list[str]:
+    raw = client.get_registered_model(name).tags.get(LINEAGE_TAG)
+    return [str(v) for v in json.loads(raw)] if raw else []
+
+
+def _record(
+    cfg: WorkbenchConfig,
+    name: str,
+    record: dict[str, Any],
+    metrics: dict[str, float | None],
+    *,
+    lineage: list[str] | None,
+    curves: pl.DataFrame | None = None,
+) -> str:
+    """The registered model's last decision and lineage tags, and a ``promotions`` run."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    values = {
-        "oos.features_path": features_path,
-        "oos.store_root": store_root,
-        "oos.split_ts": split_ts,
-        "oos.timeframe": timeframe,
-        "oos.sharpe": repr(float(sharpe)),
-    }
-    for k, v in values.items():
-        client.set_model_version_tag(name, version, k, v)
-
-
-def _oos(name: str, version: str) -> dict[str, str]:
-    import mlflow
-
-    tags = mlflow.MlflowClient().get_model_version(name, version).tags
-    missing = [t for t in OOS_TAGS if t not in tags]
-    if missing:
-        raise PromotionError(
-            f"{name} v{version} has no recorded out-of-sample window ({missing}); validate it with "
-            "the research pipeline (04_validate) first, or promote with --force and a reason."
+    client.set_registered_model_tag(name, LAST_DECISION_TAG, json.dumps(record, default=str))
+    if lineage is not None:
+        client.set_registered_model_tag(name, LINEAGE_TAG, json.dumps(lineage[-_KEEP:]))
+    exp = mlflow.get_experiment_by_name("promotions")
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else mlflow.create_experiment(
+            "promotions",
+            artifact_location=(
+                cfg.path(cfg.mlflow.artifact_root).resolve() / "promotions"
+            ).as_uri(),
         )
-    return tags
+    )
+    tags = {
+        "strategy": name,
+        "action": str(record["action"]),
+        "model_name": name,
+        "promoted": str(record.get("promoted", False)).lower(),
+        "forced": str(record.get("forced", False)).lower(),
+    }
+    for k in ("challenger", "champion_before", "champion_after"):
+        if record.get(k):
+            tags[k] = str(record[k])
+    run = client.create_run(exp_id, run_name=f"{record['action']} {name}", tags=tags)
+    rid = run.info.run_id
+    client.log_dict(rid, record, "decision.json")
+    for k, v in metrics.items():
+        if v is not None and math.isfinite(v):
+            client.log_metric(rid, k, float(v))
+    if curves is not None and curves.height:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        x = curves["ts"].to_list()
+        for col in ("challenger", "champion"):
+            fig.add_trace(go.Scatter(x=x, y=curves[col].to_list(), name=col))
+        fig.update_layout(title=f"{name}: cumulative return on the challenger's window",
+                          yaxis_title="cumulative return", height=420)  # fmt: skip
+        client.log_figure(rid, fig, "figures/promotion_window.html")
+    client.set_terminated(rid)
+    return rid
 
 
 def promote(
     cfg: WorkbenchConfig,
     strategy: str,
     *,
-    evaluate: Callable[[ModelRef, Mapping[str, str]], float],
     force: bool = False,
     reason: str = "",
+    shadow: Sequence[tuple[float, float]] | None = None,
+    evaluate: Evaluator | None = None,
+    now: datetime | None = None,
 ) -> PromotionResult:
-    """Point ``champion`` at the challenger if it beats the champion on the challenger's window.
+    """Point ``champion`` at the challenger if the evidence says it is better (module doc).
 
     Parameters
     ----------
     cfg : WorkbenchConfig
     strategy : str
         Strategy name (= registered model name).
-    evaluate : callable
-        ``(model version, out-of-sample window tags) -> Sharpe ratio``; the validate stage
-        provides it (:func:`workbench.stages.validate.oos_sharpe`), so both versions are judged
-        the way validation judges, risk policy included.
     force : bool
         Promote without the comparison; ``reason`` is then required and recorded.
     reason : str
         Why (recorded with the decision).
+    shadow : sequence of (champion, challenger) session returns, optional
+        Shadow sessions of the challenger beside the champion on the same bars.
+    evaluate : callable, optional
+        ``(version, window, table, bars) -> Evaluation``; default
+        :func:`~workbench.validation.evaluate.evaluate_model` of the version's model.
+    now : datetime, optional
+        Time recorded with the decision (default: now, UTC).
     """
-    import math
-
     import mlflow
 
     from workbench import tracking
@@ -125,60 +366,132 @@ def promote(
         champ: ModelRef | None = resolve_alias(name, (CHAMPION,))
     except ModelNotFoundError:
         champ = None
-    chal_sr = champ_sr = None
+    cmp: _Comparison | None = None
+    sh: PairedTest | None = None
     if champ is not None and champ.version == chal.version:
         decision, why = False, f"v{chal.version} is already the champion"
     elif force:
         decision, why = True, f"forced: {reason.strip()}"
     elif champ is None:
-        decision, why = True, "no champion yet"
+        gate = gate_record(chal)
+        decision = gate is not None and gate.passed
+        why = "no champion yet" if decision else (
+            f"no champion yet, but v{chal.version} has no passing gate record: validate it "
+            "first, or promote with --force and a reason"
+        )  # fmt: skip
     else:
-        window = _oos(name, chal.version)
-        chal_sr = evaluate(ModelRef(name, chal.version, None, "", ""), window)
-        champ_sr = evaluate(ModelRef(name, champ.version, None, "", ""), window)
-        better = math.isfinite(chal_sr) and (not math.isfinite(champ_sr) or chal_sr > champ_sr)
-        decision = better
-        why = (
-            f"challenger v{chal.version} Sharpe {chal_sr:.3f} {'>' if better else '<='} champion "
-            f"v{champ.version} Sharpe {champ_sr:.3f} on the window from {window['oos.split_ts']}"
-        )
+        cmp = compare_on_window(cfg, chal, champ, evaluate=evaluate)
+        decision, why, sh = _judge(cfg, strategy, chal, champ, cmp, shadow)
     client = mlflow.MlflowClient()
-    now = datetime.now(UTC).isoformat()
+    at = (now or datetime.now(UTC)).isoformat()
     record = {
-        "at": now,
+        "action": "promote",
+        "at": at,
         "challenger": chal.version,
         "champion_before": champ.version if champ else None,
         "promoted": decision,
         "forced": force,
         "reason": why,
+        "window_test": cmp.window_test.to_dict() if cmp else None,
+        "shadow_test": sh.to_dict() if sh else None,
+        "deflated_sharpe": cmp.dsr if cmp else None,
     }
+    lineage = None
     if decision:
+        lineage = _lineage(client, name)
+        if champ is not None and (not lineage or lineage[-1] != champ.version):
+            lineage.append(champ.version)  # a champion set by hand (MLflow UI) is kept too
+        lineage.append(chal.version)
         client.set_registered_model_alias(name, CHAMPION, chal.version)
-        client.set_model_version_tag(name, chal.version, "promoted_at", now)
-        client.set_model_version_tag(name, chal.version, "promotion_reason", why)
+        client.set_model_version_tag(name, chal.version, "promoted_at", at)
+        client.set_model_version_tag(name, chal.version, "promotion_reason", why[:4900])
         client.set_model_version_tag(name, chal.version, "promotion_forced", str(force).lower())
-    client.set_registered_model_tag(name, "last_promotion_decision", json.dumps(record))
-    exp = mlflow.get_experiment_by_name("promotions") or None
-    exp_id = (
-        exp.experiment_id
-        if exp
-        else mlflow.create_experiment(
-            "promotions",
-            artifact_location=(
-                cfg.path(cfg.mlflow.artifact_root).resolve() / "promotions"
-            ).as_uri(),
-        )
-    )
-    run = client.create_run(
-        exp_id,
-        run_name=f"promote {name}",
-        tags={"strategy": name, "promoted": str(decision).lower(), "forced": str(force).lower()},
-    )
-    client.log_dict(run.info.run_id, record, "decision.json")
-    for k, v in (("challenger_sharpe", chal_sr), ("champion_sharpe", champ_sr)):
-        if v is not None and math.isfinite(v):
-            client.log_metric(run.info.run_id, k, v)
-    client.set_terminated(run.info.run_id)
+    metrics = {
+        "challenger_sharpe": cmp.chal_sharpe if cmp else None,
+        "champion_sharpe": cmp.champ_sharpe if cmp else None,
+        "challenger_deflated_sharpe": cmp.dsr if cmp else None,
+        "paired_t": cmp.window_test.t if cmp else None,
+        "paired_p": cmp.window_test.p_value if cmp else None,
+        "paired_mean_diff": cmp.window_test.mean_diff if cmp else None,
+        "shadow_sessions": float(sh.n) if sh else None,
+        "shadow_p": sh.p_value if sh else None,
+    }
+    rid = _record(cfg, name, record, metrics, lineage=lineage,
+                  curves=cmp.curves if cmp else None)  # fmt: skip
     return PromotionResult(
-        decision, why, chal.version, champ.version if champ else None, chal_sr, champ_sr, force
-    )
+        decision, why, chal.version, champ.version if champ else None,
+        cmp.chal_sharpe if cmp else None, cmp.champ_sharpe if cmp else None, force,
+        cmp.window_test if cmp else None, sh, cmp.dsr if cmp else None, rid,
+    )  # fmt: skip
+
+
+def demote(
+    cfg: WorkbenchConfig,
+    strategy: str,
+    *,
+    reason: str,
+    to_version: str | None = None,
+    now: datetime | None = None,
+) -> DemotionResult:
+    """Roll ``champion`` back to the previous champion (or to ``to_version``), with a reason.
+
+    The previous champion is the last one in the registered model's lineage before the current
+    one; a champion moved by hand in the MLflow UI rolls back to the last one promoted. The
+    demoted version is tagged ``demoted_at`` / ``demotion_reason``.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from workbench import tracking
+
+    cfg.strategy(strategy)
+    if not reason.strip():
+        raise PromotionError(
+            "demote needs --reason: say why the champion is rolled back (recorded)."
+        )
+    tracking.setup(cfg)
+    name = strategy
+    client = mlflow.MlflowClient()
+    try:
+        current = resolve_alias(name, (CHAMPION,)).version
+    except ModelNotFoundError:
+        raise PromotionError(
+            f"{name!r} has no '{CHAMPION}' to demote. Fix: promote one first (`wb promote {name}`)."
+        ) from None
+    lineage = _lineage(client, name)
+    if to_version is not None:
+        target = str(to_version)
+        try:
+            client.get_model_version(name, target)
+        except MlflowException:
+            raise PromotionError(
+                f"{name!r} has no version {target!r} to roll back to; pick an existing version."
+            ) from None
+        if target == current:
+            raise PromotionError(f"v{target} is already the champion; pick another version.")
+        lineage = lineage[: lineage.index(target) + 1] if target in lineage else [*lineage, target]
+    else:
+        if lineage and lineage[-1] == current:
+            lineage.pop()
+        while lineage and lineage[-1] == current:
+            lineage.pop()
+        if not lineage:
+            raise PromotionError(
+                f"no previous champion of {name!r} is recorded before v{current}. Fix: name the "
+                "version to roll back to (`wb demote --to VERSION`), or remove the alias in the "
+                "MLflow UI."
+            )
+        target = lineage[-1]
+    at = (now or datetime.now(UTC)).isoformat()
+    client.set_registered_model_alias(name, CHAMPION, target)
+    client.set_model_version_tag(name, current, "demoted_at", at)
+    client.set_model_version_tag(name, current, "demotion_reason", reason.strip()[:4900])
+    record = {
+        "action": "demote",
+        "at": at,
+        "champion_before": current,
+        "champion_after": target,
+        "reason": reason.strip(),
+    }
+    rid = _record(cfg, name, record, {}, lineage=lineage)
+    return DemotionResult(current, target, reason.strip(), rid)

@@ -89,6 +89,9 @@ def log_lightgbm(
         signature=signature,
         input_example=example,
         registered_model_name=registered_name,
+        # the flavor's requirements (lightgbm, pinned): MLflow's inference would re-import the
+        # model in a subprocess to find them, ~20 s per version, for the same answer
+        pip_requirements=mlflow.lightgbm.get_default_pip_requirements(),
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()

@@ -29,6 +29,7 @@ from workbench.execution.engine import SessionEngine, SessionResult, session_id
 from workbench.execution.ledger import OrderLedger
 from workbench.execution.policy import ExecutionPolicy
 from workbench.features.sets import FeatureEngine
+from workbench.models.lifecycle import check_tradeable
 from workbench.models.registry import (
     CHALLENGER,
     CHAMPION,
@@ -147,6 +148,7 @@ def run_trade_session(
     live: bool = False,
     install_signals: bool = False,
     echo: Callable[[str], None] = print,
+    allow_model: tuple[str, ...] = (),
 ) -> SessionStageResult:
     """Trade one session of ``strategy`` with ``model_name@model_alias`` (default: champion,
     else challenger) under the strategy's risk policy (the one its validation used).
@@ -155,6 +157,8 @@ def run_trade_session(
     path (ledger, reconcile, risk, execution policy, broker); ``mode='live'`` waits for the open
     and trades live bars until the close. A restart with the same arguments reconciles and
     resumes. The broker's account endpoint is printed before anything is sent.
+    The version must pass :func:`workbench.models.lifecycle.check_tradeable` (gate record, age,
+    drift); ``allow_model`` names what it may let through (``ungated``, ``expired``, ``drifted``).
     """
     if mode not in ("replay", "live"):
         raise ConfigError(f"mode must be 'replay' or 'live'. Got {mode!r} instead.")
@@ -185,6 +189,7 @@ def run_trade_session(
     start_ts: datetime = today["open"].item()
     close_ts: datetime = today["close"].item()
     first_ts: datetime = sess["open"].min()
+    check_tradeable(cfg, ref, at=start_ts, allow=allow_model, echo=echo)  # gate, age, drift
     bars = store.read(symbols, timeframe, start=first_ts, end=start_ts + timedelta(days=1))
     history, session_bars = (
         split_session(bars, start_ts)

@@ -44,9 +44,9 @@ from workbench.risk import RiskPolicy
 from workbench.risk.decision import DecisionPolicy
 from workbench.validation.cpcv import CPCVResult, cpcv_pbo
 from workbench.validation.cv import CombinatorialPurgedKFold, PurgedKFold
+from workbench.validation.evaluate import NON_FEATURES, feature_columns, ic  # noqa: F401
 from workbench.validation.overfitting import effective_trials, sharpe_per_period
 
-NON_FEATURES = ("symbol", "ts", "label", "t1")
 _NOT_SEARCHED = ("objective", "metric", "seed", "early_stopping_rounds")
 
 
@@ -66,20 +66,6 @@ class TrainResult:
     study_name: str
     reference: pl.DataFrame | None = None  # drift reference: train features, valid predictions
     decision: DecisionPolicy | None = None  # the thresholds chosen on the training window
-
-
-def feature_columns(table: pl.DataFrame) -> list[str]:
-    """Return the feature columns of a feature table (everything but keys and label columns)."""
-    return [c for c in table.columns if c not in NON_FEATURES]
-
-
-def ic(pred: pl.Series | np.ndarray, label: pl.Series | np.ndarray) -> float:
-    """Return the Pearson information coefficient between predictions and realised labels."""
-    a, b = np.asarray(pred, dtype=float), np.asarray(label, dtype=float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3 or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
-        return float("nan")
-    return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
 class StrategyBacktest:

@@ -1,24 +1,27 @@
-"""Validate stage: out-of-sample backtest of the model's signals with costs, gates, alias."""
+"""Validate stage: out-of-sample backtest of the model's signals with costs, gates, alias.
+
+The evaluation itself is :mod:`workbench.validation.evaluate` (promotion and the divergence report
+call the same code); this stage reads the feature table, runs it (and the walk-forward), and acts
+on the gates: the gate record and the evaluation window go to the model version, ``challenger``
+to a version that passes.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
-from workbench.backtest import BacktestResult, run_backtest
+from workbench.backtest import BacktestResult
 from workbench.config import WorkbenchConfig
-from workbench.data.store import BarStore, frame_fingerprint
-from workbench.models.lgbm import predict
-from workbench.models.promotion import record_oos_window
+from workbench.data.store import frame_fingerprint
+from workbench.models.lifecycle import record_gate
 from workbench.models.registry import (
     CHALLENGER,
     RISK_TAG,
@@ -29,11 +32,32 @@ from workbench.models.registry import (
     set_version_tag,
 )
 from workbench.risk import RiskPolicy
-from workbench.stages.train import feature_columns, ic
-from workbench.validation.cv import WalkForward
+from workbench.stages.train import trained_decision, trained_metrics
+from workbench.validation.evaluate import (
+    EvaluationWindow,
+    WindowUnavailableError,
+    default_sectors,
+    evaluate_model,
+    project_relative,
+    reproduce_window,
+    sharpe_significance,
+    strategy_policy,
+    walk_forward_evaluation,
+)
 from workbench.validation.gates import GateReport, evaluate_gates
-from workbench.validation.overfitting import dsr_from_returns, effective_trials, psr_from_returns
-from workbench.validation.walkforward import WalkForwardResult, walk_forward
+from workbench.validation.walkforward import WalkForwardResult
+
+__all__ = [
+    "ValidateResult",
+    "apply_gates",
+    "default_sectors",
+    "risk_figure",
+    "risk_summary",
+    "run_validate",
+    "sharpe_significance",
+    "strategy_policy",
+    "walk_forward_returns",
+]
 
 
 @dataclass
@@ -47,37 +71,9 @@ class ValidateResult:
     data_fingerprint: str
     walk_forward: WalkForwardResult | None = None
     policy: RiskPolicy | None = None
-
-
-def sharpe_significance(
-    returns: np.ndarray,
-    trial_sharpes: Sequence[float] = (),
-    n_trials: int = 0,
-    trial_correlation: float = 0.0,
-) -> dict[str, float]:
-    """Return the PSR (vs 0) and the deflated Sharpe ratio of per-bar returns.
-
-    ``trial_sharpes`` are per-bar Sharpe ratios of the configurations tried in the search that
-    produced the model (the selected one included): their variance sets the bar. ``n_trials``
-    is how many were tried (at least ``len(trial_sharpes)``; pruned trials count), and
-    ``trial_correlation`` the average correlation of the trials' returns: the DSR corrects for
-    ``effective_trials(n_trials, trial_correlation)`` independent trials (0: all independent).
-    With fewer than two Sharpe ratios there is nothing to deflate for and the DSR equals the PSR
-    against zero; the metric ``n_trials`` (the effective count) records which case applied.
-    """
-    r = np.asarray(returns, dtype=float)
-    r = r[np.isfinite(r)]
-    trials = [float(t) for t in trial_sharpes if np.isfinite(t)]
-    count = effective_trials(max(n_trials, len(trials), 1), trial_correlation)
-    out = {"psr": float("nan"), "deflated_sharpe": float("nan"), "n_trials": float(count)}
-    if len(r) < 3 or r.std() == 0:
-        return out  # nothing traded: no evidence either way, and the gates fail on NaN
-    out["psr"] = float(psr_from_returns(r, 0.0))
-    if len(trials) >= 2:
-        out["deflated_sharpe"] = float(dsr_from_returns(r, trials, n_trials=count))
-    else:
-        out["deflated_sharpe"] = out["psr"]
-    return out
+    table_fingerprint: str = ""
+    train_end: datetime | None = None
+    search: dict[str, Any] | None = None
 
 
 def run_validate(
@@ -106,35 +102,45 @@ def run_validate(
     with costs); then the gates judge the walk-forward measurements (``wf_*`` metrics), not the
     single model's.
     """
+    from workbench.data.store import BarStore
+
     strat = cfg.strategy(strategy)
     split = datetime.fromisoformat(split_ts)
-    full = pl.read_parquet(features_path).sort("ts", "symbol")
-    table = full.filter(pl.col("ts") >= split).sort("symbol", "ts")
-    feats = feature_columns(table)
-    lgbm = load_model(model)
-    preds = predict(lgbm, table, feats).with_columns(label=table["label"])
-    symbols = sorted(table["symbol"].unique().to_list())
-    policy = strategy_policy(cfg, strategy, timeframe, lgbm, full, feats, split, symbols)
+    table = pl.read_parquet(features_path)
+    symbols = sorted(table.filter(pl.col("ts") >= split)["symbol"].unique().to_list())
     bars = BarStore(store_root, cfg.store.partition).read(symbols, timeframe, start=split)
-    bt = run_backtest(
-        bars, preds.select("symbol", "ts", "prediction"), config=cfg.backtest, risk=policy
-    )
-    metrics = {k: float(v) for k, v in bt.stats.items() if isinstance(v, int | float)}
-    metrics["ic"] = ic(preds["prediction"], preds["label"])
-    metrics.update(
-        sharpe_significance(
-            bt.equity["returns"].to_numpy(), trial_sharpes, n_trials, trial_correlation
-        )
-    )
+    ev = evaluate_model(
+        cfg, load_model(model), table, bars, split=split, strategy=strategy, timeframe=timeframe,
+        trial_sharpes=trial_sharpes, n_trials=n_trials, trial_correlation=trial_correlation,
+        decision=trained_decision(cfg, strategy, model),  # the thresholds the search chose
+    )  # fmt: skip
+    metrics = dict(ev.metrics)
     metrics["pbo"] = float(pbo)
-    fp = hashlib.sha256((frame_fingerprint(table) + frame_fingerprint(bars)).encode()).hexdigest()
+    # distinct candidates behind the PBO: below gates.pbo_min_distinct it is not measurable
+    metrics["pbo_distinct"] = trained_metrics(model).get("pbo_distinct", math.nan)
+    train = table.filter(pl.col("ts") < split)
+    extra = {
+        "table_fingerprint": frame_fingerprint(table),
+        "train_end": train["ts"].max() if train.height else None,
+        "search": {
+            "trial_sharpes": [float(x) for x in trial_sharpes],
+            "n_trials": int(n_trials),
+            "trial_correlation": float(trial_correlation),
+            "pbo": float(pbo),
+        },
+    }
     if not walk_forward_folds:
+        gates = evaluate_gates(metrics, strat.gates)
         return ValidateResult(
-            preds, bt, metrics, evaluate_gates(metrics, strat.gates), fp, policy=policy
-        )
-    wf = _walk_forward(cfg, policy, full, bars, split, walk_forward_folds, seed, _params(model))
+            ev.predictions, ev.backtest, metrics, gates, ev.data_fingerprint, None, ev.policy,
+            **extra,
+        )  # fmt: skip
+    wf = walk_forward_evaluation(
+        cfg, ev.policy, table, ev.bars, split, walk_forward_folds, seed, _params(model)
+    )
     wf_metrics = dict(wf.metrics)
     wf_metrics["pbo"] = float(pbo)
+    wf_metrics["pbo_distinct"] = metrics["pbo_distinct"]
     if wf.backtest is not None:
         wf_metrics.update(
             sharpe_significance(
@@ -143,76 +149,99 @@ def run_validate(
         )
     metrics.update({f"wf_{k}": v for k, v in wf_metrics.items()})
     return ValidateResult(
-        preds, bt, metrics, evaluate_gates(wf_metrics, strat.gates), fp, wf, policy
-    )
-
-
-def strategy_policy(
-    cfg: WorkbenchConfig,
-    strategy: str,
-    timeframe: str,
-    model: Any,
-    table: pl.DataFrame,
-    features: list[str],
-    split: datetime,
-    symbols: list[str],
-) -> RiskPolicy:
-    """The strategy's risk policy for this model: quantile thresholds (if any) from the model's
-    predictions on its training rows (``ts < split``), sectors from the simulator by default."""
-    strat = cfg.strategy(strategy)
-    train_preds = None
-    if strat.decision.method == "quantile":
-        train = table.filter(pl.col("ts") < split)
-        train_preds = predict(model, train, features)["prediction"].to_numpy()
-    return RiskPolicy.from_config(
-        cfg,
-        strategy,
-        timeframe=timeframe,
-        train_predictions=train_preds,
-        sectors=default_sectors(cfg, symbols) if strat.risk.limits.sector_cap else None,
-    )
-
-
-def default_sectors(cfg: WorkbenchConfig, symbols: list[str]) -> dict[str, str]:
-    """Sectors of the simulator's symbols (``sector<k>``); empty for other sources."""
-    if cfg.data.source != "synthetic":
-        return {}
-    from workbench.data.sources.synthetic import SyntheticSource
-
-    info = SyntheticSource.from_config(cfg).symbol_info(symbols)
-    return {s: f"sector{k}" for s, k in info.select("symbol", "sector").iter_rows()}
-
-
-def _walk_forward(
-    cfg: WorkbenchConfig,
-    policy: RiskPolicy,
-    full: pl.DataFrame,
-    bars: pl.DataFrame,
-    split: datetime,
-    folds: int,
-    seed: int,
-    params: dict[str, Any],
-) -> WalkForwardResult:
-    """Retrain the model (``params``) per window from ``split`` on, ``folds`` windows, costs on."""
-    n_train = full.filter(pl.col("ts") < split)["ts"].n_unique()
-    n_test = full.filter(pl.col("ts") >= split)["ts"].n_unique()
-    splitter = WalkForward(train_size=n_train, test_size=max(1, n_test // folds), embargo=1)
-    return walk_forward(
-        full,
-        feature_columns(full),
-        splitter=splitter,
-        params=params,
-        seed=seed,
-        bars=bars,
-        risk=policy,
-        backtest=cfg.backtest,
-    )
+        ev.predictions, ev.backtest, metrics, evaluate_gates(wf_metrics, strat.gates),
+        ev.data_fingerprint, wf, ev.policy, **extra,
+    )  # fmt: skip
 
 
 def _params(model: ModelRef) -> dict[str, Any]:
     """The hyperparameters the model version was trained with, minus its seed (walk-forward
     models take the validation seed)."""
     return {k: v for k, v in model_params(model).items() if k != "seed"}
+
+
+def features_step_window(run_id: str) -> dict[str, Any] | None:
+    """The features step's window (``store_root, symbols, timeframe, start, end, strategy``)
+    among the sibling runs of ``run_id`` (the same pipeline run); None when run by hand."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    parent = run.data.tags.get("mlflow.parentRunId")
+    if not parent:
+        return None
+    found = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.step = 'features'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not found:
+        return None
+    p = found[0].data.params
+    try:
+        symbols = json.loads(p["symbols"]) if p["symbols"].startswith("[") else [p["symbols"]]
+        return {
+            "store_root": p.get("store_root", ""),
+            "symbols": [str(s) for s in symbols],
+            "timeframe": p["timeframe"],
+            "start": p["start"],
+            "end": p["end"],
+            "strategy": p.get("strategy", ""),
+        }
+    except KeyError:
+        return None
+
+
+def evaluation_window(
+    cfg: WorkbenchConfig,
+    res: ValidateResult,
+    *,
+    features_path: str,
+    store_root: str,
+    split_ts: str,
+    strategy: str,
+    timeframe: str,
+    recipe: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The window to record for promotion (:class:`EvaluationWindow` as a dict), checked by
+    rebuilding the feature table from the store now; ``{"unreproducible": why}`` otherwise."""
+    if recipe is None:
+        return {
+            "unreproducible": "validated outside a pipeline run: the sessions the feature table "
+            f"{features_path} was built from are unknown"
+        }
+    search = res.search or {}
+    window = EvaluationWindow(
+        strategy=strategy,
+        timeframe=timeframe,
+        symbols=tuple(recipe["symbols"]),
+        start=str(recipe["start"]),
+        end=str(recipe["end"]),
+        split_ts=split_ts,
+        store=project_relative(cfg, cfg.path(store_root)),
+        bars_fingerprint="",
+        table_fingerprint=res.table_fingerprint,
+        train_end=res.train_end.isoformat() if res.train_end else "",
+        trial_sharpes=tuple(search.get("trial_sharpes", ())),
+        n_trials=int(search.get("n_trials", 0)),
+        trial_correlation=float(search.get("trial_correlation", 0.0)),
+        pbo=float(search.get("pbo", math.nan)),
+    )
+    from workbench.data.ingest import to_window
+    from workbench.data.store import BarStore
+
+    lo, hi = to_window(window.start, window.end)
+    bars = BarStore(cfg.path(store_root), cfg.store.partition).read(
+        list(window.symbols), timeframe, lo, hi
+    )
+    d = window.to_dict()
+    d["bars_fingerprint"] = frame_fingerprint(bars)
+    try:
+        reproduce_window(cfg, EvaluationWindow.from_dict(d))
+    except WindowUnavailableError as exc:
+        return {"unreproducible": str(exc)}
+    return d
 
 
 def apply_gates(
@@ -223,27 +252,41 @@ def apply_gates(
     store_root: str,
     split_ts: str,
     timeframe: str,
+    strategy: str = "",
+    cfg: WorkbenchConfig | None = None,
 ) -> str:
-    """Act on the gate report: tag the active MLflow run; when every gate passes, record the
-    out-of-sample window on the model version and point ``challenger`` at it. Return what happened."""
+    """Act on the gate report: tag the active MLflow run; record the gate verdict on the model
+    version (with the evaluation window, rebuilt from the store to check it reproduces); when
+    every gate passes, point ``challenger`` at it. Return what happened."""
     import mlflow
 
+    from workbench.config import load_config
+
+    cfg = cfg or load_config()
+    strategy = strategy or model.name
     mlflow.set_tags(res.gates.tags())
     if res.policy is not None:  # the rules (thresholds resolved) the session must trade under
         set_version_tag(model, RISK_TAG, json.dumps(res.policy.describe(), default=str))
+    run = mlflow.active_run()
+    run_id = run.info.run_id if run else ""
+    window = None
+    if res.gates.passed and run_id:
+        window = evaluation_window(
+            cfg, res, features_path=features_path, store_root=store_root, split_ts=split_ts,
+            strategy=strategy, timeframe=timeframe, recipe=features_step_window(run_id),
+        )  # fmt: skip
+    if run_id:
+        record_gate(
+            model, passed=res.gates.passed, run_id=run_id, window=window, metrics=res.metrics,
+            train_end=res.train_end,
+        )  # fmt: skip
     if not res.gates.passed:
         return "gates refused promotion:\n  " + "\n  ".join(res.gates.failures())
-    record_oos_window(
-        model.name,
-        model.version,
-        features_path=features_path,
-        store_root=store_root,
-        split_ts=split_ts,
-        timeframe=timeframe,
-        sharpe=res.metrics["sharpe"],
-    )
     set_alias(model.name, CHALLENGER, model.version)
-    return f"gates passed: {model.name} v{model.version} is now '{CHALLENGER}'"
+    note = ""
+    if window is not None and "unreproducible" in window:
+        note = f"\n  note: promotion cannot re-evaluate it: {window['unreproducible']}"
+    return f"gates passed: {model.name} v{model.version} is now '{CHALLENGER}'{note}"
 
 
 def walk_forward_returns(res: ValidateResult) -> pl.DataFrame:
@@ -288,24 +331,3 @@ def risk_figure(bt: BacktestResult, title: str = "Risk denials by rule") -> Any:
     fig.add_trace(go.Bar(x=s["reason"].to_list(), y=s["denied"].to_list(), name="denied"))
     fig.update_layout(barmode="stack", title=title, yaxis_title="orders", height=380)
     return fig
-
-
-def oos_sharpe(
-    cfg: WorkbenchConfig, strategy: str
-) -> Callable[[ModelRef, Mapping[str, str]], float]:
-    """Return the promotion comparison: a model version's Sharpe ratio on a recorded
-    out-of-sample window (``oos.*`` version tags), validated as 04_validate does, risk policy on."""
-
-    def evaluate(ref: ModelRef, window: Mapping[str, str]) -> float:
-        res = run_validate(
-            cfg,
-            features_path=window["oos.features_path"],
-            store_root=window["oos.store_root"],
-            model=ref,
-            split_ts=window["oos.split_ts"],
-            strategy=strategy,
-            timeframe=window["oos.timeframe"],
-        )
-        return float(res.metrics["sharpe"])
-
-    return evaluate
