@@ -28,7 +28,8 @@ symbols is noisy), as in credibility weighting. Costs are kept non-negative (the
 **Paper fills** (venue ``alpaca-paper``) ignore size (Alpaca's paper engine), so they teach the
 fixed and time-of-day terms but no impact unless ``learn_paper_impact``.
 
-**Persistence.** :class:`SlippageStore` keeps every observation (deduplicated by execution id)
+**Persistence.** :class:`SlippageStore` keeps every observation (deduplicated by execution id,
+time, symbol and quantity)
 and one checksummed JSON file per fitted version in a folder of the store; each session's
 :meth:`SlippageStore.update` appends its fills, refits and writes the next version atomically.
 """
@@ -122,6 +123,14 @@ def observations(
         f = f.with_columns(pl.lit(None, dtype=_TS).alias("decided_at"))
     est = bar_estimates(bars, estimate_span)
     f = f.with_columns(pl.col("ts").cast(_TS), pl.col("decided_at").cast(_TS))
+    # a venue's execution ids repeat across sessions (the simulated venue's are seeded
+    # counters): the observation key adds when, what and how much
+    f = f.with_columns(
+        pl.concat_str(
+            pl.col("execution_id").cast(pl.String), pl.col("ts").cast(pl.String),
+            pl.col("symbol"), pl.col("qty").cast(pl.String), separator="|",
+        ).alias("execution_id")
+    )  # fmt: skip
     # the decision bar: decided_at, else the symbol's last bar before the fill
     prior = (
         f.with_columns((pl.col("ts") - pl.duration(microseconds=1)).alias("_before"))

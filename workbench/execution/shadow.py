@@ -1,0 +1,257 @@
+"""Shadow sessions (A/B): the challenger trades beside the champion on the same bars.
+
+Each arm has its own account (a simulated venue of its own, or its own paper account), its own
+order ledger and its own kill-switch state, so the two never see each other's orders, fills or
+trips: the challenger's session is what it would have done alone. :func:`run_shadow` replays
+one session for both arms; :func:`log_shadow_session` records each arm's session return (and its
+divergence summary) as an MLflow run tagged ``report=shadow``; :func:`shadow_sessions` reads them
+back; :func:`paired_comparison` tests the paired difference of the two arms' session returns
+(Student's paired t-test and the Wilcoxon signed-rank test, scipy), and :func:`shadow_gate` says
+whether a version has the minimum number of shadow sessions promotion may require.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from workbench.errors import ConfigError
+from workbench.execution.broker import Broker
+from workbench.execution.engine import FeatureUpdater, SessionResult
+from workbench.execution.ledger import OrderLedger
+from workbench.execution.policy import ExecutionPolicy
+from workbench.execution.session import run_session
+from workbench.risk.policy import RiskPolicy
+
+SHADOW_REPORT = "shadow"
+ROLES = ("champion", "challenger")
+
+
+@dataclass(frozen=True)
+class ShadowArm:
+    """One side of a shadow pair: its model, policy and account (factories: nothing is shared)."""
+
+    role: str
+    predict: Callable[[pl.DataFrame], np.ndarray]
+    features: Callable[[], FeatureUpdater]
+    feature_names: tuple[str, ...]
+    policy: RiskPolicy
+    broker: Callable[[], Broker]
+    label: str = ""
+
+
+@dataclass
+class ShadowResult:
+    """Both arms' sessions on the same bars and their session returns."""
+
+    champion: SessionResult
+    challenger: SessionResult
+    equity0: dict[str, float]
+
+    def session_return(self, role: str) -> float:
+        """Net PnL of the arm's session over its starting equity."""
+        res = self.champion if role == "champion" else self.challenger
+        return res.net_pnl / self.equity0[role]
+
+
+def run_shadow(
+    bars: pl.DataFrame,
+    session_start: datetime,
+    champion: ShadowArm,
+    challenger: ShadowArm,
+    *,
+    ledger_root: str | Path | None = None,
+    execution: Callable[[Broker], ExecutionPolicy] | None = None,
+) -> ShadowResult:
+    """Replay one session for the champion and, in its own account, the challenger.
+
+    Each arm gets a fresh broker, feature engine and order ledger (``ledger_root/<role>.db``,
+    default a temporary folder); the bars are the same.
+    """
+    out: dict[str, SessionResult] = {}
+    eq0: dict[str, float] = {}
+    tmp = None
+    if ledger_root is None:
+        tmp = tempfile.TemporaryDirectory(prefix="wb-shadow-")
+        ledger_root = tmp.name
+    root = Path(ledger_root)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        for arm in (champion, challenger):
+            if arm.role not in ROLES:
+                raise ConfigError(f"ShadowArm.role must be one of {ROLES}. Got {arm.role!r}.")
+            broker = arm.broker()
+            ledger = OrderLedger(f"sqlite:///{root / f'{arm.role}.db'}")
+            try:
+                eq0[arm.role] = float(broker.account().equity)
+                out[arm.role] = run_session(
+                    bars, session_start, engine=arm.features(), predict=arm.predict,
+                    features=list(arm.feature_names), policy=arm.policy, broker=broker,
+                    ledger=ledger, execution=execution(broker) if execution else None,
+                )  # fmt: skip
+            finally:
+                ledger.close()
+                broker.close()
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return ShadowResult(out["champion"], out["challenger"], eq0)
+
+
+def paired_comparison(
+    champion: Mapping[Any, float], challenger: Mapping[Any, float], *, alpha: float = 0.05
+) -> dict[str, Any]:
+    """Paired difference ``challenger - champion`` of session returns over their common sessions.
+
+    Returns ``n``, ``mean_diff``, ``sd_diff``, ``t_stat`` and ``p_value`` (two-sided paired
+    t-test, :func:`scipy.stats.ttest_rel`), ``wilcoxon_p`` (:func:`scipy.stats.wilcoxon`, at
+    least 6 non-zero differences), ``sessions`` and ``verdict``. Identical returns give a
+    difference of exactly zero and ``p_value`` 1.
+    """
+    from scipy import stats
+
+    keys = sorted(set(champion) & set(challenger))
+    a = np.array([float(champion[k]) for k in keys])
+    b = np.array([float(challenger[k]) for k in keys])
+    d = b - a
+    n = len(d)
+    out: dict[str, Any] = {
+        "n": n, "sessions": [str(k) for k in keys],
+        "mean_champion": float(a.mean()) if n else math.nan,
+        "mean_challenger": float(b.mean()) if n else math.nan,
+        "mean_diff": float(d.mean()) if n else math.nan,
+        "sd_diff": float(d.std(ddof=1)) if n > 1 else math.nan,
+        "t_stat": math.nan, "p_value": math.nan, "wilcoxon_p": math.nan,
+    }  # fmt: skip
+    if n and not d.any():
+        out.update(mean_diff=0.0, sd_diff=0.0 if n > 1 else math.nan, t_stat=0.0, p_value=1.0)
+    elif n > 1 and np.ptp(d) > 0:
+        t = stats.ttest_rel(b, a)
+        out.update(t_stat=float(t.statistic), p_value=float(t.pvalue))
+    if np.count_nonzero(d) >= 6:
+        out["wilcoxon_p"] = float(stats.wilcoxon(b, a).pvalue)
+    p = out["p_value"]
+    if n < 2 or not math.isfinite(p):
+        out["verdict"] = f"too few sessions to test ({n})"
+    elif p < alpha:
+        better = "challenger" if out["mean_diff"] > 0 else "champion"
+        out["verdict"] = f"{better} better (p = {p:.3g} < {alpha})"
+    else:
+        out["verdict"] = f"no significant difference (p = {p:.3g} >= {alpha})"
+    return out
+
+
+# ---------------------------------------------------------------------- MLflow records
+
+
+def log_shadow_session(
+    *,
+    model_name: str,
+    version: str,
+    role: str,
+    strategy: str,
+    session_date: str,
+    session_return: float,
+    net_pnl: float,
+    divergence: Mapping[str, float] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """Record one arm's shadow session as an MLflow run (tags ``report=shadow``, model name,
+    version, role, strategy, session date; metrics ``session_return``, ``net_pnl`` and the
+    divergence summary prefixed ``divergence_``). Returns the run id."""
+    import mlflow
+
+    tags = {
+        "report": SHADOW_REPORT, "model_name": model_name, "model_version": str(version),
+        "shadow_role": role, "strategy": strategy, "session_date": session_date,
+    }  # fmt: skip
+    kw: dict[str, Any] = {"run_name": f"shadow {role} v{version} {session_date}", "tags": tags}
+    if parent_run_id:
+        kw["parent_run_id"] = parent_run_id
+    if mlflow.active_run() is not None:
+        kw["nested"] = True
+    metrics = {"session_return": session_return, "net_pnl": net_pnl}
+    for k, v in (divergence or {}).items():
+        if v is not None and math.isfinite(v):
+            metrics[f"divergence_{k}"] = float(v)
+    with mlflow.start_run(**kw) as run:
+        mlflow.log_metrics(metrics)
+        return run.info.run_id
+
+
+def shadow_sessions(model_name: str, strategy: str | None = None) -> pl.DataFrame:
+    """Every recorded shadow session of ``model_name``: ``session_date, role, version,
+    session_return, net_pnl, pnl_diff`` (the divergence difference) and the run id; the latest
+    run of each (date, version, role) wins."""
+    import mlflow
+
+    flt = f"tags.report = '{SHADOW_REPORT}' and tags.model_name = '{model_name}'"
+    if strategy:
+        flt += f" and tags.strategy = '{strategy}'"
+    runs = mlflow.MlflowClient().search_runs(
+        [e.experiment_id for e in mlflow.search_experiments()], flt, max_results=50_000,
+        order_by=["attributes.start_time ASC"],
+    )  # fmt: skip
+    rows = [
+        {
+            "session_date": r.data.tags.get("session_date", ""),
+            "role": r.data.tags.get("shadow_role", ""),
+            "version": r.data.tags.get("model_version", ""),
+            "session_return": r.data.metrics.get("session_return", math.nan),
+            "net_pnl": r.data.metrics.get("net_pnl", math.nan),
+            "pnl_diff": r.data.metrics.get("divergence_pnl_diff", math.nan),
+            "run_id": r.info.run_id,
+        }
+        for r in runs
+    ]
+    schema = {"session_date": pl.String, "role": pl.String, "version": pl.String,
+              "session_return": pl.Float64, "net_pnl": pl.Float64, "pnl_diff": pl.Float64,
+              "run_id": pl.String}  # fmt: skip
+    df = pl.DataFrame(rows, schema=schema)
+    return df.unique(["session_date", "version", "role"], keep="last", maintain_order=True)
+
+
+def compare_versions(
+    sessions: pl.DataFrame, champion_version: str, challenger_version: str, *, alpha: float = 0.05
+) -> dict[str, Any]:
+    """:func:`paired_comparison` of two versions' shadow sessions (paired by date), with each
+    version's mean divergence from its backtest (``pnl_diff``)."""
+
+    def side(version: str, role: str) -> pl.DataFrame:
+        return sessions.filter((pl.col("version") == version) & (pl.col("role") == role))
+
+    ch, cl = side(champion_version, "champion"), side(challenger_version, "challenger")
+    out = paired_comparison(
+        dict(zip(ch["session_date"], ch["session_return"], strict=True)),
+        dict(zip(cl["session_date"], cl["session_return"], strict=True)),
+        alpha=alpha,
+    )
+    out["champion_version"] = champion_version
+    out["challenger_version"] = challenger_version
+    out["divergence_champion"] = _mean(ch["pnl_diff"])
+    out["divergence_challenger"] = _mean(cl["pnl_diff"])
+    return out
+
+
+def shadow_gate(sessions: pl.DataFrame, version: str, min_sessions: int) -> tuple[bool, str]:
+    """Whether ``version`` has at least ``min_sessions`` shadow sessions as challenger."""
+    n = sessions.filter((pl.col("version") == version) & (pl.col("role") == "challenger")).height
+    if n >= min_sessions:
+        return True, f"v{version} has {n} shadow sessions (>= {min_sessions})"
+    return False, (
+        f"v{version} has {n} shadow sessions; promotion needs {min_sessions}. Fix: run "
+        "`wb shadow` on more sessions (the challenger trades beside the champion)."
+    )
+
+
+def _mean(s: pl.Series) -> float:
+    v = s.drop_nulls().drop_nans()
+    return float(v.mean()) if v.len() else math.nan
