@@ -39,6 +39,7 @@ broker: str = "sim"  # sim (simulated venue) | alpaca (paper unless `wb session 
 mode: str = "replay"  # replay a stored day | live (today, until the close)
 model_alias: str = ""  # alias to trade; empty means champion, else challenger
 ledger_url: str = ""  # order ledger (SQLAlchemy URL); empty means execution.ledger_url
+slippage_path: str = ""  # slippage model folder (refitted with the fills); empty means backtest.costs.slippage_path
 output_path: str = ""  # set by the pipeline runner: where this step hands on its outputs
 parent_run_id: str = ""  # set by the pipeline runner: MLflow parent run
 pipeline: str = ""  # set by the pipeline runner: pipeline name
@@ -49,7 +50,7 @@ import polars as pl
 from workbench.config import load_config
 from workbench.models.registry import ModelNotFoundError
 from workbench.notebook import setup_display, work_dir
-from workbench.stages.session import equity_figure, run_trade_session
+from workbench.stages.session import equity_figure, review_session, run_trade_session
 from workbench.tracking import start_stage
 
 setup_display()
@@ -92,6 +93,26 @@ if res is not None:
     stage.log_figure(fig, "session_equity")
     fig.show()
     stage.hand_on(fills_path=str(out / "fills.parquet"), pnl_path=str(out / "pnl.parquet"))
+
+# %% [markdown]
+# ## Divergence from the backtest of the same bars; the slippage model
+# The backtest re-run on this session's bars with the same model (on batch features), policy and
+# costs, compared decision by decision: the PnL difference split into signal, execution
+# (slippage), costs, risk denials and timing. Logged as a child run tagged with the model version;
+# its summary is written on the version's tags (`workbench.divergence.*`). The slippage model is
+# refitted with this session's fills and saved as a new version (`backtest.costs.slippage_path`).
+
+# %%
+if res is not None and mode == "replay":
+    report, curve = review_session(cfg, res, strategy=strategy, slippage_path=slippage_path)
+    stage.log_metrics({f"divergence_{k}": v for k, v in report.metrics.items()
+                       if k in ("pnl_diff", "attr_signal", "attr_execution", "attr_costs", "attr_denials",
+                                "attr_timing", "missed_trades", "extra_trades", "fill_error_bps_p50")})
+    display(report.table())
+    report.figure(f"{model_name} v{res.model.version} on {res.session_date}: session vs backtest").show()
+    if curve is not None:
+        print(f"slippage model v{curve.version}: {curve.meta['n_fills']} fills, prior "
+              f"{curve.prior_fixed_bps:.2f} bps + impact {curve.prior_impact:.3f} x sigma x sqrt(q/V)")
 
 # %% [markdown]
 # ## Decisions, orders, fills and risk denials

@@ -54,6 +54,12 @@ class SessionStageResult:
     session_date: date
     result: SessionResult
     data_fingerprint: str
+    bars: pl.DataFrame | None = None  # warm-up and session bars (what the session saw)
+    session_start: datetime | None = None  # the session's first bar
+    policy: RiskPolicy | None = None  # the risk policy it traded under
+    model_object: Any = None  # the loaded model (predicts the divergence report's backtest)
+    feature_names: tuple[str, ...] = ()
+    session_id: str = ""
 
 
 def pick_session(store: BarStore, symbols: list[str], timeframe: str, session_date: str) -> date:
@@ -239,7 +245,10 @@ def run_trade_session(
             exporter.close()
         venue.close()
         ledger.close()
-    return SessionStageResult(ref, day, res, frame_fingerprint(bars))
+    return SessionStageResult(
+        ref, day, res, frame_fingerprint(bars), bars=bars, session_start=start_ts, policy=policy,
+        model_object=lgbm, feature_names=tuple(feats), session_id=sid,
+    )  # fmt: skip
 
 
 def session_monitor(
@@ -442,3 +451,63 @@ def session_status(
         }
     finally:
         ledger.close()
+
+
+def review_session(
+    cfg: WorkbenchConfig,
+    res: SessionStageResult,
+    *,
+    strategy: str,
+    slippage_path: str = "",
+    log: bool = True,
+    echo: Callable[[str], None] = print,
+) -> tuple[Any, Any]:
+    """After a replayed session: the divergence report against the backtest of its own bars
+    (same model on batch features, same policy and costs) and the slippage model refitted with
+    its fills. With ``log`` (inside the session's MLflow run) the report becomes a child run
+    tagged with the model version, its summary goes on the version's tags, and the new
+    slippage version is logged as an artifact. The slippage model lives in ``slippage_path``
+    (empty: ``backtest.costs.slippage_path``). Returns ``(report, curve)``.
+    """
+    from workbench.execution.divergence import divergence, log_divergence, replay_backtest
+    from workbench.execution.slippage import SlippageModel, SlippageStore, log_curve
+    from workbench.features.sets import build_features
+
+    if res.bars is None or res.session_start is None or res.policy is None:
+        raise ConfigError("review_session needs the result of run_trade_session (bars, policy).")
+    bars = res.bars
+    feats = list(res.feature_names)
+    table = build_features(bars, cfg.strategy(strategy).feature_set, cfg)
+    ready = table.drop_nulls(feats) if feats else table
+    preds = ready.select("symbol", "ts").with_columns(
+        pl.Series("prediction", res.model_object.predict(ready.select(feats).to_pandas()))
+        if ready.height
+        else pl.lit(None, dtype=pl.Float64).alias("prediction")
+    )
+    costs = cfg.backtest.costs
+    bt = replay_backtest(
+        bars, preds, res.policy, res.session_start, costs=costs,
+        initial_cash=cfg.backtest.initial_cash,
+    )  # fmt: skip
+    report = divergence(res.result, bt, bars, res.session_start, backtest_predictions=preds)
+    m = report.metrics
+    echo(
+        f"divergence: session {m['pnl_session']:,.2f} vs backtest {m['pnl_backtest']:,.2f} "
+        f"(signal {m['attr_signal']:,.2f}, execution {m['attr_execution']:,.2f}, costs "
+        f"{m['attr_costs']:,.2f}, denials {m['attr_denials']:,.2f}, timing {m['attr_timing']:,.2f})"
+    )
+    store = SlippageStore(cfg.path(slippage_path or costs.slippage_path))
+    model = SlippageModel(
+        estimate_span=costs.estimate_span, learn_paper_impact=costs.learn_paper_impact
+    )
+    curve = store.update(res.result.fills, bars, model) if res.result.fills.height else None
+    if log:
+        import mlflow
+
+        log_divergence(
+            report, res.model, session_id=res.session_id,
+            session_date=res.session_date.isoformat(),
+        )  # fmt: skip
+        if curve is not None and mlflow.active_run() is not None:
+            log_curve(curve, store.root)
+    return report, curve
