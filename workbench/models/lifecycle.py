@@ -134,6 +134,22 @@ def gate_record(ref: ModelRef, tags: Mapping[str, str] | None = None) -> GateRec
     return GateRecord(t[GATE_TAG] == "pass", t.get(GATE_RUN_TAG, ""), t.get(GATED_AT_TAG, ""))
 
 
+def validated_decision(cfg: WorkbenchConfig, strategy: str, ref: ModelRef) -> Any:
+    """The decision thresholds a version was validated with (its ``workbench.risk`` tag, written
+    by validation), as a :class:`~workbench.risk.DecisionPolicy`; None when it has none (the
+    strategy's thresholds, or quantiles of its training predictions, then apply)."""
+    from workbench.models.registry import RISK_TAG
+    from workbench.risk import DecisionPolicy
+
+    raw = _tags(ref).get(RISK_TAG)
+    if not raw:
+        return None
+    d = json.loads(raw).get("decision") or {}
+    if "long" not in d or "short" not in d:
+        return None
+    return DecisionPolicy(cfg.strategy(strategy).decision, float(d["long"]), float(d["short"]))
+
+
 # ---------------------------------------------------------------------------------- age
 
 

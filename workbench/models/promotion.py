@@ -36,7 +36,7 @@ import polars as pl
 
 from workbench.config import WorkbenchConfig
 from workbench.errors import WorkbenchError
-from workbench.models.lifecycle import gate_record
+from workbench.models.lifecycle import gate_record, validated_decision
 from workbench.models.registry import (
     CHALLENGER,
     CHAMPION,
@@ -158,6 +158,7 @@ def _evaluator(cfg: WorkbenchConfig) -> Evaluator:
             cfg, load_model(ref), table, bars, split=window.split, strategy=window.strategy,
             timeframe=window.timeframe, trial_sharpes=window.trial_sharpes,
             n_trials=window.n_trials, trial_correlation=window.trial_correlation,
+            decision=validated_decision(cfg, window.strategy, ref),  # as it was validated
         )  # fmt: skip
 
     return run
