@@ -318,12 +318,13 @@ def session_policy(
 ) -> RiskPolicy:
     """The strategy's risk policy for the traded model version.
 
-    Quantile decisions take the thresholds the version was validated with (model-version tag
-    ``workbench.risk``, written when its gates passed): the session never re-fits them.
+    Quantile and cost-aware decisions take the thresholds the version was validated with
+    (model-version tag ``workbench.risk``, written when its gates passed): the session never
+    re-fits them.
     """
     strat = cfg.strategy(strategy)
     sectors = default_sectors(cfg, symbols) if strat.risk.limits.sector_cap else None
-    if strat.decision.method != "quantile":
+    if strat.decision.method != "quantile" and not strat.decision.cost_multiples:
         return RiskPolicy.from_config(cfg, strategy, timeframe=timeframe, sectors=sectors)
     raw = version_tag(ref, RISK_TAG)
     if not raw:

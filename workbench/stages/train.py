@@ -307,6 +307,33 @@ def run_train(
     )
 
 
+def trained_metrics(ref: Any) -> dict[str, float]:
+    """The metrics of the train step's run that registered a model version (``ref``: a
+    :class:`~workbench.models.registry.ModelRef`); empty when the version has no run."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run_id = ref.run_id or (client.get_model_version(ref.name, str(ref.version)).run_id or "")
+    return dict(client.get_run(run_id).data.metrics) if run_id else {}
+
+
+def trained_decision(cfg: WorkbenchConfig, strategy: str, ref: Any) -> DecisionPolicy | None:
+    """The decision thresholds the train step chose for a version (cost-aware decisions: its
+    run's ``decision_long`` and ``decision_short``); None when they come from the config."""
+    strat = cfg.strategy(strategy)
+    if not strat.decision.cost_multiples:
+        return None
+    m = trained_metrics(ref)
+    if not {"decision_long", "decision_short"} <= set(m):
+        raise ParameterError(
+            f"strategies.{strategy}.decision.cost_multiples is set, but {ref.name} "
+            f"v{ref.version}'s training run has no decision_long/decision_short metrics (the "
+            "thresholds its search chose). Fix: train the version with 03_train (run_train), "
+            "or drop cost_multiples to trade the configured long/short."
+        )
+    return DecisionPolicy(strat.decision, float(m["decision_long"]), float(m["decision_short"]))
+
+
 def loggable_params(model: LGBMForecaster) -> dict[str, Any]:
     """Return the model's parameters as MLflow params (``lgbm.<name>``)."""
     return {f"lgbm.{k}": v for k, v in model.get_params().items() if v is not None}

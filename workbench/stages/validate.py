@@ -32,6 +32,7 @@ from workbench.models.registry import (
     set_version_tag,
 )
 from workbench.risk import RiskPolicy
+from workbench.stages.train import trained_decision, trained_metrics
 from workbench.validation.evaluate import (
     EvaluationWindow,
     WindowUnavailableError,
@@ -111,9 +112,12 @@ def run_validate(
     ev = evaluate_model(
         cfg, load_model(model), table, bars, split=split, strategy=strategy, timeframe=timeframe,
         trial_sharpes=trial_sharpes, n_trials=n_trials, trial_correlation=trial_correlation,
+        decision=trained_decision(cfg, strategy, model),  # the thresholds the search chose
     )  # fmt: skip
     metrics = dict(ev.metrics)
     metrics["pbo"] = float(pbo)
+    # distinct candidates behind the PBO: below gates.pbo_min_distinct it is not measurable
+    metrics["pbo_distinct"] = trained_metrics(model).get("pbo_distinct", math.nan)
     train = table.filter(pl.col("ts") < split)
     extra = {
         "table_fingerprint": frame_fingerprint(table),
@@ -136,6 +140,7 @@ def run_validate(
     )
     wf_metrics = dict(wf.metrics)
     wf_metrics["pbo"] = float(pbo)
+    wf_metrics["pbo_distinct"] = metrics["pbo_distinct"]
     if wf.backtest is not None:
         wf_metrics.update(
             sharpe_significance(
