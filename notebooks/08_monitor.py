@@ -54,6 +54,7 @@ from workbench.monitoring.monitor import (
     histograms_figure,
     lag_figure,
     nightly_monitor,
+    nothing_to_monitor,
     performance_figure,
     psi_figure,
 )
@@ -75,9 +76,10 @@ try:
                           strategy=strategy, timeframe=timeframe, symbols=symbols, sessions=sessions, as_of=as_of,
                           model_alias=model_alias, ledger_url=ledger_url, backtest_sessions=backtest_sessions,
                           alerter=alerter)
-except ModelNotFoundError as exc:
+except ModelNotFoundError as exc:  # no champion or challenger yet: the step finishes, says why
     rep = None
     print(f"nothing to monitor: {exc}")
+    stage.hand_on(**nothing_to_monitor(str(exc)))
 
 # %% [markdown]
 # ## Drift per feature and of the predictions

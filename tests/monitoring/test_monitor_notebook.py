@@ -157,3 +157,24 @@ def test_monitor_step_tracks_drift_lag_and_alerts(monitored: tuple) -> None:
     stale = [a for a in hist if a["kind"] == "staleness" and a["outcome"] == "sent"]
     assert {a["values"]["symbol"] for a in stale} == set(SYMBOLS)
     assert out["retrain"] is False and out["retrain_reason"]
+
+
+@pytest.mark.notebook
+def test_no_model_yet_finishes_with_nothing_to_monitor(monitored: tuple) -> None:
+    """A new project (the scheduler's nightly_monitor before any model is promoted): the step
+    finishes ok, hands on empty outputs that say why, and asks for no retrain."""
+    from workbench.monitoring.monitor import nothing_to_monitor
+
+    _, _, _, _, tmp = monitored
+    res = run_pipeline(
+        "nightly_monitor",
+        ["strategy=swing_trend_following", f"symbols=[{','.join(SYMBOLS)}]",
+         f"store_root={tmp / 'bars'}", "as_of=2024-03-05T15:00:00+00:00"],
+        cfg=load_config(REPO), runs_root=tmp / "runs_none", echo=lambda _: None,
+    )  # fmt: skip
+    assert res.ok, res.summary()
+    out = res.outputs("monitor")
+    reason = out["retrain_reason"]
+    assert reason.startswith("nothing to monitor: registered model 'swing_trend_following'")
+    assert out == nothing_to_monitor(reason.removeprefix("nothing to monitor: "))
+    assert out["retrain"] is False and out["model"] == "" and out["alerts"] == 0

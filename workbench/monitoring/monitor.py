@@ -94,6 +94,23 @@ class MonitorReport:
         return out
 
 
+def nothing_to_monitor(reason: str) -> dict[str, Any]:
+    """What the step hands on when there is no model to monitor (a new project: no champion or
+    challenger yet): the keys of :meth:`MonitorReport.outputs`, empty, and no early retrain."""
+    return {
+        "model": "",
+        "psi": {},
+        "max_psi": None,
+        "drift_alerts": [],
+        "alerts": 0,
+        "critical_alerts": 0,
+        "stale_symbols": [],
+        "model_age_days": None,
+        "retrain": False,
+        "retrain_reason": f"nothing to monitor: {reason}",
+    }
+
+
 def live_features(
     bars: pl.DataFrame, feature_set: Any, cfg: WorkbenchConfig, *, start: datetime,
     predict: Callable[[pl.DataFrame], np.ndarray] | None = None, columns: Sequence[str] | None = None,
