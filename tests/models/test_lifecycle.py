@@ -142,6 +142,17 @@ def test_a_session_refuses_before_anything_is_sent(registry: dict) -> None:
         )  # fmt: skip
     assert not (tmp / "ledger.db").exists()  # no ledger, no broker, no order
     assert printed and "no gate record" in printed[0]
+    from workbench.cli import app
+
+    args = ["session", "run", "--strategy", STRAT, "--store", str(tmp / "no-store"),
+            "--date", "2024-02-01", "--symbols", "SYN000"]  # fmt: skip
+    out = CliRunner().invoke(app, args)
+    text = " ".join(out.output.split())
+    assert out.exit_code == 2 and "refusing to trade" in text and "--allow ungated" in text
+    # no gate record and no training window end: both allowed, the run gets past the check
+    out = CliRunner().invoke(app, [*args, "--allow", "ungated", "--allow", "expired"])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 2 and "refusing to trade" not in text and "allowed by" in text
 
 
 def test_session_status_shows_the_model_age(registry: dict) -> None:
