@@ -172,3 +172,40 @@ def test_a_different_signal_lands_in_signal(bars) -> None:
     assert rep.metrics["pnl_diff"] != 0.0
     assert rep.attribution["signal"] == pytest.approx(rep.metrics["pnl_diff"], rel=1e-9)
     assert sum(abs(rep.attribution[k]) for k in BUCKETS if k != "signal") < 1e-6
+
+
+def test_the_report_is_an_mlflow_run_linked_to_the_model_version(bars, isolated) -> None:
+    import mlflow
+
+    from workbench.execution.divergence import log_divergence
+    from workbench.models.registry import ModelRef
+
+    mlflow.set_tracking_uri(f"sqlite:///{isolated / 'mlflow.db'}")
+    mlflow.set_experiment("divergence")
+    client = mlflow.MlflowClient()
+    logged = mlflow.create_external_model(name="m")
+    client.create_registered_model("m")
+    mv = client.create_model_version("m", f"models:/{logged.model_id}", model_id=logged.model_id)
+    ref = ModelRef("m", str(mv.version), "champion", "", "models:/m@champion")
+    b, preds = one_symbol(bars)
+    rep, _, _ = both(b, preds, policy(fraction=0.5, max_position=None),
+                     SimulatedBroker(100_000, COSTS.model_copy(update={"slippage_bps": 5.0})))  # fmt: skip
+    with mlflow.start_run(run_name="trade_session") as parent:
+        run_id = log_divergence(rep, ref, session_id="s:2024-11-26", session_date="2024-11-26")
+    run = client.get_run(run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert {k: run.data.tags[k] for k in ("model_name", "model_version", "model_alias")} == {
+        "model_name": "m",
+        "model_version": str(mv.version),
+        "model_alias": "champion",
+    }
+    assert run.data.metrics["attr_execution"] == pytest.approx(rep.attribution["execution"])
+    arts = {a.path for a in client.list_artifacts(run_id, "divergence")}
+    assert arts == {"divergence/divergence.html", "divergence/attribution.json",
+                    "divergence/decisions.json"}  # fmt: skip
+    tags = client.get_model_version("m", mv.version).tags
+    assert tags["workbench.divergence.run_id"] == run_id
+    assert float(tags["workbench.divergence.attr_execution"]) == pytest.approx(
+        rep.attribution["execution"], rel=1e-5)  # fmt: skip
+    linked = {m.key: m.run_id for m in mlflow.get_logged_model(logged.model_id).metrics}
+    assert linked["divergence_pnl_diff"] == run_id

@@ -501,6 +501,12 @@ def log_divergence(
     with mlflow.start_run(**kw) as run:
         clean = {k: v for k, v in report.metrics.items() if math.isfinite(v)}
         mlflow.log_metrics(clean)
+        model_id = _logged_model_id(model)
+        if model_id:  # the summary also on the logged model's page, linked to this run
+            mlflow.log_metrics(
+                {f"divergence_{k}": clean[k] for k in SUMMARY_KEYS if k in clean},
+                model_id=model_id,
+            )
         mlflow.log_table(report.table().to_pandas(), artifact_file="divergence/attribution.json")
         dec = report.decisions
         if dec.height:
@@ -520,3 +526,18 @@ def log_divergence(
     set_version_tag(model, f"{DIVERGENCE_TAG}.run_id", run_id)
     set_version_tag(model, f"{DIVERGENCE_TAG}.session", session_id)
     return run_id
+
+
+def _logged_model_id(model: Any) -> str | None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = mlflow.MlflowClient().get_model_version(model.name, str(model.version))
+    except MlflowException:
+        return None
+    found = getattr(mv, "model_id", None)
+    src = mv.source or ""
+    if not found and src.startswith("models:/m-"):
+        found = src[len("models:/") :].split("/")[0]
+    return found or None

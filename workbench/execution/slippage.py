@@ -141,6 +141,7 @@ def observations(
             right_on="_bar",
             by="symbol",
             strategy="backward",
+            check_sortedness=False,  # sorted by _before above, hence within each symbol
         )
         .select("execution_id", "_bar")
     )
