@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -71,8 +72,49 @@ def test_signals_feed_the_engine(daily_bars):
         "symbol", "ts", score=pl.col("close").pct_change().over("symbol").fill_null(0.0)
     )
     tg = signals_to_targets(scores, long_threshold=0.0, short_threshold=0.0, max_position=0.3)
+    # the targets are the rule's: +-0.3 by the score's sign, 0 on a zero score
+    got = scores.join(tg, on=["symbol", "ts"])
+    assert got.height == scores.height
+    np.testing.assert_array_equal(got["target"], 0.3 * np.sign(got["score"].to_numpy()))
     res = run_backtest(daily_bars, tg)
-    assert res.fills.height > 0
+    # the engine trades exactly where a symbol's target changes, at the next bar, to that target
+    last_ts = daily_bars["ts"].max()
+    changes = got.sort("symbol", "ts").with_columns(
+        prev=pl.col("target").shift(1, fill_value=0.0).over("symbol")
+    )
+    want = changes.filter((pl.col("target") != pl.col("prev")) & (pl.col("ts") < last_ts))
+    fills = res.fills.sort("symbol", "decision_ts")
+    assert want.height > 100
+    assert fills.select("symbol", "decision_ts").rows() == want.select("symbol", "ts").rows()
+    nxt = daily_bars.sort("symbol", "ts").with_columns(nxt=pl.col("ts").shift(-1).over("symbol"))
+    at = dict(zip(zip(nxt["symbol"], nxt["ts"], strict=True), nxt["nxt"], strict=True))
+    assert [at[(s, t)] for s, t in fills.select("symbol", "decision_ts").rows()] == fills[
+        "ts"
+    ].to_list()
+    # sized as the engine documents: target x equity at the fill bar's open (the decision bar's
+    # equity re-marked from its closes to the opens), in whole shares toward zero
+    equity = dict(res.equity.select("ts", "equity").rows())
+    held = dict(
+        zip(
+            zip(res.positions["ts"], res.positions["symbol"], strict=True),
+            res.positions["shares"],
+            strict=True,
+        )
+    )
+    px = {
+        (s, t): (o, c) for s, t, o, c in daily_bars.select("symbol", "ts", "open", "close").rows()
+    }
+    syms = sorted(set(daily_bars["symbol"]))
+    for sym, dec, ts, pos, ref, target in (
+        fills.join(want.rename({"ts": "decision_ts"}), on=["symbol", "decision_ts"])
+        .select("symbol", "decision_ts", "ts", "position", "ref_price", "target")
+        .rows()
+    ):
+        e_open = equity[dec] + sum(
+            held[(dec, s)] * (px[(s, ts)][0] - px[(s, dec)][1]) for s in syms
+        )
+        assert ref == px[(sym, ts)][0]
+        assert pos == np.trunc(target * e_open / ref), (sym, dec, pos, target)
 
 
 def test_committed_config_block_loads():
