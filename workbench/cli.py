@@ -68,8 +68,8 @@ def _cell(v: object) -> str:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
+    """Print an error unwrapped (file names and values stay whole) and exit 2."""
+    _fail_data(exc)
 
 
 def _fail_data(exc: Exception) -> None:
@@ -78,6 +78,17 @@ def _fail_data(exc: Exception) -> None:
 
     console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def _day(option: str, text: str) -> date:
+    """Parse a YYYY-MM-DD option, or raise naming the option, the value and the fix."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise WorkbenchError(
+            f"{option} {text!r} is not a date ({exc}). Fix: a real date as YYYY-MM-DD, "
+            "e.g. 2024-01-02."
+        ) from None
 
 
 @app.command()
@@ -131,8 +142,8 @@ def ingest(
             st,
             syms,
             timeframe or cfg.data.timeframe,
-            date.fromisoformat(start) if start else cfg.data.start,
-            date.fromisoformat(end) if end else cfg.data.end,
+            _day("--start", start) if start else cfg.data.start,
+            _day("--end", end) if end else cfg.data.end,
             chunk_days=cfg.ingest.chunk_days,
             chunk_symbols=cfg.ingest.chunk_symbols,
             progress=progress,

@@ -222,9 +222,19 @@ def test_reproduce_reruns_a_step_and_matches(research: tuple) -> None:
 
     res, _ = research
     train = next(s for s in res.steps if s.step == "train")
+    client = mlflow.MlflowClient()
+    versions = {str(v.version) for v in client.search_model_versions("name = 'intraday_reversal'")}
     rep = reproduce(train.mlflow_run_id, cfg=load_config(REPO))
     assert rep.same_data and rep.matches, rep.comparison
     assert rep.new_run_id != train.mlflow_run_id
+    # every trial ran again (a fresh study, not the recorded one resumed with nothing left to do)
+    exp = client.get_run(rep.new_run_id).info.experiment_id
+    trials = client.search_runs([exp], f"tags.mlflow.parentRunId = '{rep.new_run_id}'")
+    assert len([t for t in trials if t.info.run_name.startswith("trial-")]) == int(
+        train.metrics["search_trials"]
+    ) > 0
+    # nothing registered in the project's registry
+    assert {str(v.version) for v in client.search_model_versions("name = 'intraday_reversal'")} == versions
     manifest = mlflow.artifacts.load_dict(f"runs:/{rep.new_run_id}/manifest.json")
     assert manifest["seeds"] == {"seed": 7} and len(manifest["lock_hash"]) == 64
     assert (
