@@ -103,3 +103,26 @@ def store(_pristine: Path, isolated: Path) -> BarStore:
     root = isolated / "store"
     shutil.copytree(_pristine, root)
     return BarStore(root)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def project(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the project's config, pipelines and notebooks (the CLI's project root)."""
+    root = isolated / "proj"
+    shutil.copytree(REPO / "config", root / "config")
+    shutil.copytree(REPO / "pipelines", root / "pipelines")
+    (root / "notebooks").mkdir()
+    for nb in (REPO / "notebooks").glob("*.ipynb"):
+        shutil.copy2(nb, root / "notebooks" / nb.name)
+    monkeypatch.setenv("WB_PROJECT_ROOT", str(root))
+    monkeypatch.chdir(root)
+    return root
+
+
+def nothing_written(isolated: Path, before: dict[str, str]) -> None:
+    """The whole test folder is as it was, and no MLflow store was created."""
+    assert fingerprint(isolated) == before
+    assert not (isolated / "mlflow.db").exists()

@@ -131,6 +131,8 @@ def load_spec(path: str | Path) -> PipelineSpec:
             if err["type"] == "extra_forbidden":
                 model = StepSpec if "steps" in loc else PipelineSpec
                 hint = _suggest(str(err["loc"][-1]), model.model_fields)
+            elif err["type"] == "too_short" and loc == "steps":
+                hint = " Fix: list at least one step (an empty pipeline would record a success that did nothing)."
             lines.append(f"{loc}: {err['msg']}.{hint}")
         raise PipelineError(f"{path}: invalid pipeline spec:\n  " + "\n  ".join(lines)) from None
     names = [s.name for s in spec.steps]
@@ -312,6 +314,7 @@ def validate_spec(
         for k, v in {**spec.parameters, **overrides}.items()
     }
     declared: dict[str, tuple[str, ...]] = {}
+    value_steps: dict[str, list[str]] = {}  # one line per bad value, naming every step it reaches
     for step in spec.steps:
         where = f"step {step.name!r}"
         if step.when is not None:
@@ -366,8 +369,10 @@ def validate_spec(
                 )
             else:
                 resolved_params[pname] = resolved
-        problems += check_values(resolved_params, where, cfg)
+        for text in _value_problems(resolved_params, cfg):
+            value_steps.setdefault(text, []).append(step.name)
         declared[step.name] = step.outputs
+    problems += [f"step(s) {', '.join(map(repr, on))}: {text}" for text, on in value_steps.items()]
     if problems:
         raise PipelineError(
             f"pipeline {spec.name!r} is invalid; nothing was run:\n  - " + "\n  - ".join(problems)
@@ -490,6 +495,10 @@ def check_values(params: dict[str, Any], where: str, cfg: Any = None) -> list[st
     ``train_frac`` (in (0, 1)), ``symbols`` (not empty), ``strategy`` (a configured one) and
     ``broker``/``mode``. Values that are still references (``${steps...}``) are skipped.
     """
+    return [f"{where}: {text}" for text in _value_problems(params, cfg)]
+
+
+def _value_problems(params: dict[str, Any], cfg: Any) -> list[str]:
     checks = _value_checks(cfg)
     problems = []
     for name, value in params.items():
@@ -497,7 +506,7 @@ def check_values(params: dict[str, Any], where: str, cfg: Any = None) -> list[st
             continue
         reason = checks[name](value)
         if reason:
-            problems.append(f"{where}: parameter {name!r} = {value!r}: {reason}.")
+            problems.append(f"parameter {name!r} = {value!r}: {reason.rstrip('.')}.")
     lo, hi = params.get("start"), params.get("end")
     if (
         isinstance(lo, str)
@@ -505,7 +514,5 @@ def check_values(params: dict[str, Any], where: str, cfg: Any = None) -> list[st
         and not (_date_value(lo) or _date_value(hi))
         and date.fromisoformat(hi) < date.fromisoformat(lo)
     ):
-        problems.append(
-            f"{where}: end = {hi!r} is before start = {lo!r}. Fix: set end on or after start."
-        )
+        problems.append(f"end = {hi!r} is before start = {lo!r}. Fix: set end on or after start.")
     return problems
