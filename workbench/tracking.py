@@ -89,7 +89,11 @@ def check_uri(cfg: WorkbenchConfig | None = None) -> str:
     uri = tracking_uri(cfg)
     folder = _store_folder(uri)
     if folder is not None and not folder.is_dir():
-        source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.tracking_uri"
+        source = (
+            "MLFLOW_TRACKING_URI"
+            if os.environ.get("MLFLOW_TRACKING_URI")
+            else "mlflow.tracking_uri"
+        )
         raise TrackingStoreError(
             f"{source} = {uri!r} points into {folder}, which does not exist. Fix: create the "
             f"folder (mkdir -p {folder}) or correct {source}."
@@ -166,7 +170,11 @@ def check_no_secrets(values: Mapping[str, Any], cfg: WorkbenchConfig | None = No
                 "Credentials come only from the environment (APCA_API_KEY_ID, APCA_API_SECRET_KEY)."
             )
         if any(sec and sec in str(v) for sec in secrets):
-            raise SecretLeakError(f"refusing to log {k!r}: its value contains a configured secret.")
+            raise SecretLeakError(
+                f"refusing to log {k!r}: its value contains a configured secret (not shown). "
+                "Fix: pass credentials only through the environment (APCA_API_KEY_ID, "
+                "APCA_API_SECRET_KEY), never as a parameter."
+            )
 
 
 def _flat(values: Mapping[str, Any]) -> dict[str, str]:
