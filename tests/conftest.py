@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
         rank[module(item)] = min(r, rank.get(module(item), 2))
     items.sort(key=lambda item: rank[module(item)])  # stable: same order on every worker
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 for this test run (:mod:`tests.pg_server`);
+    ``postgres.database()`` gives a new, empty database URL. Skipped without the binaries."""
+    from tests.pg_server import PostgresServer
+
+    try:
+        server = PostgresServer()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"PostgreSQL is not available here: {exc}")
+    yield server
+    server.stop()

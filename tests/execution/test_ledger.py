@@ -35,8 +35,22 @@ DAY = date(2024, 1, 2)
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> OrderLedger:
+def sqlite_ledger(tmp_path: Path) -> OrderLedger:
+    """The ledger on SQLite only: for tests that read its file from another connection."""
     lg = OrderLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    lg.open_session("s1", strategy="rev", broker="sim", mode="paper", session_date=DAY)
+    yield lg
+    lg.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> OrderLedger:
+    """A ledger with session s1, on SQLite and on a throwaway PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    else:
+        url = request.getfixturevalue("postgres").database()
+    lg = OrderLedger(url)
     lg.open_session("s1", strategy="rev", broker="sim", mode="paper", session_date=DAY)
     yield lg
     lg.close()
@@ -693,7 +707,10 @@ def _state(lg: OrderLedger, sid: str = "s1") -> dict[str, object]:
     }
 
 
-def test_batch_commits_once_at_the_outermost_exit(tmp_path: Path, ledger: OrderLedger) -> None:
+def test_batch_commits_once_at_the_outermost_exit(
+    tmp_path: Path, sqlite_ledger: OrderLedger
+) -> None:
+    ledger = sqlite_ledger  # reads the SQLite file from outside
     db = tmp_path / "ledger.db"
     n = _Count(ledger)
     with ledger.batch() as lg:
@@ -1112,8 +1129,9 @@ def _sync_level(lg: OrderLedger) -> int:
 
 
 def test_a_non_durable_batch_commits_without_a_flush_and_the_next_call_is_durable(
-    tmp_path: Path, ledger: OrderLedger
+    tmp_path: Path, sqlite_ledger: OrderLedger
 ) -> None:
+    ledger = sqlite_ledger  # reads the SQLite file from outside
     db = tmp_path / "ledger.db"
     with ledger.batch(durable=False):
         assert _sync_level(ledger) == 1  # NORMAL: committed to the WAL, not fsynced
@@ -1160,8 +1178,9 @@ def test_queued_writes_make_a_bars_records_a_few_statements(ledger: OrderLedger)
 
 
 def test_an_intent_another_writer_took_fails_the_queued_batch_and_keeps_nothing(
-    tmp_path: Path, ledger: OrderLedger
+    tmp_path: Path, sqlite_ledger: OrderLedger
 ) -> None:
+    ledger = sqlite_ledger  # reads the SQLite file from outside
     ledger.add_intent("s1", 0, req("c0"), bar_ts=T0)
     ledger.intents("s1")
     other = OrderLedger(ledger.url)  # a second writer of the same session (not supported)
@@ -1179,8 +1198,9 @@ def test_an_intent_another_writer_took_fails_the_queued_batch_and_keeps_nothing(
 
 
 def test_new_orders_of_a_known_session_are_one_statement_and_a_taken_id_fails_the_batch(
-    tmp_path: Path, ledger: OrderLedger
+    tmp_path: Path, sqlite_ledger: OrderLedger
 ) -> None:
+    ledger = sqlite_ledger  # reads the SQLite file from outside
     for i in range(20):
         ledger.add_intent("s1", i, req(f"c{i}"), bar_ts=T0)
     ledger.orders("s1")  # the session's orders are all known to this object now
@@ -1212,3 +1232,27 @@ def test_new_orders_of_a_known_session_are_one_statement_and_a_taken_id_fails_th
         ledger.mark_acked("c10", bo(oid="o10", cid="c10"), T0)
     assert other.order("o10").client_order_id == "x0" and ledger.intent("c10").state == "pending"
     other.close()
+
+
+def test_a_non_durable_batch_on_postgres_turns_synchronous_commit_off_for_itself_only(
+    postgres,
+) -> None:
+    """Postgres: ``SET LOCAL synchronous_commit TO OFF`` inside a non-durable batch, the server's
+    default (on) in a durable one and after it; what the batch wrote is committed either way."""
+    url = postgres.database()
+    with OrderLedger(url) as lg:
+        lg.open_session("s1", strategy="rev", broker="sim", mode="paper", session_date=DAY)
+        lg.add_intent("s1", 0, req("c1"), bar_ts=T0)
+
+        def level() -> str:
+            return lg._batch_conn.exec_driver_sql("SHOW synchronous_commit").scalar()
+
+        with lg.batch(durable=False):
+            lg.mark_acked("c1", bo(oid="o1", cid="c1"), T0)
+            assert level() == "off"
+        with lg.batch(durable=True):
+            lg.apply_order("s1", bo(100, 10.0, OrderStatus.FILLED), event="fill", ts=T0)
+            assert level() == "on"
+    with OrderLedger(url) as fresh:
+        assert fresh.positions("s1") == {"AAPL": 100.0}
+        assert fresh.intent("c1").state == "acked"

@@ -10,7 +10,6 @@ backtest fills it). Otherwise it re-buys what it holds and books yesterday's fil
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -57,9 +56,7 @@ def _policy(sizing: SizingConfig, **limits) -> RiskPolicy:
     return RiskPolicy.from_strategy(strat, name="swing", timeframe="5Min")
 
 
-def _sessions(
-    bars: pl.DataFrame, policy: RiskPolicy, ledger_path: Path, crash_on: int | None = None
-):
+def _sessions(bars: pl.DataFrame, policy: RiskPolicy, ledger_url: str, crash_on: int | None = None):
     """One run_session per trading day from FIRST on, on one venue and one ledger; with
     ``crash_on`` the process dies after 20 bars of that day (no finish) and is run again."""
     preds = reversal_predictions(bars)
@@ -70,7 +67,7 @@ def _sessions(
         .sort("d")
     )
     broker = SimulatedBroker(100_000, COSTS)
-    ledger = OrderLedger(f"sqlite:///{ledger_path}")
+    ledger = OrderLedger(ledger_url)
     out = []
     try:
         for k, (start, end) in enumerate(days.select("start", "end").iter_rows()):
@@ -127,9 +124,10 @@ def _concat(results, attr: str) -> pl.DataFrame:
     [SizingConfig(method="atr_risk", risk_pct=0.005)],
     ids=["atr_risk"],
 )
-def test_daily_sessions_equal_one_backtest(week_bars, tmp_path, sizing) -> None:
+def test_daily_sessions_equal_one_backtest(week_bars, postgres, sizing) -> None:
+    """On a PostgreSQL ledger (the crash case below runs on SQLite)."""
     policy = _policy(sizing)
-    bt, sessions, broker = _sessions(week_bars, policy, tmp_path / "ledger.db")
+    bt, sessions, broker = _sessions(week_bars, policy, postgres.database())
     assert len(sessions) == 5
     # the book is carried: the backtest holds positions over every night of the week
     nights = bt.positions.filter(pl.col("shares") != 0)["ts"].dt.date().n_unique()
@@ -160,13 +158,14 @@ def test_a_crash_the_morning_after_carries_nothing_twice(week_bars, tmp_path) ->
     """Day 2's session dies after 20 bars (its carried orders already sent) and is run again:
     the carried orders are not carried again and the week still equals the backtest."""
     policy = _policy(SizingConfig(fraction=0.2))
-    bt, sessions, broker = _sessions(week_bars, policy, tmp_path / "ledger.db", crash_on=2)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    bt, sessions, broker = _sessions(week_bars, policy, url, crash_on=2)
     assert_frame_equal(_concat(sessions, "orders"), bt.orders)
     cols = ["ts", "symbol", "qty", "price", "commission"]
     fills = _concat(sessions, "fills").select(cols).sort("ts", "symbol")
     bt_fills = bt.fills.select(cols).sort("ts", "symbol")
     assert_frame_equal(fills.filter(pl.col("ts") <= bt_fills["ts"].max()), bt_fills)
-    ledger = OrderLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger = OrderLedger(url)
     try:
         sid = session_id(policy.name, sorted({t.date() for t in bt.orders["decision_ts"]})[2],
                          broker.name, "replay")  # fmt: skip

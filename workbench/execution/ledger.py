@@ -423,11 +423,17 @@ def _conflict_free_inserts(dialect: str) -> tuple[Any, Any, Any] | None:
         from sqlalchemy.dialects.postgresql import insert
     else:
         return None
-    return (
+    stmts = (
         insert(_INTENTS).on_conflict_do_nothing(),
         insert(_ORDERS).on_conflict_do_nothing(index_elements=["order_id"]),
         insert(_FILLS).on_conflict_do_nothing(index_elements=["execution_id"]),
     )
+    if dialect == "postgresql":
+        # SQLAlchemy's psycopg dialect reports rowcount -1 for a plain INSERT; with RETURNING it
+        # counts the rows inserted (the conflicts are not returned), single or executemany
+        keys = (_INTENTS.c.client_order_id, _ORDERS.c.order_id, _FILLS.c.execution_id)
+        stmts = tuple(st.returning(k) for st, k in zip(stmts, keys, strict=True))
+    return stmts
 
 
 @dataclass
