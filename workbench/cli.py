@@ -21,6 +21,7 @@ from rich.table import Table
 from workbench.cli_errors import CleanErrors
 from workbench.cli_models import demote_cmd, promote_cmd
 from workbench.cli_ops import alert_app
+from workbench.cli_review import compare_cmd, shadow_cmd
 from workbench.cli_schedule import schedule_app
 from workbench.cli_sweep import sweep
 from workbench.config import config_hash, load_config
@@ -46,6 +47,8 @@ app.add_typer(alert_app, name="alert")
 app.command("promote")(promote_cmd)
 app.command("demote")(demote_cmd)
 app.command("sweep")(sweep)
+app.command("compare")(compare_cmd)
+app.command("shadow")(shadow_cmd)
 console = Console()
 
 

@@ -461,6 +461,7 @@ def review_session(
     strategy: str,
     slippage_path: str = "",
     log: bool = True,
+    learn_slippage: bool = True,
     echo: Callable[[str], None] = print,
 ) -> tuple[Any, Any]:
     """After a replayed session: the divergence report against the backtest of its own bars
@@ -468,7 +469,8 @@ def review_session(
     its fills. With ``log`` (inside the session's MLflow run) the report becomes a child run
     tagged with the model version, its summary goes on the version's tags, and the new
     slippage version is logged as an artifact. The slippage model lives in ``slippage_path``
-    (empty: ``backtest.costs.slippage_path``). Returns ``(report, curve)``.
+    (empty: ``backtest.costs.slippage_path``); ``learn_slippage=False`` leaves it alone (a
+    shadow arm on bars the champion already taught). Returns ``(report, curve)``.
     """
     from workbench.execution.divergence import divergence, log_divergence, replay_backtest
     from workbench.execution.slippage import SlippageModel, SlippageStore, log_curve
@@ -501,7 +503,8 @@ def review_session(
     model = SlippageModel(
         estimate_span=costs.estimate_span, learn_paper_impact=costs.learn_paper_impact
     )
-    curve = store.update(res.result.fills, bars, model) if res.result.fills.height else None
+    learn = learn_slippage and res.result.fills.height > 0
+    curve = store.update(res.result.fills, bars, model) if learn else None
     if log:
         import mlflow
 
