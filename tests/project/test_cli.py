@@ -44,16 +44,27 @@ def test_config_show_masks_secrets(isolated: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_ingest_twice_leaves_exactly_the_same_rows(isolated: Path) -> None:
+    import polars as pl
+
     store = isolated / "store"
     first = runner.invoke(app, ["ingest", "--store", str(store), "--no-progress", *ARGS])
     assert first.exit_code == 0, first.output
-    assert "2 chunk(s) fetched" in first.output or "fetched" in first.output
+    # 2024-01-02..12: 9 NYSE sessions (no holiday) x 26 15-minute bars x 2 symbols
+    sessions = ["02", "03", "04", "05", "08", "09", "10", "11", "12"]
+    n = 2 * len(sessions) * 26
+    said = " ".join(first.output.split())  # the console wraps long lines
+    assert f"1 chunk(s) fetched, 0 skipped, {n} bars ({n} new, 0 updated)" in said, said
     snap = files(store)
-    assert snap
+    rows = pl.concat([pl.read_parquet(store / f) for f in snap])
+    assert rows.height == n and rows.select("symbol", "ts").n_unique() == n
+    assert sorted(rows["symbol"].unique()) == ["SYN000", "SYN001"]
+    days = rows["ts"].dt.convert_time_zone("America/New_York").dt.strftime("%d").unique()
+    assert sorted(days) == sessions
     second = runner.invoke(app, ["ingest", "--store", str(store), "--no-progress", *ARGS])
     assert second.exit_code == 0, second.output
-    assert "0 chunk(s) fetched" in second.output
-    assert files(store) == snap
+    said = " ".join(second.output.split())
+    assert "0 chunk(s) fetched, 1 skipped, 0 bars (0 new, 0 updated)" in said, said
+    assert files(store) == snap  # the same files, byte for byte
     cov = runner.invoke(app, ["coverage", "--store", str(store)])
     assert "SYN000" in cov.output and "SYN001" in cov.output
 
