@@ -209,6 +209,8 @@ def run_search(
     label: str = "label",
     timeout: float | None = None,
     progress: bool = True,
+    workers: int = 1,
+    cluster: Any = None,
     decision_space: Mapping[str, BaseDistribution] | None = None,
 ) -> SearchResult:
     """Search LightGBM hyperparameters by the mean ``score`` over the folds of ``splitter``.
@@ -254,6 +256,11 @@ def run_search(
         Stop starting new trials after this many seconds.
     progress : bool, default True
         Show Optuna's progress bar.
+    workers : int, default 1
+        Trials run at once on Dask workers sharing ``storage`` (``journal:PATH`` or an RDB URL;
+        SQLite is refused), see :mod:`workbench.models.parallel_search`.
+    cluster : distributed.Client, address, DaskConfig or None
+        Where the workers run (default: a LocalCluster of ``workers`` processes).
     decision_space : Mapping[str, BaseDistribution], optional
         Parameters of the trading decision searched with the model's (e.g. ``{"cost_multiple":
         CategoricalDistribution([1.0, 2.0])}``): each trial draws them and its folds are
@@ -281,6 +288,10 @@ def run_search(
     spec = _check_score(score, backtest_fn)
     _check_int("n_trials", n_trials, 1)
     _check_int("seed", seed, 0)
+    if workers != 1:  # before anything is created: SQLite cannot take concurrent writers
+        from workbench.models.parallel_search import check_parallel_storage
+
+        check_parallel_storage(storage, workers)
     if timeout is not None and not timeout > 0:
         raise ParameterError(
             f"The 'timeout' parameter of run_search must be > 0 seconds or None. Got {timeout!r} "
@@ -335,7 +346,21 @@ def run_search(
             study_name,
             decisions=decisions,
         )
-        if remaining > 0:
+        if remaining > 0 and workers > 1:
+            from workbench.models.parallel_search import optimize_on_dask
+
+            optimize_on_dask(
+                study,
+                objective,
+                storage=storage,
+                n_trials=remaining,
+                workers=workers,
+                seed=seed + stored,
+                cluster=cluster,
+                timeout=timeout,
+                progress=progress,
+            )
+        elif remaining > 0:
             study.optimize(
                 objective,
                 n_trials=remaining,
@@ -712,6 +737,10 @@ def _folds(
 
 
 def _storage(storage: str | optuna.storages.BaseStorage) -> str | optuna.storages.BaseStorage:
+    if isinstance(storage, str) and storage.startswith("journal:"):
+        from workbench.models.parallel_search import open_storage
+
+        return open_storage(storage)
     if isinstance(storage, str):
         from sqlalchemy.engine import make_url
 
@@ -722,6 +751,8 @@ def _storage(storage: str | optuna.storages.BaseStorage) -> str | optuna.storage
 
 
 def _redacted(storage: str | optuna.storages.BaseStorage) -> str:
+    if isinstance(storage, str) and storage.startswith("journal:"):
+        return storage
     if isinstance(storage, str):
         from sqlalchemy.engine import make_url
 

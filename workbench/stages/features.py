@@ -54,7 +54,12 @@ def run_features(
     fp = frame_fingerprint(bars)
     fs = resolve_feature_set(strat.feature_set, cfg)
     fstore = FeatureStore.from_config(cfg)
-    feats = fstore.get_or_compute(bars, fs, fp, cfg)
+    if cfg.dask.executor == "dask":  # per-symbol features fanned out over Dask workers
+        from workbench.features.distributed import get_or_compute_on_dask
+
+        feats = get_or_compute_on_dask(fstore, bars, fs, fp, cfg)
+    else:
+        feats = fstore.get_or_compute(bars, fs, fp, cfg)
     labels = build_labels(bars, strat.label)
     cols = list(fs.columns)
     table = (

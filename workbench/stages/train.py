@@ -125,8 +125,13 @@ def search_space(space: dict[str, ParamRange]) -> dict[str, BaseDistribution]:
 
 
 def storage_url(cfg: WorkbenchConfig, url: str) -> str:
-    """Resolve a relative SQLite path of an Optuna storage URL against the project root."""
+    """Resolve a relative SQLite or ``journal:`` path of an Optuna storage against the project."""
     from sqlalchemy.engine import make_url
+
+    if url.startswith("journal:"):  # a journal file every local worker shares
+        from workbench.models.parallel_search import journal_path
+
+        return f"journal:{cfg.path(journal_path(url)).resolve()}"
 
     u = make_url(url)
     if u.drivername.startswith("sqlite") and u.database not in (None, "", ":memory:"):
@@ -200,6 +205,7 @@ def run_train(
     multiples = strat.decision.cost_multiples
     decisions = {"cost_multiple": CategoricalDistribution(list(multiples))} if multiples else None
     fixed = {k: v for k, v in strat.model.items() if k not in space and k not in _NOT_SEARCHED}
+    distributed = bool(fixed.pop("distributed", False))  # model.distributed: refit on Dask
     key = {
         "strategy": strategy,
         "data": frame_fingerprint(train),
@@ -228,8 +234,17 @@ def run_train(
         backtest_fn=bt.fold_sharpe,
         progress=progress,
         decision_space=decisions,
+        workers=sc.workers,  # > 1: trials on Dask workers (dask.address or a LocalCluster)
+        cluster=cfg.dask,
     )
-    model = refit(res.best_params, train, feats)
+    if distributed:  # lightgbm.dask on cfg.dask's cluster (a LocalCluster by default)
+        from workbench.cluster import open_client
+        from workbench.models.lgbm_dask import fit_on_dask
+
+        with open_client(cfg.dask) as client:
+            model = fit_on_dask(train, feats, client=client, params=res.best_params)
+    else:
+        model = refit(res.best_params, train, feats)
     decision = bt.with_decision(res.best_decision if decisions else None).decision
     # the spread among configurations from completed trials (all folds); every trial counts in N
     trial_sharpes = list(res.trial_sharpes(include_pruned=False).values())
