@@ -23,6 +23,7 @@ def test_the_stage_notebooks_exist() -> None:
         "04_validate",
         "05_trade_session",
         "06_portfolio",
+        "07_session_review",
         "08_monitor",
     ]
 

@@ -541,3 +541,52 @@ def _logged_model_id(model: Any) -> str | None:
     if not found and src.startswith("models:/m-"):
         found = src[len("models:/") :].split("/")[0]
     return found or None
+
+
+def divergence_history(model_name: str, version: str | None = None) -> pl.DataFrame:
+    """Every divergence report logged for ``model_name`` (one version, or all): one row per
+    session with its run id, PnL of session and backtest and the attribution, oldest first."""
+    import mlflow
+
+    flt = f"tags.report = 'divergence' and tags.model_name = '{model_name}'"
+    if version:
+        flt += f" and tags.model_version = '{version}'"
+    runs = mlflow.MlflowClient().search_runs(
+        [e.experiment_id for e in mlflow.search_experiments()], flt, max_results=50_000,
+        order_by=["attributes.start_time ASC"],
+    )  # fmt: skip
+    cols = ["pnl_session", "pnl_backtest", "pnl_diff", *(f"attr_{b}" for b in BUCKETS),
+            "missed_trades", "extra_trades", "fill_error_bps_p50", "fill_error_bps_p90",
+            "lag_seconds_p50"]  # fmt: skip
+    rows = [
+        {
+            "session_date": r.data.tags.get("session_date", ""),
+            "session_id": r.data.tags.get("session_id", ""),
+            "version": r.data.tags.get("model_version", ""),
+            "run_id": r.info.run_id,
+            **{c: r.data.metrics.get(c, math.nan) for c in cols},
+        }
+        for r in runs
+    ]
+    schema = {"session_date": pl.String, "session_id": pl.String, "version": pl.String,
+              "run_id": pl.String, **dict.fromkeys(cols, pl.Float64)}  # fmt: skip
+    return pl.DataFrame(rows, schema=schema).unique(
+        ["session_id", "version"], keep="last", maintain_order=True
+    )
+
+
+def history_figure(history: pl.DataFrame, title: str = "sessions vs their backtests") -> Any:
+    """Plotly figure: per session, the attribution of session - backtest PnL (stacked bars) and
+    both PnLs (lines)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    x = history["session_date"].to_list()
+    for b in BUCKETS:
+        fig.add_trace(go.Bar(x=x, y=history[f"attr_{b}"].to_list(), name=b))
+    fig.add_trace(go.Scatter(x=x, y=history["pnl_session"].to_list(), name="session PnL",
+                             mode="lines+markers"))  # fmt: skip
+    fig.add_trace(go.Scatter(x=x, y=history["pnl_backtest"].to_list(), name="backtest PnL",
+                             mode="lines+markers", line={"dash": "dot"}))  # fmt: skip
+    fig.update_layout(barmode="relative", title=title, height=440, yaxis_title="$")
+    return fig

@@ -255,3 +255,24 @@ def shadow_gate(sessions: pl.DataFrame, version: str, min_sessions: int) -> tupl
 def _mean(s: pl.Series) -> float:
     v = s.drop_nulls().drop_nans()
     return float(v.mean()) if v.len() else math.nan
+
+
+def shadow_figure(sessions: pl.DataFrame, champion_version: str, challenger_version: str) -> Any:
+    """Plotly figure: both arms' session returns by date and their difference."""
+    import plotly.graph_objects as go
+
+    ch = sessions.filter((pl.col("version") == champion_version) & (pl.col("role") == "champion"))
+    cl = sessions.filter(
+        (pl.col("version") == challenger_version) & (pl.col("role") == "challenger")
+    )
+    both = ch.join(cl, on="session_date", suffix="_cl").sort("session_date")
+    fig = go.Figure()
+    x = both["session_date"].to_list()
+    fig.add_trace(go.Scatter(x=x, y=both["session_return"].to_list(),
+                             name=f"champion v{champion_version}", mode="lines+markers"))  # fmt: skip
+    fig.add_trace(go.Scatter(x=x, y=both["session_return_cl"].to_list(),
+                             name=f"challenger v{challenger_version}", mode="lines+markers"))  # fmt: skip
+    fig.add_trace(go.Bar(x=x, y=(both["session_return_cl"] - both["session_return"]).to_list(),
+                         name="difference", opacity=0.5))  # fmt: skip
+    fig.update_layout(title="shadow sessions: session returns", height=420, yaxis_tickformat=".3%")
+    return fig
