@@ -61,6 +61,20 @@ def _validate(cfg, parent: str, ref: ModelRef, features_path: Path, store: Path,
     return res, msg, stage.run_id
 
 
+def _pinned_config(tmp: Path) -> Path:
+    """The project's config with the strategy's decision pinned to fixed thresholds (the models
+    here are registered by hand, without a search to choose them)."""
+    import yaml
+
+    out = tmp / "config"
+    shutil.copytree(REPO / "config", out)
+    path = out / "strategies" / f"{STRAT}.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec["decision"] = {"method": "threshold", "long": 0.0003, "short": -0.0003}
+    path.write_text(yaml.safe_dump(spec))
+    return out
+
+
 def _features(cfg, store: Path, out: Path):
     return run_features(cfg, store_root=str(store), symbols=SYMBOLS, timeframe="5Min",
                         start="2024-01-02", end="2024-02-15", strategy=STRAT, out_dir=out)  # fmt: skip
@@ -89,7 +103,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     for k, v in {
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
         "WB_MLFLOW__ARTIFACT_ROOT": str(tmp / "mlartifacts"),
-        "WB_CONFIG_DIR": str(REPO / "config"),
+        "WB_CONFIG_DIR": str(_pinned_config(tmp)),
         "WB_STORE__FEATURES_ROOT": str(root / "data" / "features"),
         # light costs: six weeks of the planted edge clear every gate of the strategy
         "WB_BACKTEST__COSTS__HALF_SPREAD_BPS": "0.5",
@@ -203,6 +217,35 @@ def test_identical_challenger_is_not_promoted(project: dict) -> None:
     assert str(client.get_model_version_by_alias(STRAT, CHAMPION).version) == before
     decision = json.loads(client.get_registered_model(STRAT).tags["last_promotion_decision"])
     assert decision["promoted"] is False and decision["challenger"] == twin.version
+
+
+def test_recorded_shadow_sessions_are_paired_and_can_be_required(project: dict) -> None:
+    from workbench.models.promotion import shadow_pairs
+
+    cfg, twin, good = project["cfg"], project["twin"], project["good"]
+    client = mlflow.MlflowClient()
+    exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
+    returns = {  # (date, role, version) -> session return; one challenger date has no pair
+        ("2024-02-12", "champion", good.version): 0.001,
+        ("2024-02-12", "challenger", twin.version): 0.003,
+        ("2024-02-13", "champion", good.version): -0.002,
+        ("2024-02-13", "challenger", twin.version): 0.0,
+        ("2024-02-14", "challenger", twin.version): 0.01,
+        ("2024-02-14", "champion", "99"): 0.5,  # another version: not this pair
+    }
+    for (day, role, version), r in returns.items():
+        run = client.create_run(exp, tags={"report": "shadow", "model_name": STRAT,
+                                           "session_date": day, "shadow_role": role,
+                                           "model_version": version})  # fmt: skip
+        client.log_metric(run.info.run_id, "session_return", r)
+        client.set_terminated(run.info.run_id)
+    pairs = shadow_pairs(STRAT, good.version, twin.version)
+    assert pairs == [(0.001, 0.003), (-0.002, 0.0)]
+    strict = cfg.model_copy(update={"models": cfg.models.model_copy(update={
+        "promotion": cfg.models.promotion.model_copy(update={"min_shadow_sessions": 3})})})  # fmt: skip
+    res = promote(strict, STRAT)
+    assert not res.promoted and res.shadow_test is not None and res.shadow_test.n == 2
+    assert "2 shadow session(s) < models.promotion.min_shadow_sessions 3" in res.reason
 
 
 def test_demote_restores_the_previous_champion(project: dict) -> None:

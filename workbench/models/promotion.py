@@ -12,7 +12,7 @@ refused by name. Both versions are backtested on that window by
   the challenger must be better at level ``models.promotion.alpha``),
 * the challenger's deflated Sharpe ratio on the window (corrected for its search's trials),
   at least ``models.promotion.min_deflated_sharpe`` (default: the strategy's gate, else 0.95),
-* shadow sessions when given (paired session returns, champion and challenger on the same bars):
+* shadow sessions when recorded (paired session returns, champion and challenger on the same bars):
   at least ``models.promotion.min_shadow_sessions`` of them, and the challenger not behind on
   average (their paired t-test is recorded).
 
@@ -257,6 +257,22 @@ def _judge(
     return better and dsr_ok and shadow_ok, "; ".join(parts), sh
 
 
+def shadow_pairs(name: str, champion: str, challenger: str) -> list[tuple[float, float]]:
+    """``(champion, challenger)`` session returns of the shadow sessions recorded for these two
+    versions (:func:`workbench.execution.shadow.shadow_sessions`), paired by session date."""
+    from workbench.execution.shadow import shadow_sessions
+
+    s = shadow_sessions(name)
+
+    def side(version: str, role: str) -> dict[str, float]:
+        f = s.filter((pl.col("version") == version) & (pl.col("role") == role))
+        return dict(zip(f["session_date"], f["session_return"], strict=True))
+
+    a, b = side(champion, "champion"), side(challenger, "challenger")
+    pairs = [(float(a[d]), float(b[d])) for d in sorted(set(a) & set(b))]
+    return [p for p in pairs if math.isfinite(p[0]) and math.isfinite(p[1])]
+
+
 def _lineage(client: Any, name: str) -> list[str]:
     raw = client.get_registered_model(name).tags.get(LINEAGE_TAG)
     return [str(v) for v in json.loads(raw)] if raw else []
@@ -341,7 +357,8 @@ def promote(
     reason : str
         Why (recorded with the decision).
     shadow : sequence of (champion, challenger) session returns, optional
-        Shadow sessions of the challenger beside the champion on the same bars.
+        Shadow sessions of the challenger beside the champion on the same bars (default: the
+        ones recorded in MLflow for these two versions, :func:`shadow_pairs`).
     evaluate : callable, optional
         ``(version, window, table, bars) -> Evaluation``; default
         :func:`~workbench.validation.evaluate.evaluate_model` of the version's model.
@@ -382,6 +399,8 @@ def promote(
         )  # fmt: skip
     else:
         cmp = compare_on_window(cfg, chal, champ, evaluate=evaluate)
+        if shadow is None:
+            shadow = shadow_pairs(name, champ.version, chal.version)
         decision, why, sh = _judge(cfg, strategy, chal, champ, cmp, shadow)
     client = mlflow.MlflowClient()
     at = (now or datetime.now(UTC)).isoformat()
