@@ -156,3 +156,17 @@ def test_a_mistyped_variant_is_refused_before_anything_runs(project: Path) -> No
 def test_an_unknown_executor_is_refused(project: Path) -> None:
     with pytest.raises(PipelineError, match="--executor local .* or\n?.*--executor dask"):
         run_sweep("sweepy", ["x=1,2"], executor="ray", cfg=load_config(project), echo=print)
+
+
+def test_wb_sweep_refuses_a_bad_grid_with_exit_2(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    monkeypatch.chdir(project)
+    res = CliRunner().invoke(app, ["sweep", "sweepy", "-p", "y=1,2", "--executor", "local"])
+    assert res.exit_code == 2, res.output
+    assert "has no parameter 'y'" in res.output
+    assert not (project / "runs" / "sweeps").exists()
