@@ -4,6 +4,7 @@ Thanksgiving 2024 (Thursday closed, Friday a half day closing 13:00 New York).""
 from __future__ import annotations
 
 import json
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -93,15 +94,20 @@ def test_next_and_list_refuse_bad_input_with_the_fix(repo_env: Path) -> None:
 class FakeRuns:
     """Stands in for run_pipeline: records each run; the pipelines in ``fail`` fail."""
 
-    def __init__(self, root: Path, fail: tuple[str, ...] = ()) -> None:
-        self.root, self.fail = root, fail
+    def __init__(self, root: Path, fail: tuple[str, ...] = (), psi: dict | None = None) -> None:
+        self.root, self.fail, self.psi = root, fail, psi or {}
         self.calls: list[tuple[str, dict, str, str]] = []
 
     def __call__(self, pipeline, params, *, cfg, session, trigger, echo):
         from tests.pipeline.conftest import tiny_result
 
         self.calls.append((pipeline, params, session.isoformat(), trigger))
-        return tiny_result(self.root / pipeline, ok=pipeline not in self.fail)
+        run_dir = self.root / pipeline / str(len(self.calls))
+        if pipeline == "nightly_monitor":  # what 08_monitor hands on
+            run_dir.mkdir(parents=True)
+            out = {"psi": self.psi, "model_age_days": 30.0, "retrain": False}
+            (run_dir / "monitor.outputs.json").write_text(json.dumps({"outputs": out}))
+        return tiny_result(run_dir, ok=pipeline not in self.fail)
 
 
 def test_run_now_runs_the_after_jobs_for_the_same_session(
@@ -198,3 +204,38 @@ def test_wb_schedule_start_runs_the_default_schedule(repo_env: Path) -> None:
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, text + out
     assert "scheduler stopped" in out
+
+
+@pytest.mark.parametrize("switch", ["true", "false"])
+def test_drift_past_the_alert_runs_weekly_retrain_early_when_switched_on(
+    repo_env: Path, monkeypatch: pytest.MonkeyPatch, switch: str
+) -> None:
+    import workbench.pipeline.runner as runner_mod
+
+    monkeypatch.setenv("WB_MONITORING__RETRAIN_ON_DRIFT", switch)
+    monkeypatch.setenv("WB_ALERTS__HISTORY_PATH", str(repo_env / "alerts.jsonl"))
+    fake = FakeRuns(repo_env, psi={"ret_1": 0.31, "ret_3": 0.05, "prediction": None})
+    monkeypatch.setattr(runner_mod, "run_pipeline", fake)
+    res = runner.invoke(app, ["schedule", "run-now", "daily_ingest"])
+    assert res.exit_code == 0, res.output
+    ran = [c[0] for c in fake.calls]
+    if switch == "false":
+        assert ran == ["daily_ingest", "nightly_monitor"]
+        assert (
+            "retrain early: no (drift past 0.25 (ret_1 0.310) but monitoring.retrain_on_drift is off)"
+            in res.output
+        )
+        return
+    assert ran == ["daily_ingest", "nightly_monitor", "weekly_retrain"]
+    session = fake.calls[0][2]
+    assert fake.calls[2][1] == {
+        "start": (date.fromisoformat(session) - timedelta(days=364)).isoformat(),
+        "end": session,
+    }
+    assert fake.calls[2][3] == "schedule:weekly_retrain"
+    assert "retrain early: yes (drift past 0.25: ret_1 0.310)" in res.output
+    # no drift: no early retrain
+    fake.calls.clear()
+    fake.psi = {"ret_1": 0.2}
+    res = runner.invoke(app, ["schedule", "run-now", "daily_ingest"])
+    assert [c[0] for c in fake.calls] == ["daily_ingest", "nightly_monitor"], res.output

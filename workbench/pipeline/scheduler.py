@@ -14,8 +14,11 @@ the pipeline still runs is skipped (APScheduler's max_instances, then the lock).
 scheduler process on the same job store is refused (it would run every job twice).
 
 A job with ``after: <job>`` runs when that job's run for a session finishes ok (a one-off job in
-the store, so a restart in between still runs it). Failed runs keep their forensics (failed
-notebook, HTML, the failing cell and error, in the run folder and MLflow) and raise an alert.
+the store, so a restart in between still runs it). After a run that leaves nightly-monitor
+outputs, drift past ``monitoring.psi_alert`` runs the ``weekly_retrain`` job early the same way
+when ``monitoring.retrain_on_drift`` is on (:mod:`workbench.monitoring.retrain` decides). Failed
+runs keep their forensics (failed notebook, HTML, the failing cell and error, in the run folder
+and MLflow) and raise an alert.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from workbench.pipeline.schedule_spec import (
 log = logging.getLogger("workbench.scheduler")
 
 FUNC = "workbench.pipeline.scheduler:fire_job"
+RETRAIN = "weekly_retrain"  # the pipeline drift may run early (monitoring.retrain_on_drift)
 SCHEDULER_LOCK = "(scheduler)"  # the lock a scheduler process holds in its job store's database
 _SERVICE: SchedulerService | None = None  # the service of this process (jobs call into it)
 
@@ -369,7 +373,46 @@ class SchedulerService:
                     self.fire(dep.name, session=session, fire_time=fire_time, inline_after=True)
             else:
                 self._queue_dependents(job, session, fire_time)
+            self._retrain_early(out, session, fire_time, inline_after)
         return out
+
+    def retrain_job(self) -> str | None:
+        """The job that runs the ``weekly_retrain`` pipeline (what drift may run early)."""
+        return next((j.name for j in self.schedule.jobs.values() if j.pipeline == RETRAIN), None)
+
+    def _retrain_early(
+        self, out: RunOutcome, session: date, fire_time: datetime, inline: bool
+    ) -> None:
+        """After a nightly monitor run: run the retrain job now when its drift decision says so
+        (``monitoring.retrain_on_drift``, see :mod:`workbench.monitoring.retrain`)."""
+        if not out.run_dir or not (Path(out.run_dir) / "monitor.outputs.json").exists():
+            return
+        from workbench.monitoring.retrain import retrain_decision_from_outputs
+
+        d = retrain_decision_from_outputs(out.run_dir, self.cfg)
+        self.echo(
+            f"{_stamp(self.clock())} {out.job}: retrain early: {'yes' if d else 'no'} ({d.reason})"
+        )
+        target = self.retrain_job()
+        if not d or target is None or target == out.job:
+            if d and target is None:
+                self.echo(f"  no job runs the {RETRAIN!r} pipeline in {self.schedule.path.name}")
+            return
+        self.alert(
+            "warning", f"{target} runs early (session {session}): {d.reason}",
+            {"columns": d.columns, "session": session.isoformat(), "after": out.job}, f"retrain:{target}",
+        )  # fmt: skip
+        if inline:
+            self.fire(target, session=session, fire_time=fire_time, inline_after=True)
+        elif self.scheduler is not None and self.scheduler.running:
+            self.scheduler.add_job(
+                FUNC, DateTrigger(run_date=self.clock()), id=f"{target}@{session.isoformat()}",
+                name=f"{RETRAIN}: early, drift ({session})",
+                kwargs={"job": target, "session": session.isoformat(), "fire_time": fire_time.isoformat()},
+                replace_existing=True, misfire_grace_time=self.grace(target), coalesce=True,
+                max_instances=1,
+            )  # fmt: skip
+            self.echo(f"{_stamp(self.clock())} {target}: queued early (drift, session {session})")
 
     def run_now(self, job_or_pipeline: str, *, after: bool = True) -> list[RunOutcome]:
         """Fire a job now (``wb schedule run-now``), for the session of its latest fire time,
