@@ -201,6 +201,9 @@ class GatesConfig(_Frozen):
     min_win_rate: float | None = None  # fraction
     min_ic: float | None = None  # out-of-sample information coefficient
     max_turnover: float | None = None  # average daily turnover, x equity
+    # lower end of the Sharpe ratio's bootstrap interval (stationary bootstrap of the
+    # walk-forward returns, validation.montecarlo); e.g. 0.0: the edge must be positive at 95%
+    min_sharpe_ci_low: float | None = None
 
 
 class LabelConfig(_Frozen):
@@ -887,12 +890,6 @@ def load_config(root: str | Path | None = None, env: str | None = None) -> Workb
     """
     project = Path(root).resolve() if root is not None else find_project_root()
     cfg_dir = Path(os.environ.get("WB_CONFIG_DIR") or project / "config")
-    if os.environ.get("WB_CONFIG_DIR") and not cfg_dir.is_dir():
-        raise ConfigError(
-            f"WB_CONFIG_DIR={os.environ['WB_CONFIG_DIR']!r} is not a folder (nothing would be read "
-            "from it and the built-in defaults would run silently). Fix: point WB_CONFIG_DIR at the "
-            "folder holding workbench.yaml, or unset it to use <project>/config."
-        )
     if os.environ.get("WB_CONFIG_DIR") and not cfg_dir.is_dir():
         raise ConfigError(
             f"WB_CONFIG_DIR={os.environ['WB_CONFIG_DIR']!r} is not a folder (nothing would be read "

@@ -32,6 +32,7 @@ GATES: dict[str, tuple[str, str]] = {
     "min_win_rate": ("win_rate", ">="),
     "min_ic": ("ic", ">="),
     "max_turnover": ("turnover", "<="),
+    "min_sharpe_ci_low": ("sharpe_ci_low", ">="),  # stationary bootstrap (validation.montecarlo)
 }
 
 
