@@ -204,7 +204,7 @@ def reproduce(
     from papermill.exceptions import PapermillExecutionError
 
     from workbench import tracking
-    from workbench.pipeline.runner import _kernel_env, _log_notebook, _read_outputs
+    from workbench.pipeline.runner import _kernel_env, _log_notebook, _read_outputs, kernel_manager
 
     rid = check_run_id(run_id)
     cfg = cfg or load_config()
@@ -257,7 +257,10 @@ def reproduce(
         echo(f"reproducing {rid}: {notebook} (scratch registry, Optuna storage and ledger)")
         failure = ""
         try:
-            with _kernel_env(MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=registry):
+            with (
+                _kernel_env(MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=registry),
+                kernel_manager() as km,
+            ):
                 papermill.execute_notebook(
                     str(nb),
                     str(executed),
@@ -266,6 +269,7 @@ def reproduce(
                     progress_bar=False,
                     cwd=str(nb.parent),
                     execution_timeout=execution_timeout,
+                    km=km,
                 )
         except PapermillExecutionError as exc:
             failure = f"cell {exc.cell_index} (In [{exc.exec_count}]): {exc.ename}: {exc.evalue}"

@@ -112,6 +112,25 @@ def _kernel_env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def kernel_manager(kernel_name: str = "python3") -> Iterator[Any]:
+    """A kernel manager for one papermill execution, with CurveZMQ transport encryption when
+    pyzmq supports it (the kernel then no longer warns "Kernel is running over TCP without
+    encryption" into every run's output); the kernel is shut down afterwards."""
+    import zmq
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(
+        kernel_name=kernel_name, transport_encryption="auto" if zmq.has("curve") else "disabled"
+    )
+    try:
+        yield km
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=False)
+        km.cleanup_resources()
+
+
 def _read_outputs(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
@@ -367,7 +386,7 @@ def _run(
             res = StepResult(step.name, "ok", notebook=str(out_nb))
             t_pm = time.perf_counter()
             try:
-                with _kernel_env(MLFLOW_TRACKING_URI=uri):
+                with _kernel_env(MLFLOW_TRACKING_URI=uri), kernel_manager() as km:
                     papermill.execute_notebook(
                         str(nb_path),
                         str(out_nb),
@@ -376,6 +395,7 @@ def _run(
                         progress_bar=False,
                         cwd=str(nb_path.parent),
                         execution_timeout=step.timeout or execution_timeout,
+                        km=km,
                     )
             except PapermillExecutionError as exc:
                 res.status = "failed"
