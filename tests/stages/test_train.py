@@ -67,10 +67,15 @@ def test_search_refit_and_pbo_on_the_training_window(
     assert res.search.score == "sharpe" and all(abs(s) < 1 for s in res.trial_sharpes)
     # PBO from CPCV over the best configurations
     assert res.cpcv is not None and res.cpcv.configs == res.search.top_params(3)
-    assert 0 <= res.metrics["pbo"] <= 1 and res.cpcv.path_sharpes.shape == (
+    assert 0 <= res.cpcv.pbo.pbo <= 1 and res.cpcv.path_sharpes.shape == (
         5,
         len(res.cpcv.configs),
     )
+    # among distinct candidates only: near-duplicates count once, too few is "not measurable"
+    assert res.metrics["pbo_distinct"] == res.cpcv.n_distinct == len(res.cpcv.representatives)
+    assert math.isnan(res.metrics["pbo"]) == (res.cpcv.n_distinct < 3)  # gates.pbo_min_distinct
+    if res.cpcv.n_distinct >= 3:
+        assert res.metrics["pbo"] == res.cpcv.pbo.pbo
     assert res.metrics["effective_trials"] <= 4
     assert res.metrics["ic_valid"] > 0.1  # the planted edge is found out of sample
 

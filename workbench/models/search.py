@@ -846,7 +846,8 @@ def _figures(
 
     figs: dict[str, Any] = {"optimization_history": plot_optimization_history(study)}
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) >= 2 and complete[0].params:
+    values = {float(t.value) for t in complete if t.value is not None}
+    if len(complete) >= 2 and complete[0].params and len(values) >= 2:  # fANOVA needs variance
         # fANOVA, named explicitly: Optuna 5's default evaluator is PED-ANOVA; fANOVA fits a
         # scikit-learn random forest locally (seeded, so the figure is reproducible)
         figs["param_importances"] = plot_param_importances(
