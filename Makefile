@@ -45,8 +45,8 @@ format: $(VENV)/.dev  ## apply ruff formatting and fixes
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-lab: $(VENV)/.base  ## JupyterLab on notebooks/
-	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1
+lab: $(VENV)/.base  ## JupyterLab on notebooks/ (--allow-root when run as root: containers, CI)
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root)
 
 ui: $(VENV)/.base  ## MLflow UI on 127.0.0.1:5000 over the project's tracking store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts --host 127.0.0.1 --port 5000
