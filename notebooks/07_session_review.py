@@ -81,8 +81,9 @@ if curve is not None:
     display(curve_table(curve))
     fc = forecasts(curve, obs)
     err = fc.select((pl.col("slip_bps") - pl.col("forecast_bps")).alias("error_bps"))
-    stage.log_metrics({"slippage_version": curve.version, "slippage_fills": obs.height,
-                       "slippage_mae_bps": float(err["error_bps"].abs().mean())})
+    stage.log_metrics({"slippage_version": curve.version, "slippage_fills": obs.height})
+    if obs.height:
+        stage.log_metrics({"slippage_mae_bps": float(err["error_bps"].abs().mean())})
     fig = curve_figure(curve, obs)
     stage.log_figure(fig, "slippage_model")
     fig.show()
