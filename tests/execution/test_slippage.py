@@ -251,3 +251,23 @@ def _fills_from(bars: pl.DataFrame) -> pl.DataFrame:
         "ref_price": b["open"], "price": b["open"] * (1 + side * 3e-4), "commission": 0.0,
         "cost": 0.0, "execution_id": [f"e{i}" for i in range(b.height)], "venue": "sim",
     })  # fmt: skip
+
+
+def test_the_limit_buffer_is_at_least_the_forecast(model) -> None:
+    from workbench.config import ExecutionPolicyConfig
+    from workbench.execution.slippage import SlippageAwarePolicy
+
+    cfg = ExecutionPolicyConfig(order_type="limit", limit_buffer_bps=1.0)
+    pol = SlippageAwarePolicy(cfg, curve=model.curve)
+    t = DAY0 + timedelta(minutes=5)  # the open's bucket: the costliest
+    want = model.forecast("S5", "buy", 500.0, 100.0, t)
+    assert want > 1.0
+    (buy,) = pol.plan("S5", 500.0, position=0.0, price=100.0, decided_at=t)
+    assert buy.limit_price == round(100.0 * (1 + want * 1e-4), 2)
+    (sell,) = pol.plan("S5", -500.0, position=0.0, price=100.0, decided_at=t)
+    assert sell.limit_price == round(100.0 * (1 - want * 1e-4), 2)
+    assert pol.config.limit_buffer_bps == 1.0  # the configured buffer is left as it was
+    cheap = SlippageAwarePolicy(cfg.model_copy(update={"limit_buffer_bps": 500.0}),
+                                curve=model.curve)  # fmt: skip
+    (b2,) = cheap.plan("S5", 500.0, position=0.0, price=100.0, decided_at=t)
+    assert b2.limit_price == round(100.0 * 1.05, 2)  # a larger configured buffer wins

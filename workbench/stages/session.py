@@ -225,7 +225,7 @@ def run_trade_session(
         engine = SessionEngine(
             session_id=sid, policy=policy, symbols=symbols, features=fe, predict=predict,
             feature_names=feats, broker=venue, ledger=ledger,
-            execution=ExecutionPolicy(ex.policy, venue.capabilities), session_date=day,
+            execution=execution_policy(cfg, venue.capabilities), session_date=day,
             mode=mode, clock=ReplayClock(start_ts) if mode == "replay" else WallClock(),
             killswitch=ks, settle_seconds=ex.settle_seconds if mode == "replay" else None,
             on_shutdown=ex.on_shutdown, reconcile_config=ex.reconcile,
@@ -249,6 +249,17 @@ def run_trade_session(
         ref, day, res, frame_fingerprint(bars), bars=bars, session_start=start_ts, policy=policy,
         model_object=lgbm, feature_names=tuple(feats), session_id=sid,
     )  # fmt: skip
+
+
+def execution_policy(cfg: WorkbenchConfig, capabilities: Any) -> ExecutionPolicy:
+    """The session's execution policy: limit orders buffered by at least the slippage model's
+    forecast when one is saved (``backtest.costs.slippage_path``), else the configured buffer."""
+    from workbench.execution.slippage import SlippageAwarePolicy, SlippageStore
+
+    if cfg.execution.policy.order_type != "limit":
+        return ExecutionPolicy(cfg.execution.policy, capabilities)
+    curve = SlippageStore(cfg.path(cfg.backtest.costs.slippage_path)).latest()
+    return SlippageAwarePolicy(cfg.execution.policy, capabilities, curve=curve)
 
 
 def session_monitor(
