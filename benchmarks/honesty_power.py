@@ -146,22 +146,32 @@ def study(
     log: Path | None = None,
 ) -> pl.DataFrame:
     """Run every (seed, alpha) and return one row per run (each also appended to ``log``)."""
+    import mlflow
     from tqdm.auto import tqdm
 
     rows = []
+    keys = ("MLFLOW_TRACKING_URI", "WB_MLFLOW__ARTIFACT_ROOT", "WB_RISK__STATE_URL")
+    saved = {k: os.environ.get(k) for k in keys}
+    before = mlflow.get_tracking_uri()
     with tempfile.TemporaryDirectory(prefix="honesty-power-") as tmp:
         work = Path(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
         os.environ["WB_MLFLOW__ARTIFACT_ROOT"] = str(work / "mlartifacts")
         os.environ["WB_RISK__STATE_URL"] = f"sqlite:///{work / 'risk.db'}"
-        import mlflow
-
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        runs = [(a, s) for a in alphas for s in seeds]
-        for alpha, seed in tqdm(runs, desc="research runs", disable=not progress):
-            rows.append(run_one(seed, alpha, setting, work))
-            if log is not None:
-                pl.DataFrame(rows).write_csv(log)
+        try:
+            mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+            runs = [(a, s) for a in alphas for s in seeds]
+            for alpha, seed in tqdm(runs, desc="research runs", disable=not progress):
+                rows.append(run_one(seed, alpha, setting, work))
+                if log is not None:
+                    pl.DataFrame(rows).write_csv(log)
+        finally:  # the caller's tracking and environment back as they were
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            mlflow.set_tracking_uri(before)
     return pl.DataFrame(rows)
 
 
