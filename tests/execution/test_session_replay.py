@@ -260,8 +260,10 @@ def test_each_cost_reduces_pnl_by_its_hand_computed_amount(case: str) -> None:
     assert venue.equity - 100_000 == pytest.approx(
         frictionless_pnl(bars, res.fills) - paid - borrow, abs=1e-6
     )
-    # the session's PnL (its risk book) carries every cost but the venue's borrow (see below)
-    assert res.net_pnl == pytest.approx(frictionless_pnl(bars, res.fills) - paid, abs=1e-6)
+    # the session's PnL (its risk book) carries every cost, the venue's borrow included
+    assert res.net_pnl == pytest.approx(
+        frictionless_pnl(bars, res.fills) - paid - borrow, abs=1e-6
+    )
     # the cost of this case is there and material, and it never helps
     want = {"all": ("spread", "slippage", "u_shape", "impact", "commission")}.get(case, (case,))
     for k in want:
@@ -269,10 +271,6 @@ def test_each_cost_reduces_pnl_by_its_hand_computed_amount(case: str) -> None:
     assert venue.equity < free_venue.equity
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the session's PnL is its risk book's, which leaves out the borrow the venue charges",
-)
 def test_the_session_pnl_carries_the_venues_borrow() -> None:
     _, res, venue = fade(CASES["borrow"])
     assert sum(a for _, _, a in venue.borrow_charges) > 5.0

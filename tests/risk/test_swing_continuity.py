@@ -38,7 +38,11 @@ from workbench.risk import RiskPolicy
 from .conftest import LookupFeatures, lookup_predict, reversal_predictions
 
 COSTS = CostsConfig(
-    commission_per_share=0.005, commission_min=1.0, half_spread_bps=2.0, slippage_bps=1.0
+    commission_per_share=0.005,
+    commission_min=1.0,
+    half_spread_bps=2.0,
+    slippage_bps=1.0,
+    borrow_bps_annual=300.0,  # shorts held overnight pay for the whole night, in both
 )
 FIRST = datetime(2024, 11, 26, 14, 30, tzinfo=UTC)  # day 1 (11-25) warms the engines up
 

@@ -192,6 +192,9 @@ class SessionEngine:
         Where the health status is written (JSON, atomically) after each bar.
     observer : SessionObserver, optional
         Metrics and monitoring (:class:`workbench.monitoring.session.SessionMonitor`).
+    borrow_bps_annual : float, optional
+        Borrow the risk book charges on shorts (default: the broker's ``costs`` when it has them,
+        as the simulated venue does; else 0).
     """
 
     def __init__(
@@ -217,8 +220,10 @@ class SessionEngine:
         health_path: Path | None = None,
         model: str = "",
         observer: SessionObserver | None = None,
+        borrow_bps_annual: float | None = None,
     ) -> None:
         self.session_id = session_id
+        self.borrow_bps_annual = borrow_bps_annual
         self.observer = observer
         self.model = model
         self.policy = policy
@@ -312,7 +317,7 @@ class SessionEngine:
         self._pos = dict(self.ledger.positions(self.session_id))
         self.risk = RiskEngine(
             self.policy, self.symbols, initial_cash=float(rec.params["initial_cash"]),
-            assets=self.assets, store=None,
+            assets=self.assets, store=None, borrow_bps_annual=self._borrow_bps(),
         )  # fmt: skip
         if self._done_until is None and self.killswitch is not None:
             self.risk.attach_store(self.killswitch)
@@ -323,6 +328,14 @@ class SessionEngine:
             self._carry_in(prev.session_id, now, float(rec.params["initial_cash"]))
         self._last_ok = time.monotonic()
         return self.report
+
+    def _borrow_bps(self) -> float:
+        """The borrow rate the book charges: given, else the venue's cost config (the simulated
+        venue charges the backtest's), else none (a broker account charges its own)."""
+        if self.borrow_bps_annual is not None:
+            return float(self.borrow_bps_annual)
+        costs = getattr(self.broker, "costs", None)
+        return float(getattr(costs, "borrow_bps_annual", 0.0) or 0.0)
 
     def _previous(self, strategy: str, broker_name: str) -> SessionRecord | None:
         """The strategy's latest earlier session on this broker and mode that ended (has an end

@@ -55,6 +55,7 @@ class FillEvent:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
+_US_PER_DAY = 86_400_000_000
 
 
 def _us(ts: datetime) -> int:
@@ -79,6 +80,9 @@ class RiskEngine:
         Asset facts (tradable, shortable, easy to borrow, fractionable).
     store : KillSwitchStore, optional
         Where the kill-switch state persists; a halted state there halts the engine.
+    borrow_bps_annual : float
+        Borrow charged on shorts at each close (the backtest's ``costs.borrow_bps_annual``), so
+        the book's equity is the venue's.
     """
 
     def __init__(
@@ -89,8 +93,10 @@ class RiskEngine:
         initial_cash: float,
         assets: Mapping[str, AssetFacts] | None = None,
         store: KillSwitchStore | None = None,
+        borrow_bps_annual: float = 0.0,
     ) -> None:
         self.policy = policy
+        self.borrow_bps_annual = float(borrow_bps_annual)
         self.symbols = sorted(symbols)
         self.col = {s: i for i, s in enumerate(self.symbols)}
         n = len(self.symbols)
@@ -207,7 +213,7 @@ class RiskEngine:
         )
         self._last_atr = atr[t].copy()
         self._last_ret = ret
-        K.mark_nb(self.s, self.g, self._cl, row, 0.0)
+        K.mark_nb(self.s, self.g, self._cl, row, self._borrow_rate(row, ts_us))
         was = self.halted
         K.killswitch_nb(self.s, self.g, t, int(day[0]), self.rp)
         n_ord0, n_den0 = self._n_ord, self._n_den
@@ -352,6 +358,14 @@ class RiskEngine:
         self.g[K.G_EQ] = float(cash) + float(value)
         self.g[K.G_PREV_EQ] = self.g[K.G_EQ]
         return warnings
+
+    def _borrow_rate(self, row: int, ts_us: int) -> float:
+        """Borrow fee fraction of short notional at this bar's close: ACT/360 over the time since
+        the previous bar, as the backtest's :func:`~workbench.backtest.costs.borrow_by_row`."""
+        if self.borrow_bps_annual <= 0.0:
+            return 0.0
+        prev = self._ts[row - 1] if row > 0 else ts_us - int(self.policy.timeframe.delta / _US)
+        return self.borrow_bps_annual * 1e-4 * ((ts_us - prev) / _US_PER_DAY) / 360.0
 
     def warm(self, bars: pl.DataFrame) -> None:
         """Feed history bars (before the session) without predictions: inputs warm up."""
