@@ -32,12 +32,13 @@ pipeline: str = ""  # set by the pipeline runner: pipeline name
 
 # %%
 from workbench.config import load_config
-from workbench.notebook import setup_display, work_dir
+from workbench.notebook import setup_display, store_root_or_default, work_dir
 from workbench.stages.features import run_features
 from workbench.tracking import start_stage
 
 setup_display()
 cfg = load_config()
+store_root = store_root_or_default(cfg, store_root)  # empty: the latest ingest step's store
 params = dict(store_root=store_root, symbols=symbols, timeframe=timeframe, start=start, end=end, strategy=strategy)
 stage = start_stage("features", params, pipeline=pipeline, parent_run_id=parent_run_id, output_path=output_path, cfg=cfg)
 

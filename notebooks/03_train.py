@@ -42,12 +42,15 @@ pipeline: str = ""  # set by the pipeline runner: pipeline name
 # %%
 from workbench.config import load_config
 from workbench.models.registry import log_lightgbm
-from workbench.notebook import setup_display
+from workbench.notebook import fill_empty, setup_display, store_root_or_default
 from workbench.stages.train import importance_figure, loggable_params, run_train
 from workbench.tracking import start_stage
 
 setup_display()
 cfg = load_config()
+features_path = fill_empty(cfg, "features", dict(features_path=features_path), required="features_path",
+                           hint="run 02_features (or `wb run research`) or set features_path")["features_path"]
+store_root = store_root_or_default(cfg, store_root)  # empty: the latest ingest step's store
 params = dict(features_path=features_path, store_root=store_root, strategy=strategy, timeframe=timeframe,
               seed=seed, train_frac=train_frac, n_trials=n_trials, n_folds=n_folds, pbo_configs=pbo_configs)
 stage = start_stage("train", params, pipeline=pipeline, parent_run_id=parent_run_id, output_path=output_path, cfg=cfg)

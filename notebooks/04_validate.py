@@ -47,7 +47,7 @@ import mlflow
 from workbench.backtest import tearsheet_figures
 from workbench.config import load_config
 from workbench.models.registry import ModelRef
-from workbench.notebook import setup_display
+from workbench.notebook import fill_empty, setup_display, store_root_or_default
 from workbench.stages.validate import (
     apply_gates,
     risk_figure,
@@ -59,6 +59,14 @@ from workbench.tracking import start_stage
 
 setup_display()
 cfg = load_config()
+features_path = fill_empty(cfg, "features", dict(features_path=features_path), required="features_path",
+                           hint="run 02_features (or `wb run research`) or set features_path")["features_path"]
+store_root = store_root_or_default(cfg, store_root)  # empty: the latest ingest step's store
+globals().update(fill_empty(  # empty: what the latest train step handed on
+    cfg, "train", dict(model_name=model_name, model_version=model_version, split_ts=split_ts,
+                       trial_sharpes=trial_sharpes, n_trials=n_trials, trial_correlation=trial_correlation, pbo=pbo),
+    required="model_version", also_zero=("n_trials", "trial_correlation"),
+    hint="run 03_train (or `wb run research`) or set model_version and split_ts"))
 params = dict(features_path=features_path, store_root=store_root, model_name=model_name, model_version=model_version,
               split_ts=split_ts, strategy=strategy, timeframe=timeframe, n_trials=n_trials,
               trial_correlation=trial_correlation, pbo=pbo, walk_forward_folds=walk_forward_folds, seed=seed)

@@ -49,12 +49,13 @@ import polars as pl
 
 from workbench.config import load_config
 from workbench.models.registry import ModelNotFoundError
-from workbench.notebook import setup_display, work_dir
+from workbench.notebook import setup_display, store_root_or_default, work_dir
 from workbench.stages.session import equity_figure, review_session, run_trade_session
 from workbench.tracking import start_stage
 
 setup_display()
 cfg = load_config()
+store_root = store_root_or_default(cfg, store_root)  # empty: the latest ingest step's store
 params = dict(store_root=store_root, model_name=model_name, strategy=strategy, timeframe=timeframe, symbols=symbols,
               session_date=session_date, broker=broker, mode=mode, alias_requested=model_alias)
 stage = start_stage("trade_session", params, pipeline=pipeline, parent_run_id=parent_run_id, output_path=output_path,

@@ -284,6 +284,14 @@ class StageRun:
         mlflow.end_run(status=status)
 
 
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover
+        return False
+    return get_ipython() is not None
+
+
 def start_stage(
     step: str,
     params: Mapping[str, Any],
@@ -331,6 +339,10 @@ def start_stage(
     mlflow.log_params(
         _flat({k: v for k, v in params.items() if k not in ("output_path", "parent_run_id")})
     )
+    if not output_path and _in_notebook():  # a notebook run by hand: the next notebook's
+        from workbench.notebook import interactive_outputs  # empty inputs are filled from here
+
+        output_path = str(interactive_outputs(cfg, step))
     stage = StageRun(run.info.run_id, step, output_path, cfg)
     stage.manifest = {
         "step": step,

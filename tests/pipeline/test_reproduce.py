@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import nbformat
 import pytest
 from typer.testing import CliRunner
 
@@ -61,6 +62,10 @@ def objective(trial):
 
 
 study.optimize(objective, n_trials=max(0, n_trials - len(study.trials)))
+from tqdm.auto import tqdm
+
+for _ in tqdm(range(2), desc="progress"):  # a progress bar renders as a widget, not a warning
+    pass
 stage.log_metrics({"best_value": study.best_value, "trials_run": len(ran),
                    "chunks_fetched": 1.0 if first else 0.0})
 
@@ -124,6 +129,9 @@ def test_reproduce_reruns_on_scratch_state_and_matches(project: Path, isolated: 
     assert step.metrics["trials_run"] == 5 and step.metrics["chunks_fetched"] == 1
     before = (_trials(project), _registry())
     assert before == (5, (["1"], "1"))
+    outputs = [o for c in nbformat.read(step.notebook, 4).cells for o in c.get("outputs", [])]
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+    assert "IProgress not found" not in json.dumps(outputs)
 
     rep = reproduce(step.mlflow_run_id, cfg=cfg)
 
