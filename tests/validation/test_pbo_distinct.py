@@ -179,3 +179,21 @@ def test_gate_report_says_not_measurable_and_does_not_gate_on_noise() -> None:
     strict = GatesConfig(min_sharpe=None, max_drawdown=None, min_trades=None, max_pbo=0.3,
                          pbo_min_distinct=5)  # fmt: skip
     assert evaluate_gates({"pbo": 0.45, "pbo_distinct": 4.0}, strict).passed
+
+
+def test_never_trading_configurations_are_not_candidates(planted: pl.DataFrame) -> None:
+    """A configuration that never trades (zero returns on every path) is the do-nothing option,
+    not a strategy to select: left out before clustering (cluster -1), so one real candidate
+    beside two flat ones is not measurable, however its logits fall."""
+    cv = CombinatorialPurgedKFold(4, 2, embargo=2)
+    fn = sign_pnl(planted)
+
+    def flat(preds: pl.DataFrame) -> np.ndarray:
+        return np.zeros_like(fn(preds))
+
+    res = cpcv_pbo(planted, FEATURES, configs=[GOOD, USELESS, {**USELESS, "seed": 1}],
+                   splitter=cv, returns_fn=[fn, flat, flat], n_splits=4, progress=False,
+                   duplicate_correlation=0.9, min_distinct=2)  # fmt: skip
+    assert res.clusters.tolist() == [0, -1, -1] and res.representatives == [0]
+    assert res.n_distinct == 1 and not res.measurable and np.isnan(res.value)
+    assert "never-trading ones left out" in res.describe()

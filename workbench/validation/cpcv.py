@@ -7,8 +7,9 @@ backtested per configuration, giving one T x N matrix of per-bar returns per pat
 (:func:`~workbench.validation.overfitting.pbo_from_cpcv`) asks how often the configuration that
 looks best on half the blocks is below the median on the other half.
 
-PBO is measured among *distinct* candidates. Configurations whose out-of-sample returns are
-near-duplicates (correlation above ``duplicate_correlation`` over every path) are one candidate:
+PBO is measured among *distinct* candidates. A configuration that never trades on any path
+(identically zero returns: the do-nothing option, not a strategy one would select) is not a
+candidate. Configurations whose out-of-sample returns are near-duplicates (correlation above ``duplicate_correlation`` over every path) are one candidate:
 picking among copies cannot overfit, and CSCV over them ranks noise (PBO ~0.5 by symmetry,
 whatever the edge). Candidates are clustered by complete linkage on ``1 - correlation`` (every
 pair inside a cluster correlates above the threshold), each cluster is represented by its first
@@ -63,7 +64,7 @@ class CPCVResult:
         ``logits`` (histogram of the CSCV logits) and ``is_vs_oos`` (performance degradation).
     clusters : numpy.ndarray, shape (N,)
         Cluster of each configuration (near-duplicates share one); 0-based, in order of first
-        appearance.
+        appearance; -1 for a configuration that never trades (not a candidate).
     representatives : list of int
         Column of each cluster's representative (the PBO's candidates).
     min_distinct : int
@@ -81,8 +82,8 @@ class CPCVResult:
 
     @property
     def n_distinct(self) -> int:
-        """Number of distinct candidates (clusters of near-duplicates)."""
-        return len(self.representatives) if self.representatives else len(self.configs)
+        """Number of distinct candidates (clusters of near-duplicates among those that trade)."""
+        return len(self.representatives)
 
     @property
     def measurable(self) -> bool:
@@ -100,7 +101,8 @@ class CPCVResult:
         if not self.measurable:
             return (
                 f"PBO not measurable: {k} distinct candidate(s) among {n} configurations "
-                f"(near-duplicate out-of-sample returns merged); it needs {self.min_distinct}"
+                f"(near-duplicate out-of-sample returns merged, never-trading ones left out); "
+                f"it needs {self.min_distinct}"
             )
         return (
             f"PBO {self.pbo.pbo:.3f} (per-path std {self.pbo.pbo_std:.3f}) over {k} distinct "
@@ -211,7 +213,11 @@ def cpcv_pbo(
                 "range and keep flat bars as 0."
             )
         mats.append(np.column_stack(cols))
-    clusters = distinct_candidates(np.vstack(mats), duplicate_correlation)
+    stacked = np.vstack(mats)
+    trades = np.flatnonzero(np.any(stacked != 0.0, axis=0))  # never trading: not a candidate
+    clusters = np.full(len(configs), -1, dtype=np.int64)
+    if trades.size:
+        clusters[trades] = distinct_candidates(stacked[:, trades], duplicate_correlation)
     reps = [int(np.flatnonzero(clusters == c)[0]) for c in range(int(clusters.max()) + 1)]
     pick = reps if len(reps) >= 2 else list(range(len(configs)))
     pbo = pbo_from_cpcv([m[:, pick] for m in mats], n_splits)
