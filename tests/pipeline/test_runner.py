@@ -49,7 +49,11 @@ def test_success_hands_outputs_forward_and_tracks_everything(
         assert tags["pipeline"] == "tiny" and tags["step"] == step
         assert len(tags["config_hash"]) == 64 and tags["git_commit"] and "version.polars" in tags
         arts = {a.path for a in client.list_artifacts(run.info.run_id, "notebook")}
-        assert {p.rsplit(".", 1)[1] for p in arts} == {"ipynb", "html", "json"}  # notebook, its HTML, parameters
+        assert {p.rsplit(".", 1)[1] for p in arts} == {
+            "ipynb",
+            "html",
+            "json",
+        }  # notebook, its HTML, parameters
     assert kids["b"].data.params["x"] == "6"
     assert kids["a"].data.params["label"].startswith("run ")
 
@@ -72,3 +76,18 @@ def test_failing_step_stops_keeps_notebook_and_reports_the_cell(tiny_project: Pa
     assert kids["b"].info.status == "FAILED" and "boom" in kids["b"].data.tags["error"]
     summary = json.loads((res.run_dir / "summary.json").read_text())
     assert summary["status"] == "failed"
+
+
+def test_experiments_are_created_as_model_training_experiments(isolated: Path) -> None:
+    """MLflow 3's UI opens an experiment tagged custom_model_development on its training runs
+    (not the GenAI traces view); an experiment created before the tag gets it on first use."""
+    from workbench import tracking
+
+    cfg = load_config(isolated)
+    exp_id = tracking.setup(cfg, experiment="fresh")
+    client = mlflow.MlflowClient()
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    old = client.create_experiment("older")
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    assert tracking.setup(cfg, experiment="older") == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"

@@ -506,7 +506,8 @@ def _value_problems(params: dict[str, Any], cfg: Any) -> list[str]:
             continue
         reason = checks[name](value)
         if reason:
-            problems.append(f"parameter {name!r} = {value!r}: {reason.rstrip('.')}.")
+            end = "" if reason.endswith((".", "?")) else "."
+            problems.append(f"parameter {name!r} = {value!r}: {reason}{end}")
     lo, hi = params.get("start"), params.get("end")
     if (
         isinstance(lo, str)
