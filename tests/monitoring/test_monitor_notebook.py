@@ -80,6 +80,9 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
         "WB_RISK__STATE_URL": f"sqlite:///{tmp / 'risk.db'}",
         "WB_ALERTS__HISTORY_PATH": str(tmp / "alerts.jsonl"),
         "WB_METRICS__SESSION_PORT": str(port),
+        # the model here is registered without validation: fixed thresholds, not the cost-aware
+        # ones a validated version carries (this test is about monitoring, not decisions)
+        "WB_STRATEGIES__INTRADAY_REVERSAL__DECISION__COST_MULTIPLES": "[]",
     }
     for k, v in env.items():
         mp.setenv(k, v)
