@@ -248,6 +248,23 @@ def test_recorded_shadow_sessions_are_paired_and_can_be_required(project: dict) 
     assert "2 shadow session(s) < models.promotion.min_shadow_sessions 3" in res.reason
 
 
+def test_a_champion_on_other_features_cannot_be_compared(project: dict) -> None:
+    cfg, good = project["cfg"], project["good"]
+    client = mlflow.MlflowClient()
+    table = pl.read_parquet(project["tmp"] / "features-again" / "features.parquet")
+    other = table.drop_nulls("label").with_columns(extra=pl.col("ret_1") * 2)
+    odd = _register(other.head(3000), project["split"])
+    set_alias(STRAT, CHAMPION, odd.version)
+    try:
+        with pytest.raises(
+            PromotionError, match=f"champion {STRAT} v{odd.version} reads a feature"
+        ):
+            promote(cfg, STRAT)
+    finally:
+        set_alias(STRAT, CHAMPION, good.version)
+    assert str(client.get_model_version_by_alias(STRAT, CHAMPION).version) == good.version
+
+
 def test_demote_restores_the_previous_champion(project: dict) -> None:
     cfg, good, noise = project["cfg"], project["good"], project["noise"]
     client = mlflow.MlflowClient()

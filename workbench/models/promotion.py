@@ -173,7 +173,11 @@ def compare_on_window(
 ) -> _Comparison:
     """Rebuild the challenger's validation window from the store and evaluate both versions on
     it; raise :class:`PromotionError` naming what is missing when it cannot be rebuilt."""
-    from workbench.validation.evaluate import WindowUnavailableError, reproduce_window
+    from workbench.validation.evaluate import (
+        FeatureMismatchError,
+        WindowUnavailableError,
+        reproduce_window,
+    )
 
     label = f"{challenger.name} v{challenger.version}"
     gate = gate_record(challenger)
@@ -192,7 +196,15 @@ def compare_on_window(
         ) from None
     run = evaluate or _evaluator(cfg)
     a = run(challenger, window, table, bars)
-    b = run(champion, window, table, bars)
+    try:
+        b = run(champion, window, table, bars)
+    except FeatureMismatchError as exc:
+        raise PromotionError(
+            f"champion {champion.name} v{champion.version} reads a feature the challenger's "
+            f"window does not have ({exc}): the two were built on different "
+            "feature sets and cannot be compared on the same rows. Fix: promote with --force and "
+            "a reason, or retrain the challenger on the champion's features."
+        ) from None
     ra = a.backtest.equity.select("ts", pl.col("returns").fill_nan(0).fill_null(0).alias("a"))
     rb = b.backtest.equity.select("ts", pl.col("returns").fill_nan(0).fill_null(0).alias("b"))
     both = ra.join(rb, on="ts", how="inner").sort("ts")

@@ -55,6 +55,27 @@ def ic(pred: pl.Series | np.ndarray, label: pl.Series | np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
+class FeatureMismatchError(WorkbenchError):
+    """A model reads features the table does not have."""
+
+
+def model_features(model: Any, table: pl.DataFrame) -> list[str]:
+    """The columns ``model`` reads, in its order: its booster's feature names when they are
+    named (a model trained on a frame), else the table's feature columns. Raises
+    :class:`FeatureMismatchError` naming the ones ``table`` lacks."""
+    booster = getattr(model, "booster_", model)
+    names = list(booster.feature_name()) if hasattr(booster, "feature_name") else []
+    if not names or all(n == f"Column_{i}" for i, n in enumerate(names)):
+        return feature_columns(table)
+    missing = [n for n in names if n not in table.columns]
+    if missing:
+        raise FeatureMismatchError(
+            f"the model reads {missing}, which the feature table lacks (it has "
+            f"{feature_columns(table)}). Fix: evaluate it on a table of its own feature set."
+        )
+    return names
+
+
 def sharpe_significance(
     returns: np.ndarray,
     trial_sharpes: Sequence[float] = (),
@@ -166,7 +187,7 @@ def evaluate_model(
     """
     full = table.sort("ts", "symbol")
     oos = full.filter(pl.col("ts") >= split).sort("symbol", "ts")
-    feats = feature_columns(oos)
+    feats = model_features(model, oos)
     preds = predict(model, oos, feats).with_columns(label=oos["label"])
     symbols = sorted(oos["symbol"].unique().to_list())
     policy = strategy_policy(
