@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from workbench.config import (
     CostsConfig,
@@ -209,3 +211,30 @@ def test_the_report_is_an_mlflow_run_linked_to_the_model_version(bars, isolated)
         rep.attribution["execution"], rel=1e-5)  # fmt: skip
     linked = {m.key: m.run_id for m in mlflow.get_logged_model(logged.model_id).metrics}
     assert linked["divergence_pnl_diff"] == run_id
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    latency=st.integers(0, 2),
+    slip=st.floats(0.0, 20.0),
+    commission=st.floats(0.0, 0.02),
+    participation=st.sampled_from([None, 0.01]),
+)
+def test_the_buckets_always_add_up_to_the_pnl_difference(
+    bars, latency, slip, commission, participation
+) -> None:
+    preds = reversal(bars)
+    venue = COSTS.model_copy(update={"slippage_bps": slip, "commission_per_share": commission})
+    broker = SimulatedBroker(100_000, venue, latency_bars=latency, participation=participation)
+    rep, _, _ = both(bars, preds, policy(), broker)
+    total = sum(rep.attribution.values())
+    assert total == pytest.approx(rep.metrics["pnl_diff"], abs=1e-6 * (1 + abs(total)))
+    assert rep.metrics["residual"] == pytest.approx(0.0, abs=1e-6 * (1 + abs(total)))
+    # each side's equity change is the sum of its decisions' q * (last close - price) - fees
+    # (no borrow, flat at both ends): the decision table accounts for every dollar
+    assert rep.meta["carry_session"] == pytest.approx(0.0, abs=1e-6)
+    assert rep.meta["carry_backtest"] == pytest.approx(0.0, abs=1e-6)
+    if latency == 0 and participation is None and slip == 1.0 and commission == 0.005:
+        assert rep.metrics["pnl_diff"] == 0.0
