@@ -261,9 +261,7 @@ def test_each_cost_reduces_pnl_by_its_hand_computed_amount(case: str) -> None:
         frictionless_pnl(bars, res.fills) - paid - borrow, abs=1e-6
     )
     # the session's PnL (its risk book) carries every cost, the venue's borrow included
-    assert res.net_pnl == pytest.approx(
-        frictionless_pnl(bars, res.fills) - paid - borrow, abs=1e-6
-    )
+    assert res.net_pnl == pytest.approx(frictionless_pnl(bars, res.fills) - paid - borrow, abs=1e-6)
     # the cost of this case is there and material, and it never helps
     want = {"all": ("spread", "slippage", "u_shape", "impact", "commission")}.get(case, (case,))
     for k in want:
