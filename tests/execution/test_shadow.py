@@ -29,6 +29,7 @@ from workbench.execution.shadow import (
     paired_comparison,
     run_shadow,
     shadow_gate,
+    shadow_pairs,
     shadow_sessions,
 )
 from workbench.execution.sim_broker import SimulatedBroker
@@ -146,5 +147,7 @@ def test_shadow_runs_in_mlflow_pair_up_and_gate_promotion(isolated) -> None:
     cmp = compare_versions(s, "1", "2")
     assert cmp["n"] == 3 and cmp["mean_diff"] == pytest.approx(0.002)
     assert cmp["divergence_champion"] == -1.0 and cmp["divergence_challenger"] == -3.0
+    pairs = shadow_pairs(s, "1", "2")
+    assert pairs == [(pytest.approx(0.001 * i), pytest.approx(0.001 * i + 0.002)) for i in range(3)]
     assert shadow_gate(s, "2", 3)[0] and not shadow_gate(s, "2", 5)[0]
     assert "promotion needs 5" in shadow_gate(s, "2", 5)[1]

@@ -241,6 +241,20 @@ def compare_versions(
     return out
 
 
+def shadow_pairs(
+    sessions: pl.DataFrame, champion_version: str, challenger_version: str
+) -> list[tuple[float, float]]:
+    """``(champion, challenger)`` session returns paired by date, oldest first (the form
+    :func:`workbench.models.promotion` takes its shadow evidence in)."""
+    ch = sessions.filter((pl.col("version") == champion_version) & (pl.col("role") == "champion"))
+    cl = sessions.filter(
+        (pl.col("version") == challenger_version) & (pl.col("role") == "challenger")
+    )
+    both = ch.join(cl, on="session_date", suffix="_cl").sort("session_date")
+    return list(zip(both["session_return"].to_list(), both["session_return_cl"].to_list(),
+                    strict=True))  # fmt: skip
+
+
 def shadow_gate(sessions: pl.DataFrame, version: str, min_sessions: int) -> tuple[bool, str]:
     """Whether ``version`` has at least ``min_sessions`` shadow sessions as challenger."""
     n = sessions.filter((pl.col("version") == version) & (pl.col("role") == "challenger")).height
