@@ -37,7 +37,10 @@ def log_dir() -> Path:
     """Where tracebacks of unexpected errors go: ``<project>/runs/logs``, else the temp folder."""
     from workbench.config import find_project_root
 
-    for d in (find_project_root() / "runs" / "logs", Path(tempfile.gettempdir()) / "workbench-logs"):
+    for d in (
+        find_project_root() / "runs" / "logs",
+        Path(tempfile.gettempdir()) / "workbench-logs",
+    ):
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError:
@@ -78,6 +81,11 @@ def report(exc: BaseException, argv: list[str]) -> int:
         msg = str(exc).strip() or type(exc).__name__
         if isinstance(exc, OSError) and not isinstance(exc, WorkbenchError):
             msg += ". Fix: check the path and its permissions."
+        elif "API request to" in msg:  # MLflow could not reach its tracking server
+            msg += (
+                "\nFix: check that the tracking server (MLFLOW_TRACKING_URI) is up and reachable; "
+                "waiting longer will not help."
+            )
         err.print(f"[bold red]error:[/] {escape(msg)}")
         return EXPECTED_EXIT
     try:

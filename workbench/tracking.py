@@ -80,13 +80,28 @@ def _store_folder(uri: str) -> Path | None:
     return None
 
 
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "8",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+}
+"""A tracking server's total deadline per call: 3 attempts of at most 8 s and waits of 1 and 2 s
+(plus jitter), under 30 s; MLflow's own defaults (120 s, 7 retries) wait many minutes on a dead
+server. Each is a default only: a value already in the environment wins."""
+
+
 def check_uri(cfg: WorkbenchConfig | None = None) -> str:
     """Return the tracking URI, or raise naming it when its folder does not exist.
 
     MLflow would create a missing folder for a file store (runs then land somewhere unexpected,
-    often a typo) and fails with a database traceback for SQLite; both are refused here.
+    often a typo) and fails with a database traceback for SQLite; both are refused here. For a
+    tracking server, :data:`HTTP_DEFAULTS` bound each request.
     """
     uri = tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        for k, v in HTTP_DEFAULTS.items():
+            os.environ.setdefault(k, v)
     folder = _store_folder(uri)
     if folder is not None and not folder.is_dir():
         source = (

@@ -142,3 +142,36 @@ def test_wb_ingest_from_a_dead_endpoint_exits_2_naming_it(
     assert_clean_message(res.output.replace("\n", ""), url, "deadline", "Fix: check")
     assert KEY_ID not in res.output and SECRET not in res.output
     assert fingerprint(store) == {}
+
+
+def test_tracking_server_calls_are_bounded_by_30_seconds() -> None:
+    """Unit: the defaults for a tracking server: attempts x timeout + the waits between them."""
+    from workbench.tracking import HTTP_DEFAULTS as d
+
+    attempts = 1 + int(d["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    waits = sum(
+        float(d["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]) * 2**i
+        + float(d["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"])
+        for i in range(attempts - 1)
+    )
+    assert attempts * int(d["MLFLOW_HTTP_REQUEST_TIMEOUT"]) + waits <= 30
+
+
+def test_a_silent_tracking_server_fails_naming_it(
+    silent_server: str, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", silent_server)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")  # a short deadline instead of 28 s
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    import mlflow  # noqa: F401 - imported before the clock starts (slow on a busy machine)
+    import papermill  # noqa: F401
+
+    before = fingerprint(isolated)
+    t0 = time.monotonic()
+    res = wb("reproduce", "a" * 32)
+    assert time.monotonic() - t0 < 10
+    assert res.exit_code == 2, res.output
+    assert_clean_message(
+        res.output.replace("\n", " "), silent_server, "Fix: check that the tracking server"
+    )
+    assert fingerprint(isolated) == before
