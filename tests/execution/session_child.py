@@ -69,13 +69,15 @@ class Lookup:
         return bars.select("symbol", "ts")
 
 
-def policy() -> RiskPolicy:
+def policy(**limits: float) -> RiskPolicy:
     strat = StrategyConfig(
         feature_set="x",
         type="intraday",
         decision=DecisionConfig(long=5e-4, short=-5e-4),
         sizing=SizingConfig(fraction=0.2),
-        risk=StrategyRiskConfig(limits=LimitsConfig(max_position=0.25), eod_flatten_minutes=15),
+        risk=StrategyRiskConfig(
+            limits=LimitsConfig(**{"max_position": 0.25, **limits}), eod_flatten_minutes=15
+        ),
     )
     return RiskPolicy.from_strategy(strat, name="crash", timeframe="15Min")
 
@@ -110,7 +112,7 @@ class SmallSession:
 
 def small_session(
     ledger: str | Path, *, broker: str = "sim", venue: str | Path = "", url: str = "",
-    observer: Any = None, settle_seconds: float | None = None,
+    observer: Any = None, settle_seconds: float | None = None, pol: RiskPolicy | None = None,
 ) -> SmallSession:  # fmt: skip
     """Build and start the session engine of this module's session (day 1 warms up, day 2 is
     replayed): ledger at ``ledger``, the simulated venue's state at ``venue`` (sim) or the
@@ -120,7 +122,7 @@ def small_session(
     history, live = split_session(bars, SESSION_START)
     brk = make_broker(broker, str(venue), url)
     led = OrderLedger(f"sqlite:///{ledger}")
-    pol = policy()
+    pol = pol or policy()
     engine = SessionEngine(
         session_id=session_id(pol.name, DAY, broker, "replay"), policy=pol, symbols=SYMBOLS,
         features=Lookup(),

@@ -121,3 +121,45 @@ def test_staleness_counts_the_calendar_bars_missed(session) -> None:
     mon._now = lambda: last + (Timeframe.parse("15Min").delta * 5)
     assert mon.staleness_seconds() == pytest.approx(4 * 15 * 60)
     assert total(scrape(server.url), "wb_bar_staleness_seconds") == pytest.approx(3600)
+
+
+def test_heat_is_the_stop_risk_of_positions_and_pending_orders(tmp_path: Path) -> None:
+    """wb_heat_ratio against the bars: each position (and pending order) risks atr_k = 2 ATRs
+    (mean true range of the 14 bars to the decision that opened or grew it) per share."""
+    metrics = Metrics()
+    sess = child.small_session(
+        tmp_path / "ledger.db", venue=tmp_path / "venue.db", pol=child.policy(heat_max=10.0),
+        observer=SessionMonitor(metrics, strategy="crash", timeframe="15Min", model="crash v1"),
+    )  # fmt: skip
+    bars = child.session_bars().sort("symbol", "ts")
+    tr = bars.with_columns(pc=pl.col("close").shift(1).over("symbol")).with_columns(
+        tr=pl.max_horizontal("high", "pc") - pl.min_horizontal("low", "pc")
+    )
+    atr = tr.with_columns(atr=pl.col("tr").rolling_mean(14).over("symbol"))
+    atr_at = {(s, t): a for s, t, a in atr.select("symbol", "ts", "atr").rows()}
+    steps = list(ReplayBars(sess.live))
+    seen = []
+    for t, now in steps[: len(steps) - 3]:  # before the end-of-day flatten
+        sess.engine.step(t, now)
+        held: dict[str, tuple[float, float]] = {}  # symbol -> (shares incl. pending, stop)
+        for sym, bar_ts, qty in _orders(sess):
+            q0, stop = held.get(sym, (0.0, 0.0))
+            q1 = q0 + qty
+            if q1 == 0:
+                stop = 0.0
+            elif q0 * q1 <= 0 or abs(q1) > abs(q0):
+                stop = 2.0 * atr_at[(sym, bar_ts)]
+            held[sym] = (q1, stop)
+        heat = sum(abs(q) * s for q, s in held.values())
+        equity = sess.engine.risk.equity
+        got = metrics.registry.get_sample_value("wb_heat_ratio", {"strategy": "crash"})
+        assert got == pytest.approx(heat / equity, rel=1e-9, abs=1e-12), t
+        seen.append(got)
+    sess.close()
+    assert max(seen) > 0.001  # positions were held and their stop risk counted
+
+
+def _orders(sess) -> list[tuple[str, object, float]]:
+    """The session's committed orders in sequence: symbol, decision bar, signed quantity."""
+    its = sorted(sess.ledger.intents(sess.engine.session_id), key=lambda i: i.seq)
+    return [(i.symbol, i.bar_ts, i.request.signed_qty) for i in its]
