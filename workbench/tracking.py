@@ -300,11 +300,9 @@ class StageRun:
 
 
 def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover
-        return False
-    return get_ipython() is not None
+    """A kernel a Jupyter server started for an open notebook (JupyterLab sets JPY_SESSION_NAME);
+    not papermill, nbval or a test, whose runs hand on through the runner or not at all."""
+    return bool(os.environ.get("JPY_SESSION_NAME"))
 
 
 def start_stage(

@@ -108,3 +108,26 @@ def test_notebook_with_defaults_on_an_empty_project_stops_in_one_line(
     assert len(errors) == 1 and len(errors[0]["traceback"]) == 1  # one line, no frames
     assert errors[0]["traceback"][0].startswith("MissingInput: features_path is empty")
     assert not (isolated / "mlflow.db").exists()  # stopped before any run was recorded
+
+
+def test_a_notebook_run_by_hand_hands_on_to_the_next(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In JupyterLab (a server-started kernel) a step without the runner still hands on its
+    outputs, under runs/interactive/; papermill, nbval and tests write nothing there."""
+    from workbench.tracking import start_stage
+
+    cfg = load_config(project)
+    stage = start_stage("features", {}, cfg=cfg)
+    stage.hand_on(features_path="/nowhere.parquet")
+    stage.finish()
+    assert not (project / "runs" / "interactive").exists()
+    monkeypatch.setenv("JPY_SESSION_NAME", str(project / "notebooks" / "02_features.ipynb"))
+    stage = start_stage("features", {}, cfg=cfg)
+    stage.hand_on(features_path="/data/features.parquet")
+    stage.finish()
+    got = fill_empty(cfg, "features", {"features_path": ""}, required="features_path", hint="")
+    assert got == {"features_path": "/data/features.parquet"}
+    assert latest_outputs(cfg, "features", ["features_path"])[1] == (
+        project / "runs" / "interactive" / "features.outputs.json"
+    )
