@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -161,6 +162,12 @@ def fade(costs: CostsConfig) -> tuple[pl.DataFrame, object, SimulatedBroker]:
     return bars, res, broker
 
 
+@cache
+def frictionless() -> tuple[pl.DataFrame, object, SimulatedBroker]:
+    """The same session on a venue without any cost (once for every case)."""
+    return fade(CostsConfig(half_spread_bps=0.0))
+
+
 def u_by_hand(t: datetime) -> float:
     """Time-of-day factor (2x - 1)^2, x the New York session's elapsed fraction (09:30-16:00)."""
     local = t.astimezone(NY)
@@ -244,7 +251,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_cost_reduces_pnl_by_its_hand_computed_amount(case: str) -> None:
     c = CASES[case]
-    bars, free, free_venue = fade(CostsConfig(half_spread_bps=0.0))
+    bars, free, free_venue = frictionless()
     assert free.net_pnl == pytest.approx(frictionless_pnl(bars, free.fills), abs=1e-6)
     bars, res, venue = fade(c)
     hand = costs_by_hand(bars, res.fills, c)
