@@ -239,3 +239,51 @@ def test_drift_past_the_alert_runs_weekly_retrain_early_when_switched_on(
     fake.psi = {"ret_1": 0.2}
     res = runner.invoke(app, ["schedule", "run-now", "daily_ingest"])
     assert [c[0] for c in fake.calls] == ["daily_ingest", "nightly_monitor"], res.output
+
+
+def test_drift_queues_the_early_retrain_in_the_job_store(
+    repo_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the scheduler process the early retrain is a one-off job in the store (it survives a
+    restart), for the monitored session, with a warning alert saying why."""
+    from datetime import UTC, datetime
+
+    from apscheduler.executors.debug import DebugExecutor
+    from apscheduler.schedulers.base import BaseScheduler
+
+    class Manual(BaseScheduler):  # no timer thread: nothing runs unless processed
+        def wakeup(self) -> None:
+            pass
+
+        def shutdown(self, wait: bool = True) -> None:
+            super().shutdown(wait)
+
+    from workbench.config import load_config
+    from workbench.pipeline.schedule_spec import load_schedule
+    from workbench.pipeline.scheduler import SchedulerService
+
+    monkeypatch.setenv("WB_MONITORING__RETRAIN_ON_DRIFT", "true")
+    alerts: list[tuple[str, str]] = []
+    fake = FakeRuns(repo_env, psi={"ret_1": 0.4})
+    svc = SchedulerService(
+        load_config(), load_schedule(REPO / "pipelines" / "schedule.yaml", REPO), runner=fake,
+        echo=lambda _: None, alert=lambda s, m, v, k: alerts.append((s, m)),
+    )  # fmt: skip
+    sched = svc.build(Manual, executor=DebugExecutor())
+    sched.start()  # nothing runs: the test looks at what was queued
+    try:
+        day, at = date(2024, 3, 5), datetime(2024, 3, 5, 21, 30, tzinfo=UTC)
+        out = svc.fire("nightly_monitor", session=day, fire_time=at)
+        assert out.status == "ok" and [c[0] for c in fake.calls] == ["nightly_monitor"]
+        job = sched.get_job("weekly_retrain@2024-03-05")
+        assert job is not None and job.kwargs == {
+            "job": "weekly_retrain", "session": "2024-03-05", "fire_time": at.isoformat(),
+        }  # fmt: skip
+        assert alerts == [
+            (
+                "warning",
+                "weekly_retrain runs early (session 2024-03-05): drift past 0.25: ret_1 0.400",
+            )
+        ]
+    finally:
+        sched.shutdown(wait=False)
