@@ -901,8 +901,13 @@ def test_apply_order_needs_few_statements(ledger: OrderLedger) -> None:
     assert stmts(lambda: ledger.apply_order("s1", accepted, event="rest", ts=T0)) <= 3
     part = bo(40, 10.0, OrderStatus.PARTIALLY_FILLED, oid="o-a", cid="a")
     args = {"event": "partial_fill", "ts": T0, "execution_id": "e1", "price": 10.0, "qty": 40}
-    assert stmts(lambda: ledger.apply_order("s1", part, **args)) <= 4  # a fill
+    # a fill (the first of the session also loads its execution ids, once)
+    assert stmts(lambda: ledger.apply_order("s1", part, **args)) <= 5
     assert stmts(lambda: ledger.apply_order("s1", part, **args)) <= 2  # its replay
+    more = bo(70, 10.0, OrderStatus.PARTIALLY_FILLED, oid="o-a", cid="a")
+    args2 = {**args, "execution_id": "e2", "qty": 30}
+    assert stmts(lambda: ledger.apply_order("s1", more, **args2)) <= 3  # the next: queued rows
+    assert [f.fill.execution_id for f in ledger.fills("s1")] == ["e1", "e2"]
     ledger.add_intent("s1", 1, req("b"), bar_ts=T0)
     assert stmts(lambda: ledger.mark_acked("b", bo(oid="o-b", cid="b"), T0)) <= 4
     # the per-bar reads of a session this object writes: loaded once, then no SQL at all
@@ -1256,3 +1261,35 @@ def test_a_non_durable_batch_on_postgres_turns_synchronous_commit_off_for_itself
     with OrderLedger(url) as fresh:
         assert fresh.positions("s1") == {"AAPL": 100.0}
         assert fresh.intent("c1").state == "acked"
+
+
+def test_a_fill_id_another_writer_took_fails_the_queued_batch_and_keeps_nothing(
+    ledger: OrderLedger,
+) -> None:
+    """Fills inside a batch are queued with an execution id chosen from this object's cache of
+    the session's ids; one another writer recorded meanwhile fails the batch: nothing of it is
+    kept, the caches are read again, and the same events then record exactly once."""
+    ledger.add_intent("s1", 0, req("a"), bar_ts=T0)
+    ledger.mark_acked("a", bo(oid="o-a", cid="a"), T0)
+    part = bo(40, 10.0, OrderStatus.PARTIALLY_FILLED, oid="o-a", cid="a")
+    with ledger.batch(durable=False):  # the session's fill ids are loaded now
+        ledger.apply_order("s1", part, event="partial_fill", ts=T0, execution_id="e1", qty=40,
+                           price=10.0)  # fmt: skip
+    other = OrderLedger(ledger.url)  # a second writer of the same session (not supported)
+    more = bo(70, 10.0, OrderStatus.PARTIALLY_FILLED, oid="o-a", cid="a")
+    other.apply_order("s1", more, event="partial_fill", ts=T0, execution_id="e2", qty=30,
+                      price=10.0)  # fmt: skip
+    other.close()
+    with (
+        pytest.raises(StoreError, match="fills could not all be recorded.*execution id"),
+        ledger.batch(durable=False),
+    ):
+        # this object's order row still says 40 filled: it derives the same fill, e2
+        ledger.apply_order("s1", more, event="partial_fill", ts=T0, execution_id="e2",
+                           qty=30, price=10.0)  # fmt: skip
+    with OrderLedger(ledger.url) as fresh:
+        assert [f.fill.execution_id for f in fresh.fills("s1")] == ["e1", "e2"]
+        assert fresh.positions("s1") == {"AAPL": 70.0}
+    ledger.apply_order("s1", more, event="partial_fill", ts=T0, execution_id="e2", qty=30,
+                       price=10.0)  # fmt: skip  (read again: already recorded, no fill)
+    assert ledger.positions("s1") == {"AAPL": 70.0}

@@ -376,6 +376,9 @@ _Q_SESSION_ORDERS = (
     sa.select(_ORDERS).where(_ORDERS.c.session_id == sa.bindparam("sid")).order_by(_ORDERS.c.id)
 )
 _Q_FILL_EXISTS = sa.select(_FILLS.c.id).where(_FILLS.c.execution_id == sa.bindparam("eid"))
+_Q_SESSION_FILL_IDS = sa.select(_FILLS.c.execution_id).where(
+    _FILLS.c.session_id == sa.bindparam("sid")
+)
 _Q_FILL_QTYS = (
     sa.select(_FILLS.c.symbol, _FILLS.c.qty)
     .where(_FILLS.c.session_id == sa.bindparam("sid"))
@@ -451,6 +454,7 @@ class _SessionCache:
     intents: list[tuple[int, str]] | None = None  # (seq, client order id), by seq
     orders: list[str] | None = None  # order ids, in recorded order
     positions: dict[str, float] | None = None  # start snapshot + fills so far (zeros kept)
+    fill_ids: set[str] | None = None  # execution ids of the session's fills
 
 
 class _Plan:
@@ -1595,14 +1599,43 @@ class OrderLedger:
         ``f"{order_id}@{f:g}"``, ``f"{order_id}@{f!r}"``, then ``...#2``, ``#3``, ..."""
         candidates = [given] if given else []
         candidates += [f"{order_id}@{f:g}", f"{order_id}@{f!r}"]
+        sid = params["session_id"]
+        cache = self._session_caches.get(sid)
+        known = cache.fill_ids if cache is not None else None
+        if (
+            self._i_fill_new is not None
+            and self._batch_conn is not None
+            and cache is not None
+            and sid in self._owned
+        ):
+            # inside a batch, a fill of a session whose execution ids are all known here: the
+            # id is chosen from the cache and the row queued with the batch's other new rows
+            # (a taken id, another writer's, fails the batch: see _flush)
+            if known is None:
+                known = cache.fill_ids = set(
+                    self._x(conn, _Q_SESSION_FILL_IDS, {"sid": sid}).scalars()
+                )
+            n = 2
+            while True:
+                for c in candidates:
+                    if c not in known:
+                        known.add(c)
+                        self._queue_insert(self._i_fill_new, "fills", {**params, "execution_id": c})
+                        return c
+                candidates = [f"{order_id}@{f!r}#{n}"]
+                n += 1
         n = 2
         while True:
             for c in candidates:
                 if self._i_fill_new is not None:
                     if self._w(conn, self._i_fill_new, {**params, "execution_id": c}).rowcount:
+                        if known is not None:
+                            known.add(c)
                         return c
                 elif self._x(conn, _Q_FILL_EXISTS, {"eid": c}).first() is None:
                     self._w(conn, _I_FILL, {**params, "execution_id": c})
+                    if known is not None:
+                        known.add(c)
                     return c
             candidates = [f"{order_id}@{f!r}#{n}"]
             n += 1
@@ -1734,7 +1767,9 @@ class OrderLedger:
         self._drop_queued()
         for (stmt, what), rows in inserts.items():
             if conn.execute(stmt, rows).rowcount != len(rows):
-                key = "a client order id or a seq" if what == "intents" else "an order id"
+                key = {"intents": "a client order id or a seq", "fills": "an execution id"}.get(
+                    what, "an order id"
+                )
                 raise StoreError(
                     f"order ledger {self.url}: {len(rows)} {what} could not all be recorded "
                     f"({key} is taken: another process writes this session, or a venue "
