@@ -37,6 +37,7 @@ SPACE = {
     "num_boost_round": IntDistribution(5, 20),
 }
 N = 6
+pytestmark = pytest.mark.slow  # LocalCluster processes and full searches: handed out first
 
 
 @pytest.fixture(scope="module")

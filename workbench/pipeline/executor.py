@@ -119,9 +119,10 @@ class DaskExecutor:
             key = which[fut.key]
             if fut.status == "finished":
                 done[key] = Outcome(key, fut.result())
-            else:
-                exc = fut.exception()
-                done[key] = _failed(key, exc, fut.traceback())
+            elif fut.status == "error":
+                done[key] = _failed(key, fut.exception(), fut.traceback())
+            else:  # cancelled: the cluster went away or the task was cancelled
+                done[key] = Outcome(key, error=f"task {fut.status} on the cluster (no result)")
             if bar is not None:
                 bar.update()
         if bar is not None:
