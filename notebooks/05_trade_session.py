@@ -48,6 +48,7 @@ pipeline: str = ""  # set by the pipeline runner: pipeline name
 import polars as pl
 
 from workbench.config import load_config
+from workbench.models.lifecycle import model_age_status
 from workbench.models.registry import ModelNotFoundError
 from workbench.notebook import setup_display, store_root_or_default, work_dir
 from workbench.stages.session import equity_figure, review_session, run_trade_session
@@ -81,6 +82,7 @@ if res is not None:
     stage.tag_model(res.model)
     stage.log_params({"model_version": res.model.version, "model_alias": res.model.alias,
                       "traded_session": res.session_date.isoformat()})
+    print("model at the session:", model_age_status(cfg, f"{res.model.name} v{res.model.version}", r.pnl["ts"].min()))
     stage.log_metrics({"fills": r.fills.height, "orders": r.orders.height, "denials": r.rejections.height,
                        "broker_orders": r.broker_orders.height,
                        "kill_switch_trips": r.kill_switch.height, "net_pnl": r.net_pnl,

@@ -337,9 +337,11 @@ def check_tradeable(
     return out
 
 
-def model_age_status(cfg: WorkbenchConfig, model: str, at: datetime) -> dict[str, Any]:
+def model_age_status(cfg: WorkbenchConfig, model: str, at: datetime | None) -> dict[str, Any]:
     """The age of a traded model named ``"<name> v<version>"`` (as a session records it) at
-    ``at``, as plain data for ``wb session status``; ``{}`` when it cannot be looked up."""
+    ``at`` (None: now), as plain data for ``wb session status`` and the session notebook; ``{}``
+    when it cannot be looked up."""
+    at = at or datetime.now(UTC)
     name, sep, version = model.rpartition(" v")
     if not sep or not name:
         return {}
