@@ -60,9 +60,17 @@ def _policy(sizing: SizingConfig, **limits) -> RiskPolicy:
     return RiskPolicy.from_strategy(strat, name="swing", timeframe="5Min")
 
 
-def _sessions(bars: pl.DataFrame, policy: RiskPolicy, ledger_url: str, crash_on: int | None = None):
+def _sessions(
+    bars: pl.DataFrame,
+    policy: RiskPolicy,
+    ledger_url: str,
+    crash_on: int | None = None,
+    venue_url: str | None = None,
+):
     """One run_session per trading day from FIRST on, on one venue and one ledger; with
-    ``crash_on`` the process dies after 20 bars of that day (no finish) and is run again."""
+    ``crash_on`` the process dies after 20 bars of that day (no finish) and is run again; with
+    ``venue_url`` each day (and the restart) opens the simulated account from its durable state,
+    as ``wb session run`` does (one account per ledger)."""
     preds = reversal_predictions(bars)
     days = (
         bars.filter(pl.col("ts") >= FIRST)
@@ -70,14 +78,19 @@ def _sessions(bars: pl.DataFrame, policy: RiskPolicy, ledger_url: str, crash_on:
         .agg(pl.col("ts").min().alias("start"), pl.col("ts").max().alias("end"))
         .sort("d")
     )
-    broker = SimulatedBroker(100_000, COSTS)
+    broker = SimulatedBroker(100_000, COSTS, state_url=venue_url)
     ledger = OrderLedger(ledger_url)
     out = []
     try:
         for k, (start, end) in enumerate(days.select("start", "end").iter_rows()):
+            if venue_url is not None and k:
+                broker.close()
+                broker = SimulatedBroker(100_000, COSTS, state_url=venue_url)
             if k == crash_on:
                 _crash_after(bars.filter(pl.col("ts") <= end), start, 20, preds, policy, broker,
                              ledger)  # fmt: skip
+                if venue_url is not None:  # the process died: its venue object with it
+                    broker = SimulatedBroker(100_000, COSTS, state_url=venue_url)
             out.append(
                 run_session(
                     bars.filter(pl.col("ts") <= end),
@@ -160,10 +173,13 @@ def policy_symbols(bars: pl.DataFrame) -> list[str]:
 
 def test_a_crash_the_morning_after_carries_nothing_twice(week_bars, tmp_path) -> None:
     """Day 2's session dies after 20 bars (its carried orders already sent) and is run again:
-    the carried orders are not carried again and the week still equals the backtest."""
+    the carried orders are not carried again and the week still equals the backtest. Each day
+    and the restart open the simulated account from its durable state (cash, positions, order
+    ids carry over), as ``wb session run`` does."""
     policy = _policy(SizingConfig(fraction=0.2))
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    bt, sessions, broker = _sessions(week_bars, policy, url, crash_on=2)
+    venue = f"sqlite:///{tmp_path / 'ledger-sim.db'}"
+    bt, sessions, broker = _sessions(week_bars, policy, url, crash_on=2, venue_url=venue)
     assert_frame_equal(_concat(sessions, "orders"), bt.orders)
     cols = ["ts", "symbol", "qty", "price", "commission"]
     fills = _concat(sessions, "fills").select(cols).sort("ts", "symbol")

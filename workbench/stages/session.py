@@ -96,14 +96,20 @@ def health_path(cfg: WorkbenchConfig, session: str) -> Path:
 
 
 def sim_venue_url(cfg: WorkbenchConfig, ledger_url: str, session: str) -> str | None:
-    """Where the simulated venue of ``session`` keeps its state: ``execution.sim_state_url``
-    (``{session}`` replaced), else an SQLite file beside an SQLite ledger, else in memory."""
+    """Where the simulated venue keeps its state: ``execution.sim_state_url`` (``{session}``
+    replaced: a venue per session), else one SQLite file beside an SQLite ledger, else in memory.
+
+    By default the venue is one simulated *account* per ledger, as a broker account is: its cash,
+    positions and order ids carry from one day's session to the next, so a swing strategy's
+    next session reconciles against what the last one left, and order ids never repeat in the
+    ledger (a venue per session would start each day flat, with fresh cash, reusing its ids).
+    """
     if cfg.execution.sim_state_url:
         return project_url(cfg, cfg.execution.sim_state_url.replace("{session}", _safe(session)))
     led = project_url(cfg, ledger_url)
     if led.startswith("sqlite:///") and ":memory:" not in led:
         path = Path(led[len("sqlite:///") :])
-        return f"sqlite:///{path.with_name(f'{path.stem}-sim-{_safe(session)}.db')}"
+        return f"sqlite:///{path.with_name(f'{path.stem}-sim.db')}"
     return None
 
 
@@ -117,8 +123,8 @@ def make_session_broker(
     assets: dict | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Broker:
-    """The session's broker: ``sim`` (a durable simulated venue per session, beside the ledger
-    unless ``execution.sim_state_url`` says where) or ``alpaca``.
+    """The session's broker: ``sim`` (a durable simulated account beside the ledger, unless
+    ``execution.sim_state_url`` says where: see :func:`sim_venue_url`) or ``alpaca``.
 
     Live trading needs both ``--live`` and ``WB_LIVE_TRADING=yes``; paper is the default.
     """
