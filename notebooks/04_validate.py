@@ -119,6 +119,23 @@ if res.walk_forward is not None:
                 fig.show()
 
 # %% [markdown]
+# ## Monte Carlo and the rule baseline
+# A stationary bootstrap of the judged daily returns (its Sharpe interval feeds the gate
+# `min_sharpe_ci_low`), and the strategy's rule (momentum or mean reversion, fitted on the
+# training rows) traded on the same window with the same costs (`beats_baseline`).
+
+# %%
+if res.monte_carlo is not None:
+    fig = res.monte_carlo.figure()
+    stage.log_figure(fig, "monte_carlo")
+    fig.show()
+if res.baseline is not None:
+    fig = res.baseline.figure()
+    stage.log_figure(fig, "baseline")
+    fig.show()
+    display(res.baseline.fitted)
+
+# %% [markdown]
 # ## Gates
 
 # %%

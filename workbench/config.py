@@ -204,6 +204,9 @@ class GatesConfig(_Frozen):
     # lower end of the Sharpe ratio's bootstrap interval (stationary bootstrap of the
     # walk-forward returns, validation.montecarlo); e.g. 0.0: the edge must be positive at 95%
     min_sharpe_ci_low: float | None = None
+    # the model beats its strategy's rule baseline after costs on the same window: one-sided
+    # paired HAC test of daily returns, p <= this level (needs the strategy's baseline: section)
+    beats_baseline: float | None = Field(None, gt=0, lt=1)
 
 
 class LabelConfig(_Frozen):
@@ -412,6 +415,13 @@ class StrategyRiskConfig(_Frozen):
     )  # intraday strategies: flat this long before the exchange close (early closes included)
 
 
+class BaselineConfig(_Frozen):
+    """The rule a strategy's model must beat (see :mod:`workbench.validation.baseline`)."""
+
+    rule: Literal["momentum", "mean_reversion"]
+    feature: str | None = None  # a past-return feature; default: chosen on the training rows
+
+
 class StrategyConfig(_Frozen):
     """A strategy: the features it reads, what it predicts, how it trades, how it is judged."""
 
@@ -428,6 +438,7 @@ class StrategyConfig(_Frozen):
     sizing: SizingConfig = SizingConfig()
     risk: StrategyRiskConfig = StrategyRiskConfig()
     gates: GatesConfig = GatesConfig()
+    baseline: BaselineConfig | None = None  # the rule the validate step compares the model with
 
 
 class RiskConfig(_Frozen):

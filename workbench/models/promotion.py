@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from workbench.config import WorkbenchConfig
@@ -45,6 +44,7 @@ from workbench.models.registry import (
     load_model,
     resolve_alias,
 )
+from workbench.validation.significance import PairedTest, paired_test, session_test
 
 LINEAGE_TAG = "workbench.champions"
 """Registered-model tag: the versions ``champion`` pointed at through promotions (JSON list, last
@@ -55,58 +55,6 @@ _KEEP = 50
 
 class PromotionError(WorkbenchError):
     """The challenger cannot be compared or promoted, or the champion cannot be rolled back."""
-
-
-@dataclass(frozen=True)
-class PairedTest:
-    """A one-sided test that ``a`` beats ``b`` on paired observations."""
-
-    n: int
-    mean_diff: float
-    t: float
-    p_value: float
-    method: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "mean_diff": self.mean_diff, "t": self.t, "p_value": self.p_value,
-                "method": self.method}  # fmt: skip
-
-
-def paired_test(a: np.ndarray, b: np.ndarray, *, lags: int | None = None) -> PairedTest:
-    """One-sided test of ``mean(a - b) > 0`` for paired per-bar returns, with Newey-West (HAC)
-    standard errors (statsmodels; ``lags`` default ``floor(4 (n / 100) ** (2 / 9))``) so that
-    autocorrelated returns do not overstate the evidence. p-value from the normal distribution."""
-    import statsmodels.api as sm
-    from scipy import stats
-
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    d = d[np.isfinite(d)]
-    n = len(d)
-    if n < 3:
-        return PairedTest(n, float(d.mean()) if n else math.nan, math.nan, 1.0, "hac")
-    lags = int(4 * (n / 100) ** (2 / 9)) if lags is None else lags
-    mean = float(d.mean())
-    if np.all(d == d[0]):  # no variation: the difference is exact
-        t = 0.0 if mean == 0 else math.copysign(math.inf, mean)
-    else:
-        fit = sm.OLS(d, np.ones(n)).fit(cov_type="HAC", cov_kwds={"maxlags": lags})
-        t = float(fit.tvalues[0])
-    return PairedTest(n, mean, t, float(stats.norm.sf(t)), f"hac(lags={lags})")
-
-
-def session_test(pairs: Sequence[tuple[float, float]]) -> PairedTest:
-    """One-sided paired t-test (scipy) that the challenger's session returns beat the
-    champion's: ``pairs`` are ``(champion, challenger)`` returns of the same sessions."""
-    from scipy import stats
-
-    arr = np.asarray(pairs, dtype=float).reshape(-1, 2)
-    d = arr[:, 1] - arr[:, 0]
-    n = len(d)
-    if n < 2 or np.all(d == d[0]):
-        mean = float(d.mean()) if n else math.nan
-        return PairedTest(n, mean, math.nan, 0.0 if n and mean > 0 else 1.0, "paired t")
-    res = stats.ttest_rel(arr[:, 1], arr[:, 0], alternative="greater")
-    return PairedTest(n, float(d.mean()), float(res.statistic), float(res.pvalue), "paired t")
 
 
 @dataclass(frozen=True)

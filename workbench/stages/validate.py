@@ -33,6 +33,7 @@ from workbench.models.registry import (
 )
 from workbench.risk import RiskPolicy
 from workbench.stages.train import trained_decision, trained_metrics
+from workbench.validation.baseline import BaselineComparison, compare_with_baseline, daily_returns
 from workbench.validation.evaluate import (
     EvaluationWindow,
     WindowUnavailableError,
@@ -45,6 +46,7 @@ from workbench.validation.evaluate import (
     walk_forward_evaluation,
 )
 from workbench.validation.gates import GateReport, evaluate_gates
+from workbench.validation.montecarlo import MonteCarloResult, bootstrap_returns
 from workbench.validation.walkforward import WalkForwardResult
 
 __all__ = [
@@ -74,6 +76,8 @@ class ValidateResult:
     table_fingerprint: str = ""
     train_end: datetime | None = None
     search: dict[str, Any] | None = None
+    monte_carlo: MonteCarloResult | None = None  # bootstrap of the judged daily returns
+    baseline: BaselineComparison | None = None  # the strategy's rule, same window and costs
 
 
 def run_validate(
@@ -109,10 +113,11 @@ def run_validate(
     table = pl.read_parquet(features_path)
     symbols = sorted(table.filter(pl.col("ts") >= split)["symbol"].unique().to_list())
     bars = BarStore(store_root, cfg.store.partition).read(symbols, timeframe, start=split)
+    decision = trained_decision(cfg, strategy, model)  # the thresholds the search chose
     ev = evaluate_model(
         cfg, load_model(model), table, bars, split=split, strategy=strategy, timeframe=timeframe,
         trial_sharpes=trial_sharpes, n_trials=n_trials, trial_correlation=trial_correlation,
-        decision=trained_decision(cfg, strategy, model),  # the thresholds the search chose
+        decision=decision,
     )  # fmt: skip
     metrics = dict(ev.metrics)
     metrics["pbo"] = float(pbo)
@@ -130,10 +135,12 @@ def run_validate(
         },
     }
     if not walk_forward_folds:
+        mc, base = _robustness(cfg, ev.backtest, table, bars, split, strategy, timeframe,
+                               decision, seed, metrics)  # fmt: skip
         gates = evaluate_gates(metrics, strat.gates)
         return ValidateResult(
             ev.predictions, ev.backtest, metrics, gates, ev.data_fingerprint, None, ev.policy,
-            **extra,
+            **extra, monte_carlo=mc, baseline=base,
         )  # fmt: skip
     wf = walk_forward_evaluation(
         cfg, ev.policy, table, ev.bars, split, walk_forward_folds, seed, _params(model)
@@ -147,11 +154,38 @@ def run_validate(
                 wf.backtest.equity["returns"].to_numpy(), trial_sharpes, n_trials, trial_correlation
             )
         )
+    judged = wf.backtest if wf.backtest is not None else ev.backtest
+    mc, base = _robustness(cfg, judged, table, bars, split, strategy, timeframe, decision, seed,
+                           wf_metrics)  # fmt: skip
     metrics.update({f"wf_{k}": v for k, v in wf_metrics.items()})
     return ValidateResult(
         ev.predictions, ev.backtest, metrics, evaluate_gates(wf_metrics, strat.gates),
-        ev.data_fingerprint, wf, ev.policy, **extra,
+        ev.data_fingerprint, wf, ev.policy, **extra, monte_carlo=mc, baseline=base,
     )  # fmt: skip
+
+
+def _robustness(
+    cfg: WorkbenchConfig, judged: BacktestResult, table: pl.DataFrame, bars: pl.DataFrame,
+    split: datetime, strategy: str, timeframe: str, decision: Any, seed: int,
+    into: dict[str, float],
+) -> tuple[MonteCarloResult | None, BaselineComparison | None]:  # fmt: skip
+    """The stationary bootstrap of the judged backtest's daily returns and the comparison with
+    the strategy's rule baseline; their metrics go ``into`` the gates' measurements (NaN when
+    there are too few days: a gate on them then fails, the model must prove it)."""
+    days = daily_returns(judged)["returns"].to_numpy()
+    mc = None
+    if len(days) >= 10:
+        mc = bootstrap_returns(days, n_draws=1000, horizon=min(21, len(days)), seed=seed)
+        into.update(mc.summary())
+    else:
+        into["sharpe_ci_low"] = math.nan
+    base = compare_with_baseline(
+        cfg, judged, table, bars, split=split, strategy=strategy, timeframe=timeframe,
+        decision=decision,
+    )  # fmt: skip
+    if base is not None:
+        into.update(base.metrics())
+    return mc, base
 
 
 def _params(model: ModelRef) -> dict[str, Any]:

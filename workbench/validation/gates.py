@@ -33,6 +33,7 @@ GATES: dict[str, tuple[str, str]] = {
     "min_ic": ("ic", ">="),
     "max_turnover": ("turnover", "<="),
     "min_sharpe_ci_low": ("sharpe_ci_low", ">="),  # stationary bootstrap (validation.montecarlo)
+    "beats_baseline": ("baseline_p_value", "<="),  # paired test against the rule (.baseline)
 }
 
 
