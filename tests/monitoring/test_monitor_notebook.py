@@ -160,6 +160,15 @@ def test_monitor_step_tracks_drift_lag_and_alerts(monitored: tuple) -> None:
     stale = [a for a in hist if a["kind"] == "staleness" and a["outcome"] == "sent"]
     assert {a["values"]["symbol"] for a in stale} == set(SYMBOLS)
     assert out["retrain"] is False and out["retrain_reason"]
+    # the version is flagged as drifted exactly when a column reached monitoring.psi_alert
+    from workbench.models.lifecycle import drift_flag
+    from workbench.models.registry import resolve_alias
+
+    flag = drift_flag(resolve_alias(STRATEGY, (CHAMPION,)))
+    past = sorted(k for k, v in out["psi"].items() if v >= load_config(REPO).monitoring.psi_alert)
+    assert (flag is not None) == bool(past)
+    if flag is not None:
+        assert sorted(flag["columns"]) == past
 
 
 @pytest.mark.notebook

@@ -240,11 +240,17 @@ def nightly_monitor(
     bt = _backtest_sessions(cfg, store, ref, strategy, timeframe, symbols, strat.feature_set, feats,
                             predict, live_start, backtest_sessions)  # fmt: skip
     age = _age_days(ref, now)
-    return run_monitor(
+    rep = run_monitor(
         cfg, model=label, live=live, reference=load_reference(ref), as_of=now, last_bars=last_bars,
         timeframe=timeframe, quality=quality, lags=lags, live_sessions=live_perf,
         backtest_sessions=bt, age_days=age, alerter=alerter,
     )  # fmt: skip
+    # drift past the alert threshold flags the version: a session then refuses (or warns about,
+    # per models.on_drift) trading it until the flag is cleared or a retrained version replaces it
+    from workbench.models.lifecycle import flag_drift_from_outputs
+
+    flag_drift_from_outputs(cfg, ref, rep.outputs(), at=now)
+    return rep
 
 
 def _ledger_checks(
