@@ -316,8 +316,15 @@ def _backtest_sessions(
 
 
 def _age_days(ref: Any, now: datetime) -> float | None:
+    """Days since the end of the version's training window (what a session's expiry reads),
+    else since the version was registered."""
     import mlflow
 
+    from workbench.models.lifecycle import age_days, train_end
+
+    end = train_end(ref)
+    if end is not None:
+        return age_days(end, now)
     mv = mlflow.MlflowClient().get_model_version(ref.name, str(ref.version))
     return checks.model_age_days(mv.creation_timestamp, now) if mv.creation_timestamp else None
 
