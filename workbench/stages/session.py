@@ -345,10 +345,16 @@ def session_policy(
         return RiskPolicy.from_config(cfg, strategy, timeframe=timeframe, sectors=sectors)
     raw = version_tag(ref, RISK_TAG)
     if not raw:
+        why = (
+            "decision.method is 'quantile' (thresholds from the training predictions)"
+            if strat.decision.method == "quantile"
+            else f"decision.cost_multiples is {list(strat.decision.cost_multiples)} (the search "
+            "chose the multiple)"
+        )
         raise ConfigError(
-            f"strategies.{strategy}.decision.method is 'quantile' but {ref.name} v{ref.version} "
-            f"has no '{RISK_TAG}' tag with its validated thresholds. Fix: validate the version "
-            "(04_validate) before trading it."
+            f"strategies.{strategy}.{why}, but {ref.name} v{ref.version} has no '{RISK_TAG}' tag "
+            "with its validated thresholds. Fix: validate the version (04_validate) before "
+            "trading it."
         )
     d = json.loads(raw)["decision"]
     decision = DecisionPolicy(strat.decision, float(d["long"]), float(d["short"]))
