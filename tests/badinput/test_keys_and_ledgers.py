@@ -112,6 +112,10 @@ LEDGERS = {
         lambda d: "nosuchdb://host/ledger",
         ["'nosuchdb://host/ledger'", "cannot be used", "Fix"],
     ),
+    "a file that does not exist (reading creates nothing)": (
+        lambda d: f"sqlite:///{d / 'nowhere' / 'ledger.db'}",
+        ["nowhere/ledger.db", "no order ledger at", "Fix: pass the ledger a session wrote"],
+    ),
     "not a URL": (
         lambda d: "runs/ledger.db",
         ["'runs/ledger.db'", "not an SQLAlchemy URL", "Fix: use e.g. 'sqlite:///runs/ledger.db'"],

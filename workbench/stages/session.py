@@ -436,8 +436,21 @@ class _NoFeatures:
 def session_status(
     cfg: WorkbenchConfig, ledger_url: str | None, session: str | None
 ) -> dict[str, Any]:
-    """The status of one session (default: the latest) as plain data."""
-    ledger = OrderLedger(project_url(cfg, ledger_url or cfg.execution.ledger_url))
+    """The status of one session (default: the latest) as plain data.
+
+    Reading never creates a ledger: a missing SQLite file is "no sessions yet" for the configured
+    ledger, and an error naming the path for one given with ``--ledger``."""
+    url = project_url(cfg, ledger_url or cfg.execution.ledger_url)
+    file = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+    if file and not file.startswith(":memory:") and not Path(file).exists():
+        if ledger_url:
+            raise ConfigError(
+                f"--ledger {ledger_url!r}: no order ledger at {file}. Fix: pass the ledger a "
+                f"session wrote (`wb session run --ledger ...`), or leave --ledger out to read "
+                f"{cfg.execution.ledger_url}."
+            )
+        return {"sessions": []}
+    ledger = OrderLedger(url)
     try:
         recs = ledger.sessions()
         if not recs:
