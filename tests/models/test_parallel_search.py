@@ -53,7 +53,8 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
         mp.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        mp.setenv("MLFLOW_EXPERIMENT_ID", "")  # recorded as absent: put back absent on exit
+        mp.delenv("MLFLOW_EXPERIMENT_ID")
         mlflow.set_tracking_uri(uri)
         exp = mlflow.create_experiment("psearch", artifact_location=(root / "art").as_uri())
         mlflow.set_experiment(experiment_id=exp)
