@@ -66,7 +66,9 @@ def _skfolio_erc(x: np.ndarray) -> np.ndarray:
     # "Solution may be inaccurate" (an error under this suite's filterwarnings, which skfolio
     # reports as no solution): the comparisons below bound how inaccurate it may be.
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="Solution may be inaccurate", category=UserWarning
+        )
         return RiskBudgeting(risk_measure=RiskMeasure.VARIANCE).fit(x / x.std()).weights_
 
 
