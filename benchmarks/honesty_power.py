@@ -150,9 +150,13 @@ def study(
     from tqdm.auto import tqdm
 
     rows = []
-    keys = ("MLFLOW_TRACKING_URI", "WB_MLFLOW__ARTIFACT_ROOT", "WB_RISK__STATE_URL")
+    from mlflow.tracking import fluent
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "WB_MLFLOW__ARTIFACT_ROOT",
+            "WB_RISK__STATE_URL")  # fmt: skip
     saved = {k: os.environ.get(k) for k in keys}
     before = mlflow.get_tracking_uri()
+    active = fluent._active_experiment_id  # a caller's experiment lives in the caller's store
     with tempfile.TemporaryDirectory(prefix="honesty-power-") as tmp:
         work = Path(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
@@ -160,6 +164,7 @@ def study(
         os.environ["WB_RISK__STATE_URL"] = f"sqlite:///{work / 'risk.db'}"
         try:
             mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+            mlflow.set_experiment("honesty-power")  # never the caller's experiment id
             runs = [(a, s) for a in alphas for s in seeds]
             for alpha, seed in tqdm(runs, desc="research runs", disable=not progress):
                 rows.append(run_one(seed, alpha, setting, work))
@@ -172,6 +177,7 @@ def study(
                 else:
                     os.environ[k] = v
             mlflow.set_tracking_uri(before)
+            fluent._active_experiment_id = active
     return pl.DataFrame(rows)
 
 
