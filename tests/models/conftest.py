@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import mlflow
 import numpy as np
 import polars as pl
 import pytest
+from mlflow.tracking import fluent
+from mlflow.tracking._tracking_service import utils as tracking_utils
 
 FEATURES = ["f0", "f1", "f2", "f3"]
 
@@ -40,3 +46,23 @@ def make_table(
 def table() -> pl.DataFrame:
     """2,000 rows: 4 symbols x 500 five-minute bars."""
     return make_table()
+
+
+@contextmanager
+def throwaway_experiment(root: Path, name: str) -> Iterator[str]:
+    """A SQLite MLflow store under ``root`` with one active experiment ``name``; MLflow's global
+    tracking state (URI, active experiment, ``MLFLOW_EXPERIMENT_ID``, which
+    ``mlflow.set_experiment`` writes) is put back as it was on exit."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+        mp.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MLFLOW_EXPERIMENT_ID", "")  # recorded as absent: put back absent on exit
+        mp.delenv("MLFLOW_EXPERIMENT_ID")
+        mlflow.set_tracking_uri(uri)
+        exp = mlflow.create_experiment(name, artifact_location=(root / "art").as_uri())
+        mlflow.set_experiment(experiment_id=exp)
+        yield exp
+        while mlflow.active_run() is not None:
+            mlflow.end_run()

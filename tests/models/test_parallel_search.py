@@ -16,8 +16,6 @@ import numpy as np
 import optuna
 import polars as pl
 import pytest
-from mlflow.tracking import fluent
-from mlflow.tracking._tracking_service import utils as tracking_utils
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from scipy.stats import ks_2samp
@@ -28,7 +26,7 @@ from workbench.models.parallel_search import check_parallel_storage
 from workbench.models.search import run_search
 from workbench.validation.cv import PurgedKFold
 
-from .conftest import FEATURES, make_table
+from .conftest import FEATURES, make_table, throwaway_experiment
 
 SPACE = {
     "num_leaves": IntDistribution(3, 15, log=True),
@@ -47,20 +45,9 @@ def table() -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
-        mp.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("MLFLOW_EXPERIMENT_ID", "")  # recorded as absent: put back absent on exit
-        mp.delenv("MLFLOW_EXPERIMENT_ID")
-        mlflow.set_tracking_uri(uri)
-        exp = mlflow.create_experiment("psearch", artifact_location=(root / "art").as_uri())
-        mlflow.set_experiment(experiment_id=exp)
+    """A throwaway SQLite MLflow store; the global tracking state is restored afterwards."""
+    with throwaway_experiment(tmp_path_factory.mktemp("mlflow"), "psearch") as exp:
         yield exp
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
 
 
 @pytest.fixture(scope="module")

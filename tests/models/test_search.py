@@ -14,8 +14,6 @@ import optuna
 import plotly.graph_objects as go
 import polars as pl
 import pytest
-from mlflow.tracking import fluent
-from mlflow.tracking._tracking_service import utils as tracking_utils
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -26,7 +24,7 @@ from workbench.models.estimator import LGBMForecaster
 from workbench.models.search import SearchError, refit, run_search
 from workbench.validation.cv import PurgedKFold
 
-from .conftest import FEATURES, make_table
+from .conftest import FEATURES, make_table, throwaway_experiment
 
 SPACE = {
     "num_leaves": IntDistribution(3, 15, log=True),
@@ -53,21 +51,8 @@ class TinyPurgedKFold:
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway SQLite MLflow store; the global tracking state is restored afterwards."""
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        # recorded here, put back on exit (set_tracking_uri/set_experiment write all four)
-        mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
-        mp.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("MLFLOW_EXPERIMENT_ID", "")  # recorded as absent: put back absent on exit
-        mp.delenv("MLFLOW_EXPERIMENT_ID")
-        mlflow.set_tracking_uri(uri)
-        exp = mlflow.create_experiment("search", artifact_location=(root / "art").as_uri())
-        mlflow.set_experiment(experiment_id=exp)
+    with throwaway_experiment(tmp_path_factory.mktemp("mlflow"), "search") as exp:
         yield exp
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
 
 
 def _search(tmp: Path, table: pl.DataFrame, **kw: Any) -> search_mod.SearchResult:
