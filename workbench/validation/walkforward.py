@@ -35,6 +35,33 @@ def _ic(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
+def _fold(
+    data: pl.DataFrame,
+    tr: np.ndarray,
+    te: np.ndarray,
+    k: int,
+    features: list[str],
+    params: Mapping[str, Any] | None,
+    seed: int,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """One window: fit on ``tr``, predict ``te``; the predictions and the window's facts."""
+    train, test = data[tr], data[te]
+    model = fit_lgbm(train, features, params=params, seed=seed)
+    p = predict(model, test, features).with_columns(
+        label=test["label"], fold=pl.lit(k, dtype=pl.Int32)
+    )
+    facts = {
+        "fold": k,
+        "train_rows": train.height,
+        "train_end_t1": train["t1"].max(),
+        "test_start": test["ts"].min(),
+        "test_end": test["ts"].max(),
+        "test_rows": test.height,
+        "ic": _ic(p["prediction"].to_numpy(), p["label"].to_numpy()),
+    }
+    return p, facts
+
+
 def walk_forward(
     table: pl.DataFrame,
     features: Sequence[str],
@@ -45,6 +72,7 @@ def walk_forward(
     bars: pl.DataFrame | None = None,
     risk: Any = None,
     backtest: BacktestConfig | None = None,
+    client: Any = None,
 ) -> WalkForwardResult:
     """Fit on each training window, predict its test window, stitch the predictions and backtest them.
 
@@ -62,27 +90,27 @@ def walk_forward(
         With ``bars`` and ``risk`` (the strategy's :class:`workbench.risk.RiskPolicy`), the
         stitched predictions are backtested under that policy (decisions, sizing, limits, kill
         switch, end-of-day flatten) with costs; the backtest's statistics join the metrics.
+    client : distributed.Client, optional
+        Fit and predict the windows on Dask workers (:func:`workbench.cluster.open_client`), one
+        task per window; the result equals the in-process one exactly (LightGBM runs with
+        ``n_jobs=1`` and the same seed wherever it runs).
     """
     data = table.sort("ts", "symbol")
-    preds, folds = [], []
-    for k, (tr, te) in enumerate(splitter.split(data)):
-        train, test = data[tr], data[te]
-        model = fit_lgbm(train, features, params=params, seed=seed)
-        p = predict(model, test, features).with_columns(
-            label=test["label"], fold=pl.lit(k, dtype=pl.Int32)
-        )
-        preds.append(p)
-        folds.append(
-            {
-                "fold": k,
-                "train_rows": train.height,
-                "train_end_t1": train["t1"].max(),
-                "test_start": test["ts"].min(),
-                "test_end": test["ts"].max(),
-                "test_rows": test.height,
-                "ic": _ic(p["prediction"].to_numpy(), p["label"].to_numpy()),
-            }
-        )
+    windows = list(splitter.split(data))
+    features = list(features)
+    if client is None:
+        done = [
+            _fold(data, tr, te, k, features, params, seed) for k, (tr, te) in enumerate(windows)
+        ]
+    else:  # the table goes to the workers once; each window is one task
+        (shared,) = client.scatter([data], broadcast=True)
+        futures = [
+            client.submit(_fold, shared, tr, te, k, features, params, seed, pure=False)
+            for k, (tr, te) in enumerate(windows)
+        ]
+        done = client.gather(futures)
+    preds = [p for p, _ in done]
+    folds = [f for _, f in done]
     if not preds:
         raise ValueError("the splitter produced no fold; use fewer/shorter windows or more data.")
     stitched = pl.concat(preds).sort("symbol", "ts")
