@@ -217,22 +217,37 @@ def walk_forward_evaluation(
     folds: int,
     seed: int,
     params: dict[str, Any],
+    client: Any = None,
 ) -> WalkForwardResult:
-    """Retrain the model (``params``) per window from ``split`` on, ``folds`` windows, costs on."""
+    """Retrain the model (``params``) per window from ``split`` on, ``folds`` windows, costs on.
+
+    With ``dask.executor: dask`` the windows are fitted on ``cfg.dask``'s cluster, one task per
+    window (the same result as in-process); a ``client`` given is used as it is.
+    """
     full = table.sort("ts", "symbol")
     n_train = full.filter(pl.col("ts") < split)["ts"].n_unique()
     n_test = full.filter(pl.col("ts") >= split)["ts"].n_unique()
     splitter = WalkForward(train_size=n_train, test_size=max(1, n_test // folds), embargo=1)
-    return walk_forward(
-        full,
-        feature_columns(full),
-        splitter=splitter,
-        params=params,
-        seed=seed,
-        bars=bars,
-        risk=policy,
-        backtest=cfg.backtest,
-    )
+
+    def run(dask_client: Any) -> WalkForwardResult:
+        return walk_forward(
+            full,
+            feature_columns(full),
+            splitter=splitter,
+            params=params,
+            seed=seed,
+            bars=bars,
+            risk=policy,
+            backtest=cfg.backtest,
+            client=dask_client,
+        )
+
+    if client is not None or cfg.dask.executor != "dask":
+        return run(client)
+    from workbench.cluster import open_client
+
+    with open_client(cfg.dask) as opened:
+        return run(opened)
 
 
 # ------------------------------------------------------------------------ recorded windows
