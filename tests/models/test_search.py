@@ -450,3 +450,24 @@ def test_cost_aware_thresholds_are_multiples_of_the_round_trip_cost() -> None:
         DecisionPolicy.at_cost_multiple(cfg, costs, -1.0)
     with pytest.raises(ValueError, match="cost_multiples .* need method: threshold"):
         DecisionConfig(method="quantile", long=0.8, short=0.2, cost_multiples=(1.0,))
+
+
+class _NeverPrune(optuna.pruners.BasePruner):
+    """A pruner that reads every report and never prunes: the search's work with reports on."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return False
+
+
+def test_without_a_pruner_no_round_is_reported_and_the_trials_are_the_same(
+    tmp_path: Path, table: pl.DataFrame, experiment: str
+) -> None:
+    with mlflow.start_run():
+        nop = _search(tmp_path / "nop", table, pruner=optuna.pruners.NopPruner())
+    with mlflow.start_run():
+        reads = _search(tmp_path / "reads", table, pruner=_NeverPrune())
+    a, b = nop.study.trials, reads.study.trials
+    assert [t.params for t in a] == [t.params for t in b]
+    assert [t.value for t in a] == [t.value for t in b]  # the same models, exactly
+    assert all(t.intermediate_values for t in b)  # a pruner gets its per-round reports
+    assert not any(t.intermediate_values for t in a)  # nothing reads them: none written

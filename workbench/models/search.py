@@ -482,15 +482,19 @@ class _Objective:
             mlflow.log_params(_loggable(params))
             if decision is not None:
                 mlflow.log_params({f"decision.{k}": str(v) for k, v in decision.items()})
+            # without a pruner nothing reads the per-round scores: no callback, no journal writes
+            prunes = not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
             try:
                 for k, (train, test) in enumerate(self.folds):
-                    pruning = LightGBMPruningCallback(
-                        trial,
-                        self.spec.prune_metric,
-                        valid_name=VALID_NAME,
-                        report_interval=REPORT_EVERY,
-                    )
-                    steps = _FoldSteps(pruning, k * self.stride)
+                    steps = None
+                    if prunes:
+                        pruning = LightGBMPruningCallback(
+                            trial,
+                            self.spec.prune_metric,
+                            valid_name=VALID_NAME,
+                            report_interval=REPORT_EVERY,
+                        )
+                        steps = _FoldSteps(pruning, k * self.stride)
                     s, sr = self._fold(params, train, test, steps, decision)
                     scores.append(s)
                     trial.set_user_attr("fold_scores", scores)
@@ -525,19 +529,27 @@ class _Objective:
         params: dict[str, Any],
         train: np.ndarray,
         test: np.ndarray,
-        pruning: _FoldSteps,
+        pruning: _FoldSteps | None,
         decision: dict[str, Any] | None = None,
     ) -> tuple[float, float | None]:
-        """Return the fold's score and, with a ``backtest_fn``, its backtest Sharpe ratio."""
+        """Return the fold's score and, with a ``backtest_fn``, its backtest Sharpe ratio.
+
+        Without ``pruning`` (and without early stopping) the test rows are not scored every
+        boosting round: LightGBM's trees do not depend on them, so the model is the same.
+        """
         x_test, y_test = self.x[test], self.y[test]
-        model = LGBMForecaster(**params).fit(
-            self.x[train],
-            self.y[train],
-            x_test,
-            y_test,
-            eval_metric=_ic_feval if self.spec.metric == "None" else None,
-            callbacks=[pruning],
-        )
+        est = LGBMForecaster(**params)
+        if pruning is None and est.early_stopping_rounds is None:
+            model = est.fit(self.x[train], self.y[train])
+        else:
+            model = est.fit(
+                self.x[train],
+                self.y[train],
+                x_test,
+                y_test,
+                eval_metric=_ic_feval if self.spec.metric == "None" else None,
+                callbacks=[] if pruning is None else [pruning],
+            )
         pred = model.predict(x_test)
         sharpe = None if self.backtest_fn is None else self._sharpe(test, pred, decision)
         if self.score == "ic":
