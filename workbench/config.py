@@ -19,6 +19,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -92,6 +93,8 @@ class SimulatorConfig(_Frozen):
 
     seed: int = Field(7, ge=0, lt=2**32)  # master seed: same seed, same bars
     alpha: float = Field(0.0, ge=0.0, le=0.5)  # planted predictability; 0 = martingale
+    vwap_reversion: float = Field(0.0, ge=0.0, le=0.5)  # planted reversion to the session VWAP
+    trend: float = Field(0.0, ge=0.0, le=1.0)  # planted multi-day drift, sd / daily vol
     n_sectors: int = Field(3, ge=1)  # sector factors
     start_price: float = Field(100.0, gt=0)  # mean starting price
     annual_vol: float = Field(0.25, gt=0)  # average annualised volatility of a symbol
@@ -481,6 +484,41 @@ class ReconcileConfig(_Frozen):
     qty_tolerance: float = Field(1e-6, ge=0)  # shares; a larger position difference halts
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ShadowConfig(_Frozen):
+    """Shadow sessions (``wb shadow``): the account the challenger trades beside the champion.
+
+    ``alpaca``: its own Alpaca paper account, whose keys are read from the environment variables
+    named here (the config names the variables, never holds the keys)."""
+
+    challenger_broker: Literal["sim", "alpaca"] = (
+        "sim"  # sim: its own simulated account | alpaca: its own paper account
+    )
+    key_id_env: str = "APCA_CHALLENGER_API_KEY_ID"  # env var with the challenger account's key id
+    secret_key_env: str = "APCA_CHALLENGER_API_SECRET_KEY"  # env var with its secret key
+    trading_url: str | None = None  # its trading REST URL; null: alpaca.trading_url (paper)
+    trading_stream_url: str | None = None  # its trade_updates websocket; null: from trading_url
+
+    @field_validator("key_id_env", "secret_key_env")
+    @classmethod
+    def _env_name(cls, v: str, info: Any) -> str:
+        field = f"execution.shadow.{info.field_name}"
+        if not _ENV_NAME.match(v):
+            raise ValueError(
+                f"{field} must name an environment variable (letters, digits, _). Got {v!r}. "
+                "Fix: e.g. APCA_CHALLENGER_API_KEY_ID (the variable's name, never the key)."
+            )
+        if v in ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY"):
+            raise ValueError(
+                f"{field} is {v!r}: the champion's keys. The challenger needs its own paper "
+                "account. Fix: name variables of its own, e.g. APCA_CHALLENGER_API_KEY_ID and "
+                "APCA_CHALLENGER_API_SECRET_KEY."
+            )
+        return v
+
+
 class ExecutionConfig(_Frozen):
     """Trading sessions: broker, ledger, order working, reconcile, shutdown."""
 
@@ -499,6 +537,7 @@ class ExecutionConfig(_Frozen):
     )  # replay mode: wait this long for a bar's orders to finish before the next bar
     watchdog_seconds: float = Field(30.0, gt=0)  # a silent trade stream is presumed dead after this
     poll_seconds: float = Field(5.0, gt=0)  # REST polling of open orders while the stream is down
+    shadow: ShadowConfig = ShadowConfig()  # where a shadow session's challenger trades
 
 
 class MonitoringConfig(_Frozen):

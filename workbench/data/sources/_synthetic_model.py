@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from dataclasses import dataclass
 from datetime import date
 from statistics import NormalDist
@@ -28,6 +29,8 @@ GARCH = {"market": (0.05, 0.08, 0.87), "sector": (0.06, 0.06, 0.88), "idio": (0.
 P_TO_VOLATILE, P_TO_CALM = 0.02, 0.08
 REGIME_MULT_MARKET = np.array([0.625, 2.5])
 REGIME_MULT_OTHER = np.array([0.8, 1.8])
+# planted multi-day trend: a per-symbol daily drift, AR(1) with this coefficient per session
+TREND_PERSISTENCE = 0.9
 
 _NORMAL = NormalDist()
 
@@ -232,12 +235,45 @@ class SymbolPaths:
     idio_intraday: np.ndarray  # idiosyncratic open-to-close log return
     idio_var: np.ndarray  # idiosyncratic daily variance
     volume_factor: np.ndarray  # daily volume multiplier (higher on volatile days)
+    log_close: np.ndarray  # log price at the session close (what the 1Day bar closes at)
 
 
-def symbol_paths(traits: list[Traits], factors: FactorPaths) -> list[SymbolPaths]:
+def trend_drift(traits: list[Traits], n: int, trend: float) -> np.ndarray:
+    """Return the planted daily drift of each symbol, shape ``(n, symbols)``.
+
+    ``mu_t = phi * mu_{t-1} + sqrt(1 - phi^2) * trend * sd_i * xi_t`` with ``phi =``
+    :data:`TREND_PERSISTENCE`, ``sd_i`` the symbol's average daily volatility and ``mu_0`` drawn
+    from the stationary law ``N(0, (trend * sd_i)^2)``; each symbol has its own stream.
+    """
+    phi = TREND_PERSISTENCE
+    xi = np.stack(
+        [philox(stream_key("trend", *t.daily_key.tolist())).standard_normal(n) for t in traits]
+    )
+    sd = trend * np.sqrt([t.daily_var for t in traits])
+    mu = np.empty((n, len(traits)))
+    cur = sd * xi[:, 0]
+    inno = math.sqrt(1.0 - phi * phi) * sd[:, None] * xi
+    for i in range(n):
+        mu[i] = cur
+        if i + 1 < n:
+            cur = phi * cur + inno[:, i + 1]
+    return mu
+
+
+def symbol_paths(
+    traits: list[Traits],
+    factors: FactorPaths,
+    *,
+    trend: float = 0.0,
+    session_scale: np.ndarray | None = None,
+) -> list[SymbolPaths]:
     """Simulate the daily idiosyncratic state and price level of each symbol from the epoch.
 
-    Each symbol draws from its own stream, so a symbol's path never depends on the others.
+    Each symbol draws from its own stream, so a symbol's path never depends on the others. With
+    ``trend > 0`` the symbol's daily log return carries the persistent drift of
+    :func:`trend_drift`, split between the overnight gap and the session like the variance.
+    ``session_scale`` (one per session) multiplies the open-to-close log return (the planted
+    VWAP reversion reverts part of the session's moves before the close).
     """
     n = factors.gap.shape[0]
     z = np.stack([philox(t.daily_key).standard_normal((n, 3)) for t in traits], axis=1)
@@ -250,7 +286,13 @@ def symbol_paths(traits: list[Traits], factors: FactorPaths) -> list[SymbolPaths
     sector = np.array([1 + t.sector for t in traits])
     gap = beta * factors.gap[:, :1] + factors.gap[:, sector] + np.sqrt(OVERNIGHT_SHARE) * sd * zg
     idio_intraday = np.sqrt(1 - OVERNIGHT_SHARE) * sd * zi
+    if trend > 0:
+        mu = trend_drift(traits, n, trend)
+        gap = gap + OVERNIGHT_SHARE * mu
+        idio_intraday = idio_intraday + (1 - OVERNIGHT_SHARE) * mu
     intraday = beta * factors.intraday[:, :1] + factors.intraday[:, sector] + idio_intraday
+    if session_scale is not None:
+        intraday = intraday * session_scale[:, None]
     log_p0 = np.log([t.price0 for t in traits])
     log_close = log_p0 + np.cumsum(gap + intraday, axis=0)
     prev_close = np.vstack([log_p0[None, :], log_close[:-1]])
@@ -263,6 +305,7 @@ def symbol_paths(traits: list[Traits], factors: FactorPaths) -> list[SymbolPaths
             idio_intraday=idio_intraday[:, j],
             idio_var=idio_var[:, j],
             volume_factor=vfac[:, j],
+            log_close=log_close[:, j],
         )
         for j in range(len(traits))
     ]

@@ -7,12 +7,13 @@ other rows are computed with it. See :mod:`workbench.data.sources.synthetic` for
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from workbench.data.sources._synthetic_model import OVERNIGHT_SHARE, Profiles, philox
+from workbench.data.sources._synthetic_model import OVERNIGHT_SHARE, Profiles, philox, profiles
 
 _INTRADAY = 1.0 - OVERNIGHT_SHARE
 _N_UNIFORM = 5  # high, low, volume noise, trade size, vwap weight
@@ -84,6 +85,97 @@ def _plant(nat: np.ndarray, share: np.ndarray, starts: np.ndarray, alpha: float)
     return bridge(x, share, nat.sum(axis=1))
 
 
+@dataclass(frozen=True, slots=True)
+class VwapPlan:
+    """The linear map of a session's planted 5Min bar returns (see :func:`vwap_plan`)."""
+
+    m: np.ndarray  # (K, K): planted bar returns r = m @ nb of the natural bar returns nb
+    h: np.ndarray  # (K,): Cov(r, sum r) / Var(sum r), the direction of the total's conditioning
+    q: float  # Var(sum r) / Var(sum nb): the session's open-to-close variance ratio
+    deviation: np.ndarray  # (K, K): D = deviation @ r, the VWAP deviations at bar closes
+    g: np.ndarray  # (K,): null standard deviation of D_k (units of the session's volatility)
+    share: np.ndarray  # (K,): variance share of each bar
+
+
+@functools.lru_cache(maxsize=64)
+def vwap_plan(n: int, local_open: int, alpha: float, beta: float) -> VwapPlan:
+    """Return the planted 5Min bar-return map of an ``n``-minute session opening at minute
+    ``local_open`` of the local day, with next-bar reversal ``alpha`` and VWAP reversion ``beta``.
+
+    For ``k >= 1``: ``r_k = -alpha sqrt(w_k / w_{k-1}) r_{k-1} - beta sqrt(w_k) D_{k-1} / g_{k-1}
+    + sqrt(1 - alpha^2 - beta^2) nb_k`` and ``r_0 = nb_0`` (``w`` the bars' variance shares), a
+    linear map ``r = m nb``. See :mod:`workbench.data.sources.synthetic`.
+    """
+    prof = profiles(n)
+    starts = segment_starts(local_open, n, 5)
+    w = np.add.reduceat(prof.var, starts)
+    dev = deviation_matrix(prof.volume, starts)
+    g = np.sqrt((dev * dev) @ w)
+    k = len(starts)
+    b = math.sqrt(1.0 - alpha * alpha - beta * beta)
+    lag = np.zeros((k, k))
+    for j in range(1, k):
+        lag[j, j - 1] -= alpha * math.sqrt(w[j] / w[j - 1])
+        lag[j] -= beta * math.sqrt(w[j]) / g[j - 1] * dev[j - 1]
+    scale = np.full(k, b)
+    scale[0] = 1.0
+    m = np.linalg.solve(np.eye(k) - lag, np.diag(scale))
+    cov = (m * w) @ m.T
+    total = cov.sum(axis=1)
+    q = float(total.sum())
+    for a in (m, dev, g, w, total):
+        a.setflags(write=False)
+    return VwapPlan(m=m, h=total / q, q=q, deviation=dev, g=g, share=w)
+
+
+def deviation_matrix(volume: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Return ``c`` with ``D_k = sum_i c_ki r_i``: the deviation of bar ``k``'s log close from
+    the session's expected-volume-weighted average of bar mid prices, on the bar returns ``r``.
+
+    ``D_k = L_k - A_k``, ``L_k = r_0 + ... + r_k``, ``A_k = sum_{j<=k} omega_j P_j / Omega_k`` with
+    ``P_j = (L_{j-1} + L_j) / 2`` (``L_{-1} = 0``) and ``omega_j`` bar ``j``'s share of the volume
+    profile: ``c_ki = 1 - (omega_i / 2 + sum_{i<j<=k} omega_j) / Omega_k`` for ``i <= k``.
+    """
+    om = np.add.reduceat(volume, starts)
+    big = np.cumsum(om)
+    k = len(starts)
+    c = np.zeros((k, k))
+    for j in range(k):
+        after = big[j] - big[: j + 1]
+        c[j, : j + 1] = 1.0 - (om[: j + 1] / 2.0 + after) / big[j]
+    return c
+
+
+def _plant_vwap(
+    nat: np.ndarray,
+    share: np.ndarray,
+    starts: np.ndarray,
+    plan: VwapPlan,
+    total_sd: np.ndarray,
+    z: np.ndarray,
+) -> np.ndarray:
+    """Plant the map of ``plan`` at the bars beginning at ``starts``, conditioned exactly on the
+    session's total (``sqrt(q)`` times the natural one: the daily state's scaled session).
+
+    The natural bar returns are bridged to the session total ``T``; a fresh total
+    ``T' = total_sd * z`` turns them into an unconditional draw (``nb - w T + w T'``), which is
+    mapped by ``plan.m`` and conditioned on summing to ``sqrt(q) T``: unconditionally the planted
+    bar returns follow the map's law exactly.
+    """
+    bar_share = np.add.reduceat(share, starts)
+    seg = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(share))))
+    root = math.sqrt(plan.q)
+    nb = np.add.reduceat(nat, starts, axis=1)
+    total = nb.sum(axis=1)
+    free = nb + (total_sd * z - total)[:, None] * bar_share
+    r = free @ plan.m.T
+    r += (root * total - r.sum(axis=1))[:, None] * plan.h
+    scale = np.diag(plan.m)
+    drift = r - scale * nb
+    x = scale[seg] * nat + drift[:, seg] * (share / bar_share[seg])
+    return bridge(x, share, root * total)
+
+
 def minute_bars(
     rows: Rows,
     factors: np.ndarray,
@@ -91,6 +183,7 @@ def minute_bars(
     *,
     alpha: float,
     plant_starts: np.ndarray,
+    plan: VwapPlan | None = None,
 ) -> dict[str, np.ndarray]:
     """Simulate the one-minute bars of each row; return (r, n) arrays of the bar columns."""
     r_n = rows.ordinals.shape[0]
@@ -110,7 +203,19 @@ def minute_bars(
     )
     nat = rows.beta[:, None] * factors[rows.day, 0] + factors[rows.day, rows.sector] + idio
     sd = np.sqrt(_INTRADAY * (rows.factor_var + rows.idio_var))[:, None] * sqrt_share
-    x = _plant(nat, share, plant_starts, alpha) if alpha > 0 else nat
+    if plan is not None:
+        zt = np.array(
+            [
+                philox(rows.keys[i], day=int(rows.ordinals[i]), stream=2).standard_normal()
+                for i in range(r_n)
+            ]
+        )
+        total_sd = np.sqrt(_INTRADAY * (rows.factor_var + rows.idio_var))
+        x = _plant_vwap(nat, share, plant_starts, plan, total_sd, zt)
+    elif alpha > 0:
+        x = _plant(nat, share, plant_starts, alpha)
+    else:
+        x = nat
 
     close = np.exp(rows.log_open[:, None] + np.cumsum(x, axis=1))
     open_ = np.empty_like(close)
@@ -160,3 +265,18 @@ def aggregate(bars: dict[str, np.ndarray], starts: np.ndarray) -> dict[str, np.n
         "vwap": np.clip(vwap, low, high),
         "trade_count": np.add.reduceat(bars["trade_count"], starts, axis=1),
     }
+
+
+def vwap_plan_ic(plan: VwapPlan) -> float:
+    """Return the pooled IC of ``-D_{k-1}`` against ``r_k`` (``k >= 1``) under the plan's law.
+
+    Exact for the planted latent signal (the deviation from the expected-volume-weighted mean of
+    bar mids): ``sum_k cov(-D_{k-1}, r_k) / sqrt(sum_k var(D_{k-1}) sum_k var(r_k))``, the moments
+    of ``r = m nb`` with ``nb ~ N(0, diag(w))``.
+    """
+    cov = (plan.m * plan.share) @ plan.m.T
+    dcov = plan.deviation @ cov  # cov(D_j, r_i)
+    cross = -np.array([dcov[k - 1, k] for k in range(1, len(plan.share))])
+    dvar = np.einsum("ij,ij->i", plan.deviation @ cov, plan.deviation)[:-1]
+    rvar = np.diag(cov)[1:]
+    return float(cross.sum() / math.sqrt(dvar.sum() * rvar.sum()))

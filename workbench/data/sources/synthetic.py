@@ -80,10 +80,13 @@ from workbench.data.schema import BAR_SCHEMA, empty_bars
 from workbench.data.sources import _synthetic_model as model
 from workbench.data.sources._synthetic_paths import (
     Rows,
+    VwapPlan,
     aggregate,
     factor_minutes,
     minute_bars,
     segment_starts,
+    vwap_plan,
+    vwap_plan_ic,
 )
 from workbench.data.sources.base import register_source
 from workbench.data.timeframe import Timeframe
@@ -147,6 +150,88 @@ def expected_ic(alpha: float, horizon: int = 1) -> float:
     return cov / math.sqrt(var)
 
 
+def vwap_signal_expr(tz: str = "America/New_York") -> pl.Expr:
+    """Return the polars expression of :func:`vwap_signal` (rows sorted by ``symbol, ts``)."""
+    day = pl.col("ts").dt.convert_time_zone(tz).dt.date()
+    pv = (pl.col("vwap") * pl.col("volume")).cum_sum().over("symbol", day)
+    v = pl.col("volume").cum_sum().over("symbol", day)
+    return -(pl.col("close") / (pv / v)).log().alias("vwap_signal")
+
+
+def vwap_signal(bars: pl.DataFrame, tz: str = "America/New_York") -> pl.Series:
+    """Compute the VWAP-reversion signal of each bar from the session's bars up to it.
+
+    ``s_t = -log(close_t / VWAP_t)`` with ``VWAP_t`` the session's volume-weighted average price
+    over its bars up to and including ``t`` (from the bars' ``vwap`` and ``volume``). On 5Min
+    bars it predicts the next bar's close-to-close return in the same session with IC
+    :func:`vwap_expected_ic` of the simulator's ``vwap_reversion``.
+
+    Parameters
+    ----------
+    bars : pl.DataFrame
+        Bars with ``symbol, ts, close, vwap, volume``, sorted by ``(symbol, ts)``.
+    tz : str
+        Time zone whose dates delimit sessions.
+
+    Returns
+    -------
+    pl.Series
+        ``vwap_signal``, aligned with the rows of ``bars``.
+    """
+    missing = [c for c in ("symbol", "ts", "close", "vwap", "volume") if c not in bars.columns]
+    if missing:
+        raise ConfigError(
+            f"vwap_signal needs bar columns ['symbol', 'ts', 'close', 'vwap', 'volume']; missing "
+            f"{missing} in {bars.columns}. Fix: pass bars from a source or the store."
+        )
+    return bars.select(vwap_signal_expr(tz)).to_series()
+
+
+def vwap_expected_ic(vwap_reversion: float, alpha: float = 0.0) -> float:
+    """Return the IC of the planted VWAP deviation against the next 5Min return in the session.
+
+    The pooled Pearson IC of ``-D_{k-1}`` and ``r_k`` over a regular 390-minute session, exact
+    under the planted linear law (:func:`~workbench.data.sources._synthetic_paths.vwap_plan_ic`).
+    :func:`vwap_signal` (the bars' own session VWAP, whose volumes are noisy) measures it within
+    its standard error; see the module docstring.
+    """
+    if not (0.0 <= vwap_reversion < 1.0 and 0.0 <= alpha < 1.0) or (
+        alpha * alpha + vwap_reversion * vwap_reversion >= 1.0
+    ):
+        raise ConfigError(
+            f"vwap_reversion and alpha must be floats in [0, 1) with alpha^2 + vwap_reversion^2 "
+            f"< 1. Got {vwap_reversion!r} and {alpha!r} instead."
+        )
+    if vwap_reversion == 0.0:
+        return 0.0
+    return vwap_plan_ic(vwap_plan(390, 570, float(alpha), float(vwap_reversion)))
+
+
+def trend_expected_ic(trend: float, lookback: int = 5, horizon: int = 5) -> float:
+    """Return the IC of the ``lookback``-session momentum against the next ``horizon`` sessions.
+
+    With daily log returns ``R_t = mu_t + e_t`` (``mu`` the planted AR(1) drift of coefficient
+    ``phi`` and standard deviation ``trend`` in units of the daily volatility, ``e`` the rest of
+    unit variance), the signal ``m_t = R_{t-N+1} + ... + R_t`` and the target
+    ``F_t = R_{t+1} + ... + R_{t+H}`` have ``cov = trend^2 phi (1 - phi^N)(1 - phi^H) / (1 - phi)^2``
+    and ``var(m) = N + trend^2 (N + 2 sum_{k<N} (N - k) phi^k)`` (likewise ``var(F)``); the IC is
+    ``cov / sqrt(var(m) var(F))``. Exact for the population (pooled Pearson) correlation.
+    """
+    for name, v in (("lookback", lookback), ("horizon", horizon)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name} must be an int >= 1. Got {v!r} instead.")
+    if not 0.0 <= trend <= 1.0:
+        raise ConfigError(f"trend must be a float in [0, 1]. Got {trend!r} instead.")
+    phi = model.TREND_PERSISTENCE
+    t2 = trend * trend
+    cov = t2 * phi * (1 - phi**lookback) * (1 - phi**horizon) / (1 - phi) ** 2
+
+    def var(n: int) -> float:
+        return n + t2 * (n + 2 * sum((n - k) * phi**k for k in range(1, n)))
+
+    return cov / math.sqrt(var(lookback) * var(horizon))
+
+
 def _to_us(value: datetime, what: str) -> int:
     if not isinstance(value, datetime):
         raise SourceError(
@@ -201,6 +286,8 @@ class SyntheticSource:
         *,
         seed: int = 7,
         alpha: float = 0.0,
+        vwap_reversion: float = 0.0,
+        trend: float = 0.0,
         n_sectors: int = 3,
         start_price: float = 100.0,
         annual_vol: float = 0.25,
@@ -211,6 +298,8 @@ class SyntheticSource:
         checks = [
             ("seed", isinstance(seed, int) and not isinstance(seed, bool), "an int", seed),
             ("alpha", 0.0 <= alpha < 1.0, "a float in [0, 1)", alpha),
+            ("vwap_reversion", 0.0 <= vwap_reversion < 1.0, "a float in [0, 1)", vwap_reversion),
+            ("trend", 0.0 <= trend <= 1.0, "a float in [0, 1]", trend),
             ("n_sectors", isinstance(n_sectors, int) and n_sectors >= 1, "an int >= 1", n_sectors),
             ("start_price", start_price > 0, "a float > 0", start_price),
             ("annual_vol", 0 < annual_vol <= 5, "a float in (0, 5]", annual_vol),
@@ -227,9 +316,17 @@ class SyntheticSource:
                 raise ConfigError(
                     f"The {pname!r} parameter of SyntheticSource must be {want}. Got {got!r} instead."
                 )
+        if alpha * alpha + vwap_reversion * vwap_reversion >= 1.0:
+            raise ConfigError(
+                f"The 'alpha' ({alpha!r}) and 'vwap_reversion' ({vwap_reversion!r}) parameters of "
+                "SyntheticSource share the next bar's variance: alpha^2 + vwap_reversion^2 must be "
+                "below 1. Fix: lower one of them (e.g. 0.25 and 0.15)."
+            )
         get_calendar(calendar)  # fail early on an unknown code
         self.seed = int(seed)
         self.alpha = float(alpha)
+        self.vwap_reversion = float(vwap_reversion)
+        self.trend = float(trend)
         self.n_sectors = int(n_sectors)
         self.start_price = float(start_price)
         self.annual_vol = float(annual_vol)
@@ -247,8 +344,9 @@ class SyntheticSource:
 
     def __repr__(self) -> str:
         return (
-            f"SyntheticSource(seed={self.seed}, alpha={self.alpha}, n_sectors={self.n_sectors}, "
-            f"calendar={self.calendar!r})"
+            f"SyntheticSource(seed={self.seed}, alpha={self.alpha}, "
+            f"vwap_reversion={self.vwap_reversion}, trend={self.trend}, "
+            f"n_sectors={self.n_sectors}, calendar={self.calendar!r})"
         )
 
     @property
@@ -260,9 +358,29 @@ class SyntheticSource:
         """Return the planted signal's IC against the ``horizon``-bar forward 5Min return."""
         return expected_ic(self.alpha, horizon)
 
+    @property
+    def planted_vwap_ic(self) -> float:
+        """The expected IC of :func:`vwap_signal` for the next 5Min return in the session."""
+        return vwap_expected_ic(self.vwap_reversion, self.alpha)
+
+    def trend_expected_ic(self, lookback: int = 5, horizon: int = 5) -> float:
+        """Return the IC of the ``lookback``-session momentum against the next ``horizon``
+        sessions' return (:func:`trend_expected_ic`)."""
+        return trend_expected_ic(self.trend, lookback, horizon)
+
     def provenance(self) -> dict[str, str]:
-        """Describe the generator and every parameter that changes the bars."""
+        """Describe the generator and every parameter that changes the bars.
+
+        The planted edges added later (``vwap_reversion``, ``trend``) appear only when set, so
+        the provenance of a store written before they existed still matches.
+        """
+        planted = {
+            k: repr(v)
+            for k, v in (("vwap_reversion", self.vwap_reversion), ("trend", self.trend))
+            if v
+        }
         return {
+            **planted,
             "source": "synthetic",
             "generator": f"workbench-synthetic/{GENERATOR_VERSION}",
             "seed": str(self.seed),
@@ -301,10 +419,33 @@ class SyntheticSource:
             )
         return self._factors
 
+    def _plan(self, n: int, local_open: int) -> VwapPlan | None:
+        if not self.vwap_reversion:
+            return None
+        return vwap_plan(n, local_open, self.alpha, self.vwap_reversion)
+
+    def _session_scale(self) -> np.ndarray | None:
+        """``sqrt(q)`` of each session's VWAP-reversion plan (None without one)."""
+        if not self.vwap_reversion:
+            return None
+        sch = model.schedule(self.calendar)
+        out = np.empty(len(sch))
+        sig = np.stack([sch.minutes, sch.local_open], axis=1)
+        for n, local_open in np.unique(sig, axis=0).tolist():
+            plan = self._plan(n, local_open)
+            assert plan is not None
+            out[(sig[:, 0] == n) & (sig[:, 1] == local_open)] = math.sqrt(plan.q)
+        return out
+
     def _symbol_paths(self, symbols: list[str]) -> list[model.SymbolPaths]:
         todo = [s for s in symbols if s not in self._paths]
         if todo:
-            made = model.symbol_paths([self._trait(s) for s in todo], self._factor_paths())
+            made = model.symbol_paths(
+                [self._trait(s) for s in todo],
+                self._factor_paths(),
+                trend=self.trend,
+                session_scale=self._session_scale(),
+            )
             self._paths.update(zip(todo, made, strict=True))
         return [self._paths[s] for s in symbols]
 
@@ -330,6 +471,28 @@ class SyntheticSource:
                 "start_price": [t.price0 for t in ts],
             }
         )
+
+    def daily_closes(self, symbols: Sequence[str]) -> pl.DataFrame:
+        """Return every session's close of ``symbols`` from the epoch on, from the daily state.
+
+        The closes of the ``1Day`` bars without simulating a minute (cheap over years): the
+        intraday paths, planted edges included, are bridged to these closes.
+
+        Returns
+        -------
+        pl.DataFrame
+            Columns ``symbol, session, close``, sorted by ``(symbol, session)``.
+        """
+        syms = self._check_symbols(symbols)
+        dates = model.schedule(self.calendar).dates
+        paths = self._symbol_paths(syms)
+        return pl.DataFrame(
+            {
+                "symbol": np.repeat(syms, len(dates)),
+                "session": np.tile(dates, len(syms)),
+                "close": np.exp(np.concatenate([p.log_close for p in paths])),
+            }
+        ).with_columns(pl.col("session").cast(pl.Date))
 
     # ------------------------------------------------------------------ fetch
 
@@ -464,7 +627,15 @@ class SyntheticSource:
                     trade_size=trade_size[si],
                 )
                 bars = aggregate(
-                    minute_bars(rows, fmin, prof, alpha=self.alpha, plant_starts=plant), starts
+                    minute_bars(
+                        rows,
+                        fmin,
+                        prof,
+                        alpha=self.alpha,
+                        plant_starts=plant,
+                        plan=self._plan(n, local_open),
+                    ),
+                    starts,
                 )
                 if every is None:
                     ts = sch.daily_stamp_us[sd_][:, None]
