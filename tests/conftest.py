@@ -61,3 +61,22 @@ def postgres():
         pytest.skip(f"PostgreSQL is not available here: {exc}")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A Dask ``LocalCluster`` of 2 single-threaded worker processes on 127.0.0.1 and its client,
+    closed after the module (worker processes: GIL-free, one LightGBM network each)."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client

@@ -3,7 +3,7 @@ build_features exactly, cross-sectional features (and features reading them) inc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
@@ -28,20 +28,8 @@ SPECS = [
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
+def client(dask_client: Any) -> Any:
+    return dask_client
 
 
 def test_per_symbol_and_cross_sectional_features_are_told_apart(

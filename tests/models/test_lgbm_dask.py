@@ -4,7 +4,6 @@ distributed histograms differ) and comes back as a plain LGBMForecaster."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,8 @@ PARAMS = {"num_boost_round": 40, "num_leaves": 7, "min_child_samples": 20, "lear
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,  # one LightGBM network per process
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
+def client(dask_client: Any) -> Any:
+    return dask_client
 
 
 def test_a_dask_fit_predicts_like_the_local_one(tmp_path: Path, client: Any) -> None:

@@ -51,21 +51,9 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def client(experiment: str) -> Iterator[Any]:
+def client(experiment: str, dask_client: Any) -> Any:
     """A LocalCluster of 2 worker processes on 127.0.0.1, closed after the module."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
+    return dask_client  # the MLflow store is set before the workers start
 
 
 def _search(table: pl.DataFrame, storage: str, **kw: Any) -> Any:

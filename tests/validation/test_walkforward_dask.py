@@ -4,7 +4,6 @@ walk-forward exactly: predictions, per-window facts, the backtest and its metric
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,20 +59,8 @@ def data() -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
+def client(dask_client: Any) -> Any:
+    return dask_client
 
 
 def assert_same(a: WalkForwardResult, b: WalkForwardResult) -> None:
