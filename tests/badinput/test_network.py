@@ -7,7 +7,6 @@ endpoint and saying to check it (not to wait longer), nothing written.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.alpaca.silent_server import SilentServer, silent_websocket
 from workbench.config import AlpacaConfig
 from workbench.data.ratelimit import RateLimiter
 from workbench.data.sources._alpaca_http import DEFAULT_DEADLINE, AlpacaHttp, RetryPolicy
@@ -26,31 +26,15 @@ KEY_ID, SECRET = "PKBADINPUTNETWORK01", "bad-input-network-secret"
 
 
 @pytest.fixture
-def silent_server() -> Iterator[str]:
+def silent() -> Iterator[SilentServer]:
     """A local server that accepts every connection and never sends a byte."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
+    with SilentServer() as srv:
+        yield srv
 
-    def accept() -> None:
-        srv.settimeout(0.05)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            held.append(conn)  # kept open, never answered
 
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    stop.set()
-    t.join(2)
-    for c in held:
-        c.close()
-    srv.close()
+@pytest.fixture
+def silent_server(silent: SilentServer) -> str:
+    return silent.url
 
 
 @pytest.fixture
@@ -175,3 +159,197 @@ def test_a_silent_tracking_server_fails_naming_it(
         res.output.replace("\n", " "), silent_server, "Fix: check that the tracking server"
     )
     assert fingerprint(isolated) == before
+
+
+# --------------------------------------------------------------------------- broker and streams
+
+ENV = {"APCA_API_KEY_ID": KEY_ID, "APCA_API_SECRET_KEY": SECRET}
+
+
+def _fast(deadline: float = 1.0, timeout: float = 0.4) -> RetryPolicy:
+    return RetryPolicy(timeout=timeout, deadline=deadline, backoff_initial=0.01, backoff_max=0.05)
+
+
+def _eventually(cond: object, timeout: float = 2.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return bool(cond())  # type: ignore[operator]
+
+
+class _NeverAnswersAny(requests.Session):
+    """A session whose every request uses up its whole timeout on a fake clock, then times out."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__()
+        self.clock, self.sent = clock, []
+
+    def request(self, method: str, url: str, **kw: object) -> requests.Response:  # type: ignore[override]
+        self.sent.append((method, url.split("/v2", 1)[1]))
+        self.clock[0] += float(kw["timeout"])  # type: ignore[arg-type]
+        raise requests.exceptions.ReadTimeout("read timed out")
+
+
+def test_broker_default_deadline_bounds_reads_and_submits_by_30_seconds() -> None:
+    """Unit: the broker's defaults (library and config) bound a read, and a submit with every
+    lookup resolving it, by 30 s; simulated on a frozen clock against a server that never
+    answers. The submit is POSTed once."""
+    from workbench.config import WorkbenchConfig
+    from workbench.data.stream import LiveStream
+    from workbench.execution.alpaca import PAPER_URL, AlpacaBroker
+    from workbench.execution.broker import OutcomeUnknown, Unreachable
+    from workbench.execution.orders import OrderRequest, Side
+
+    with AlpacaBroker(environ=ENV, stream=False) as b:
+        assert b.policy.deadline == DEFAULT_DEADLINE <= 30
+    with AlpacaBroker.from_config(WorkbenchConfig(), environ=ENV, stream=False) as b:
+        assert b.policy.deadline == AlpacaConfig().deadline_seconds <= 30
+    live = LiveStream(key_id=KEY_ID, secret=SECRET)
+    assert live.connect_deadline == DEFAULT_DEADLINE <= 30
+    clock = [0.0]
+
+    def sleep(s: float) -> None:
+        clock[0] += s
+
+    session = _NeverAnswersAny(clock)
+    # every field a default but the fake clock; the broker's defaults too (timeout 10 s)
+    policy = RetryPolicy(timeout=10.0, sleep=sleep, clock=lambda: clock[0])
+    b = AlpacaBroker(environ=ENV, stream=False, retry=policy, session=session)
+    with pytest.raises(Unreachable) as err:
+        b.account()
+    assert clock[0] <= 30 and len(session.sent) >= 2, (clock[0], session.sent)
+    assert_clean_message(
+        str(err.value), f"{PAPER_URL}/v2/account", "25 s deadline", "Fix: check", "up"
+    )
+    assert "raise alpaca" not in str(err.value)
+    clock[0], session.sent = 0.0, []
+    with pytest.raises(OutcomeUnknown) as err:
+        b.submit(OrderRequest("wb-deadline-1", "AAPL", Side.BUY, qty=1))
+    assert clock[0] <= 30, clock[0]
+    assert [m for m, p in session.sent if p == "/orders"] == ["POST"]  # sent once
+    assert [p for m, p in session.sent if m == "GET"][:1] == ["/orders:by_client_order_id"]
+    assert_clean_message(
+        str(err.value), f"{PAPER_URL}/v2/orders", "get_order_by_client_id('wb-deadline-1')",
+        "Fix: check", "never resend",
+    )  # fmt: skip
+
+
+def test_broker_read_from_a_silent_server_fails_within_the_deadline(silent: SilentServer) -> None:
+    from workbench.execution.alpaca import AlpacaBroker
+    from workbench.execution.broker import Unreachable
+
+    b = AlpacaBroker(
+        silent.url, environ=ENV, stream=False, retry=_fast(), limiter=RateLimiter(1000, 1.0)
+    )
+    t0 = time.monotonic()
+    with pytest.raises(Unreachable) as err:
+        b.positions()
+    took = time.monotonic() - t0
+    b.close()
+    assert took < 1.0 + 0.5, took
+    msg = str(err.value)
+    assert_clean_message(
+        msg, f"{silent.url}/v2/positions", "1 s deadline", "Fix: check that this endpoint"
+    )
+    assert "waiting longer will not help" in msg and "raise alpaca.timeout" not in msg
+    assert KEY_ID not in msg and SECRET not in msg
+    assert silent.count("GET", "/v2/positions") >= 2  # retried inside the deadline
+
+
+def test_a_submit_to_a_silent_server_is_posted_once_and_left_unknown(
+    silent: SilentServer,
+) -> None:
+    from workbench.execution.alpaca import AlpacaBroker
+    from workbench.execution.broker import OutcomeUnknown
+    from workbench.execution.orders import OrderRequest, Side
+
+    b = AlpacaBroker(
+        silent.url, environ=ENV, stream=False, retry=_fast(deadline=1.5, timeout=0.5),
+        limiter=RateLimiter(1000, 1.0), resolve_wait=0.02,
+    )  # fmt: skip
+    t0 = time.monotonic()
+    with pytest.raises(OutcomeUnknown) as err:
+        b.submit(OrderRequest("wb-silent-1", "AAPL", Side.BUY, qty=1))
+    took = time.monotonic() - t0
+    b.close()
+    assert took < 1.5 + 0.5, took
+    assert _eventually(lambda: silent.count("GET", "/v2/orders:by_client_order_id") >= 1)
+    assert silent.count("POST", "/v2/orders") == 1  # never re-POSTed
+    assert_clean_message(
+        str(err.value), f"{silent.url}/v2/orders", "within the 1.5 s deadline",
+        "get_order_by_client_id('wb-silent-1')", "never resend it under a new client_order_id",
+    )  # fmt: skip
+
+
+def test_trade_stream_to_a_silent_server_gives_up_naming_it(silent: SilentServer) -> None:
+    """The trade_updates websocket at an endpoint that never answers the upgrade: the stream
+    gives up at the deadline with an error naming it, and the broker goes on over REST."""
+    from tests.alpaca.trading_stub import KEY_ID as STUB_KEY
+    from tests.alpaca.trading_stub import SECRET as STUB_SECRET
+    from tests.alpaca.trading_stub import TradingStub
+    from workbench.execution.alpaca import AlpacaBroker
+
+    ws = f"{silent.ws_url}/stream"
+    with TradingStub() as stub:
+        env = {"APCA_API_KEY_ID": STUB_KEY, "APCA_API_SECRET_KEY": STUB_SECRET}
+        t0 = time.monotonic()
+        b = AlpacaBroker(
+            stub.url, environ=env, stream=True, stream_url=ws, retry=_fast(deadline=1.0, timeout=0.3),
+            limiter=RateLimiter(1000, 1.0), reconnect_min=0.05, reconnect_max=0.2,
+        )  # fmt: skip
+        try:
+            assert not b.wait_stream(10)
+            took = time.monotonic() - t0
+            assert took < 1.0 + 0.7, took
+            assert b.stream_state == "off" and silent.count("GET", "/stream") >= 2
+            assert_clean_message(
+                b.stream_error or "", "trade_updates stream", ws, "1 s deadline",
+                "Fix: check that this endpoint", "alpaca.trading_stream_url",
+            )  # fmt: skip
+            assert STUB_SECRET not in (b.stream_error or "")
+            assert b.account().equity > 0  # REST is the truth and still answers
+        finally:
+            b.close()
+
+
+@pytest.mark.parametrize("dead", ["accepts-tcp-only", "upgrades-then-silent"])
+def test_market_data_stream_to_a_dead_endpoint_gives_up_naming_it(
+    dead: str, silent: SilentServer
+) -> None:
+    """The market-data websocket: alpaca-py waits for the server's first frame forever and
+    reconnects forever; ours gives up at the deadline, names the endpoint, and a consumer of
+    its bars (the session's LiveBars advances the aggregator) gets the error."""
+    from contextlib import nullcontext
+
+    from workbench.data.stream import LiveStream
+
+    ctx = (
+        silent_websocket()
+        if dead == "upgrades-then-silent"
+        else nullcontext(f"{silent.ws_url}/v2/iex")
+    )
+    with ctx as url:
+        stream = LiveStream(
+            key_id=KEY_ID, secret=SECRET, url=url, timeout=0.3, connect_deadline=1.0,
+            reconnect_min=0.05, reconnect_max=0.2, check_every=0.05,
+        )  # fmt: skip
+        agg = stream.aggregate_trades(lambda bar: None, "AAPL")
+        t0 = time.monotonic()
+        stream.start()
+        try:
+            with pytest.raises(SourceError) as err:
+                stream.wait_connected()
+            took = time.monotonic() - t0
+        finally:
+            stream.stop()
+    assert took < 1.0 + 0.7, took
+    msg = str(err.value)
+    assert_clean_message(msg, f"market-data stream: the endpoint {url}", "1 s deadline",
+                         "Fix: check that this endpoint", "alpaca.stream_url")  # fmt: skip
+    assert stream.attempts >= 2 and KEY_ID not in msg and SECRET not in msg
+    with pytest.raises(SourceError, match="1 s deadline"):
+        from datetime import UTC, datetime
+
+        agg.advance(datetime.now(UTC))

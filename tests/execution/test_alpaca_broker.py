@@ -248,6 +248,33 @@ def test_timeout_without_create_is_unknown_and_never_resent(
     assert stub.count_orders("wb-dropped") == 1
 
 
+def test_a_submit_hitting_the_deadline_is_unknown_posted_once_and_found_later(
+    make: Callable[..., AlpacaBroker], stub: TradingStub
+) -> None:
+    """The POST is accepted but answered after the deadline, and every lookup hangs too: the
+    submit ends at the deadline as OutcomeUnknown naming the endpoint, with one POST; once the
+    server answers again the order is found by its client order id (exactly one exists)."""
+    stub.hang_seconds = 1.2
+    policy = RetryPolicy(timeout=0.3, deadline=0.8, backoff_initial=0.01, backoff_max=0.05)
+    b = make(retry=policy, resolve_lookups=10)
+    stub.inject("POST", "/v2/orders", "timeout-after-create")
+    stub.inject("GET", "/v2/orders:by_client_order_id", "timeout", times=1000)
+    t0 = time.monotonic()
+    with pytest.raises(OutcomeUnknown) as ei:
+        b.submit(req("wb-deadline"))
+    assert time.monotonic() - t0 < 0.8 + 0.4
+    msg = str(ei.value)
+    assert f"{stub.url}/v2/orders" in msg and "within the 0.8 s deadline" in msg
+    assert "get_order_by_client_id('wb-deadline')" in msg and "new client_order_id" in msg
+    lookups = [p for m, p, _ in stub.requests if p == "/v2/orders:by_client_order_id"]
+    assert 1 <= len(lookups) < 10  # the deadline, not the lookup count, ended it
+    stub.clear_faults()
+    assert len(posts(stub)) == 1  # never re-POSTed
+    found = b.get_order_by_client_id("wb-deadline")
+    assert found is not None and stub.count_orders("wb-deadline") == 1
+    assert len(posts(stub)) == 1
+
+
 def test_429_on_submit_is_resent_once_with_the_same_id(
     make: Callable[..., AlpacaBroker], stub: TradingStub
 ) -> None:
@@ -490,10 +517,15 @@ def test_live_needs_both_opt_ins() -> None:
 def test_from_config(stub: TradingStub) -> None:
     cfg = WorkbenchConfig()
     local = cfg.model_copy(
-        update={"alpaca": AlpacaConfig(trading_url=stub.url, timeout_seconds=0.5, max_retries=1)}
+        update={
+            "alpaca": AlpacaConfig(
+                trading_url=stub.url, timeout_seconds=0.5, max_retries=1, deadline_seconds=3
+            )
+        }
     )
     with AlpacaBroker.from_config(local, environ=ENV, stream=False) as b:
         assert b.policy.timeout == 0.5 and b.policy.max_retries == 1 and not b.live
+        assert b.policy.deadline == 3
         assert b.account().endpoint == stub.url
     with pytest.raises(ConfigError, match="--live"):
         AlpacaBroker.from_config(cfg, live=True, environ=ENV, stream=False)

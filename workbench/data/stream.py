@@ -11,12 +11,20 @@ staleness watchdog.
 * :class:`StalenessMonitor` says when the stream has been quiet too long while the exchange is open.
 * :class:`LiveStream` registers any number of handlers per channel and symbol (the SDK keeps one),
   runs the SDK stream in a thread, reconnects with exponential backoff (the SDK's, with our bounds)
-  and runs the watchdog.
+  and runs the watchdog. Every connection attempt (connect, the server's ``connected``,
+  authentication) is bounded by ``timeout`` (the SDK waits on the server's first frames forever),
+  and until the first connection all attempts and the waits between them by ``connect_deadline``
+  (``alpaca.deadline_seconds``, the data side's :class:`~workbench.data.sources._alpaca_http.Deadline`):
+  then the stream gives up with a :class:`~workbench.errors.SourceError` naming the endpoint
+  (:attr:`LiveStream.error`, raised by :meth:`LiveStream.wait_connected` and by the next
+  :meth:`TradeBarAggregator.advance` of its aggregators), instead of waiting for data that never
+  comes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import threading
@@ -32,8 +40,10 @@ from pydantic import SecretStr
 
 from workbench.data import calendar as cal
 from workbench.data.schema import BAR_SCHEMA, empty_bars, validate_bars
+from workbench.data.sources._alpaca_http import DEFAULT_DEADLINE, MIN_ATTEMPT, Deadline
+from workbench.data.sources._alpaca_http import deadline_message as _deadline_message
 from workbench.data.timeframe import Timeframe
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, SourceError
 
 if TYPE_CHECKING:
     from workbench.config import WorkbenchConfig
@@ -69,6 +79,8 @@ class TradeBarAggregator:
     ----------
     late : int
         Trades dropped because their bar had already been emitted.
+    failed : Exception or None
+        Set by :meth:`fail` when the feed behind the aggregator is gone for good.
     """
 
     def __init__(self, timeframe: str | Timeframe = "1Min", on_bar: Handler | None = None) -> None:
@@ -81,6 +93,7 @@ class TradeBarAggregator:
         self.timeframe = tf
         self.on_bar = on_bar
         self.late = 0
+        self.failed: Exception | None = None
         self._open: dict[str, _Open] = {}
         self._emitted: dict[str, datetime] = {}  # last emitted bar start per symbol
         self._seq = 0
@@ -122,8 +135,17 @@ class TradeBarAggregator:
             return self.add(trade["S"], t, trade["p"], trade["s"])
         return self.add(trade.symbol, trade.timestamp, trade.price, trade.size)
 
+    def fail(self, error: Exception) -> None:
+        """Mark the feed as gone for good: the next :meth:`advance` raises ``error`` (a consumer
+        waiting for bars stops instead of waiting forever); :meth:`flush` still emits."""
+        self.failed = error
+
     def advance(self, now: datetime) -> list[Bar]:
-        """Emit every open bar that ended at or before ``now``."""
+        """Emit every open bar that ended at or before ``now``.
+
+        Raises the error given to :meth:`fail`, once the feed has failed."""
+        if self.failed is not None:
+            raise self.failed
         now = _utc(now)
         with self._lock:
             due = [s for s, o in self._open.items() if o.start + self.timeframe.delta <= now]
@@ -238,6 +260,11 @@ class LiveStream:
         Silence in market hours that counts as stale (handlers of :meth:`on_stale` are called).
     reconnect_after_quiet : float, optional
         Force a reconnect after this many silent seconds (the SDK's ``data_timeout``).
+    timeout : float
+        Seconds one connection attempt may take (connect, ``connected``, authentication).
+    connect_deadline : float
+        Seconds the stream may try (attempts and the waits between them) before its first
+        connection; then it gives up (:attr:`error`). 25 s by default (``alpaca.deadline_seconds``).
     check_every : float
         Watchdog period, seconds (also closes finished bars of quiet symbols).
     now : callable, optional
@@ -255,6 +282,8 @@ class LiveStream:
         reconnect_max: float = 30.0,
         stale_after: timedelta = timedelta(seconds=60),
         reconnect_after_quiet: float | None = None,
+        timeout: float = 10.0,
+        connect_deadline: float = DEFAULT_DEADLINE,
         check_every: float = 1.0,
         calendar: str = cal.DEFAULT_CALENDAR,
         now: Callable[[], datetime] | None = None,
@@ -262,7 +291,7 @@ class LiveStream:
         from alpaca.data.enums import DataFeed
         from alpaca.data.live.stock import StockDataStream
 
-        from workbench.data.sources._alpaca_client import resolve_keys
+        from workbench.data.sources._alpaca_client import public_url, resolve_keys
 
         if feed not in ("iex", "sip"):
             raise ConfigError(
@@ -280,6 +309,25 @@ class LiveStream:
         )
         self._sdk._reconnect_min_backoff = reconnect_min
         self._sdk._reconnect_max_backoff = reconnect_max
+        self.endpoint = public_url(self._sdk._endpoint)
+        self.timeout = float(timeout)
+        # a cancelled or failed connect waits close_timeout for the TCP close (10 s by default in
+        # the SDK's websockets.legacy): a part of the attempt's time, not on top of it
+        self._close_timeout = min(1.0, 0.2 * self.timeout)
+        self._sdk._websocket_params = {
+            **self._sdk._websocket_params,
+            "close_timeout": self._close_timeout,
+        }
+        self.connect_deadline = float(connect_deadline)
+        self.error: SourceError | None = None  # why it gave up before a first connection
+        self.connected = threading.Event()  # set at the first connection
+        self.attempts = 0
+        self._first: Deadline | None = None
+        self._last = ""
+        self._sdk_start_ws = self._sdk._start_ws
+        self._sdk._start_ws = self._start_ws  # type: ignore[method-assign]
+        self._sdk_wait_before_reconnect = self._sdk._wait_before_reconnect
+        self._sdk._wait_before_reconnect = self._wait_before_reconnect  # type: ignore[method-assign]
         self._now = now or (lambda: datetime.now(UTC))
         self.monitor = StalenessMonitor(stale_after, calendar, self._now)
         self.check_every = check_every
@@ -297,15 +345,103 @@ class LiveStream:
 
     @classmethod
     def from_config(cls, cfg: WorkbenchConfig, **kwargs: Any) -> LiveStream:
-        """Build from ``cfg.alpaca`` (feed, stream_url) with keys from the environment."""
-        return cls(
-            key_id=cfg.secrets.apca_api_key_id,
-            secret=cfg.secrets.apca_api_secret_key,
-            feed=cfg.alpaca.feed,
-            url=cfg.alpaca.stream_url,
-            calendar=cfg.data.calendar,
-            **kwargs,
+        """Build from ``cfg.alpaca`` (feed, stream_url, timeout_seconds, deadline_seconds) with
+        keys from the environment."""
+        args: dict[str, Any] = {
+            "key_id": cfg.secrets.apca_api_key_id,
+            "secret": cfg.secrets.apca_api_secret_key,
+            "feed": cfg.alpaca.feed,
+            "url": cfg.alpaca.stream_url,
+            "calendar": cfg.data.calendar,
+            "timeout": cfg.alpaca.timeout_seconds,
+            "connect_deadline": cfg.alpaca.deadline_seconds,
+        }
+        return cls(**{**args, **kwargs})
+
+    # ------------------------------------------------------------------ connecting
+
+    def _before_first(self) -> Deadline | None:
+        """The first-connection deadline, while it applies (started, never connected)."""
+        return None if self.connected.is_set() else self._first
+
+    async def _start_ws(self) -> None:
+        """One connection attempt of the SDK's loop, bounded in time (see the module docstring)."""
+        import websockets
+
+        first = self._before_first()
+        if first is not None and first.expired:
+            self._give_up(self._last or "no attempt fitted before the deadline")
+            raise websockets.WebSocketException(self._last)
+        budget = self.timeout if first is None else first.cap(self.timeout)
+        self.attempts += 1
+        try:
+            limit = max(MIN_ATTEMPT, budget - self._close_timeout)
+            await asyncio.wait_for(self._sdk_start_ws(), timeout=limit)
+        except Exception as exc:
+            if isinstance(exc, ValueError) and "insufficient subscription" in str(exc):
+                raise  # the SDK stops on it, logging why
+            if isinstance(exc, TimeoutError):
+                reason = f"no answer within {budget:.3g}s (timeout)"
+            elif isinstance(exc, ValueError):
+                reason = f"refused: {exc}"
+            else:
+                reason = f"connection failed ({type(exc).__name__})"
+            self._last = reason
+            log.warning("market-data stream %s: %s", self.endpoint, reason)
+            if first is not None and first.expired:
+                self._give_up(reason)
+            # the SDK's loop logs any other exception with a traceback: hand it one it handles
+            raise websockets.WebSocketException(reason) from None
+        self.connected.set()
+
+    async def _wait_before_reconnect(self, retries: int) -> None:
+        """The SDK's backoff, cut to the first-connection deadline while that applies."""
+        first = self._before_first()
+        if first is None:
+            return await self._sdk_wait_before_reconnect(retries)
+        event = self._sdk._stop_stream_event
+        if event is None or event.is_set():
+            return None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                event.wait(), timeout=first.wait(self._sdk._reconnect_delay(retries))
+            )
+        return None
+
+    def _give_up(self, last: str) -> None:
+        fix = "alpaca.stream_url, empty for Alpaca's own"
+        msg = _deadline_message(
+            "market-data stream", self.endpoint, self.connect_deadline, self.attempts, last, fix
         )
+        if last.startswith("refused:"):
+            msg += (
+                " The server refused the connection: check APCA_API_KEY_ID / APCA_API_SECRET_KEY "
+                "and alpaca.feed (sip needs a paid plan)."
+            )
+        self.error = SourceError(msg)
+        log.error("%s", msg)
+        self._sdk._should_run = False  # the SDK's loop returns at its next turn
+        if self._sdk._stop_stream_event is not None:
+            self._sdk._stop_stream_event.set()  # no wait before that turn
+        for agg, _ in self._aggregators:
+            agg.fail(self.error)
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        """Block until the first connection; raise :attr:`error` when the stream gave up.
+
+        ``timeout`` (default: the connect deadline plus one attempt) bounds the wait itself."""
+        limit = self.connect_deadline + self.timeout if timeout is None else timeout
+        end = time.monotonic() + limit
+        while not self.connected.is_set() and self.error is None and time.monotonic() < end:
+            self.connected.wait(0.02)
+        if self.error is not None:
+            raise self.error
+        if not self.connected.is_set():
+            raise SourceError(
+                f"market-data stream: not connected to {self.endpoint} after {limit:g} s. Fix: "
+                "check that the endpoint is up and reachable (alpaca.stream_url), or call start() "
+                "first."
+            )
 
     def __repr__(self) -> str:
         return f"LiveStream(feed={self.feed!r}, url={self.url!r})"
@@ -377,6 +513,8 @@ class LiveStream:
             raise RuntimeError("LiveStream already started; call stop() first.")
         self._stop.clear()
         self.monitor.touch()
+        if not self.connected.is_set():
+            self._first = Deadline(time.monotonic() + self.connect_deadline, self.connect_deadline)
         self._thread = threading.Thread(target=self._sdk.run, name="alpaca-stream", daemon=True)
         self._watchdog = threading.Thread(target=self._watch, name="stream-watchdog", daemon=True)
         self._thread.start()
@@ -384,8 +522,11 @@ class LiveStream:
         return self
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.check_every):
-            self.tick()
+        while not self._stop.wait(self.check_every) and self.error is None:
+            try:
+                self.tick()
+            except SourceError:  # the stream gave up (wait_connected and advance raise it)
+                return
 
     def tick(self, now: datetime | None = None) -> None:
         """Run one watchdog step: close finished bars and report staleness."""

@@ -7,7 +7,11 @@ not by the SDK: its ``RESTClient`` re-POSTs an order on 429/504 and sends no tim
 (``trading_ops.md`` section 2.13). Our rules:
 
 * every request goes through a :class:`~workbench.data.ratelimit.RateLimiter` (default 180 per
-  minute, the trading API's budget with a margin) and has a timeout;
+  minute, the trading API's budget with a margin) and has a timeout, and every call a total
+  deadline (``alpaca.deadline_seconds``, 25 s by default; the data side's
+  :class:`~workbench.data.sources._alpaca_http.Deadline`): attempts, their timeouts and the waits
+  between them, and for a submit the lookups resolving it, all fit in it, so an endpoint that
+  accepts connections and never answers fails within 30 s with an error naming it;
 * reads and cancels are retried with backoff on 429 (``Retry-After`` honoured), 5xx, timeouts and
   dropped connections, a bounded number of times;
 * ``POST /v2/orders`` is sent **once**. A 4xx is a refusal (:class:`OrderRefused` with Alpaca's
@@ -15,7 +19,8 @@ not by the SDK: its ``RESTClient`` re-POSTs an order on 429/504 and sends no tim
   is looked up and returned. A timeout, dropped connection, 429 or 5xx is resolved in-process by
   looking the order up by its client order id (bounded, with backoff); only after a 429, which
   proves the order was not accepted, and a definite 404 is it sent again, once, with the same
-  client order id. Otherwise :class:`OutcomeUnknown`. Never a new client order id.
+  client order id. Otherwise (the deadline included) :class:`OutcomeUnknown`. Never a new
+  client order id.
 
 Payloads are parsed tolerantly (raw JSON, not alpaca-py's strict models): unknown statuses and
 events are kept as ``raw_status``/``event``, missing optional fields are fine, numbers may be
@@ -28,7 +33,9 @@ server and marks the stream ``silent`` when nothing (message or pong) has arrive
 ``watchdog_seconds`` while orders are open, and reconnects when the silence lasts three times as
 long. While the stream is not ``up``, :meth:`AlpacaBroker.events` also polls the open orders and
 every known non-terminal order at most every ``poll_seconds`` (and once after every reconnect),
-and reports changes as synthetic events. Fills are reported as the change in the cumulative
+and reports changes as synthetic events. A stream that cannot connect within the deadline at the
+start gives up (``stream_state == "off"``, :attr:`AlpacaBroker.stream_error` names the endpoint);
+polling carries on. Fills are reported as the change in the cumulative
 ``filled_qty``, so a replayed event (same ``execution_id``) or a fill already reported by polling
 is dropped, and the reported fill quantities always add up to ``filled_qty``.
 
@@ -69,7 +76,14 @@ from workbench.data.sources._alpaca_client import (
     resolve_keys,
     trading_client,
 )
-from workbench.data.sources._alpaca_http import RetryPolicy, rate_limit_wait
+from workbench.data.sources._alpaca_http import (
+    DEFAULT_DEADLINE,
+    MIN_ATTEMPT,
+    Deadline,
+    RetryPolicy,
+    deadline_message,
+    rate_limit_wait,
+)
 from workbench.errors import ConfigError, CredentialsError
 from workbench.execution.broker import (
     BrokerError,
@@ -281,13 +295,24 @@ class _Reply:
 
 
 class _NoAnswer(Exception):
-    """No usable answer: ``kind`` is ``429``, ``5xx``, ``timeout``, ``dropped`` or ``malformed``."""
+    """No usable answer: ``kind`` is ``429``, ``5xx``, ``timeout``, ``dropped`` or ``malformed``.
+
+    ``attempts`` is how many requests were sent, ``out_of_time`` whether the call's deadline
+    stopped them (rather than the retry count or a request sent only once).
+    """
 
     def __init__(self, kind: str, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
         self.retry_after = retry_after
+        self.attempts = 1
+        self.out_of_time = False
+
+    @property
+    def server_failing(self) -> bool:
+        """The server answered, only not usefully (429 or 5xx): it is up, not dead."""
+        return self.kind in ("429", "5xx")
 
 
 def _wire(v: Any) -> Any:
@@ -355,35 +380,58 @@ class _TradingHttp:
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
         retry: bool = True,
+        deadline: Deadline | None = None,
     ) -> _Reply:
         """Send ``method /v2{path}``; return any answer that is not 429/5xx.
 
-        Raises :class:`_NoAnswer` when there is none (after the retries when ``retry``).
+        Every attempt's timeout and every wait between attempts is cut to ``deadline`` (default:
+        the policy's, from now); no attempt starts after it. Raises :class:`_NoAnswer` when there
+        is no answer (after the retries when ``retry``, or when the deadline has passed).
         """
+        dl = deadline or self.policy.start()
         shown = f"{method} /{self._client._api_version}{path}"
         attempts = self.policy.max_retries + 1 if retry else 1
+        last: _NoAnswer | None = None
+        out_of_time = False
         for n in range(attempts):
+            if dl.expired:
+                out_of_time = True
+                break
             try:
-                return self._once(method, path, params, json_body)
+                return self._once(method, path, params, json_body, dl)
             except _NoAnswer as exc:
-                if n + 1 >= attempts:
-                    raise
-                if exc.retry_after is not None:
-                    wait = min(exc.retry_after, self.policy.rate_limit_wait_max)
-                else:
-                    cap = min(self.policy.backoff_max, self.policy.backoff_initial * 2**n)
-                    wait = random.uniform(0, cap)
-                if exc.kind == "429":
-                    self.limiter.pause_for(wait)
-                log.warning("%s: %s; retry %d/%d in %.2fs", shown, exc.reason, n + 1,
-                            attempts - 1, wait)  # fmt: skip
-                self.policy.sleep(wait)
-        raise AssertionError("unreachable")  # pragma: no cover
+                last = exc
+                last.attempts = n + 1
+            if n + 1 >= attempts:
+                break
+            if last.retry_after is not None:
+                wait = min(last.retry_after, self.policy.rate_limit_wait_max)
+            else:
+                cap = min(self.policy.backoff_max, self.policy.backoff_initial * 2**n)
+                wait = random.uniform(0, cap)
+            if dl.left() - wait < MIN_ATTEMPT:  # no attempt would fit after the wait
+                out_of_time = True
+                break
+            if last.kind == "429":
+                self.limiter.pause_for(wait)
+            log.warning("%s: %s; retry %d/%d in %.2fs", shown, last.reason, n + 1,
+                        attempts - 1, wait)  # fmt: skip
+            self.policy.sleep(wait)
+        if last is None:
+            last = _NoAnswer("timeout", "no time left before the deadline")
+            last.attempts = 0
+        last.out_of_time = out_of_time or dl.expired
+        raise last
 
-    def _once(self, method: str, path: str, params: Any, json_body: Any) -> _Reply:
+    def endpoint(self, path: str) -> str:
+        """``scheme://host[:port]/v2{path}``, as shown in messages."""
+        return f"{public_url(self._client._base_url)}/{self._client._api_version}{path}"
+
+    def _once(self, method: str, path: str, params: Any, json_body: Any, dl: Deadline) -> _Reply:
         url = f"{self._client._base_url}/{self._client._api_version}{path}"
         self.limiter.acquire()
         self._count("requests")
+        timeout = dl.cap(self.policy.timeout)
         try:
             resp = self.session.request(
                 method,
@@ -391,12 +439,12 @@ class _TradingHttp:
                 params=params,
                 json=json_body,
                 headers=self._client._get_default_headers(),
-                timeout=self.policy.timeout,
+                timeout=timeout,
                 allow_redirects=False,
             )
         except requests.exceptions.Timeout:
             self._count("timeout")
-            raise _NoAnswer("timeout", f"no answer within {self.policy.timeout:g}s") from None
+            raise _NoAnswer("timeout", f"no answer within {timeout:.3g}s (timeout)") from None
         except requests.exceptions.RequestException as exc:
             self._count("dropped")
             raise _NoAnswer("dropped", f"connection failed ({type(exc).__name__})") from None
@@ -433,6 +481,11 @@ class _TradeStream:
     ``on_data`` gets each trade_updates ``data`` dict; ``on_up`` is called on every (re)connect
     and when a silence ends (the caller polls REST then); ``has_open`` says whether silence is
     suspicious (orders are open).
+
+    Until its first connection the stream tries for ``connect_deadline`` seconds in total (each
+    attempt's connect and handshake cut to what is left); then it gives up: ``state`` is
+    ``off`` and ``error`` says which endpoint to check (the broker polls REST instead). Once it
+    has been up it reconnects for as long as it runs (each attempt bounded by ``open_timeout``).
     """
 
     def __init__(
@@ -448,6 +501,7 @@ class _TradeStream:
         reconnect_min: float,
         reconnect_max: float,
         open_timeout: float,
+        connect_deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         self.url = url
         self._keys = keys
@@ -459,6 +513,8 @@ class _TradeStream:
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.open_timeout = open_timeout
+        self.connect_deadline = connect_deadline
+        self.error: str | None = None  # why it gave up before a first connection
         self.state = "connecting"
         self.connects = 0  # successful (authorized and listening) connections
         self.last_message = time.monotonic()
@@ -516,10 +572,14 @@ class _TradeStream:
         if self._stopping:
             return
         self._started.set()
-        failures = 0
+        failures = attempts = 0
+        last = ""
+        first = Deadline(time.monotonic() + self.connect_deadline, self.connect_deadline)
         while not self._stop.is_set():
             self._set("connecting")
-            task = asyncio.ensure_future(self._connect_once(connect))
+            budget = first.cap(self.open_timeout) if self.connects == 0 else self.open_timeout
+            attempts += 1
+            task = asyncio.ensure_future(self._connect_once(connect, budget))
             stopper = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
@@ -528,38 +588,63 @@ class _TradeStream:
                 with contextlib.suppress(BaseException):
                     await task
                 break
+            refused = False
             try:
                 task.result()
             except InvalidStatus as exc:
                 code = getattr(getattr(exc, "response", None), "status_code", "?")
+                last = f"HTTP {code} on the upgrade"
                 log.warning("trade_updates stream refused with HTTP %s (only one stream "
                             "connection per account; another may still be open)", code)  # fmt: skip
             except _AuthRefused as exc:
+                last, refused = str(exc), True
                 log.error("trade_updates stream: %s. Fix: check %s / %s (paper and live keys "
                           "differ)", exc, KEY_ENV, SECRET_ENV)  # fmt: skip
-            except (OSError, TimeoutError, WebSocketException, ValueError) as exc:
+            except TimeoutError:
+                last = f"no answer within {budget:.3g}s (timeout)"
+                log.warning("trade_updates stream: %s", last)
+            except (OSError, WebSocketException, ValueError) as exc:
+                last = f"connection failed ({type(exc).__name__})"
                 log.warning("trade_updates stream lost: %s", type(exc).__name__)
+            else:
+                last = "the server closed the connection"
             if self._stop.is_set():
                 break
             self._set("down")
             failures = 1 if self._was_up else failures + 1
-            await self._sleep(reconnect_delay(failures, self.reconnect_min, self.reconnect_max))
+            delay = reconnect_delay(failures, self.reconnect_min, self.reconnect_max)
+            if self.connects == 0 and first.left() - delay < MIN_ATTEMPT:
+                self._give_up(attempts, last, refused)  # no attempt would fit after the wait
+                break
+            await self._sleep(delay)
         self._set("off")
 
-    async def _connect_once(self, connect: Any) -> None:
+    def _give_up(self, attempts: int, last: str, refused: bool) -> None:
+        what = "trade_updates stream (the broker polls REST for order updates instead)"
+        msg = deadline_message(
+            what, public_url(self.url), self.connect_deadline, attempts, last,
+            "alpaca.trading_stream_url, else alpaca.trading_url",
+        )  # fmt: skip
+        if refused:
+            msg += f" The server refused the keys: check {KEY_ENV} / {SECRET_ENV}."
+        self.error = msg
+        log.error("%s", msg)
+
+    async def _connect_once(self, connect: Any, budget: float) -> None:
         host = (urlsplit(self.url).hostname or "").lower()
         proxy: Any = None if host in ("127.0.0.1", "localhost", "::1") else True
         self._was_up = False
+        due = time.monotonic() + budget  # connect and handshake together
         async with connect(
             self.url,
-            open_timeout=self.open_timeout,
+            open_timeout=budget,
             ping_interval=None,  # our own pings: the pongs feed the watchdog
             close_timeout=1.0,
             max_queue=1024,
             logger=_WS_LOG,
             proxy=proxy,
         ) as ws:
-            await self._handshake(ws)
+            await self._handshake(ws, due)
             self._was_up = True
             self.connects += 1
             self.last_message = time.monotonic()
@@ -570,7 +655,7 @@ class _TradeStream:
     async def _recv(self, ws: Any, timeout: float) -> Any:
         return json.loads(await asyncio.wait_for(ws.recv(), timeout=timeout))
 
-    async def _handshake(self, ws: Any) -> None:
+    async def _handshake(self, ws: Any, deadline: float) -> None:
         auth = {
             "action": "authenticate",
             "data": {
@@ -579,7 +664,6 @@ class _TradeStream:
             },
         }
         await ws.send(json.dumps(auth))
-        deadline = time.monotonic() + self.open_timeout
         while True:
             msg = await self._recv(ws, max(0.01, deadline - time.monotonic()))
             if isinstance(msg, dict) and msg.get("stream") == "authorization":
@@ -699,8 +783,13 @@ class AlpacaBroker:
         Websocket URL (default: derived from ``trading_url``).
     timeout, max_retries : float, int
         Per-request timeout (seconds) and retries of reads and cancels.
+    deadline : float
+        Seconds one call may take in total (attempts, their timeouts, the waits between them, and
+        for a submit or replace the lookups that resolve a missing answer); also the longest the
+        stream tries before its first connection. 25 s by default: a dead endpoint fails within
+        30 s, naming it.
     retry : RetryPolicy, optional
-        Full retry policy (overrides ``timeout``/``max_retries``).
+        Full retry policy (overrides ``timeout``/``max_retries``/``deadline``).
     limiter : RateLimiter, optional
         Default: the process-wide ``alpaca-trading`` limiter at ``rate_limit_per_minute``.
     watchdog_seconds, poll_seconds : float
@@ -724,8 +813,9 @@ class AlpacaBroker:
         environ: Mapping[str, str] | None = None,
         stream: bool = True,
         stream_url: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = 10.0,
         max_retries: int = 6,
+        deadline: float = DEFAULT_DEADLINE,
         retry: RetryPolicy | None = None,
         limiter: RateLimiter | None = None,
         rate_limit_per_minute: int = DEFAULT_RATE_PER_MINUTE,
@@ -764,7 +854,7 @@ class AlpacaBroker:
         )
         keys = resolve_keys(env.get(KEY_ENV) or None, env.get(SECRET_ENV) or None)
         self._keys = keys
-        policy = retry or RetryPolicy(max_retries=max_retries, timeout=timeout)
+        policy = retry or RetryPolicy(max_retries=max_retries, timeout=timeout, deadline=deadline)
         self.policy = policy
         self.limiter = limiter or process_limiter("alpaca-trading", rate_limit_per_minute, 60.0)
         self._http = _TradingHttp(trading_client(keys, url), self.limiter, policy, session)
@@ -795,6 +885,7 @@ class AlpacaBroker:
                 reconnect_min=reconnect_min,
                 reconnect_max=reconnect_max,
                 open_timeout=policy.timeout,
+                connect_deadline=policy.deadline,
             )
             self._stream.start()
 
@@ -807,8 +898,8 @@ class AlpacaBroker:
         environ: Mapping[str, str] | None = None,
         **overrides: Any,
     ) -> AlpacaBroker:
-        """Build from ``cfg.alpaca`` (trading_url, timeout_seconds, max_retries, trading_stream_url)
-        and ``cfg.execution.policy.requests_per_minute``; ``overrides`` win."""
+        """Build from ``cfg.alpaca`` (trading_url, timeout_seconds, deadline_seconds, max_retries,
+        trading_stream_url) and ``cfg.execution.policy.requests_per_minute``; ``overrides`` win."""
         a = cfg.alpaca
         kw: dict[str, Any] = {
             "trading_url": a.trading_url,
@@ -816,6 +907,7 @@ class AlpacaBroker:
             "environ": os.environ if environ is None else environ,
             "stream_url": getattr(a, "trading_stream_url", None),
             "timeout": a.timeout_seconds,
+            "deadline": a.deadline_seconds,
             "max_retries": a.max_retries,
         }
         policy = getattr(getattr(cfg, "execution", None), "policy", None)
@@ -848,12 +940,22 @@ class AlpacaBroker:
         """``connecting``, ``up``, ``down``, ``silent`` or ``off``."""
         return "off" if self._stream is None else self._stream.state
 
+    @property
+    def stream_error(self) -> str | None:
+        """Why the stream gave up (no first connection within the deadline), else None.
+
+        Orders and fills go on over REST (polled while the stream is not up)."""
+        return None if self._stream is None else self._stream.error
+
     def wait_stream(self, timeout: float = 10.0) -> bool:
-        """Block until the stream is up (LEAN gates orders on it); False on timeout or no stream."""
+        """Block until the stream is up (LEAN gates orders on it); False on timeout, no stream or
+        a stream that gave up (:attr:`stream_error` says why)."""
         deadline = time.monotonic() + timeout
         while self._stream is not None and time.monotonic() < deadline:
             if self._stream.state == "up":
                 return True
+            if self._stream.error is not None:
+                return False
             time.sleep(0.01)
         return self._stream is not None and self._stream.state == "up"
 
@@ -925,19 +1027,15 @@ class AlpacaBroker:
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
         retry: bool = True,
+        deadline: Deadline | None = None,
     ) -> _Reply:
         """A read or cancel: transport failures after the retries raise :class:`Unreachable`."""
         try:
             reply = self._http.request(
-                method, path, params=params, json_body=json_body, retry=retry
+                method, path, params=params, json_body=json_body, retry=retry, deadline=deadline
             )
         except _NoAnswer as exc:
-            raise Unreachable(
-                f"{what}: Alpaca at {self.endpoint} did not answer ({exc.reason}) after "
-                f"{(self.policy.max_retries if retry else 0) + 1} attempt(s). Fix: check the "
-                "network and https://status.alpaca.markets, or raise alpaca.timeout_seconds / "
-                "alpaca.max_retries."
-            ) from None
+            raise Unreachable(self._no_answer(what, f"{method} {path}", exc)) from None
         if reply.status == 401:
             raise CredentialsError(
                 f"{what}: HTTP 401, Alpaca rejected the credentials ({reply.message}). Fix: check "
@@ -945,18 +1043,40 @@ class AlpacaBroker:
             )
         return reply
 
+    def _no_answer(self, what: str, request: str, exc: _NoAnswer) -> str:
+        """Why ``request`` (``"GET /orders"``) got no usable answer, naming the endpoint and the fix.
+
+        A server that answered 429/5xx until the retries ran out is up but failing; anything else
+        (no answer before the deadline, refused or dropped connections) is an endpoint to check.
+        """
+        method, path = request.split(" ", 1)
+        endpoint = self._http.endpoint(path)
+        if exc.server_failing and not exc.out_of_time:
+            return (
+                f"{what}: Alpaca at {endpoint} did not answer usefully ({exc.reason}) after "
+                f"{exc.attempts} attempt(s). Fix: the server is up but failing; check "
+                "https://status.alpaca.markets, or raise alpaca.max_retries."
+            )
+        deadline = self.policy.deadline if exc.out_of_time else None
+        return deadline_message(
+            f"{what} ({method})", endpoint, deadline, exc.attempts, exc.reason, "alpaca.trading_url"
+        )
+
     def _refusal(self, what: str, reply: _Reply) -> str:
         code = f", code {reply.code}" if reply.code is not None else ""
         return (
             f"{what}: Alpaca answered HTTP {reply.status}{code}: {reply.message or '(no message)'}"
         )
 
-    def _lookup_cid(self, cid: str, *, retry: bool = True) -> BrokerOrder | None:
+    def _lookup_cid(
+        self, cid: str, *, retry: bool = True, deadline: Deadline | None = None
+    ) -> BrokerOrder | None:
         reply = self._http.request(
             "GET",
             "/orders:by_client_order_id",
             params={"client_order_id": cid, "nested": "true"},
             retry=retry,
+            deadline=deadline,
         )
         if reply.status == 404:
             return None
@@ -971,13 +1091,16 @@ class AlpacaBroker:
         if self._closed:
             raise OrderRefused(f"order {request.client_order_id}: the broker is closed")
         body = self._order_payload(request)
+        dl = self.policy.start()  # the POST and every lookup resolving it share one deadline
         try:
-            reply = self._http.request("POST", "/orders", json_body=body, retry=False)
+            reply = self._http.request("POST", "/orders", json_body=body, retry=False, deadline=dl)
         except _NoAnswer as exc:
-            return self._resolve_submit(request, body, exc)
-        return self._submit_reply(request, reply)
+            return self._resolve_submit(request, body, exc, dl)
+        return self._submit_reply(request, reply, dl)
 
-    def _submit_reply(self, req: OrderRequest, reply: _Reply) -> BrokerOrder:
+    def _submit_reply(
+        self, req: OrderRequest, reply: _Reply, dl: Deadline | None = None
+    ) -> BrokerOrder:
         cid = req.client_order_id
         size = req.qty if req.qty is not None else req.notional
         what = f"order {cid} ({req.side.value} {size:g} {req.symbol})"
@@ -988,7 +1111,7 @@ class AlpacaBroker:
         if reply.status == 422 and _dup_cid(reply):
             # the order exists already (an earlier attempt, maybe another process): return it
             try:
-                found = self._lookup_cid(cid)
+                found = self._lookup_cid(cid, deadline=dl)
             except _NoAnswer as exc:
                 raise OutcomeUnknown(
                     f"{what}: Alpaca says the client_order_id exists, but the lookup failed "
@@ -1010,24 +1133,33 @@ class AlpacaBroker:
         raise OrderRefused(self._refusal(what, reply), status=reply.status, code=reply.code)
 
     def _resolve_submit(
-        self, req: OrderRequest, body: dict[str, Any], failure: _NoAnswer
+        self, req: OrderRequest, body: dict[str, Any], failure: _NoAnswer, dl: Deadline
     ) -> BrokerOrder:
+        """Find out what became of a POST without an answer, by its client order id, within the
+        submit's deadline ``dl``; never POST again except once after a 429 and a definite 404."""
         cid = req.client_order_id
         resent = False
         reasons = [failure.reason]
         last = failure
         wait = self.resolve_wait
+        lookups = 0
         for i in range(self.resolve_lookups):
             if last.kind == "429":
                 pause = wait if last.retry_after is None else last.retry_after
                 pause = min(pause, self.policy.rate_limit_wait_max)
-                self.limiter.pause_for(pause)
+            else:
+                pause = random.uniform(wait / 2, wait) if i > 0 else 0.0
+                if i > 0:
+                    wait = min(wait * 2, self.policy.backoff_max)
+            if dl.left() - pause < MIN_ATTEMPT:
+                break  # no lookup would fit before the deadline
+            if pause:
+                if last.kind == "429":
+                    self.limiter.pause_for(pause)
                 self.policy.sleep(pause)
-            elif i > 0:
-                self.policy.sleep(random.uniform(wait / 2, wait))
-                wait = min(wait * 2, self.policy.backoff_max)
+            lookups += 1
             try:
-                found = self._lookup_cid(cid)
+                found = self._lookup_cid(cid, deadline=dl)
             except _NoAnswer as exc:
                 reasons.append(f"lookup: {exc.reason}")
                 continue
@@ -1045,29 +1177,38 @@ class AlpacaBroker:
                 log.warning("order %s: HTTP 429 on submit and not found: sending it again once "
                             "with the same client_order_id", cid)  # fmt: skip
                 try:
-                    reply = self._http.request("POST", "/orders", json_body=body, retry=False)
+                    reply = self._http.request(
+                        "POST", "/orders", json_body=body, retry=False, deadline=dl
+                    )
                 except _NoAnswer as exc:
                     last = exc
                     reasons.append(f"resend: {exc.reason}")
                     continue
-                return self._submit_reply(req, reply)
+                return self._submit_reply(req, reply, dl)
             reasons.append("lookup: not found (yet)")
+        timing = (
+            f" within the {self.policy.deadline:g} s deadline" if dl.expired or lookups < 1 else ""
+        )
+        endpoint = self._http.endpoint("/orders")
         raise OutcomeUnknown(
             f"order {cid} ({req.side.value} {req.symbol}): outcome unknown after "
-            f"{self.resolve_lookups} lookup(s) by client_order_id ({'; '.join(reasons)}). "
-            f"Fix: resolve it with get_order_by_client_id({cid!r}) before doing anything else; "
-            "never resend it under a new client_order_id."
+            f"{lookups} lookup(s) by client_order_id{timing} at {endpoint} "
+            f"({'; '.join(reasons)}). Fix: check that this endpoint is up and reachable "
+            "(alpaca.trading_url, your network, https://status.alpaca.markets), then resolve the "
+            f"order with get_order_by_client_id({cid!r}) before doing anything else; never "
+            "resend it under a new client_order_id."
         )
 
     def cancel(self, order_id: str) -> None:
         """DELETE the order: 204 done; 422 fine if it is already terminal; 404 NotFound."""
         what = f"cancel order {order_id}"
+        path = f"/orders/{quote(order_id, safe='')}"
         try:
-            reply = self._http.request("DELETE", f"/orders/{quote(order_id, safe='')}")
+            reply = self._http.request("DELETE", path)
         except _NoAnswer as exc:
             raise OutcomeUnknown(
-                f"{what}: no answer ({exc.reason}) after {self.policy.max_retries + 1} attempt(s); "
-                "the cancel may or may not have been applied. Fix: re-read the order."
+                f"{self._no_answer(what, f'DELETE {path}', exc)} The cancel may or may not have "
+                "been applied: re-read the order once the endpoint answers."
             ) from None
         if reply.status in (200, 204):
             return
@@ -1113,37 +1254,37 @@ class AlpacaBroker:
         body = _wire(model.to_request_fields())
         if qty is not None and not whole:  # ReplaceOrderRequest.qty is an int
             body["qty"] = _wire(float(qty))
+        path = f"/orders/{quote(order_id, safe='')}"
+        dl = self.policy.start()  # the PATCH and the lookups resolving it share one deadline
         try:
-            reply = self._http.request(
-                "PATCH", f"/orders/{quote(order_id, safe='')}", json_body=body, retry=False
-            )
+            reply = self._http.request("PATCH", path, json_body=body, retry=False, deadline=dl)
         except _NoAnswer as exc:
-            found = self._resolve_replace(order_id, client_order_id)
+            found = self._resolve_replace(order_id, client_order_id, dl)
             if found is not None:
                 return found
             raise OutcomeUnknown(
-                f"{what}: no answer ({exc.reason}) and no replacement found. Fix: re-read order "
-                f"{order_id} (replaced_by) before replacing again."
+                f"{self._no_answer(what, f'PATCH {path}', exc)} No replacement was found: re-read "
+                f"order {order_id} (replaced_by) before replacing again."
             ) from None
         if reply.status == 200 and isinstance(reply.body, dict):
             new = parse_order(reply.body)
             self._track(new, fresh=True)
             return new
         if reply.status == 422 and _dup_cid(reply) and client_order_id:
-            found = self._resolve_replace(order_id, client_order_id)
+            found = self._resolve_replace(order_id, client_order_id, dl)
             if found is not None:
                 return found
         if reply.status == 404:
             raise NotFound(self._refusal(what, reply))
         raise OrderRefused(self._refusal(what, reply), status=reply.status, code=reply.code)
 
-    def _resolve_replace(self, order_id: str, cid: str | None) -> BrokerOrder | None:
+    def _resolve_replace(self, order_id: str, cid: str | None, dl: Deadline) -> BrokerOrder | None:
         try:
             if cid:
-                new = self._lookup_cid(cid)
+                new = self._lookup_cid(cid, deadline=dl)
             else:
-                old = self.get_order(order_id)
-                new = self.get_order(old.replaced_by) if old.replaced_by else None
+                old = self.get_order(order_id, deadline=dl)
+                new = self.get_order(old.replaced_by, deadline=dl) if old.replaced_by else None
         except (_NoAnswer, BrokerError):
             return None
         if new is not None and new.replaces == order_id:
@@ -1151,10 +1292,14 @@ class AlpacaBroker:
             return new
         return None
 
-    def get_order(self, order_id: str) -> BrokerOrder:
+    def get_order(self, order_id: str, *, deadline: Deadline | None = None) -> BrokerOrder:
         what = f"get order {order_id}"
         reply = self._call(
-            "GET", f"/orders/{quote(order_id, safe='')}", what, params={"nested": "true"}
+            "GET",
+            f"/orders/{quote(order_id, safe='')}",
+            what,
+            params={"nested": "true"},
+            deadline=deadline,
         )
         if reply.status == 404:
             raise NotFound(self._refusal(what, reply))
@@ -1168,8 +1313,9 @@ class AlpacaBroker:
         try:
             order = self._lookup_cid(client_order_id)
         except _NoAnswer as exc:
+            what = f"look up order {client_order_id}"
             raise Unreachable(
-                f"look up order {client_order_id}: Alpaca did not answer ({exc.reason})"
+                self._no_answer(what, "GET /orders:by_client_order_id", exc)
             ) from None
         if order is not None:
             self._track(order)

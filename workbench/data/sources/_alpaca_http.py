@@ -13,6 +13,12 @@ per-request timeout inside a total deadline per call (connect, read, retries and
 * HTTP 5xx, timeouts, dropped connections and unparsable bodies: exponential backoff with jitter;
 * anything else (4xx): no retry, a clear error.
 
+The deadline is one concept for every Alpaca network call of the workbench: :class:`RetryPolicy`
+says how long a call may take, :meth:`RetryPolicy.start` gives the :class:`Deadline` a call (and
+everything it does to resolve itself: the broker's order lookups after a submit without an
+answer, a websocket's reconnects until its first connection) cuts its timeouts and waits to, and
+:func:`deadline_message` is the error text when it runs out.
+
 Nothing here logs or raises with headers, so the keys never leave the session.
 """
 
@@ -44,6 +50,48 @@ _BODY_SHOWN = 200
 DEFAULT_DEADLINE = 25.0
 """Seconds one call may take in total by default (the dead-endpoint case fails within 30 s)."""
 _MIN_ATTEMPT = 0.05  # no attempt starts with less than this left before the deadline
+MIN_ATTEMPT = _MIN_ATTEMPT
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """The moment one call must be done by: ``total`` seconds after it started, on ``clock``."""
+
+    due: float
+    total: float
+    clock: Callable[[], float] = time.monotonic
+
+    def left(self) -> float:
+        """Seconds left (negative once it has passed)."""
+        return self.due - self.clock()
+
+    @property
+    def expired(self) -> bool:
+        """True when too little is left to start another attempt."""
+        return self.left() < _MIN_ATTEMPT
+
+    def cap(self, seconds: float) -> float:
+        """``seconds`` cut to what is left (an attempt's timeout: never below a floor)."""
+        return max(_MIN_ATTEMPT, min(seconds, self.left()))
+
+    def wait(self, seconds: float) -> float:
+        """``seconds`` cut to what is left (a wait between attempts: may be 0)."""
+        return max(0.0, min(seconds, self.left()))
+
+
+def deadline_message(
+    what: str, endpoint: str, deadline: float | None, attempts: int, last: str, settings: str
+) -> str:
+    """The error of a call that got no usable answer (before its ``deadline``, when that is what
+    stopped it): it names the endpoint and says to check it (the setting that names it, the
+    network, Alpaca's status page), not to wait longer."""
+    within = f" within the {deadline:g} s deadline" if deadline is not None else ""
+    return (
+        f"{what}: the endpoint {endpoint} gave no usable answer{within} ({attempts} "
+        f"attempt(s); last: {last}). Fix: check that this endpoint is the right one, up and "
+        f"reachable ({settings}, your network or proxy, https://status.alpaca.markets); waiting "
+        "longer will not help."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +124,10 @@ class RetryPolicy:
     rate_limit_wait_max: float = 60.0
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
+
+    def start(self) -> Deadline:
+        """The deadline of a call starting now."""
+        return Deadline(self.clock() + self.deadline, self.deadline, self.clock)
 
     def __post_init__(self) -> None:
         if not self.deadline > 0 or not self.timeout > 0:
@@ -198,41 +250,37 @@ class AlpacaHttp:
         shown = f"GET /{client._api_version}{path}"
         headers = client._get_default_headers()
         pol = self.policy
-        due = pol.clock() + pol.deadline
+        dl = pol.start()
         attempts = Counter[str]()
 
         def out_of_time(rs: RetryCallState) -> bool:
-            return due - pol.clock() < _MIN_ATTEMPT
+            return dl.expired
 
         retrying = Retrying(
             stop=stop_after_attempt(pol.max_retries + 1) | out_of_time,
-            wait=lambda rs: max(0.0, min(self._wait(rs), due - pol.clock())),
+            wait=lambda rs: dl.wait(self._wait(rs)),
             retry=retry_if_exception_type(_Transient),
             sleep=self.policy.sleep,
             before_sleep=lambda rs: self._log_retry(shown, rs),
             reraise=True,
         )
         try:
-            return retrying(self._attempt, url, shown, dict(params or {}), headers, due, attempts)
+            return retrying(self._attempt, url, shown, dict(params or {}), headers, dl, attempts)
         except _Transient as exc:
             self.stats["gave_up"] += 1
             n = attempts["n"]
             endpoint = f"{public_base(client._base_url)}/{client._api_version}{path}"
             if exc.reason.startswith("HTTP 429") or (
-                exc.reason.startswith("HTTP 5") and due - pol.clock() >= _MIN_ATTEMPT
+                exc.reason.startswith("HTTP 5") and not dl.expired
             ):
                 raise SourceError(
                     f"{shown} at {endpoint} failed after {n} attempt(s): {exc.reason}. Fix: the "
                     "server is up but failing; check https://status.alpaca.markets, or raise "
                     "alpaca.max_retries (WB_ALPACA__MAX_RETRIES=...)."
                 ) from exc
-            raise SourceError(
-                f"{shown}: the endpoint {endpoint} gave no usable answer within the "
-                f"{pol.deadline:g} s deadline ({n} attempt(s); last: {exc.reason}). Fix: check "
-                "that this endpoint is the right one, up and reachable (alpaca.data_url / "
-                "alpaca.trading_url, your network or proxy, https://status.alpaca.markets); "
-                "waiting longer will not help."
-            ) from exc
+            settings = "alpaca.data_url / alpaca.trading_url"
+            msg = deadline_message(shown, endpoint, pol.deadline, n, exc.reason, settings)
+            raise SourceError(msg) from exc
 
     def _wait(self, rs: RetryCallState) -> float:
         exc = rs.outcome.exception() if rs.outcome else None
@@ -264,13 +312,13 @@ class AlpacaHttp:
         shown: str,
         params: dict[str, Any],
         headers: dict,
-        due: float,
+        dl: Deadline,
         attempts: Counter[str],
     ) -> Any:
         self.limiter.acquire()
         self.stats["requests"] += 1
         attempts["n"] += 1
-        timeout = max(_MIN_ATTEMPT, min(self.policy.timeout, due - self.policy.clock()))
+        timeout = dl.cap(self.policy.timeout)
         try:
             resp = self.session.get(
                 url,
