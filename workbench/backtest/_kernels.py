@@ -74,37 +74,99 @@ def frozen(*args):
 
 
 @njit(cache=True, nogil=True)
-def bars_ok_nb(o, h, lo, c, v, w):
-    """Check the bar contract's value rules in one pass; return (ok, NaN count of vwap)."""
+def view_runs_nb(views, offset, n):
+    """Start rows of the runs of equal 16-byte Arrow string views (``views``: uint64 pairs).
+
+    Equal views are equal strings (same length and inline bytes, or same buffer and offset);
+    unequal views may still hold equal strings (a long string stored twice), so a run found here
+    may be split: callers check the runs' symbols are strictly ascending, which rules that out.
+    """
+    starts = np.empty(16, dtype=np.int64)
+    k = 0
+    a0 = np.uint64(0)
+    a1 = np.uint64(0)
+    for i in range(n):
+        b0 = views[2 * (offset + i)]
+        b1 = views[2 * (offset + i) + 1]
+        if i == 0 or b0 != a0 or b1 != a1:
+            if k == len(starts):
+                grown = np.empty(2 * k, dtype=np.int64)
+                grown[:k] = starts
+                starts = grown
+            starts[k] = i
+            k += 1
+        a0 = b0
+        a1 = b1
+    return starts[:k].copy()
+
+
+@njit(cache=True, nogil=True)
+def bars_ok_nb(o, h, lo, c, v, w, ts, starts):
+    """Check the bar contract's value rules and the time order in one pass.
+
+    ``starts`` are the first rows of the symbols' runs: ``ts`` must increase strictly inside a
+    run. Return (ok, NaN count of vwap).
+    """
     n_nan = 0
-    for i in range(len(c)):
-        oi, hi, li, ci, vi = o[i], h[i], lo[i], c[i], v[i]
-        if not (
-            np.isfinite(oi)
-            and np.isfinite(hi)
-            and np.isfinite(ci)
-            and np.isfinite(vi)
-            and li > 0.0
-            and hi >= max(oi, ci)
-            and li <= min(oi, ci)
-            and vi >= 0.0
-        ):
-            return False, n_nan
-        wi = w[i]
-        if np.isnan(wi):
-            n_nan += 1
-        elif not (wi > 0.0 and np.isfinite(wi)):
-            return False, n_nan
+    n = len(c)
+    n_runs = len(starts)
+    for r in range(n_runs):
+        lo_i = starts[r]
+        hi_i = starts[r + 1] if r + 1 < n_runs else n
+        for i in range(lo_i, hi_i):
+            oi, hi, li, ci, vi = o[i], h[i], lo[i], c[i], v[i]
+            if not (
+                np.isfinite(oi)
+                and np.isfinite(hi)
+                and np.isfinite(ci)
+                and np.isfinite(vi)
+                and li > 0.0
+                and hi >= max(oi, ci)
+                and li <= min(oi, ci)
+                and vi >= 0.0
+            ):
+                return False, n_nan
+            if i > lo_i and ts[i] <= ts[i - 1]:
+                return False, n_nan
+            wi = w[i]
+            if np.isnan(wi):
+                n_nan += 1
+            elif not (wi > 0.0 and np.isfinite(wi)):
+                return False, n_nan
     return True, n_nan
 
 
 @njit(cache=True, nogil=True)
-def day_changes_nb(ts, shift, day_us):
-    """Number of times the date of ``(ts - shift) // day_us`` changes along ``ts``."""
+def count_nonfinite_nb(a):
+    """Number of NaN or infinite values of ``a``."""
     n = 0
-    for i in range(1, len(ts)):
-        if (ts[i] - shift) // day_us != (ts[i - 1] - shift) // day_us:
+    for i in range(len(a)):
+        if not np.isfinite(a[i]):
             n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def day_changes_nb(ts, shift, day_us):
+    """Number of times the date of ``(ts - shift) // day_us`` changes along ``ts``.
+
+    On ascending ``ts`` one comparison a row (against the next date's start); a step back
+    divides.
+    """
+    n = 0
+    if len(ts) == 0:
+        return 0
+    day = (ts[0] - shift) // day_us
+    nxt = (day + 1) * day_us + shift
+    for i in range(1, len(ts)):
+        x = ts[i]
+        if x >= ts[i - 1] and x < nxt:
+            continue
+        d = (x - shift) // day_us
+        if d != day:
+            n += 1
+            day = d
+        nxt = (day + 1) * day_us + shift
     return n
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from workbench.backtest import _kernels as K
 from workbench.backtest.costs import CostModel
@@ -22,6 +23,7 @@ from workbench.backtest.result import BacktestResult, SimOutput
 from workbench.config import BacktestConfig
 from workbench.data.assets import AssetFacts, facts_for
 from workbench.data.schema import BAR_COLUMNS, BAR_SCHEMA, PRICE_COLUMNS, TS_DTYPE, validate_bars
+from workbench.data.validated import mark_validated, same_buffers, validated_facts
 from workbench.errors import SchemaError
 
 _US_PER_DAY = 86_400_000_000
@@ -84,18 +86,29 @@ def run_backtest(
         When bars or targets break their contract, naming the column, the bad value and the fix.
     """
     cfg = config if config is not None else BacktestConfig()
-    runs = None  # the symbols' runs, when the contract check already measured them
     if not validate:
         bars = _check_trusted_bars(bars)
+        facts = validated_facts(bars)
     else:
-        runs = _conformed_runs(bars)
-        if runs is None:
-            bars = validate_bars(bars)  # conforms, sorts, or raises the contract's own error
+        facts = validated_facts(bars)  # read from the store (or checked here) and unchanged
+        if facts is None:
+            runs = _conformed_runs(bars)
+            if runs is None:
+                bars = validate_bars(bars)  # conforms, sorts, or raises the contract's own error
+            if bars.height:
+                facts = mark_validated(bars)
+                if runs is not None:
+                    facts["runs"] = runs
     if bars.height == 0:
         raise SchemaError(
             "bars rejected: the frame is empty. Fix: load at least two bars per symbol.",
             rule="empty",
         )
+    runs = facts.get("runs") if facts is not None else None
+    if runs is None:
+        runs = _symbol_runs(bars["symbol"])
+        if facts is not None:
+            facts["runs"] = runs
     grid = _Grid.build(bars, runs)
     target_vec = _align_targets(bars, targets, "prediction" if risk is not None else "target")
 
@@ -206,24 +219,51 @@ def _conformed_runs(bars: object) -> tuple[list[str], np.ndarray] | None:
     required = ("symbol", "ts", *PRICE_COLUMNS, "volume")
     if any(bars[c].null_count() for c in required):
         return None
+    symbols, lengths = _symbol_runs(bars["symbol"])
+    if "" in symbols or any(a >= b for a, b in itertools.pairwise(symbols)):
+        return None  # empty symbol, symbols out of order or split into several runs
     vwap = bars["vwap"]
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
     arrays = (*(bars[x].to_numpy() for x in (*PRICE_COLUMNS, "volume")), vwap.to_numpy())
-    ok, n_nan = K.bars_ok_nb(*K.frozen(*arrays))
+    ts = bars["ts"].dt.epoch("us").to_numpy()
+    ok, n_nan = K.bars_ok_nb(*K.frozen(*arrays, ts, starts))  # values and time order, one pass
     if not ok or n_nan != vwap.null_count():  # nulls become NaN: more NaN than nulls is a bad NaN
         return None
     tc_min = bars["trade_count"].min()
     if tc_min is not None and tc_min < 0:  # type: ignore[operator]
         return None
-    runs = bars["symbol"].rle()
-    symbols = runs.struct.field("value").to_list()
-    if "" in symbols or any(a >= b for a, b in itertools.pairwise(symbols)):
-        return None  # empty symbol, symbols out of order or split into several runs
-    ts = bars["ts"].dt.epoch("us").to_numpy()
-    lengths = runs.struct.field("len").to_numpy()
-    step_ok = np.diff(ts) > 0
-    starts = np.cumsum(lengths)[:-1]
-    step_ok[starts - 1] = True  # a new symbol may restart the clock
-    return (symbols, lengths) if bool(step_ok.all()) else None
+    return symbols, lengths
+
+
+def _symbol_runs(symbol: pl.Series) -> tuple[list[str], np.ndarray]:
+    """The runs ``(symbols, lengths)`` of a symbol column in row order (as ``Series.rle``).
+
+    Fast path: one pass over the column's Arrow string views, exact when the runs' symbols come
+    out strictly ascending (as in bars sorted by symbol); anything else is left to ``rle``.
+    """
+    starts = _view_run_starts(symbol)
+    if starts is not None and len(starts):
+        symbols = symbol.gather(starts).to_list()
+        if all(a < b for a, b in itertools.pairwise(symbols)):
+            lengths = np.diff(np.append(starts, symbol.len()))
+            return symbols, lengths
+    rle = symbol.rle()
+    return rle.struct.field("value").to_list(), rle.struct.field("len").to_numpy()
+
+
+def _view_run_starts(symbol: pl.Series) -> np.ndarray | None:
+    if symbol.dtype != pl.String or symbol.null_count() or symbol.len() == 0:
+        return None
+    try:
+        chunks = pa.chunked_array(symbol).chunks  # zero-copy export
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+    if len(chunks) != 1 or not pa.types.is_string_view(chunks[0].type):
+        return None
+    c = chunks[0]
+    views = np.frombuffer(c.buffers()[1], dtype=np.uint64)
+    return K.view_runs_nb(*K.frozen(views), c.offset, len(c))
 
 
 def _check_trusted_bars(bars: pl.DataFrame) -> pl.DataFrame:
@@ -262,10 +302,7 @@ class _Grid:
 
     @classmethod
     def build(cls, bars: pl.DataFrame, runs: tuple[list[str], np.ndarray] | None = None) -> _Grid:
-        if runs is None:
-            rle = bars["symbol"].rle()
-            runs = rle.struct.field("value").to_list(), rle.struct.field("len").to_numpy()
-        symbols, lengths = runs
+        symbols, lengths = runs if runs is not None else _symbol_runs(bars["symbol"])
         ts = bars["ts"].dt.epoch("us").to_numpy()
         n_s = len(symbols)
         first = int(lengths[0])
@@ -332,12 +369,19 @@ def _align_targets(bars: pl.DataFrame, targets: pl.DataFrame, column: str = "tar
             "naive UTC values).",
             rule="mistyped column",
         )
-    t = targets.select(
-        pl.col("symbol").cast(pl.String),
-        pl.col("ts").cast(TS_DTYPE),
-        pl.col("target").cast(pl.Float64),
+    exact = (
+        targets.schema["symbol"] == pl.String and ts_dtype == TS_DTYPE and tgt_dtype == pl.Float64
     )
-    n_bad = int((~t["target"].is_finite()).sum())  # nulls stay null: not counted
+    if exact:  # nothing to cast: select the columns (no copy)
+        t = targets.select(TARGET_COLUMNS)
+    else:
+        t = targets.select(
+            pl.col("symbol").cast(pl.String),
+            pl.col("ts").cast(TS_DTYPE),
+            pl.col("target").cast(pl.Float64),
+        )
+    values = _nan_for_null(t["target"])
+    n_bad = K.count_nonfinite_nb(*K.frozen(values)) - t["target"].null_count()  # nulls: no decision
     if n_bad:
         bad = t.filter(pl.col("target").is_not_null() & ~pl.col("target").is_finite())
         raise SchemaError(
@@ -351,7 +395,7 @@ def _align_targets(bars: pl.DataFrame, targets: pl.DataFrame, column: str = "tar
     keys = bars.select("symbol", "ts")
     if t.height == keys.height:
         if _same_keys(t, keys):
-            return _nan_for_null(t["target"])
+            return values
         t_sorted = t.sort("symbol", "ts")
         if _same_keys(t_sorted, keys):
             return _nan_for_null(t_sorted["target"])
@@ -385,7 +429,8 @@ def _align_targets(bars: pl.DataFrame, targets: pl.DataFrame, column: str = "tar
 
 
 def _same_keys(t: pl.DataFrame, keys: pl.DataFrame) -> bool:
-    return t["ts"].equals(keys["ts"]) and t["symbol"].equals(keys["symbol"])
+    # targets built from the bars' own key columns share their memory: equal without a scan
+    return all(same_buffers(t[c], keys[c]) or t[c].equals(keys[c]) for c in ("ts", "symbol"))
 
 
 def _nan_for_null(target: pl.Series) -> np.ndarray:

@@ -55,6 +55,7 @@ from workbench.data.integrity import (
 )
 from workbench.data.schema import BAR_SCHEMA, KEY, empty_bars, reject_rows, validate_bars
 from workbench.data.timeframe import Timeframe
+from workbench.data.validated import mark_validated
 from workbench.errors import StoreError
 
 if TYPE_CHECKING:
@@ -687,7 +688,9 @@ class BarStore:
                         f"Fix: ingest them first, e.g. `wb ingest --timeframe {tf.name} --symbols {','.join(absent)}`."
                     )
         df = self._collect(self.scan(symbols, tf, start, end), f"{tf.name} bars")
-        return validate_bars(df)
+        out = validate_bars(df)
+        mark_validated(out)  # consumers (run_backtest) skip re-checking it while it is unchanged
+        return out
 
     def symbols(self, timeframe: str | Timeframe) -> list[str]:
         """Return the symbols stored at a timeframe."""
