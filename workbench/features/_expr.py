@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from workbench.errors import ConfigError
 from workbench.features import _kernels
@@ -75,6 +76,20 @@ def f64(s: pl.Series) -> np.ndarray:
     return np.ascontiguousarray(s.to_numpy())
 
 
+def to_series(name: str, values: np.ndarray) -> pl.Series:
+    """Return float64 ``values`` as a Float64 series with NaN as null, without copying them.
+
+    The array becomes the series' buffer (an Arrow array over the same memory) and only a
+    validity bitmap is computed, in parallel; ``pl.Series(values, nan_to_null=True)`` would copy
+    every value once more.
+    """
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    bits, nans = _kernels.valid_bits(values)
+    validity = pa.py_buffer(bits) if nans else None
+    arr = pa.Array.from_buffers(pa.float64(), values.shape[0], [validity, pa.py_buffer(values)])
+    return pl.Series(name, arr)
+
+
 def segments(by: str) -> pl.Expr:
     """Return run ids of ``by``: one id per contiguous block of equal values (a symbol's rows)."""
     return pl.col(by).rle_id()
@@ -92,7 +107,7 @@ def kernel(
     def run(series: list[pl.Series]) -> pl.Series:
         gid = series[0].to_numpy()
         out = fn(gid, *(f64(s) for s in series[1:]), *args)
-        return pl.Series(name, out, nan_to_null=True)
+        return to_series(name, out)
 
     return pl.map_batches([segments(by), *inputs], run, return_dtype=pl.Float64).alias(name)
 
@@ -115,7 +130,7 @@ def kernel_struct(
         arrays = dict(zip(fields, fn(gid, *xs, *args), strict=False))
         if post is not None:
             arrays = post(arrays, xs)
-        frame = pl.DataFrame([pl.Series(f, arrays[f], nan_to_null=True) for f in fields])
+        frame = pl.DataFrame([to_series(f, arrays[f]) for f in fields])
         return frame.to_struct(name)
 
     return pl.map_batches([segments(by), *inputs], run, return_dtype=dtype).alias(name)

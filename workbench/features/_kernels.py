@@ -2,30 +2,42 @@
 
 Every per-symbol kernel takes ``gid``, an integer array whose value changes exactly where a new
 symbol's rows begin (``rle_id`` of the symbol column of a frame sorted by ``(symbol, ts)``), and
-float64 inputs; it returns float64 arrays with NaN where the value is undefined. Recursions follow
-TA-Lib's seeding so that values match TA-Lib to rounding (Wilder updates are written as
-``p + (x - p) / n`` with a precomputed reciprocal, which differs from TA-Lib's
-``(p (n - 1) + x) / n`` by a few ulps and is three times shorter on the dependency chain).
-Kernels release the GIL, so polars can run several of them at once.
+float64 inputs; it returns float64 arrays with NaN where the value is undefined. One pass over
+``gid`` finds the symbols' row ranges, then the symbols are computed in parallel (``prange``: one
+symbol's rows are a sequential recursion, different symbols are independent), each writing its own
+slice of a preallocated output. Recursions follow TA-Lib's seeding so that values match TA-Lib to
+rounding (Wilder updates are written as ``p + (x - p) / n`` with a precomputed reciprocal, which
+differs from TA-Lib's ``(p (n - 1) + x) / n`` by a few ulps and is three times shorter on the
+dependency chain). Kernels release the GIL, so polars can run several of them at once.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 _ZERO = 1e-8  # TA-Lib's TA_IS_ZERO threshold
 _REFRESH = 512  # rolling sums are recomputed from scratch this often (bounds rounding drift)
 _ILL = 1e4  # re-anchor when mean(y^2) exceeds the variance by this factor (cancellation guard)
+_FLAT = 1e-24  # a window whose variance is below this fraction of mean^2 is flat (no z-score)
 
 
 @njit(cache=True, nogil=True)
-def _seg_end(gid, i):
-    n = gid.shape[0]
-    j = i + 1
-    while j < n and gid[j] == gid[i]:
-        j += 1
-    return j
+def segment_starts(gid):
+    """Return the first row of every run of equal ``gid`` values, then ``len(gid)``."""
+    size = gid.shape[0]
+    runs = 1 if size else 0
+    for k in range(1, size):
+        runs += gid[k] != gid[k - 1]
+    out = np.empty(runs + 1, np.int64)
+    out[0] = 0
+    j = 1
+    for k in range(1, size):
+        if gid[k] != gid[k - 1]:
+            out[j] = k
+            j += 1
+    out[runs] = size
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -48,28 +60,31 @@ def _ema_run(x, a, b, n, alpha, offset, out):
         out[k] = p
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, parallel=True)
 def ema(gid, x, n, alpha, offset):
-    out = np.full(x.shape[0], np.nan)
-    i = 0
-    while i < x.shape[0]:
-        j = _seg_end(gid, i)
-        _ema_run(x, i, j, n, alpha, offset, out)
-        i = j
+    out = np.empty(x.shape[0])
+    st = segment_starts(gid)
+    for g in prange(st.shape[0] - 1):
+        a, b = st[g], st[g + 1]
+        out[a:b] = np.nan
+        _ema_run(x, a, b, n, alpha, offset, out)
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, parallel=True)
 def macd(gid, x, fast, slow, signal):
     size = x.shape[0]
-    line = np.full(size, np.nan)
-    sig = np.full(size, np.nan)
-    hist = np.full(size, np.nan)
-    slow_ema = np.full(size, np.nan)
-    fast_ema = np.full(size, np.nan)
-    i = 0
-    while i < size:
-        j = _seg_end(gid, i)
+    line = np.empty(size)
+    sig = np.empty(size)
+    hist = np.empty(size)
+    slow_ema = np.empty(size)
+    fast_ema = np.empty(size)
+    st = segment_starts(gid)
+    for g in prange(st.shape[0] - 1):
+        i, j = st[g], st[g + 1]
+        sig[i:j] = np.nan
+        slow_ema[i:j] = np.nan
+        fast_ema[i:j] = np.nan
         # TA-Lib seeds the fast EMA on the window that ends where the slow one starts.
         _ema_run(x, i, j, slow, 2.0 / (slow + 1), 0, slow_ema)
         _ema_run(x, i, j, fast, 2.0 / (fast + 1), slow - fast, fast_ema)
@@ -78,7 +93,6 @@ def macd(gid, x, fast, slow, signal):
         _ema_run(line, i, j, signal, 2.0 / (signal + 1), 0, sig)
         for k in range(i, j):
             hist[k] = line[k] - sig[k]
-        i = j
     return line, sig, hist
 
 
@@ -91,35 +105,40 @@ def _rsi_value(gain, loss):
 
 
 @njit(cache=True, nogil=True)
+def _rsi_run(x, i, j, n, out):
+    out[i:j] = np.nan
+    if j - i <= n:
+        return
+    prev = x[i]
+    gain = 0.0
+    loss = 0.0
+    for k in range(i + 1, i + n + 1):
+        d = x[k] - prev
+        prev = x[k]
+        if d < 0:
+            loss -= d
+        else:
+            gain += d
+    gain /= n
+    loss /= n
+    out[i + n] = _rsi_value(gain, loss)
+    inv = 1.0 / n
+    for k in range(i + n + 1, j):
+        d = x[k] - prev
+        prev = x[k]
+        up = d if d > 0 else 0.0
+        down = -d if d < 0 else 0.0
+        gain += (up - gain) * inv
+        loss += (down - loss) * inv
+        out[k] = _rsi_value(gain, loss)
+
+
+@njit(cache=True, nogil=True, parallel=True)
 def rsi(gid, x, n):
-    out = np.full(x.shape[0], np.nan)
-    i = 0
-    while i < x.shape[0]:
-        j = _seg_end(gid, i)
-        if j - i > n:
-            prev = x[i]
-            gain = 0.0
-            loss = 0.0
-            for k in range(i + 1, i + n + 1):
-                d = x[k] - prev
-                prev = x[k]
-                if d < 0:
-                    loss -= d
-                else:
-                    gain += d
-            gain /= n
-            loss /= n
-            out[i + n] = _rsi_value(gain, loss)
-            inv = 1.0 / n
-            for k in range(i + n + 1, j):
-                d = x[k] - prev
-                prev = x[k]
-                up = d if d > 0 else 0.0
-                down = -d if d < 0 else 0.0
-                gain += (up - gain) * inv
-                loss += (down - loss) * inv
-                out[k] = _rsi_value(gain, loss)
-        i = j
+    out = np.empty(x.shape[0])
+    st = segment_starts(gid)
+    for g in prange(st.shape[0] - 1):
+        _rsi_run(x, st[g], st[g + 1], n, out)
     return out
 
 
@@ -131,34 +150,39 @@ def _true_range(h, lo, prev_close):
 
 
 @njit(cache=True, nogil=True)
+def _atr_run(high, low, close, i, j, n, out):
+    out[i:j] = np.nan
+    if j - i <= n:
+        return
+    tot = 0.0
+    for k in range(i + 1, i + n + 1):
+        tot += _true_range(high[k], low[k], close[k - 1])
+    p = tot / n
+    out[i + n] = p
+    inv = 1.0 / n
+    for k in range(i + n + 1, j):
+        p += (_true_range(high[k], low[k], close[k - 1]) - p) * inv
+        out[k] = p
+
+
+@njit(cache=True, nogil=True, parallel=True)
 def atr(gid, high, low, close, n):
-    out = np.full(close.shape[0], np.nan)
-    i = 0
-    while i < close.shape[0]:
-        j = _seg_end(gid, i)
-        if j - i > n:
-            tot = 0.0
-            for k in range(i + 1, i + n + 1):
-                tot += _true_range(high[k], low[k], close[k - 1])
-            p = tot / n
-            out[i + n] = p
-            inv = 1.0 / n
-            for k in range(i + n + 1, j):
-                p += (_true_range(high[k], low[k], close[k - 1]) - p) * inv
-                out[k] = p
-        i = j
+    out = np.empty(close.shape[0])
+    st = segment_starts(gid)
+    for g in prange(st.shape[0] - 1):
+        _atr_run(high, low, close, st[g], st[g + 1], n, out)
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, parallel=True)
 def adx(gid, high, low, close, n):
-    out = np.full(close.shape[0], np.nan)
-    i = 0
-    while i < close.shape[0]:
-        j = _seg_end(gid, i)
+    out = np.empty(close.shape[0])
+    st = segment_starts(gid)
+    for g in prange(st.shape[0] - 1):
+        i, j = st[g], st[g + 1]
+        out[i:j] = np.nan
         if j - i >= 2 * n:
             _adx_run(high, low, close, i, j, n, out)
-        i = j
     return out
 
 
@@ -264,66 +288,87 @@ def _anchor(x, lo, hi):
 
 
 @njit(cache=True, nogil=True)
+def _moments_run(x, i, j, n, ddof, mean, std, z, zscore):
+    """Rolling moments of rows ``i..j-1``: ``mean`` and ``std``, or only ``z`` if ``zscore``.
+
+    The sums are kept relative to an anchor ``c`` (a recent value, or the window mean when
+    ``mean(y^2)`` dwarfs the variance), recomputed every ``_REFRESH`` rows, so the one-pass
+    variance keeps the precision of a two-pass one.
+    """
+    if zscore:
+        z[i:j] = np.nan
+    else:
+        mean[i:j] = np.nan
+        std[i:j] = np.nan
+    first = i + n - 1
+    if first >= j:
+        return
+    inv_n = 1.0 / n
+    inv_d = 1.0 / (n - ddof) if n > ddof else 0.0
+    c = _anchor(x, i, first)
+    s1, s2, bad = _window_sums(x, i, first, c)
+    steps = 0
+    for k in range(first, j):
+        if k > first:
+            steps += 1
+            if steps >= _REFRESH:
+                steps = 0
+                c = _anchor(x, k - n + 1, k)
+                s1, s2, bad = _window_sums(x, k - n + 1, k, c)
+            else:
+                old = x[k - n]
+                new = x[k]
+                if np.isnan(old):
+                    bad -= 1
+                else:
+                    y = old - c
+                    s1 -= y
+                    s2 -= y * y
+                if np.isnan(new):
+                    bad += 1
+                else:
+                    y = new - c
+                    s1 += y
+                    s2 += y * y
+        if bad == 0:
+            m = s1 * inv_n
+            var = (s2 - s1 * m) * inv_d
+            if var * _ILL < s2 * inv_n:  # cancellation: re-anchor on the window mean
+                steps = 0
+                c = _window_mean(x, k - n + 1, k)
+                s1, s2, bad = _window_sums(x, k - n + 1, k, c)
+                m = s1 * inv_n
+                var = (s2 - s1 * m) * inv_d
+            mu = c + m
+            sd = np.sqrt(var) if var > 0.0 else 0.0
+            if zscore:
+                if sd > 0.0 and sd * sd > _FLAT * mu * mu:
+                    z[k] = (x[k] - mu) / sd
+            else:
+                mean[k] = mu
+                if n > ddof:
+                    std[k] = sd
+
+
+@njit(cache=True, nogil=True, parallel=True)
 def rolling_moments(gid, x, n, ddof):
     """Rolling mean and standard deviation over ``n`` rows; NaN if the window holds a NaN."""
     size = x.shape[0]
-    mean = np.full(size, np.nan)
-    std = np.full(size, np.nan)
-    i = 0
-    while i < size:
-        j = _seg_end(gid, i)
-        first = i + n - 1
-        if first < j:
-            c = _anchor(x, i, first)
-            s1, s2, bad = _window_sums(x, i, first, c)
-            steps = 0
-            for k in range(first, j):
-                if k > first:
-                    steps += 1
-                    if steps >= _REFRESH:
-                        steps = 0
-                        c = _anchor(x, k - n + 1, k)
-                        s1, s2, bad = _window_sums(x, k - n + 1, k, c)
-                    else:
-                        old = x[k - n]
-                        new = x[k]
-                        if np.isnan(old):
-                            bad -= 1
-                        else:
-                            y = old - c
-                            s1 -= y
-                            s2 -= y * y
-                        if np.isnan(new):
-                            bad += 1
-                        else:
-                            y = new - c
-                            s1 += y
-                            s2 += y * y
-                if bad == 0:
-                    m = s1 / n
-                    var = (s2 - s1 * m) / (n - ddof) if n > ddof else 0.0
-                    if var * _ILL < s2 / n:  # cancellation: re-anchor on the window mean
-                        steps = 0
-                        c = _window_mean(x, k - n + 1, k)
-                        s1, s2, bad = _window_sums(x, k - n + 1, k, c)
-                        m = s1 / n
-                        var = (s2 - s1 * m) / (n - ddof) if n > ddof else 0.0
-                    mean[k] = c + m
-                    if n > ddof:
-                        std[k] = np.sqrt(var) if var > 0.0 else 0.0
-        i = j
+    mean = np.empty(size)
+    std = np.empty(size)
+    st = segment_starts(gid)
+    for g in prange(st.shape[0] - 1):
+        _moments_run(x, st[g], st[g + 1], n, ddof, mean, std, mean, False)
     return mean, std
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, parallel=True)
 def rolling_zscore(gid, x, n, ddof):
     """Rolling ``(x - mean) / std``; NaN when the window holds a NaN or is flat."""
-    mean, std = rolling_moments(gid, x, n, ddof)
-    out = np.full(x.shape[0], np.nan)
-    for k in range(x.shape[0]):
-        sd = std[k]
-        if sd > 0.0 and sd * sd > 1e-24 * mean[k] * mean[k]:
-            out[k] = (x[k] - mean[k]) / sd
+    out = np.empty(x.shape[0])
+    st = segment_starts(gid)
+    for g in prange(st.shape[0] - 1):
+        _moments_run(x, st[g], st[g + 1], n, ddof, out, out, out, True)
     return out
 
 
@@ -370,3 +415,30 @@ def session_vwap(gid, local_us, price, volume, with_sd):
                 var = syy / vol - m * m
                 sd[k] = np.sqrt(var) if var > 0.0 else 0.0
     return vwap, sd
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def valid_bits(x):
+    """Return the Arrow validity bitmap of ``x`` (bit ``k`` set where ``x[k]`` is not NaN) and
+    the number of NaNs."""
+    size = x.shape[0]
+    n_bytes = (size + 7) // 8
+    bits = np.empty(n_bytes, np.uint8)
+    nans = 0
+    for i in prange(n_bytes):
+        byte = 0
+        lo = 8 * i
+        hi = min(lo + 8, size)
+        for k in range(lo, hi):
+            if not np.isnan(x[k]):
+                byte |= 1 << (k - lo)
+        bits[i] = byte
+        nans += (hi - lo) - _popcount8(byte)
+    return bits, nans
+
+
+@njit(cache=True, nogil=True)
+def _popcount8(b):
+    b = (b & 0x55) + ((b >> 1) & 0x55)
+    b = (b & 0x33) + ((b >> 2) & 0x33)
+    return (b & 0x0F) + (b >> 4)
