@@ -38,8 +38,8 @@ METRICS = ("sharpe", "deflated_sharpe", "pbo", "pbo_distinct", "ic", "turnover",
 class Setting:
     """The size of one research run (smaller than the pipeline's defaults, same method)."""
 
-    symbols: int = 3
-    months: int = 4
+    symbols: int = 6
+    months: int = 6
     trials: int = 8
     folds: int = 4
     pbo_configs: int = 6
@@ -133,7 +133,35 @@ def run_one(seed: int, alpha: float, setting: Setting, work: Path) -> dict[str, 
     out = {"seed": seed, "alpha": alpha, "promoted": float(gates.passed)}
     out.update({k: float(m.get(k, math.nan)) for k in METRICS})
     out["decision_long"] = float(policy.decision.long)
+    out.update(_dsr_parts(wf, res))
     out["failures"] = "; ".join(gates.failures())
+    return out
+
+
+def _dsr_parts(wf: Any, res: Any) -> dict[str, float]:
+    """What the deflated Sharpe ratio is made of: the judged per-bar Sharpe ratio and its
+    record length, the trials' count and spread, the bar they set (SR0)."""
+    import numpy as np
+
+    from workbench.validation.overfitting import effective_trials, expected_max_sharpe
+
+    out = {"sr_bar": math.nan, "n_bars": math.nan, "kurt": math.nan}
+    if wf.backtest is not None:
+        r = wf.backtest.equity["returns"].to_numpy()
+        r = r[np.isfinite(r)]
+        if len(r) > 2 and r.std() > 0:
+            d = r - r.mean()
+            out = {"sr_bar": float(r.mean() / r.std(ddof=1)), "n_bars": float(len(r)),
+                   "kurt": float(np.mean(d**4) / np.mean(d**2) ** 2)}  # fmt: skip
+    ts = [t for t in res.trial_sharpes if math.isfinite(t)]
+    n_eff = effective_trials(int(res.metrics["search_trials"]), res.metrics["trial_correlation"])
+    var = float(np.var(ts, ddof=1)) if len(ts) >= 2 else math.nan
+    out.update(
+        n_eff=float(n_eff),
+        trial_sd=math.sqrt(var) if math.isfinite(var) else math.nan,
+        sr0=float(expected_max_sharpe(n_eff, var)) if math.isfinite(var) else math.nan,
+        cost_multiple=float(res.metrics.get("decision_cost_multiple", math.nan)),
+    )
     return out
 
 
@@ -157,7 +185,8 @@ def study(
     saved = {k: os.environ.get(k) for k in keys}
     before = mlflow.get_tracking_uri()
     active = fluent._active_experiment_id  # a caller's experiment lives in the caller's store
-    with tempfile.TemporaryDirectory(prefix="honesty-power-") as tmp:
+    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None  # tmpfs: no fsync per Optuna write
+    with tempfile.TemporaryDirectory(prefix="honesty-power-", dir=shm) as tmp:
         work = Path(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
         os.environ["WB_MLFLOW__ARTIFACT_ROOT"] = str(work / "mlartifacts")
@@ -165,7 +194,9 @@ def study(
         try:
             mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
             mlflow.set_experiment("honesty-power")  # never the caller's experiment id
-            runs = [(a, s) for a in alphas for s in seeds]
+            runs = [
+                (a, s) for s in seeds for a in alphas
+            ]  # seed-major: a cut run covers every alpha
             for alpha, seed in tqdm(runs, desc="research runs", disable=not progress):
                 rows.append(run_one(seed, alpha, setting, work))
                 if log is not None:
@@ -233,6 +264,28 @@ def figure(runs: pl.DataFrame) -> Any:
     return fig
 
 
+def report(runs: pl.DataFrame, out: Path) -> pl.DataFrame:
+    """Write ``runs.csv``, the per-alpha table ``power.csv`` and the figure ``power.html`` into
+    ``out``, print them with each refused run's failed gates, and return the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs = runs.sort("alpha", "seed")
+    runs.write_csv(out / "runs.csv")
+    s = summary(runs)
+    s.write_csv(out / "power.csv")
+    figure(runs).write_html(out / "power.html")
+    with pl.Config(tbl_cols=-1, tbl_rows=-1, tbl_width_chars=250, float_precision=3):
+        print(runs.drop("failures"))
+        print(
+            s.select(
+                "alpha", "runs", "promoted", "promoted_frac", pl.selectors.ends_with("_median")
+            )
+        )
+        print(s.select("alpha", pl.selectors.ends_with("_iqr"), "sharpe_min", "sharpe_max"))
+    for r in runs.filter(pl.col("failures") != "").iter_rows(named=True):
+        print(f"  seed {r['seed']} alpha {r['alpha']}: {r['failures']}")
+    return s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=10)
@@ -243,7 +296,18 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=Setting.trials)
     ap.add_argument("--pbo-configs", type=int, default=Setting.pbo_configs)
     ap.add_argument("--out", type=Path, default=Path("runs/honesty_power"))
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only rebuild the table and figure in --out from these runs.csv files (e.g. the "
+        "parts of one study run in parallel with --first-seed)",
+    )
     args = ap.parse_args()
+    if args.merge:
+        report(pl.concat([pl.read_csv(p) for p in args.merge], how="diagonal_relaxed"), args.out)
+        return
     setting = Setting(
         symbols=args.symbols, months=args.months, trials=args.trials, pbo_configs=args.pbo_configs
     )
@@ -253,21 +317,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     runs = study(seeds, args.alphas, setting, log=args.out / "runs.csv")
     cpu, wall = time.process_time() - t0, time.perf_counter() - w0
-    args.out.mkdir(parents=True, exist_ok=True)
-    runs.write_csv(args.out / "runs.csv")
-    s = summary(runs)
-    s.write_csv(args.out / "power.csv")
-    figure(runs).write_html(args.out / "power.html")
-    with pl.Config(tbl_cols=-1, tbl_rows=-1, tbl_width_chars=200, float_precision=3):
-        print(runs.drop("failures"))
-        print(
-            s.select(
-                "alpha", "runs", "promoted", "promoted_frac", pl.selectors.ends_with("_median")
-            )
-        )
-        print(s.select("alpha", pl.selectors.ends_with("_iqr"), "sharpe_min", "sharpe_max"))
-    for r in runs.filter(pl.col("failures") != "").iter_rows(named=True):
-        print(f"  seed {r['seed']} alpha {r['alpha']}: {r['failures']}")
+    report(runs, args.out)
     print(f"{len(runs)} runs: {cpu:.0f} s CPU, {wall:.0f} s wall ({setting}); files in {args.out}")
 
 
