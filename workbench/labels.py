@@ -43,7 +43,7 @@ from workbench.features._expr import (
     did_you_mean,
     f64,
 )
-from workbench.features.indicators import atr, sma, zscore
+from workbench.features.indicators import atr, sma, vwap, vwap_zscore, zscore
 from workbench.features.sets import ensure_sorted
 
 LabelFn = Callable[..., pl.DataFrame]
@@ -421,13 +421,18 @@ def mean_reversion(
     sl: float = 2.0,
     unit: str = "atr",
     unit_window: int = 14,
+    anchor: str = "sma",
 ) -> pl.DataFrame:
-    """Return the outcome of fading a move away from the rolling mean.
+    """Return the outcome of fading a move away from the rolling mean or the session VWAP.
 
     At row ``i`` with ``z = zscore(close, window)``, the trade fades the deviation
     (``side = -sign(z)`` when ``|z| >= entry_z``), enters at ``open_{i+1}`` and takes profit when the
     price reaches the mean ``SMA(window)_i``, stops out ``sl`` units against it, or exits at the
-    vertical barrier (same path rules and ``t1`` as :func:`triple_barrier`).
+    vertical barrier (same path rules and ``t1`` as :func:`triple_barrier`). With
+    ``anchor='vwap'`` the deviation is the close's from the session VWAP in VWAP-band standard
+    deviations (``vwap_zscore``) and the profit-take is the session VWAP at row ``i``
+    (``session_vwap``; ``window`` is then unused): the rule-based side whose trades the
+    triple barrier labels, for a model to filter (meta-labelling).
 
     Parameters
     ----------
@@ -445,6 +450,9 @@ def mean_reversion(
         Unit of the stop.
     unit_window : int
         Window of the unit estimate (>= 2).
+    anchor : {'sma', 'vwap'}
+        What the price reverts to: the rolling mean or the session VWAP (needs ``vwap`` and
+        ``volume`` columns).
 
     Returns
     -------
@@ -458,9 +466,15 @@ def mean_reversion(
     window = check_int("mean_reversion", "window", window, 2)
     entry_z = check_float("mean_reversion", "entry_z", entry_z, strict=False)
     _, sl, unit, unit_window = _check_barrier_params("mean_reversion", 0.0, sl, unit, unit_window)
-    df = _prepare(bars, "mean_reversion")
-    z = f64(df.select(zscore(window=window)).to_series())
-    mean = f64(df.select(sma(window=window)).to_series())
+    anchor = check_choice("mean_reversion", "anchor", anchor, ("sma", "vwap"))
+    if anchor == "vwap":
+        df = _prepare(bars, "mean_reversion", ("vwap", "volume"))
+        z = f64(df.select(vwap_zscore()).to_series())
+        mean = f64(df.select(vwap()).to_series())
+    else:
+        df = _prepare(bars, "mean_reversion")
+        z = f64(df.select(zscore(window=window)).to_series())
+        mean = f64(df.select(sma(window=window)).to_series())
     with np.errstate(invalid="ignore"):
         side = np.where(np.abs(z) >= max(entry_z, 1e-300), -np.sign(z), 0.0)
     side[np.isnan(z)] = np.nan

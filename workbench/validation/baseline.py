@@ -100,7 +100,8 @@ def compare_with_baseline(
     spec = cfg.strategy(strategy).baseline
     if spec is None:
         return None
-    train = table.filter(pl.col("ts") < split)
+    # the labelled training rows (a label may not apply to a row: a rule that does not trade there)
+    train = table.filter((pl.col("ts") < split) & pl.col("label").is_finite())
     cols = feature_columns(train)
     rule = RuleBaseline(spec.rule, feature=spec.feature).fit(train.select(cols), train["label"])
     ev = evaluate_model(
