@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,34 +30,43 @@ def run_shadow_day(
     store_root: str = "",
     state_dir: str = "runs/shadow",
     allow_model: tuple[str, ...] = (),
+    broker: str = "sim",
+    environ: Mapping[str, str] | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Replay one session with the champion and, beside it in its own simulated account, ledger
-    and kill-switch state, the challenger; record each arm's return and divergence in MLflow.
+    """Replay one session with the champion (on ``broker``) and, beside it in its own account,
+    ledger and kill-switch state, the challenger; record each arm's return and divergence.
 
-    Each arm and session has its own ledger (``state_dir/ledger-<role>-<date>.db``; the
-    simulated venue's ids repeat from session to session). Only the champion's fills refit the
-    slippage model (the same bars must not count twice).
-    Returns ``{role: {"version", "session_return", "net_pnl", "run_id", "pnl_diff"}}``.
+    The challenger's account is a simulated one of its own, or with
+    ``execution.shadow.challenger_broker: alpaca`` its own paper account (keys from the
+    variables ``execution.shadow`` names, read from ``environ``): refused before any order when
+    those are missing or point at the champion's account. Each arm and session has its own
+    ledger (``state_dir/ledger-<role>-<date>.db``; the simulated venue's ids repeat from session
+    to session). Only the champion's fills refit the slippage model (the same bars must not
+    count twice). Returns ``{role: {"version", "session_return", "net_pnl", "run_id",
+    "pnl_diff", "broker"}}``.
     """
     from workbench.execution.shadow import ROLES, log_shadow_session
     from workbench.stages.session import review_session, run_trade_session
     from workbench.tracking import setup
 
+    if broker not in ("sim", "alpaca"):
+        raise WorkbenchError(f"--broker must be 'sim' or 'alpaca'. Got {broker!r} instead.")
+    arms = shadow_accounts(cfg, broker, os.environ if environ is None else environ, echo)
     setup(cfg)
     root = cfg.path(state_dir)
     root.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {}
     for role in ROLES:
+        base, arm_broker, env = arms[role]
         risk = cfg.risk.model_copy(update={"state_url": f"sqlite:///{root / f'risk-{role}.db'}"})
-        arm_cfg = cfg.model_copy(update={"risk": risk})
+        arm_cfg = base.model_copy(update={"risk": risk})
         res = run_trade_session(
             arm_cfg, store_root=store_root or str(cfg.path(cfg.store.root)),
             model_name=model_name, strategy=strategy, timeframe=timeframe, symbols=symbols,
-            session_date=session_date, broker="sim", mode="replay",
+            session_date=session_date, broker=arm_broker, mode="replay",
             ledger_url=f"sqlite:///{root / ledger_name(role, session_date)}",
-            model_alias=role, echo=echo,
-            allow_model=allow_model,
+            model_alias=role, echo=echo, allow_model=allow_model, environ=env,
         )  # fmt: skip
         report, _ = review_session(
             arm_cfg, res, strategy=strategy, log=False, learn_slippage=role == "champion",
@@ -71,10 +81,49 @@ def run_shadow_day(
         )  # fmt: skip
         out[role] = {
             "version": res.model.version, "session_return": ret, "net_pnl": res.result.net_pnl,
-            "pnl_diff": report.metrics["pnl_diff"], "run_id": run_id,
+            "pnl_diff": report.metrics["pnl_diff"], "run_id": run_id, "broker": arm_broker,
         }  # fmt: skip
         echo(f"shadow {role} v{res.model.version}: session return {ret:+.5f}")
     return out
+
+
+def shadow_accounts(
+    cfg: WorkbenchConfig, broker: str, environ: Mapping[str, str], echo: Callable[[str], None]
+) -> dict[str, tuple[WorkbenchConfig, str, Mapping[str, str]]]:
+    """Each arm's (config, broker, environment). With ``execution.shadow.challenger_broker:
+    alpaca`` the challenger's paper account is checked first: its keys present (and not the
+    champion's) and, through the account endpoint, not the champion's account."""
+    from workbench.execution.alpaca import AlpacaBroker
+    from workbench.execution.broker import BrokerError
+    from workbench.execution.shadow import challenger_config, challenger_environ, check_own_account
+
+    arms: dict[str, tuple[WorkbenchConfig, str, Mapping[str, str]]] = {
+        "champion": (cfg, broker, environ), "challenger": (cfg, "sim", environ),
+    }  # fmt: skip
+    if cfg.execution.shadow.challenger_broker != "alpaca":
+        return arms
+    env = challenger_environ(cfg, environ)
+    ch_cfg = challenger_config(cfg)
+    sh = cfg.execution.shadow
+    opened: list[AlpacaBroker] = []
+    try:
+        challenger = AlpacaBroker.from_config(ch_cfg, environ=env, stream=False)
+        opened.append(challenger)
+        champion = None
+        if broker == "alpaca":
+            champion = AlpacaBroker.from_config(cfg, environ=environ, stream=False)
+            opened.append(champion)
+        echo(check_own_account(cfg, champion, challenger))
+    except BrokerError as exc:
+        raise WorkbenchError(
+            f"shadow accounts: {exc} (the challenger's keys come from {sh.key_id_env} / "
+            f"{sh.secret_key_env}, the champion's from APCA_API_KEY_ID / APCA_API_SECRET_KEY)."
+        ) from None
+    finally:
+        for b in opened:
+            b.close()
+    arms["challenger"] = (ch_cfg, "alpaca", env)
+    return arms
 
 
 def ledger_name(role: str, session_date: str) -> str:
@@ -179,10 +228,16 @@ def shadow_cmd(
         list[str] | None,
         typer.Option(help="Trade a version anyway: ungated | expired | drifted (repeatable)."),
     ] = None,
+    broker: Annotated[
+        str, typer.Option(help="The champion's broker: sim | alpaca (its paper account).")
+    ] = "sim",
 ) -> None:
-    """Replay a session with the champion and, in its own simulated account, the challenger.
+    """Replay a session with the champion and, in its own account, the challenger.
 
-    Each arm's session return and divergence are recorded in MLflow; `wb compare` reads them.
+    The challenger's account is a simulated one of its own, or its own Alpaca paper account with
+    execution.shadow.challenger_broker: alpaca (keys from APCA_CHALLENGER_API_KEY_ID /
+    APCA_CHALLENGER_API_SECRET_KEY, or the variables execution.shadow names). Each arm's session
+    return and divergence are recorded in MLflow; `wb compare` reads them.
     Example: wb shadow --model intraday_reversal --date 2024-06-28
     """
     try:
@@ -191,7 +246,8 @@ def shadow_cmd(
         out = run_shadow_day(
             cfg, model_name=model, strategy=strategy, timeframe=timeframe or cfg.data.timeframe,
             symbols=syms, session_date=session_date, store_root=store_root,
-            state_dir=str(Path(state_dir)), allow_model=tuple(allow or ()), echo=console.print,
+            state_dir=str(Path(state_dir)), allow_model=tuple(allow or ()), broker=broker,
+            echo=console.print,
         )  # fmt: skip
     except WorkbenchError as exc:
         console.print(f"[bold red]error:[/] {exc}")

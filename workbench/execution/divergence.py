@@ -79,6 +79,16 @@ class DivergenceReport:
     equity: pl.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def available(self) -> bool:
+        """False when the session's bars could not be recovered (see :func:`unavailable`)."""
+        return not self.meta.get("unavailable")
+
+    @property
+    def reason(self) -> str:
+        """Why the report could not be computed (empty when it was)."""
+        return str(self.meta.get("unavailable") or "")
+
     def table(self) -> pl.DataFrame:
         """The attribution as a table (bucket, pnl), total and residual last."""
         rows = [{"bucket": b, "pnl": self.attribution[b]} for b in BUCKETS]
@@ -91,6 +101,12 @@ class DivergenceReport:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        if not self.available:
+            fig = go.Figure()
+            fig.add_annotation(text=f"no divergence report: {self.reason}", showarrow=False,
+                               xref="paper", yref="paper", x=0.5, y=0.5, width=900)  # fmt: skip
+            fig.update_layout(title=title, height=300)
+            return fig
         fig = make_subplots(
             rows=1, cols=2, column_widths=[0.62, 0.38],
             subplot_titles=("equity", "session - backtest PnL by cause"),
@@ -109,6 +125,27 @@ class DivergenceReport:
         )  # fmt: skip
         fig.update_layout(title=title, height=440)
         return fig
+
+
+METRIC_KEYS = (
+    "decisions", "trades_backtest", "trades_session", "missed_trades", "extra_trades",
+    "resized_trades", "partial_fills", "denials_session", "denials_backtest",
+    "fill_error_bps_p50", "fill_error_bps_p90", "lag_seconds_p50", "lag_seconds_p90",
+    "lag_backtest_seconds_p50", "pnl_session", "pnl_backtest", "pnl_diff",
+    *(f"attr_{b}" for b in BUCKETS), "residual",
+)  # fmt: skip
+"""Every metric of a report (what :func:`divergence` computes)."""
+
+
+def unavailable(reason: str, *, pnl_session: float = math.nan) -> DivergenceReport:
+    """The report of a session whose bars could not be recovered: the reason, the session's
+    own PnL, every comparison NaN (logged all the same, so a missing report is never silent)."""
+    metrics = dict.fromkeys(METRIC_KEYS, math.nan)
+    metrics["pnl_session"] = float(pnl_session)
+    eq = pl.DataFrame(schema={"ts": _TS, "session": pl.Float64, "backtest": pl.Float64})
+    return DivergenceReport(
+        pl.DataFrame(), dict.fromkeys(BUCKETS, math.nan), metrics, eq, {"unavailable": reason}
+    )
 
 
 def divergence(
@@ -489,7 +526,10 @@ def log_divergence(
     tags = {
         "model_name": model.name, "model_version": str(model.version),
         "model_alias": model.alias or "", "session_id": session_id,
-        "session_date": session_date, "report": "divergence", **(extra_tags or {}),
+        "session_date": session_date, "report": "divergence",
+        "divergence_status": "ok" if report.available else "unavailable",
+        **({} if report.available else {"divergence_reason": report.reason[:5000]}),
+        **(extra_tags or {}),
     }  # fmt: skip
     active = mlflow.active_run()
     parent = parent_run_id or (active.info.run_id if active is not None else None)
@@ -507,6 +547,8 @@ def log_divergence(
                 {f"divergence_{k}": clean[k] for k in SUMMARY_KEYS if k in clean},
                 model_id=model_id,
             )
+        if not report.available:
+            mlflow.log_text(report.reason, "divergence/unavailable.txt")
         mlflow.log_table(report.table().to_pandas(), artifact_file="divergence/attribution.json")
         dec = report.decisions
         if dec.height:
@@ -519,13 +561,36 @@ def log_divergence(
             "divergence/divergence.html",
         )
         run_id = run.info.run_id
+    stale = []
     for k in SUMMARY_KEYS:
         v = report.metrics.get(k)
         if v is not None and math.isfinite(v):
             set_version_tag(model, f"{DIVERGENCE_TAG}.{k}", f"{v:.6g}")
+        else:
+            stale.append(f"{DIVERGENCE_TAG}.{k}")  # an earlier session's value would mislead
     set_version_tag(model, f"{DIVERGENCE_TAG}.run_id", run_id)
     set_version_tag(model, f"{DIVERGENCE_TAG}.session", session_id)
+    set_version_tag(model, f"{DIVERGENCE_TAG}.status", tags["divergence_status"])
+    if report.available:
+        stale.append(f"{DIVERGENCE_TAG}.reason")
+    else:
+        set_version_tag(model, f"{DIVERGENCE_TAG}.reason", report.reason[:5000])
+    _drop_version_tags(model, stale)
     return run_id
+
+
+def _drop_version_tags(model: Any, keys: list[str]) -> None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        have = client.get_model_version(model.name, str(model.version)).tags
+    except MlflowException:
+        return
+    for k in keys:
+        if k in have:
+            client.delete_model_version_tag(model.name, str(model.version), k)
 
 
 def _logged_model_id(model: Any) -> str | None:
@@ -564,12 +629,15 @@ def divergence_history(model_name: str, version: str | None = None) -> pl.DataFr
             "session_id": r.data.tags.get("session_id", ""),
             "version": r.data.tags.get("model_version", ""),
             "run_id": r.info.run_id,
+            "status": r.data.tags.get("divergence_status", "ok"),
+            "reason": r.data.tags.get("divergence_reason", ""),
             **{c: r.data.metrics.get(c, math.nan) for c in cols},
         }
         for r in runs
     ]
     schema = {"session_date": pl.String, "session_id": pl.String, "version": pl.String,
-              "run_id": pl.String, **dict.fromkeys(cols, pl.Float64)}  # fmt: skip
+              "run_id": pl.String, "status": pl.String, "reason": pl.String,
+              **dict.fromkeys(cols, pl.Float64)}  # fmt: skip
     return pl.DataFrame(rows, schema=schema).unique(
         ["session_id", "version"], keep="last", maintain_order=True
     )

@@ -8,11 +8,19 @@ divergence summary) as an MLflow run tagged ``report=shadow``; :func:`shadow_ses
 back; :func:`paired_comparison` tests the paired difference of the two arms' session returns
 (Student's paired t-test and the Wilcoxon signed-rank test, scipy), and :func:`shadow_gate` says
 whether a version has the minimum number of shadow sessions promotion may require.
+
+**The challenger's own paper account** (``execution.shadow.challenger_broker: alpaca``): its keys
+come only from the environment variables ``execution.shadow`` names (default
+``APCA_CHALLENGER_API_KEY_ID`` / ``APCA_CHALLENGER_API_SECRET_KEY``); :func:`challenger_environ`
+hands them to the Alpaca broker under the names it reads, refusing when they are absent or are
+the champion's keys, and :func:`check_own_account` refuses when the broker's account endpoint
+says both arms would trade one account. Keys are never logged, raised or recorded.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,7 +31,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, CredentialsError
 from workbench.execution.broker import Broker
 from workbench.execution.engine import FeatureUpdater, SessionResult
 from workbench.execution.ledger import OrderLedger
@@ -33,6 +41,75 @@ from workbench.risk.policy import RiskPolicy
 
 SHADOW_REPORT = "shadow"
 ROLES = ("champion", "challenger")
+CHAMPION_KEY_ENVS = ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY")  # what the Alpaca broker reads
+
+
+# ---------------------------------------------------------------------- the challenger's account
+
+
+def challenger_environ(cfg: Any, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment the challenger's Alpaca broker reads: ``environ`` with the challenger
+    account's keys (from the variables ``execution.shadow`` names) in the broker's key variables.
+
+    Raises :class:`~workbench.errors.CredentialsError` naming the variables when they are not
+    set, and :class:`~workbench.errors.ConfigError` when they hold the champion's key id.
+    """
+    env = dict(os.environ if environ is None else environ)
+    sh = cfg.execution.shadow
+    kid_env, sec_env = sh.key_id_env, sh.secret_key_env
+    if kid_env == sec_env:
+        raise ConfigError(
+            f"execution.shadow.key_id_env and secret_key_env are both {kid_env!r}. Fix: name two "
+            "variables, e.g. APCA_CHALLENGER_API_KEY_ID and APCA_CHALLENGER_API_SECRET_KEY."
+        )
+    missing = [n for n in (kid_env, sec_env) if not env.get(n)]
+    if missing:
+        raise CredentialsError(
+            "execution.shadow.challenger_broker is 'alpaca' (the challenger trades its own paper "
+            f"account), but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+            f"set. Fix: export {kid_env}=<key id> and {sec_env}=<secret key> of a second paper "
+            "account (https://app.alpaca.markets, 'API Keys'), or set "
+            "execution.shadow.challenger_broker: sim (its own simulated account)."
+        )
+    if env[kid_env] == env.get(CHAMPION_KEY_ENVS[0]):
+        raise ConfigError(
+            f"{kid_env} holds the same key id as {CHAMPION_KEY_ENVS[0]}: the challenger would "
+            "trade the champion's account, and the two sessions' orders and positions would mix. "
+            f"Fix: put the keys of a second paper account in {kid_env} and {sec_env}."
+        )
+    env[CHAMPION_KEY_ENVS[0]] = env[kid_env]
+    env[CHAMPION_KEY_ENVS[1]] = env[sec_env]
+    return env
+
+
+def challenger_config(cfg: Any) -> Any:
+    """``cfg`` with the challenger account's endpoints (``execution.shadow.trading_url`` and
+    ``trading_stream_url``) in ``alpaca`` when they are set."""
+    sh = cfg.execution.shadow
+    upd = {k: getattr(sh, k) for k in ("trading_url", "trading_stream_url") if getattr(sh, k)}
+    if sh.trading_url and not sh.trading_stream_url:
+        upd["trading_stream_url"] = None  # derived from the challenger's own trading_url
+    return cfg.model_copy(update={"alpaca": cfg.alpaca.model_copy(update=upd)}) if upd else cfg
+
+
+def check_own_account(cfg: Any, champion: Broker | None, challenger: Broker) -> str:
+    """Refuse when the challenger's broker trades the champion's account (same account id from
+    the broker's account endpoint). Returns a line naming both endpoints (no ids, no keys)."""
+    sh = cfg.execution.shadow
+    ch_acct = challenger.account()
+    if champion is not None:
+        acct = champion.account()
+        if acct.id and acct.id == ch_acct.id:
+            raise ConfigError(
+                f"the challenger's paper account (keys from {sh.key_id_env} / {sh.secret_key_env}"
+                f", at {ch_acct.endpoint}) is the champion's account (the account endpoint gives "
+                "the same account id): the two sessions' orders and positions would mix. Fix: "
+                f"put the keys of a second paper account in {sh.key_id_env} and "
+                f"{sh.secret_key_env}."
+            )
+    return (
+        f"challenger: its own {'paper' if ch_acct.paper else 'LIVE'} account at {ch_acct.endpoint}"
+    )
 
 
 @dataclass(frozen=True)

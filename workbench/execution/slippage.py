@@ -440,7 +440,9 @@ class SlippageStore:
         model = model or SlippageModel()
         new = observations(fills, bars, estimate_span=model.estimate_span).cast(_OBS_SCHEMA)
         old = self.observations()
-        allobs = pl.concat([old, new.filter(~pl.col("execution_id").is_in(old["execution_id"]))])
+        allobs = pl.concat(
+            [old, new.filter(~pl.col("execution_id").is_in(old["execution_id"].implode()))]
+        )
         self.root.mkdir(parents=True, exist_ok=True)
         if allobs.height > old.height:
             tmp = self.observations_path.with_suffix(f".tmp{os.getpid()}")

@@ -28,6 +28,7 @@ from workbench.execution.clock import ReplayClock, WallClock
 from workbench.execution.engine import SessionEngine, SessionResult, session_id
 from workbench.execution.ledger import OrderLedger
 from workbench.execution.policy import ExecutionPolicy
+from workbench.execution.recording import BarRecorder, record_bars, recorded_bars
 from workbench.features.sets import FeatureEngine
 from workbench.models.lifecycle import check_tradeable
 from workbench.models.registry import (
@@ -60,6 +61,8 @@ class SessionStageResult:
     model_object: Any = None  # the loaded model (predicts the divergence report's backtest)
     feature_names: tuple[str, ...] = ()
     session_id: str = ""
+    bars_source: str = ""  # where ``bars`` came from (the store replayed, the live recording)
+    bars_missing: str = ""  # why the session's bars could not be recovered (empty: they were)
 
 
 def pick_session(store: BarStore, symbols: list[str], timeframe: str, session_date: str) -> date:
@@ -113,6 +116,16 @@ def sim_venue_url(cfg: WorkbenchConfig, ledger_url: str, session: str) -> str | 
     return None
 
 
+def session_bars_dir(cfg: WorkbenchConfig, ledger_url: str, session: str) -> Path:
+    """Where a live session records the bars it saw: beside an SQLite ledger
+    (``<ledger>-bars/<session>``), else under ``runs/sessions``."""
+    led = project_url(cfg, ledger_url)
+    if led.startswith("sqlite:///") and ":memory:" not in led:
+        path = Path(led[len("sqlite:///") :])
+        return path.with_name(f"{path.stem}-bars") / _safe(session)
+    return cfg.path("runs") / "sessions" / f"{_safe(session)}.bars"
+
+
 def make_session_broker(
     cfg: WorkbenchConfig,
     name: str,
@@ -161,6 +174,7 @@ def run_trade_session(
     install_signals: bool = False,
     echo: Callable[[str], None] = print,
     allow_model: tuple[str, ...] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> SessionStageResult:
     """Trade one session of ``strategy`` with ``model_name@model_alias`` (default: champion,
     else challenger) under the strategy's risk policy (the one its validation used).
@@ -171,6 +185,9 @@ def run_trade_session(
     resumes. The broker's account endpoint is printed before anything is sent.
     The version must pass :func:`workbench.models.lifecycle.check_tradeable` (gate record, age,
     drift); ``allow_model`` names what it may let through (``ungated``, ``expired``, ``drifted``).
+    ``environ`` is where an Alpaca broker reads its keys (default :data:`os.environ`; a shadow
+    challenger's own paper account passes its own). A live session records the bars it saw
+    (:func:`session_bars_dir`): the result's ``bars`` are what its divergence report re-runs.
     """
     if mode not in ("replay", "live"):
         raise ConfigError(f"mode must be 'replay' or 'live'. Got {mode!r} instead.")
@@ -183,7 +200,9 @@ def run_trade_session(
     if broker == "alpaca":  # refuse a live request without both opt-ins before any other work
         from workbench.execution.alpaca import resolve_trading_endpoint
 
-        resolve_trading_endpoint(cfg.alpaca.trading_url, live=live, environ=os.environ)
+        resolve_trading_endpoint(
+            cfg.alpaca.trading_url, live=live, environ=os.environ if environ is None else environ
+        )
     strat = cfg.strategy(strategy)
     aliases = (model_alias,) if model_alias else (CHAMPION, CHALLENGER)
     ref = resolve_alias(model_name, aliases)
@@ -212,8 +231,11 @@ def run_trade_session(
     policy = session_policy(cfg, strategy, timeframe, symbols, ref)
     sid = session_id(strategy, day, broker, mode)
     lurl = project_url(cfg, ledger_url or cfg.execution.ledger_url)
-    venue = make_session_broker(cfg, broker, session=sid, ledger_url=lurl, live=live)
+    venue = make_session_broker(
+        cfg, broker, session=sid, ledger_url=lurl, live=live, environ=environ
+    )
     ledger = OrderLedger(lurl)
+    recorder = BarRecorder(session_bars_dir(cfg, lurl, sid)) if mode == "live" else None
     ks = KillSwitchStore(project_url(cfg, cfg.risk.state_url))
     exporter = None
     try:
@@ -244,17 +266,51 @@ def run_trade_session(
         if mode == "replay":
             source = ReplayBars(session_bars).stream()
         else:
-            source = _live_source(cfg, symbols, timeframe, engine.clock, start_ts, close_ts)
+            source = record_bars(
+                _live_source(cfg, symbols, timeframe, engine.clock, start_ts, close_ts), recorder
+            )
         res = _run_sync(_run(engine, source, install_signals))
     finally:
         if exporter is not None:
             exporter.close()
         venue.close()
         ledger.close()
+    source, missing = "replayed from the store", ""
+    if recorder is not None:
+        bars, source, missing = _live_session_bars(
+            store, history, recorder.root, symbols, timeframe, start_ts, sid
+        )
     return SessionStageResult(
         ref, day, res, frame_fingerprint(bars), bars=bars, session_start=start_ts, policy=policy,
-        model_object=lgbm, feature_names=tuple(feats), session_id=sid,
+        model_object=lgbm, feature_names=tuple(feats), session_id=sid, bars_source=source,
+        bars_missing=missing,
     )  # fmt: skip
+
+
+def _live_session_bars(
+    store: BarStore, history: pl.DataFrame, recorded_at: Path, symbols: list[str],
+    timeframe: str, start_ts: datetime, sid: str,
+) -> tuple[pl.DataFrame, str, str]:  # fmt: skip
+    """A live session's warm-up and session bars: the ones it recorded, else the store's
+    bars of the day (ingested since); with neither, the reason they cannot be recovered."""
+    seen = recorded_bars(recorded_at)
+    if seen.height:
+        both = pl.concat([history.select(seen.columns).cast(seen.schema), seen])
+        return both.sort("ts", "symbol"), f"recorded by the session ({recorded_at})", ""
+    stored = store.read(
+        symbols, timeframe, start=start_ts, end=start_ts + timedelta(days=1), strict=False
+    )
+    if stored.height:
+        both = pl.concat([history, stored.select(history.columns).cast(history.schema)])
+        return both.sort("ts", "symbol"), f"the store ({store.root}; none were recorded)", ""
+    why = (
+        f"session {sid} recorded no bars ({recorded_at} holds none: it saw no bar, or the "
+        f"recording was removed) and the store {store.root} holds no {timeframe} bars of "
+        f"{symbols} from {start_ts.isoformat()}: the backtest of its bars cannot be re-run, "
+        "so no divergence was computed (a live session keeps its recording there; do not "
+        "clean it before the review)."
+    )
+    return history, "", why
 
 
 def execution_policy(cfg: WorkbenchConfig, capabilities: Any) -> ExecutionPolicy:
@@ -500,46 +556,58 @@ def review_session(
     learn_slippage: bool = True,
     echo: Callable[[str], None] = print,
 ) -> tuple[Any, Any]:
-    """After a replayed session: the divergence report against the backtest of its own bars
-    (same model on batch features, same policy and costs) and the slippage model refitted with
-    its fills. With ``log`` (inside the session's MLflow run) the report becomes a child run
+    """After every session (replayed or live, simulated or Alpaca): the divergence report against
+    the backtest of its own bars (the store's for a replay, the ones it recorded for a live
+    session; same model on batch features, same policy and costs) and the slippage model
+    refitted with its fills. A session whose bars could not be recovered gets a report that
+    says why (``report.reason``; logged all the same, never skipped in silence). With ``log`` (inside the session's MLflow run) the report becomes a child run
     tagged with the model version, its summary goes on the version's tags, and the new
     slippage version is logged as an artifact. The slippage model lives in ``slippage_path``
     (empty: ``backtest.costs.slippage_path``); ``learn_slippage=False`` leaves it alone (a
     shadow arm on bars the champion already taught). Returns ``(report, curve)``.
     """
-    from workbench.execution.divergence import divergence, log_divergence, replay_backtest
+    from workbench.execution.divergence import (
+        divergence,
+        log_divergence,
+        replay_backtest,
+        unavailable,
+    )
     from workbench.execution.slippage import SlippageModel, SlippageStore, log_curve
     from workbench.features.sets import build_features
 
     if res.bars is None or res.session_start is None or res.policy is None:
         raise ConfigError("review_session needs the result of run_trade_session (bars, policy).")
     bars = res.bars
-    feats = list(res.feature_names)
-    table = build_features(bars, cfg.strategy(strategy).feature_set, cfg)
-    ready = table.drop_nulls(feats) if feats else table
-    preds = ready.select("symbol", "ts").with_columns(
-        pl.Series("prediction", res.model_object.predict(ready.select(feats).to_pandas()))
-        if ready.height
-        else pl.lit(None, dtype=pl.Float64).alias("prediction")
-    )
     costs = cfg.backtest.costs
-    bt = replay_backtest(
-        bars, preds, res.policy, res.session_start, costs=costs,
-        initial_cash=cfg.backtest.initial_cash,
-    )  # fmt: skip
-    report = divergence(res.result, bt, bars, res.session_start, backtest_predictions=preds)
-    m = report.metrics
-    echo(
-        f"divergence: session {m['pnl_session']:,.2f} vs backtest {m['pnl_backtest']:,.2f} "
-        f"(signal {m['attr_signal']:,.2f}, execution {m['attr_execution']:,.2f}, costs "
-        f"{m['attr_costs']:,.2f}, denials {m['attr_denials']:,.2f}, timing {m['attr_timing']:,.2f})"
-    )
+    if res.bars_missing:
+        report = unavailable(res.bars_missing, pnl_session=res.result.net_pnl)
+        echo(f"divergence: not computed: {report.reason}")
+    else:
+        feats = list(res.feature_names)
+        table = build_features(bars, cfg.strategy(strategy).feature_set, cfg)
+        ready = table.drop_nulls(feats) if feats else table
+        preds = ready.select("symbol", "ts").with_columns(
+            pl.Series("prediction", res.model_object.predict(ready.select(feats).to_pandas()))
+            if ready.height
+            else pl.lit(None, dtype=pl.Float64).alias("prediction")
+        )
+        bt = replay_backtest(
+            bars, preds, res.policy, res.session_start, costs=costs,
+            initial_cash=cfg.backtest.initial_cash,
+        )  # fmt: skip
+        report = divergence(res.result, bt, bars, res.session_start, backtest_predictions=preds)
+        m = report.metrics
+        echo(
+            f"divergence ({res.bars_source or 'bars given'}): session {m['pnl_session']:,.2f} vs "
+            f"backtest {m['pnl_backtest']:,.2f} (signal {m['attr_signal']:,.2f}, execution "
+            f"{m['attr_execution']:,.2f}, costs {m['attr_costs']:,.2f}, denials "
+            f"{m['attr_denials']:,.2f}, timing {m['attr_timing']:,.2f})"
+        )
     store = SlippageStore(cfg.path(slippage_path or costs.slippage_path))
     model = SlippageModel(
         estimate_span=costs.estimate_span, learn_paper_impact=costs.learn_paper_impact
     )
-    learn = learn_slippage and res.result.fills.height > 0
+    learn = learn_slippage and res.result.fills.height > 0 and not res.bars_missing
     curve = store.update(res.result.fills, bars, model) if learn else None
     if log:
         import mlflow
@@ -547,7 +615,25 @@ def review_session(
         log_divergence(
             report, res.model, session_id=res.session_id,
             session_date=res.session_date.isoformat(),
+            extra_tags={"bars_source": res.bars_source} if res.bars_source else None,
         )  # fmt: skip
         if curve is not None and mlflow.active_run() is not None:
             log_curve(curve, store.root)
     return report, curve
+
+
+def review_and_log(
+    cfg: WorkbenchConfig,
+    res: SessionStageResult,
+    *,
+    strategy: str,
+    echo: Callable[[str], None] = print,
+) -> Any:
+    """``wb session run``'s review of the session it traded: :func:`review_session` with the
+    tracking store set up, the report logged as a run of its own (no stage run around it).
+    Returns the report."""
+    from workbench.tracking import setup
+
+    setup(cfg)
+    report, _ = review_session(cfg, res, strategy=strategy, echo=echo)
+    return report
