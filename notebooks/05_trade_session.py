@@ -45,6 +45,8 @@ parent_run_id: str = ""  # set by the pipeline runner: MLflow parent run
 pipeline: str = ""  # set by the pipeline runner: pipeline name
 
 # %%
+import math
+
 import polars as pl
 
 from workbench.config import load_config
@@ -99,18 +101,21 @@ if res is not None:
 
 # %% [markdown]
 # ## Divergence from the backtest of the same bars; the slippage model
-# The backtest re-run on this session's bars with the same model (on batch features), policy and
-# costs, compared decision by decision: the PnL difference split into signal, execution
-# (slippage), costs, risk denials and timing. Logged as a child run tagged with the model version;
-# its summary is written on the version's tags (`workbench.divergence.*`). The slippage model is
-# refitted with this session's fills and saved as a new version (`backtest.costs.slippage_path`).
+# After every session (replay or live, sim or Alpaca): the backtest re-run on the bars this session
+# saw (the store's for a replay, the ones a live session recorded) with the same model (on batch
+# features), policy and costs, compared decision by decision: the PnL difference split into
+# signal, execution (slippage), costs, risk denials and timing. Logged as a child run tagged with
+# the model version; its summary is written on the version's tags (`workbench.divergence.*`). A
+# session whose bars cannot be recovered gets a report saying why. The slippage model is refitted
+# with this session's fills and saved as a new version (`backtest.costs.slippage_path`).
 
 # %%
-if res is not None and mode == "replay":
+if res is not None:
     report, curve = review_session(cfg, res, strategy=strategy, slippage_path=slippage_path)
     stage.log_metrics({f"divergence_{k}": v for k, v in report.metrics.items()
                        if k in ("pnl_diff", "attr_signal", "attr_execution", "attr_costs", "attr_denials",
-                                "attr_timing", "missed_trades", "extra_trades", "fill_error_bps_p50")})
+                                "attr_timing", "missed_trades", "extra_trades", "fill_error_bps_p50")
+                       and math.isfinite(v)})
     display(report.table())
     report.figure(f"{model_name} v{res.model.version} on {res.session_date}: session vs backtest").show()
     if curve is not None:

@@ -470,9 +470,10 @@ def run_cmd(
     live: Annotated[bool, typer.Option("--live", help="Trade the LIVE account (also needs WB_LIVE_TRADING=yes).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     allow: Annotated[list[str] | None, typer.Option("--allow", help="Trade the model anyway when it is: ungated | expired | drifted (repeatable).")] = None,
+    review: Annotated[bool, typer.Option(help="After the session: its divergence report (MLflow) and the slippage model refit.")] = True,
 ) -> None:  # fmt: skip
     """Trade one session; a restart with the same arguments reconciles and resumes."""
-    from workbench.stages.session import run_trade_session
+    from workbench.stages.session import review_and_log, run_trade_session
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with _session_errors():
@@ -490,6 +491,8 @@ def run_cmd(
             model_alias=alias, live=live, install_signals=True,
             echo=(lambda m: _err.print(m)) if as_json else console.print, allow_model=tuple(allow or ()),
         )  # fmt: skip
+        if review:
+            review_and_log(cfg, res, strategy=strategy, echo=(lambda m: _err.print(m)) if as_json else console.print)
         r = res.result
         summary = {
             "session": res.session_date.isoformat(),
