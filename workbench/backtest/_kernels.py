@@ -81,59 +81,45 @@ def view_runs_nb(views, offset, n):
     unequal views may still hold equal strings (a long string stored twice), so a run found here
     may be split: callers check the runs' symbols are strictly ascending, which rules that out.
     """
-    starts = np.empty(16, dtype=np.int64)
-    k = 0
-    a0 = np.uint64(0)
-    a1 = np.uint64(0)
-    for i in range(n):
-        b0 = views[2 * (offset + i)]
-        b1 = views[2 * (offset + i) + 1]
-        if i == 0 or b0 != a0 or b1 != a1:
-            if k == len(starts):
-                grown = np.empty(2 * k, dtype=np.int64)
-                grown[:k] = starts
-                starts = grown
+    v = views.reshape(-1, 2)[offset : offset + n]
+    k = 1 if n > 0 else 0
+    for i in range(1, n):  # count first, then fill (indices from 1: the loop vectorises)
+        if v[i, 0] != v[i - 1, 0] or v[i, 1] != v[i - 1, 1]:
+            k += 1
+    starts = np.zeros(k, dtype=np.int64)
+    k = 1
+    for i in range(1, n):
+        if v[i, 0] != v[i - 1, 0] or v[i, 1] != v[i - 1, 1]:
             starts[k] = i
             k += 1
-        a0 = b0
-        a1 = b1
-    return starts[:k].copy()
+    return starts
 
 
 @njit(cache=True, nogil=True)
 def bars_ok_nb(o, h, lo, c, v, w, ts, starts):
-    """Check the bar contract's value rules and the time order in one pass.
+    """Check the bar contract's value rules and the time order (two branch-free passes).
 
     ``starts`` are the first rows of the symbols' runs: ``ts`` must increase strictly inside a
     run. Return (ok, NaN count of vwap).
     """
+    # counts instead of early exits: branch-free loops vectorise (x - x == 0: x is finite)
+    steps_back = 0
+    for i in range(1, len(ts)):
+        steps_back += ts[i] <= ts[i - 1]
+    for r in range(1, len(starts)):  # a new symbol may restart the clock
+        j = starts[r]
+        steps_back -= ts[j] <= ts[j - 1]
+    bad = 0
     n_nan = 0
-    n = len(c)
-    n_runs = len(starts)
-    for r in range(n_runs):
-        lo_i = starts[r]
-        hi_i = starts[r + 1] if r + 1 < n_runs else n
-        for i in range(lo_i, hi_i):
-            oi, hi, li, ci, vi = o[i], h[i], lo[i], c[i], v[i]
-            if not (
-                np.isfinite(oi)
-                and np.isfinite(hi)
-                and np.isfinite(ci)
-                and np.isfinite(vi)
-                and li > 0.0
-                and hi >= max(oi, ci)
-                and li <= min(oi, ci)
-                and vi >= 0.0
-            ):
-                return False, n_nan
-            if i > lo_i and ts[i] <= ts[i - 1]:
-                return False, n_nan
-            wi = w[i]
-            if np.isnan(wi):
-                n_nan += 1
-            elif not (wi > 0.0 and np.isfinite(wi)):
-                return False, n_nan
-    return True, n_nan
+    for i in range(len(c)):
+        oi, hi, li, ci, vi, wi = o[i], h[i], lo[i], c[i], v[i], w[i]
+        ok = ((oi - oi) == 0.0) & ((hi - hi) == 0.0) & ((ci - ci) == 0.0) & ((vi - vi) == 0.0)
+        ok &= (li > 0.0) & (hi >= oi) & (hi >= ci) & (li <= oi) & (li <= ci) & (vi >= 0.0)
+        w_nan = wi != wi
+        n_nan += w_nan
+        ok &= w_nan | ((wi > 0.0) & ((wi - wi) == 0.0))
+        bad += not ok
+    return steps_back == 0 and bad == 0, n_nan
 
 
 @njit(cache=True, nogil=True)
