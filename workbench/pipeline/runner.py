@@ -17,6 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 from workbench.config import WorkbenchConfig, config_hash, load_config
 from workbench.errors import PipelineError
+from workbench.pipeline.kernels import KernelKey, KernelPool, new_kernel_manager
 from workbench.pipeline.lock import RunLock, project_url, sqlite_url_in
 from workbench.pipeline.spec import (
     PipelineSpec,
@@ -117,12 +119,7 @@ def kernel_manager(kernel_name: str = "python3") -> Iterator[Any]:
     """A kernel manager for one papermill execution, with CurveZMQ transport encryption when
     pyzmq supports it (the kernel then no longer warns "Kernel is running over TCP without
     encryption" into every run's output); the kernel is shut down afterwards."""
-    import zmq
-    from jupyter_client.manager import KernelManager
-
-    km = KernelManager(
-        kernel_name=kernel_name, transport_encryption="auto" if zmq.has("curve") else "disabled"
-    )
+    km = new_kernel_manager(kernel_name)
     try:
         yield km
     finally:
@@ -151,15 +148,34 @@ def _notebook_html(ipynb: Path) -> Path:
     return out
 
 
-def _log_notebook(run_id: str, ipynb: Path) -> None:
+def _log_notebook(run_id: str, ipynb: Path, client: Any = None) -> None:
     from mlflow import MlflowClient
 
-    client = MlflowClient()
+    client = client or MlflowClient()
     client.log_artifact(run_id, str(ipynb), "notebook")
     try:
         client.log_artifact(run_id, str(_notebook_html(ipynb)), "notebook")
     except Exception as exc:  # HTML is a convenience; the ipynb is the record
         client.set_tag(run_id, "notebook_html_error", str(exc)[:500])
+
+
+def _record_notebook(
+    client: Any, res: StepResult, ipynb: Path, notebook: str, params: dict[str, Any]
+) -> None:
+    """Log a step's executed notebook (ipynb, HTML, parameters) to its run; a failed step's run
+    is marked failed with the error."""
+    _log_notebook(res.mlflow_run_id, ipynb, client)
+    client.set_tag(res.mlflow_run_id, "notebook", notebook)
+    client.log_dict(res.mlflow_run_id, params, "notebook/parameters.json")
+    if res.status == "failed":
+        client.set_terminated(res.mlflow_run_id, "FAILED")
+        client.set_tag(res.mlflow_run_id, "error", res.error[:5000])
+
+
+def _drain(records: list[Future]) -> None:
+    """Wait for the notebooks being logged; an error in one is raised here."""
+    while records:
+        records.pop(0).result()
 
 
 def current_session(now: datetime | None = None, calendar: str = "XNYS") -> date:
@@ -314,15 +330,50 @@ def _run(
     echo: Callable[[str], None],
     execution_timeout: int | None,
 ) -> PipelineResult:
+    from workbench import tracking
+
+    uri = tracking.tracking_uri(cfg)
+    exp_id = tracking.setup(cfg)  # sets MLFLOW_EXPERIMENT_ID, which the kernels inherit
+    kernel_env = {"MLFLOW_TRACKING_URI": uri}  # what every step's kernel gets on top of ours
+    with KernelPool() as kernels:  # the first steps' kernels start while the parent run is made
+        return _run_steps(
+            spec, shared, cfg, run_dir, stamp, session, trigger, echo, execution_timeout, exp_id,
+            kernel_env, kernels,
+        )  # fmt: skip
+
+
+def _run_steps(
+    spec: PipelineSpec,
+    shared: dict[str, Any],
+    cfg: WorkbenchConfig,
+    run_dir: Path,
+    stamp: str,
+    session: str,
+    trigger: str,
+    echo: Callable[[str], None],
+    execution_timeout: int | None,
+    exp_id: str,
+    kernel_env: dict[str, str],
+    kernels: KernelPool,
+) -> PipelineResult:
     import mlflow
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     from workbench import tracking
+    from workbench.pipeline.engine import ENGINE
 
     root = cfg.project_root
-    uri = tracking.tracking_uri(cfg)
-    exp_id = tracking.setup(cfg)
+    prepared = 0
+
+    def prepare_up_to(n: int) -> None:  # kernels for the steps before index n, started ahead
+        nonlocal prepared
+        while prepared < min(n, len(spec.steps)):
+            nb = root / spec.steps[prepared].notebook
+            kernels.prepare(KernelKey.for_step(nb, kernel_env))
+            prepared += 1
+
+    prepare_up_to(kernels.ahead)
     client = mlflow.MlflowClient()
     parent = client.create_run(
         exp_id,
@@ -345,6 +396,8 @@ def _run(
     results: list[StepResult] = []
     skipped: dict[str, str] = {}
     failed = ""
+    recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wb-record")
+    records: list[Future] = []
     try:
         for i, step in enumerate(spec.steps, start=1):
             if failed:
@@ -362,6 +415,7 @@ def _run(
                     echo(f"[{i}/{len(spec.steps)}] {step.name}: FAILED: {error}")
                 else:
                     skipped[step.name] = reason
+                    prepare_up_to(i + kernels.ahead)
                     echo(f"[{i}/{len(spec.steps)}] {step.name}: skipped: {reason}")
                     _record_skip(client, exp_id, parent_id, spec.name, res)
                 res.seconds = round(time.perf_counter() - t_step, 3)
@@ -385,24 +439,32 @@ def _run(
             echo(f"[{i}/{len(spec.steps)}] {step.name}: {step.notebook}")
             res = StepResult(step.name, "ok", notebook=str(out_nb))
             t_pm = time.perf_counter()
+            # a kernel of its own: the one started ahead for this step when it was started with
+            # this step's kernel spec, folder and environment, else a fresh one
+            km, _ = kernels.take(KernelKey.for_step(nb_path, kernel_env))
+            prepare_up_to(i + kernels.ahead)  # the next steps' kernels start while this one runs
+            done = False
             try:
-                with _kernel_env(MLFLOW_TRACKING_URI=uri), kernel_manager() as km:
-                    papermill.execute_notebook(
-                        str(nb_path),
-                        str(out_nb),
-                        parameters=params,
-                        kernel_name="python3",
-                        progress_bar=False,
-                        cwd=str(nb_path.parent),
-                        execution_timeout=step.timeout or execution_timeout,
-                        km=km,
-                    )
+                papermill.execute_notebook(
+                    str(nb_path),
+                    str(out_nb),
+                    parameters=params,
+                    engine_name=ENGINE,
+                    kernel_name="python3",
+                    progress_bar=False,
+                    cwd=str(nb_path.parent),
+                    execution_timeout=step.timeout or execution_timeout,
+                    km=km,
+                )
+                done = True
             except PapermillExecutionError as exc:
                 res.status = "failed"
                 res.error = (
                     f"cell {exc.cell_index} (In [{exc.exec_count}]): {exc.ename}: {exc.evalue}"
                 )
                 failed = step.name
+            finally:  # a finished step's kernel exits in the background; any other, here
+                kernels.release(km, background=done)
             pm_seconds = time.perf_counter() - t_pm
             produced = _read_outputs(out_file)
             res.mlflow_run_id = produced.get("mlflow_run_id", "")
@@ -414,25 +476,29 @@ def _run(
                     res.error = f"notebook finished but did not hand on declared output(s) {missing} (StageRun.hand_on)."
                 for k, v in produced.get("outputs", {}).items():
                     scope[f"steps.{step.name}.{k}"] = v
-            if res.mlflow_run_id:
-                _log_notebook(res.mlflow_run_id, out_nb)
-                client.set_tag(res.mlflow_run_id, "notebook", step.notebook)
-                client.log_dict(res.mlflow_run_id, params, "notebook/parameters.json")
-                if res.status == "failed":
-                    client.set_terminated(res.mlflow_run_id, "FAILED")
-                    client.set_tag(res.mlflow_run_id, "error", res.error[:5000])
+            if res.mlflow_run_id and res.status == "ok":  # logged while the next step runs
+                records.append(
+                    recorder.submit(_record_notebook, client, res, out_nb, step.notebook, params)
+                )
+            elif res.mlflow_run_id:
+                _drain(records)  # a failed step's record is complete before the run stops
+                _record_notebook(client, res, out_nb, step.notebook, params)
             res.seconds = round(time.perf_counter() - t_step, 3)
             res.overhead_seconds = round(res.seconds - pm_seconds, 3)
             results.append(res)
             if res.status == "failed":
                 echo(f"  FAILED at {res.error}\n  failed notebook kept at {out_nb}")
+        _drain(records)
     except BaseException as exc:  # a runner error or an interrupt: keep the record honest
+        recorder.shutdown(wait=True)
         client.set_tag(parent_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
         client.set_terminated(parent_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
 
+    recorder.shutdown(wait=True)
     result = PipelineResult(spec.name, run_dir, parent_id, shared, results, session, trigger)
     (run_dir / "summary.json").write_text(json.dumps(result.summary(), indent=1, default=str))
     client.log_artifact(parent_id, str(run_dir / "summary.json"))
+    kernels.close()  # every step's kernel has exited before the parent run is terminated
     client.set_terminated(parent_id, "FINISHED" if result.ok else "FAILED")
     return result
