@@ -301,6 +301,17 @@ def test_the_challenger_trades_its_own_paper_account(project, accounts, tmp_path
     assert ids["champion"] == set(champion.orders)
     assert ids["challenger"] == set(challenger.orders)
     assert not ids["champion"] & ids["challenger"]
+    # `wb compare` pairs the two arms' recorded sessions
+    from workbench.cli import app
+
+    cmp = CliRunner().invoke(app, ["compare", "champion", "challenger", "--model", STRATEGY,
+                                   "--json"])  # fmt: skip
+    assert cmp.exit_code == 0, cmp.output
+    got = _json_line(cmp.output)
+    assert got["n"] == 1 and got["sessions"] == [DAY]
+    want = out["challenger"]["session_return"] - out["champion"]["session_return"]
+    assert got["mean_diff"] == pytest.approx(want, rel=1e-9, abs=1e-15)
+    assert got["divergence_champion"] == pytest.approx(out["champion"]["pnl_diff"])
     # no key in any output, MLflow param, tag or file the sessions wrote
     client = mlflow.MlflowClient()
     exps = [e.experiment_id for e in mlflow.search_experiments()]

@@ -103,11 +103,19 @@ def test_arms_keep_independent_ledgers_and_accounts(bars, tmp_path) -> None:
 
 
 def test_identical_models_differ_by_exactly_zero(bars) -> None:
-    m = model(bars, 1.0)
-    res = run_shadow(bars, START, arm("champion", m), arm("challenger", m))
-    assert_frame_equal(res.champion.pnl, res.challenger.pnl)
-    r = res.session_return("champion")
-    cmp = paired_comparison({"d1": r, "d2": r / 2}, {"d1": r, "d2": r / 2})
+    champion, challenger = {}, {}
+    for key, sign in (("reversal", 1.0), ("momentum", -1.0)):  # two sessions, two models
+        m = model(bars, sign)
+        res = run_shadow(bars, START, arm("champion", m), arm("challenger", m))
+        assert_frame_equal(res.champion.pnl, res.challenger.pnl)
+        assert res.champion.fills.height > 10
+        champion[key], challenger[key] = (
+            res.session_return("champion"),
+            res.session_return("challenger"),
+        )
+    assert champion["reversal"] != champion["momentum"]  # the sessions themselves differ
+    cmp = paired_comparison(champion, challenger)
+    assert cmp["n"] == 2 and cmp["mean_champion"] == cmp["mean_challenger"] != 0.0
     assert cmp["mean_diff"] == 0.0 and cmp["sd_diff"] == 0.0 and cmp["p_value"] == 1.0
     assert "no significant difference" in cmp["verdict"]
 

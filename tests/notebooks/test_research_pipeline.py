@@ -121,13 +121,66 @@ def test_pipeline_runs_tracks_and_promotes(research: tuple) -> None:
 
 
 @pytest.mark.slow
-def test_wb_session_run_replays_resumes_and_reports(research: tuple, tmp_path: Path) -> None:
+def test_the_sessions_divergence_report_is_linked_from_the_model_version(research: tuple) -> None:
+    """What `make demo` leaves in the MLflow UI: the session run, its divergence report (a child
+    run tagged with the traded version, its attribution table and plotly figure) and, on the
+    model version, the report's summary and run id (also as metrics of the logged model)."""
+    from workbench.execution.divergence import DIVERGENCE_TAG
+
+    res, _ = research
+    client = mlflow.MlflowClient()
+    session = _step_runs(res)["trade_session"]
+    version = session.data.params["model_version"]
+    (div,) = client.search_runs(
+        [session.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{session.info.run_id}' and tags.report = 'divergence'",
+    )
+    tags = div.data.tags
+    assert (tags["model_name"], tags["model_version"], tags["model_alias"]) == (
+        "intraday_reversal", version, "challenger",
+    )  # fmt: skip
+    assert tags["session_date"] == session.data.params["traded_session"]
+    arts = {a.path for a in client.list_artifacts(div.info.run_id, "divergence")}
+    assert {"divergence/divergence.html", "divergence/attribution.json"} <= arts
+    html = Path(client.download_artifacts(div.info.run_id, "divergence/divergence.html"))
+    assert "plotly" in html.read_text()[:200_000].lower()
+    m = div.data.metrics
+    # the report's session side is the session the step traded
+    assert m["pnl_session"] == pytest.approx(session.data.metrics["net_pnl"], rel=1e-6, abs=0.01)
+    buckets = ("signal", "execution", "costs", "denials", "timing", "other")
+    assert sum(m[f"attr_{b}"] for b in buckets) == pytest.approx(m["pnl_diff"], abs=0.01)
+    assert session.data.metrics["divergence_pnl_diff"] == pytest.approx(m["pnl_diff"])
+    # linked from the model version: the summary on its tags, the latest report's run id
+    mv = client.get_model_version("intraday_reversal", version)
+    latest = client.search_runs(
+        [session.info.experiment_id],
+        f"tags.report = 'divergence' and tags.model_version = '{version}'",
+        order_by=["attributes.start_time DESC"],
+    )[0]
+    assert mv.tags[f"{DIVERGENCE_TAG}.run_id"] == latest.info.run_id
+    if latest.info.run_id == div.info.run_id:
+        for k in ("pnl_session", "pnl_backtest", "pnl_diff", "attr_execution"):
+            assert float(mv.tags[f"{DIVERGENCE_TAG}.{k}"]) == pytest.approx(m[k], rel=1e-5)
+    model_id = mv.model_id or mv.source[len("models:/") :].split("/")[0]  # models:/m-<id>
+    linked = {x.key: x.run_id for x in mlflow.get_logged_model(model_id).metrics}
+    assert {"divergence_pnl_diff", "divergence_attr_execution"} <= set(linked)
+    assert linked["divergence_pnl_diff"] in {r.info.run_id for r in client.search_runs(
+        [session.info.experiment_id], f"tags.report = 'divergence' and tags.model_version = '{version}'"
+    )}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_wb_session_run_replays_resumes_and_reports(
+    research: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`wb session run` on sim trades the challenger; the same command again resumes the finished
     session from its ledger (nothing is sent twice) with the same outcome; `wb session status`."""
     from typer.testing import CliRunner
 
     from workbench.cli import app
 
+    # the review after the session refits the slippage model: in this test's folder
+    monkeypatch.setenv("WB_BACKTEST__COSTS__SLIPPAGE_PATH", str(tmp_path / "slippage"))
     res, _ = research
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
     args = [
