@@ -18,9 +18,10 @@
 # %% [markdown]
 # # 07 · Session review
 # For one model version (default: the `champion`, else the `challenger`): how its trading
-# sessions tracked the backtest of the same bars (each session's divergence report, logged by
-# 05_trade_session: the PnL difference split into signal, execution, costs, risk denials and
-# timing), the slippage model's fit (per-symbol fixed cost and impact shrunk toward the
+# sessions tracked the backtest of the same bars (each session's divergence report, logged after
+# every session by 05_trade_session and `wb session run`, replayed or live: the PnL difference
+# split into signal, execution, costs, risk denials and timing; a session whose bars could not be
+# recovered is listed with the reason), the slippage model's fit (per-symbol fixed cost and impact shrunk toward the
 # cross-sectional prior, the time-of-day curve) with its forecasts against the realised costs of
 # every fill, and the shadow comparison of champion and challenger (`wb shadow`, `wb compare`).
 
@@ -61,10 +62,15 @@ except ModelNotFoundError as exc:
 # %%
 history = divergence_history(model_name, version) if version else pl.DataFrame()
 if history.height:
-    stage.log_metrics({"sessions": history.height, "mean_pnl_diff": float(history["pnl_diff"].mean()),
-                       "mean_attr_execution": float(history["attr_execution"].mean())})
-    display(history.drop("run_id"))
-    fig = history_figure(history, f"{model_name} v{version}: sessions vs their backtests")
+    compared = history.filter(pl.col("status") == "ok")  # sessions whose bars were recovered
+    stage.log_metrics({"sessions": history.height, "sessions_without_report": history.height - compared.height})
+    if compared.height:
+        stage.log_metrics({"mean_pnl_diff": float(compared["pnl_diff"].mean()),
+                           "mean_attr_execution": float(compared["attr_execution"].mean())})
+    for day, why in history.filter(pl.col("status") != "ok").select("session_date", "reason").iter_rows():
+        print(f"{day}: no divergence report: {why}")
+    display(history.drop("run_id", "reason"))
+    fig = history_figure(compared, f"{model_name} v{version}: sessions vs their backtests")
     stage.log_figure(fig, "divergence_history")
     fig.show()
 else:

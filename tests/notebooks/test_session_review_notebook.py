@@ -42,6 +42,10 @@ def test_session_review_shows_divergence_slippage_and_shadow(isolated: Path) -> 
         for role, ret in (("champion", 0.001), ("challenger", 0.002 - diff * 1e-4)):
             log_shadow_session(model_name="m", version=str(v), role=role, strategy="s",
                                session_date=day, session_return=ret, net_pnl=ret * 1e5)  # fmt: skip
+    from workbench.execution.divergence import unavailable
+
+    log_divergence(unavailable("session s:2024-01-04 recorded no bars", pnl_session=3.0), ref,
+                   session_id="s:2024-01-04", session_date="2024-01-04")  # fmt: skip
     SlippageCurve({"A": 2.0}, {"A": 0.8}, (1.0,) + (0.0,) * 13, 2.0, 0.8, version=1).save(
         isolated / "slip"
     )
@@ -54,8 +58,12 @@ def test_session_review_shows_divergence_slippage_and_shadow(isolated: Path) -> 
     (stage,) = client.search_runs(
         [mlflow.get_experiment_by_name("Default").experiment_id, *[e.experiment_id for e in
          mlflow.search_experiments()]], "tags.step = 'session_review'")  # fmt: skip
-    assert stage.data.metrics["sessions"] == 2
-    assert math.isclose(stage.data.metrics["mean_pnl_diff"], -6.0)
+    assert stage.data.metrics["sessions"] == 3
+    assert stage.data.metrics["sessions_without_report"] == 1
+    assert math.isclose(stage.data.metrics["mean_pnl_diff"], -6.0)  # the two compared sessions
+    assert (
+        "2024-01-04: no divergence report: session s:2024-01-04 recorded no bars" in out.read_text()
+    )
     assert stage.data.metrics["slippage_version"] == 1
     figs = {a.path for a in client.list_artifacts(stage.info.run_id, "figures")}
     assert figs == {"figures/divergence_history.html", "figures/slippage_model.html",
