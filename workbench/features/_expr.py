@@ -76,6 +76,16 @@ def f64(s: pl.Series) -> np.ndarray:
     return np.ascontiguousarray(s.to_numpy())
 
 
+def empty_f64(n: int) -> np.ndarray:
+    """Return an uninitialised float64 array of ``n`` values in Arrow's memory pool.
+
+    A kernel's output column lives here: the pool keeps freed memory for reuse, so a new column
+    does not pay the page faults of fresh memory that ``np.empty`` of a large array pays on every
+    call (about 2 ns a byte, more than an indicator costs to compute).
+    """
+    return np.frombuffer(pa.allocate_buffer(8 * n), dtype=np.float64)
+
+
 def to_series(name: str, values: np.ndarray) -> pl.Series:
     """Return float64 ``values`` as a Float64 series with NaN as null, without copying them.
 
@@ -84,7 +94,8 @@ def to_series(name: str, values: np.ndarray) -> pl.Series:
     every value once more.
     """
     values = np.ascontiguousarray(values, dtype=np.float64)
-    bits, nans = _kernels.valid_bits(values)
+    bits = np.frombuffer(pa.allocate_buffer((values.shape[0] + 7) // 8), dtype=np.uint8)
+    nans = _kernels.valid_bits(values, bits)
     validity = pa.py_buffer(bits) if nans else None
     arr = pa.Array.from_buffers(pa.float64(), values.shape[0], [validity, pa.py_buffer(values)])
     return pl.Series(name, arr)
@@ -96,17 +107,21 @@ def segments(by: str) -> pl.Expr:
 
 
 def kernel(
-    fn: Callable[..., np.ndarray],
+    fn: Callable[..., object],
     inputs: Sequence[pl.Expr],
     *args: Any,
     by: str,
     name: str,
 ) -> pl.Expr:
-    """Wrap a per-symbol kernel returning one array as a Float64 expression (NaN becomes null)."""
+    """Wrap a per-symbol kernel filling one array as a Float64 expression (NaN becomes null).
+
+    ``fn(gid, *inputs, *args, out)`` writes every row of ``out``.
+    """
 
     def run(series: list[pl.Series]) -> pl.Series:
         gid = series[0].to_numpy()
-        out = fn(gid, *(f64(s) for s in series[1:]), *args)
+        out = empty_f64(gid.shape[0])
+        fn(gid, *(f64(s) for s in series[1:]), *args, out)
         return to_series(name, out)
 
     return pl.map_batches([segments(by), *inputs], run, return_dtype=pl.Float64).alias(name)

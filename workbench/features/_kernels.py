@@ -2,10 +2,11 @@
 
 Every per-symbol kernel takes ``gid``, an integer array whose value changes exactly where a new
 symbol's rows begin (``rle_id`` of the symbol column of a frame sorted by ``(symbol, ts)``), and
-float64 inputs; it returns float64 arrays with NaN where the value is undefined. One pass over
-``gid`` finds the symbols' row ranges, then the symbols are computed in parallel (``prange``: one
-symbol's rows are a sequential recursion, different symbols are independent), each writing its own
-slice of a preallocated output. Recursions follow TA-Lib's seeding so that values match TA-Lib to
+float64 inputs; it fills float64 arrays with NaN where the value is undefined (single-output
+kernels write into a preallocated ``out`` given last, so the caller chooses where the column's
+memory comes from; multi-output kernels return new arrays). One pass over ``gid`` finds the
+symbols' row ranges, then the symbols are computed in parallel (``prange``: one symbol's rows are
+a sequential recursion, different symbols are independent), each writing its own slice. Recursions follow TA-Lib's seeding so that values match TA-Lib to
 rounding (Wilder updates are written as ``p + (x - p) / n`` with a precomputed reciprocal, which
 differs from TA-Lib's ``(p (n - 1) + x) / n`` by a few ulps and is three times shorter on the
 dependency chain). Kernels release the GIL, so polars can run several of them at once.
@@ -61,14 +62,12 @@ def _ema_run(x, a, b, n, alpha, offset, out):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def ema(gid, x, n, alpha, offset):
-    out = np.empty(x.shape[0])
+def ema(gid, x, n, alpha, offset, out):
     st = segment_starts(gid)
     for g in prange(st.shape[0] - 1):
         a, b = st[g], st[g + 1]
         out[a:b] = np.nan
         _ema_run(x, a, b, n, alpha, offset, out)
-    return out
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -134,12 +133,10 @@ def _rsi_run(x, i, j, n, out):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def rsi(gid, x, n):
-    out = np.empty(x.shape[0])
+def rsi(gid, x, n, out):
     st = segment_starts(gid)
     for g in prange(st.shape[0] - 1):
         _rsi_run(x, st[g], st[g + 1], n, out)
-    return out
 
 
 @njit(cache=True, nogil=True)
@@ -166,24 +163,20 @@ def _atr_run(high, low, close, i, j, n, out):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def atr(gid, high, low, close, n):
-    out = np.empty(close.shape[0])
+def atr(gid, high, low, close, n, out):
     st = segment_starts(gid)
     for g in prange(st.shape[0] - 1):
         _atr_run(high, low, close, st[g], st[g + 1], n, out)
-    return out
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def adx(gid, high, low, close, n):
-    out = np.empty(close.shape[0])
+def adx(gid, high, low, close, n, out):
     st = segment_starts(gid)
     for g in prange(st.shape[0] - 1):
         i, j = st[g], st[g + 1]
         out[i:j] = np.nan
         if j - i >= 2 * n:
             _adx_run(high, low, close, i, j, n, out)
-    return out
 
 
 @njit(cache=True, nogil=True)
@@ -288,18 +281,19 @@ def _anchor(x, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def _moments_run(x, i, j, n, ddof, mean, std, z, zscore):
-    """Rolling moments of rows ``i..j-1``: ``mean`` and ``std``, or only ``z`` if ``zscore``.
+def _moments_run(x, i, j, n, ddof, mean, std, z, mode):
+    """Rolling moments of rows ``i..j-1``: ``mean`` and ``std`` (mode 0), ``z`` (1) or ``mean`` (2).
 
     The sums are kept relative to an anchor ``c`` (a recent value, or the window mean when
     ``mean(y^2)`` dwarfs the variance), recomputed every ``_REFRESH`` rows, so the one-pass
     variance keeps the precision of a two-pass one.
     """
-    if zscore:
+    if mode == 1:
         z[i:j] = np.nan
     else:
         mean[i:j] = np.nan
-        std[i:j] = np.nan
+        if mode == 0:
+            std[i:j] = np.nan
     first = i + n - 1
     if first >= j:
         return
@@ -341,12 +335,12 @@ def _moments_run(x, i, j, n, ddof, mean, std, z, zscore):
                 var = (s2 - s1 * m) * inv_d
             mu = c + m
             sd = np.sqrt(var) if var > 0.0 else 0.0
-            if zscore:
+            if mode == 1:
                 if sd > 0.0 and sd * sd > _FLAT * mu * mu:
                     z[k] = (x[k] - mu) / sd
             else:
                 mean[k] = mu
-                if n > ddof:
+                if mode == 0 and n > ddof:
                     std[k] = sd
 
 
@@ -358,18 +352,24 @@ def rolling_moments(gid, x, n, ddof):
     std = np.empty(size)
     st = segment_starts(gid)
     for g in prange(st.shape[0] - 1):
-        _moments_run(x, st[g], st[g + 1], n, ddof, mean, std, mean, False)
+        _moments_run(x, st[g], st[g + 1], n, ddof, mean, std, mean, 0)
     return mean, std
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def rolling_zscore(gid, x, n, ddof):
-    """Rolling ``(x - mean) / std``; NaN when the window holds a NaN or is flat."""
-    out = np.empty(x.shape[0])
+def rolling_mean(gid, x, n, out):
+    """Rolling mean over ``n`` rows; NaN if the window holds a NaN."""
     st = segment_starts(gid)
     for g in prange(st.shape[0] - 1):
-        _moments_run(x, st[g], st[g + 1], n, ddof, out, out, out, True)
-    return out
+        _moments_run(x, st[g], st[g + 1], n, 0, out, out, out, 2)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def rolling_zscore(gid, x, n, ddof, out):
+    """Rolling ``(x - mean) / std``; NaN when the window holds a NaN or is flat."""
+    st = segment_starts(gid)
+    for g in prange(st.shape[0] - 1):
+        _moments_run(x, st[g], st[g + 1], n, ddof, out, out, out, 1)
 
 
 @njit(cache=True, nogil=True)
@@ -418,12 +418,11 @@ def session_vwap(gid, local_us, price, volume, with_sd):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def valid_bits(x):
-    """Return the Arrow validity bitmap of ``x`` (bit ``k`` set where ``x[k]`` is not NaN) and
-    the number of NaNs."""
+def valid_bits(x, bits):
+    """Fill ``bits`` with the Arrow validity bitmap of ``x`` (bit ``k`` set where ``x[k]`` is not
+    NaN; ``(len(x) + 7) // 8`` bytes) and return the number of NaNs."""
     size = x.shape[0]
     n_bytes = (size + 7) // 8
-    bits = np.empty(n_bytes, np.uint8)
     nans = 0
     for i in prange(n_bytes):
         byte = 0
@@ -434,7 +433,7 @@ def valid_bits(x):
                 byte |= 1 << (k - lo)
         bits[i] = byte
         nans += (hi - lo) - _popcount8(byte)
-    return bits, nans
+    return nans
 
 
 @njit(cache=True, nogil=True)

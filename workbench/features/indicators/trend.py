@@ -50,11 +50,7 @@ def sma(*, column: str = "close", window: int = 20, by: str = "symbol") -> pl.Ex
     """
     check_str("sma", "column", column)
     window = check_int("sma", "window", window, 1)
-
-    def mean_only(gid, x, n):
-        return _kernels.rolling_moments(gid, x, n, 0)[0]
-
-    return kernel(mean_only, [pl.col(column)], window, by=by, name="sma")
+    return kernel(_kernels.rolling_mean, [pl.col(column)], window, by=by, name="sma")
 
 
 @register_feature(warmup=lambda p, tf: p["window"] - 1 + _ema_settle(p["window"]))
