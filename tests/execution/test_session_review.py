@@ -262,8 +262,13 @@ def test_a_paper_session_is_reviewed(project, accounts, tmp_path) -> None:
               if ":alpaca:" in r.data.tags["session_id"]]  # fmt: skip
     assert (run.data.tags["model_alias"], run.data.tags["divergence_status"]) == (CHALLENGER, "ok")
     assert run.data.metrics["pnl_session"] == pytest.approx(summary["net_pnl"], abs=0.01)
+    assert run.data.tags["model_name"] == STRATEGY
     mv = mlflow.MlflowClient().get_model_version(STRATEGY, project["versions"][CHALLENGER])
     assert mv.tags[f"{DIVERGENCE_TAG}.run_id"] == run.info.run_id
+    for k in ("pnl_session", "pnl_backtest", "pnl_diff"):
+        assert float(mv.tags[f"{DIVERGENCE_TAG}.{k}"]) == pytest.approx(
+            run.data.metrics[k], rel=1e-5, abs=1e-9
+        )
     assert KEY_ID not in out.output and SECRET not in out.output
 
 
