@@ -1,27 +1,38 @@
-"""Backtest throughput: workbench.backtest against vectorbt's Portfolio.from_signals.
+"""Backtest throughput: workbench.backtest against vectorbt at its fastest, on numpy inputs.
 
 Two shapes, the same SMA-crossover long-only strategy, the same data and the same costs
 (0.5 bps commission, 0.5 bps half-spread as vectorbt ``fees``/``slippage``), decisions at the close
 filled at the next bar's open in both engines:
 
 - 1 symbol x 1,000,000 minute bars (390 a session): all-in / all-out (our ``fraction`` 1.0 with
-  fractional shares; vectorbt's default ``size=inf``);
+  fractional shares; vectorbt's default ``size=inf``, or ``targetpercent`` 1/0 for from_orders);
 - 500 symbols x 2,000 daily bars with one shared cash account: a fixed $150 notional per symbol
-  (our ``sizing='notional'``; vectorbt ``size_type='value'`` with ``cash_sharing=True``).
+  (our ``sizing='notional'``; vectorbt ``size_type='value'`` / ``'targetvalue'`` with
+  ``cash_sharing=True``).
 
-Reported per shape: seconds (best of ``--repeat`` runs, the engines interleaved) and bars/s (symbols x bars / s) for
+The peer is vectorbt's fastest configuration measured here: ``Portfolio.from_signals`` and
+``Portfolio.from_orders`` on plain numpy arrays (no pandas index: a tz-aware index slows it about
+40x), numba engine (the rust engine is used when ``vectorbt-rust`` is installed), each
+``.final_value()``; the faster of the two is the peer. Timed, interleaved, best of ``--repeat``:
 
-- ``wb run_backtest`` — the full frame API: validate_bars, target alignment, grid, costs, kernel;
-- ``wb run_backtest (validate=False)`` — bars already validated (e.g. read from the store);
-- ``wb kernel`` — the numba simulation alone on prepared arrays;
-- ``vbt from_signals`` — Portfolio.from_signals(...).final_value() on prepared pandas frames;
-- ``wb ... + trades + stats`` — the same plus our trade ledger and statistics (absolute time;
-  vectorbt's ``pf.stats()`` is left out: its first call compiles for tens of seconds).
+- ``wb run_backtest`` — the default call on bars as ``BarStore.read`` returns them (validated and
+  marked; each round gets a fresh marked copy, so nothing derived from the frame is reused);
+- ``wb run_backtest, in-memory bars`` — the default call on a frame built in memory (checked in
+  full by the fused contract check);
+- ``wb run_backtest (validate=False)`` — the caller vouches for the bars;
+- ``wb kernel`` — the numba simulation alone on prepared arrays, against a fused loop (the same
+  all-in/all-out strategy and costs in one compiled loop that keeps only the equity: the floor of
+  what a simulation that records positions, fills and denials can cost);
+- the validation share of the default call: the bar check (the store mark's fingerprint, or the
+  fused contract check for in-memory bars) plus the whole target check and alignment, timed on
+  their own, over the call's time (target <= 20%);
+- ``wb ... + trades + stats`` — the same plus our trade ledger and statistics (absolute time).
 
-Then the agreement of the two engines' final equity on both shapes, and the first-call time of
-``run_backtest`` in a fresh subprocess with a warm numba cache (import and first call separately).
+Then the agreement of the engines' final equity, and the first-call time of ``run_backtest`` in a
+fresh subprocess with a warm numba cache. Each row goes to ``benchmarks/RESULTS.md`` through
+``_report.report`` when ``run_all.py`` runs this file.
 
-Run: ``.venv/bin/python benchmarks/bench_backtest.py [--repeat 3] [--quick]``.
+Run: ``.venv/bin/python benchmarks/bench_backtest.py [--repeat 7] [--quick]``.
 """
 
 from __future__ import annotations
@@ -37,11 +48,15 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
+from _report import load_text, report
+from numba import njit
 
 from workbench.backtest import _kernels as K
+from workbench.backtest import engine as BE
 from workbench.backtest import run_backtest
 from workbench.backtest.costs import CostModel
 from workbench.config import BacktestConfig, CostsConfig
+from workbench.data.validated import mark_validated, validated_facts
 
 BPS = 0.5
 COSTS = CostsConfig(commission_bps=BPS, half_spread_bps=BPS)
@@ -99,15 +114,24 @@ def sma_state(close: np.ndarray, fast: int, slow: int) -> np.ndarray:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], repeat: int
+    fns: dict[str, Callable[[], object] | tuple[Callable[[], object], Callable[[object], object]]],
+    repeat: int,
 ) -> dict[str, tuple[float, object]]:
-    """Best time and last output of each function, runs interleaved (fair on a shared machine)."""
+    """Best time and last output of each function, runs interleaved (fair on a shared machine).
+
+    A ``(setup, fn)`` pair times ``fn(setup())`` only (e.g. a fresh input each round).
+    """
     times: dict[str, list[float]] = {k: [] for k in fns}
     outs: dict[str, object] = {}
     for _ in range(repeat):
         for name, fn in fns.items():
-            t = time.perf_counter()
-            outs[name] = fn()
+            if isinstance(fn, tuple):
+                arg = fn[0]()
+                t = time.perf_counter()
+                outs[name] = fn[1](arg)
+            else:
+                t = time.perf_counter()
+                outs[name] = fn()
             times[name].append(time.perf_counter() - t)
     return {k: (min(v), outs[k]) for k, v in times.items()}
 
@@ -116,56 +140,100 @@ def wide(bars: pl.DataFrame, col: str, n_symbols: int) -> np.ndarray:
     return np.ascontiguousarray(bars[col].to_numpy().reshape(n_symbols, -1).T)
 
 
-def run_shape(name: str, bars: pl.DataFrame, n_symbols: int, fast: int, slow: int, repeat: int):
-    import pandas as pd
+@njit(cache=True, nogil=True)
+def fused_all_in_nb(open_, close, state, cash0, fee, slip):
+    """All-in / all-out on one symbol in one compiled loop: the decision at a bar's close fills
+    at the next bar's open (vectorbt's ``size=inf`` arithmetic); returns the equity per bar."""
+    n = len(close)
+    equity = np.empty(n)
+    cash = cash0
+    q = 0.0
+    pending = -1  # 1 buy, 0 sell
+    prev = False
+    for t in range(n):
+        if pending == 1 and q == 0.0:
+            px = open_[t] * (1.0 + slip)
+            q = cash / (px * (1.0 + fee))
+            cash = 0.0
+        elif pending == 0 and q > 0.0:
+            px = open_[t] * (1.0 - slip)
+            cash += q * px * (1.0 - fee)
+            q = 0.0
+        pending = -1
+        equity[t] = cash + q * close[t]
+        s = state[t]
+        if s != prev:
+            pending = 1 if s else 0
+            prev = s
+    return equity
+
+
+def vbt_peers(close, open_, state, n_symbols):
+    """vectorbt's candidate configurations on numpy inputs, name -> callable (final value)."""
     import vectorbt as vbt
 
+    prev = np.vstack([np.zeros((1, n_symbols), bool), state[:-1]])
+    shift = lambda a: np.vstack([np.zeros((1, n_symbols), bool), a[:-1]])  # noqa: E731
+    ent, ex = shift(state & ~prev), shift(~state & prev)  # fill at the next bar's open
+    kw = dict(price=open_, fees=BPS * 1e-4, slippage=BPS * 1e-4, init_cash=100_000.0)
+    if n_symbols == 1:
+        sig_kw: dict = {}
+        size = np.where(ent, 1.0, np.where(ex, 0.0, np.nan))
+        ord_kw = {"size": size, "size_type": "targetpercent"}
+    else:
+        kw.update(cash_sharing=True, group_by=True)
+        sig_kw = {"size": 150.0, "size_type": "value"}
+        size = np.where(ent, 150.0, np.where(ex, 0.0, np.nan))
+        ord_kw = {"size": size, "size_type": "targetvalue"}
+
+    def final(pf) -> float:
+        return float(np.asarray(pf.final_value()).ravel()[0])
+
+    return {
+        "vbt from_signals (numpy)": lambda: final(
+            vbt.Portfolio.from_signals(close, ent, ex, **sig_kw, **kw)
+        ),
+        "vbt from_orders (numpy)": lambda: final(vbt.Portfolio.from_orders(close, **ord_kw, **kw)),
+    }
+
+
+def vbt_engine_note() -> str:
+    import vectorbt as vbt
+
+    try:
+        from vectorbt._engine import is_rust_available
+
+        rust = is_rust_available()
+    except ImportError:
+        rust = False
+    return f"vectorbt {vbt.__version__}, " + (
+        "rust engine available (used)" if rust else "numba engine (vectorbt-rust not installed)"
+    )
+
+
+def run_shape(name: str, bars: pl.DataFrame, n_symbols: int, fast: int, slow: int, repeat: int):
     n_bars = bars.height // n_symbols
+    cells = n_symbols * n_bars
+    shape = f"{n_symbols} x {n_bars:,} {'minute' if n_symbols == 1 else 'daily'} bars"
     close = wide(bars, "close", n_symbols)
     open_ = wide(bars, "open", n_symbols)
     state = sma_state(close, fast, slow)
     if n_symbols == 1:
         target = state.astype(float)
         cfg = BacktestConfig(sizing="fraction", fractional=True, costs=COSTS)
-        vbt_kw: dict = {}
     else:
         target = state * 150.0
         cfg = BacktestConfig(sizing="notional", fractional=True, costs=COSTS)
-        vbt_kw = {"size": 150.0, "size_type": "value", "cash_sharing": True, "group_by": True}
     targets = bars.select("symbol", "ts").with_columns(target=pl.Series(target.T.ravel()))
 
-    # vectorbt: entries/exits on the decision bar, shifted one bar so they fill at the next open
-    prev = np.vstack([np.zeros((1, n_symbols), bool), state[:-1]])
-    entries = state & ~prev
-    exits = ~state & prev
-    idx = pd.DatetimeIndex(bars["ts"][:n_bars].dt.replace_time_zone(None).to_numpy())
-    df = lambda a: pd.DataFrame(a, index=idx)  # noqa: E731
-    shift = lambda a: np.vstack([np.zeros((1, n_symbols), bool), a[:-1]])  # noqa: E731
-    v_close, v_open = df(close), df(open_)
-    v_ent, v_ex = df(shift(entries)), df(shift(exits))
+    def store_read_copy() -> pl.DataFrame:
+        b = bars.clone()  # a new frame object over the same memory, as BarStore.read returns
+        mark_validated(b)  # what BarStore.read does after validating
+        return b
 
-    def vbt_run():
-        pf = vbt.Portfolio.from_signals(
-            v_close,
-            v_ent,
-            v_ex,
-            price=v_open,
-            fees=BPS * 1e-4,
-            slippage=BPS * 1e-4,
-            init_cash=100_000.0,
-            freq="1D" if n_symbols > 1 else "1min",
-            **vbt_kw,
-        )
-        return pf
+    def wb_run(b: pl.DataFrame, validate: bool = True):
+        return run_backtest(b, targets, config=cfg, validate=validate)
 
-    def wb_run(validate=True):
-        return run_backtest(bars, targets, config=cfg, validate=validate)
-
-    arrays = dict(
-        ref=open_,
-        close=close,
-        target=np.ascontiguousarray(target.astype(float)),
-    )
     ca = CostModel.from_config(COSTS).prepare(
         np.empty((0, n_symbols)), np.empty((0, n_symbols)), close, np.empty((0, n_symbols)),
         bars["ts"][:n_bars].dt.epoch("us").to_numpy(), intraday=n_symbols == 1,
@@ -176,57 +244,96 @@ def run_shape(name: str, bars: pl.DataFrame, n_symbols: int, fast: int, slow: in
     ]  # fmt: skip
     params[K.P_CLIP_TOL] = 0.01
     ones = np.ones(n_symbols, dtype=np.bool_)
-
     kernel_args = K.frozen(
-        arrays["ref"], arrays["close"], arrays["target"], ca.half_spread, ca.sigma,
+        open_, close, np.ascontiguousarray(target.astype(float)), ca.half_spread, ca.sigma,
         ca.volume, ca.slip_row, ca.borrow_row, ones, ones, ones, params,
     )  # fmt: skip
+    fused_args = (open_[:, 0].copy(), close[:, 0].copy(), state[:, 0].copy(), 100_000.0)
+    fused_args += (BPS * 1e-4, BPS * 1e-4)
 
-    def kernel():
-        return K.simulate_nb(*kernel_args)
+    def validation_marked(b: pl.DataFrame):
+        validated_facts(b)
+        return BE._align_targets(b, targets)
 
+    def validation_plain(b: pl.DataFrame):
+        BE._conformed_runs(b)
+        return BE._align_targets(b, targets)
+
+    peers = vbt_peers(close, open_, state, n_symbols)
+    fns: dict = {k: v for k, v in peers.items()}
+    fns |= {
+        "wb": (store_read_copy, wb_run),
+        "wb_plain": (bars.clone, wb_run),
+        "wb_trusted": (store_read_copy, lambda b: wb_run(b, False)),
+        "kernel": lambda: K.simulate_nb(*kernel_args),
+        "val_marked": (store_read_copy, validation_marked),
+        "val_plain": (bars.clone, validation_plain),
+        "wb_stats": (store_read_copy, lambda b: wb_run(b).stats),
+    }
+    if n_symbols == 1:
+        fns["fused"] = lambda: fused_all_in_nb(*fused_args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        vbt_run().final_value()  # compile / warm
-        wb_run().stats  # noqa: B018
-        r = interleaved(
-            {
-                "vbt": lambda: vbt_run().final_value(),
-                "wb": wb_run,
-                "wb_trusted": lambda: wb_run(False),
-                "kernel": kernel,
-                "wb_stats": lambda: wb_run().stats,
-            },
-            repeat,
-        )
-    (t_vbt, pf), (t_wb, res) = r["vbt"], r["wb"]
-    t_wb_trusted, t_kernel, t_wb_stats = (r[k][0] for k in ("wb_trusted", "kernel", "wb_stats"))
-
-    cells = n_symbols * n_bars
-    print(
-        f"\n== {name}: {n_symbols} symbol(s) x {n_bars:,} bars = {cells:,} bars; SMA {fast}/{slow}"
-    )
-    rows = [
-        ("vbt from_signals + final_value", t_vbt),
-        ("wb run_backtest", t_wb),
-        ("wb run_backtest (validate=False)", t_wb_trusted),
-        ("wb kernel only", t_kernel),
+        for f in fns.values():  # compile / warm
+            f[1](f[0]()) if isinstance(f, tuple) else f()
+        r = interleaved(fns, repeat)
+    t = {k: v[0] for k, v in r.items()}
+    peer = min(peers, key=lambda k: t[k])
+    t_vbt = t[peer]
+    print(f"\n== {name}: {shape} = {cells:,} bars; SMA {fast}/{slow}; {vbt_engine_note()}")
+    labels = [
+        *((k, k) for k in peers),
+        ("wb", "wb run_backtest (store-read bars)"),
+        ("wb_plain", "wb run_backtest (in-memory bars)"),
+        ("wb_trusted", "wb run_backtest (validate=False)"),
+        ("kernel", "wb kernel only"),
+        *((("fused", "fused compiled loop (equity only)"),) if "fused" in t else ()),
+        ("val_marked", "validation (store-read bars)"),
+        ("val_plain", "validation (in-memory bars)"),
     ]
-    for label, t in rows:
+    for key, label in labels:
         print(
-            f"  {label:<36} {t * 1e3:9.1f} ms  {cells / t / 1e6:8.2f} M bars/s  "
-            f"x{t_vbt / t:5.2f} vs vbt"
+            f"  {label:<36} {t[key] * 1e3:9.1f} ms  {cells / t[key] / 1e6:8.2f} M bars/s  "
+            f"x{t_vbt / t[key]:5.2f} vs {peer}"
         )
     label = "wb run_backtest + trades + stats"
-    print(f"  {label:<36} {t_wb_stats * 1e3:9.1f} ms  {cells / t_wb_stats / 1e6:8.2f} M bars/s")
-    wb_final = res.equity["equity"][-1]
-    vbt_final = float(np.asarray(pf).ravel()[0]) if np.ndim(pf) else float(pf)
-    rel = abs(wb_final - vbt_final) / abs(vbt_final)
     print(
-        f"  agreement: final equity wb {wb_final:,.6f} vs vbt {vbt_final:,.6f} "
-        f"(relative difference {rel:.2e}; fills wb {res.fills.height:,})"
+        f"  {label:<36} {t['wb_stats'] * 1e3:9.1f} ms  {cells / t['wb_stats'] / 1e6:8.2f} M bars/s"
     )
-    return {"vbt": t_vbt, "wb": t_wb, "wb_trusted": t_wb_trusted, "kernel": t_kernel, "rel": rel}
+    res = r["wb"][1]
+    wb_final = res.equity["equity"][-1]
+    finals = {k: r[k][1] for k in peers}
+    rel = max(abs(wb_final - v) / abs(v) for v in finals.values())
+    print(
+        f"  agreement: final equity wb {wb_final:,.6f} vs "
+        + ", ".join(f"{k} {v:,.6f}" for k, v in finals.items())
+        + f" (largest relative difference {rel:.2e}; fills wb {res.fills.height:,})"
+    )
+    mbs = lambda key: cells / t[key] / 1e6  # noqa: E731
+    note = f"peer: {peer}, {vbt_engine_note()}; final equity agrees to {rel:.1e}"
+    report(f"backtest default call, {shape}", mbs("wb"), mbs(peer), unit="M bars/s",
+           ours_label="run_backtest, store-read bars", peer_label=peer, target=2.0,
+           note=note)  # fmt: skip
+    report(f"backtest default call, {shape}, in-memory bars", mbs("wb_plain"), mbs(peer),
+           unit="M bars/s", ours_label="run_backtest, full contract check", peer_label=peer,
+           target=2.0)  # fmt: skip
+    for key, kind in (("val_marked", "store-read bars"), ("val_plain", "in-memory bars")):
+        call = "wb" if key == "val_marked" else "wb_plain"
+        report(f"backtest validation share of the default call, {shape}, {kind}",
+               100 * t[key] / t[call], None, unit="% of the call", ours_label="bars + targets check",
+               target=20.0, kind="max")  # fmt: skip
+    report(f"backtest validate=False on validated bars, {shape}", mbs("wb_trusted"), mbs(peer),
+           unit="M bars/s", ours_label="run_backtest(validate=False)", peer_label=peer)  # fmt: skip
+    if "fused" in t:
+        eq = r["fused"][1][-1]
+        report(f"backtest kernel alone, {shape}", mbs("kernel"), mbs("fused"), unit="M bars/s",
+               ours_label="simulate_nb", peer_label="fused compiled loop (equity only)",
+               note=f"fused loop final equity {eq:,.6f} vs kernel "
+                    f"{r['kernel'][1][0][-1]:,.6f}")  # fmt: skip
+    else:
+        report(f"backtest kernel alone, {shape}", mbs("kernel"), mbs(peer), unit="M bars/s",
+               ours_label="simulate_nb", peer_label=peer)  # fmt: skip
+    return {"vbt": t_vbt, "peer": peer, "rel": rel, **t}
 
 
 FIRST_CALL = textwrap.dedent(
@@ -273,24 +380,27 @@ def first_call() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="1/10 of the bars (smoke run)")
     a = ap.parse_args()
     div = 10 if a.quick else 1
     t0 = time.perf_counter()
+    print(f"load before: {load_text()}")
     minute = make_bars(1, 1_000_000 // div, minute=True, seed=1)
     r1 = run_shape("minute", minute, 1, 50, 200, a.repeat)
     daily = make_bars(500 // div, 2_000, minute=False, seed=2)
     r2 = run_shape("daily", daily, 500 // div, 10, 50, a.repeat)
     first_call()
-    print("\n== summary (throughput ratio wb / vbt, higher is better)")
+    print("\n== summary (throughput ratio wb / vectorbt's fastest, higher is better)")
     for name, r in (("1 x 1,000,000 minute", r1), ("500 x 2,000 daily", r2)):
         print(
-            f"  {name:<22} run_backtest x{r['vbt'] / r['wb']:.2f}, validate=False "
-            f"x{r['vbt'] / r['wb_trusted']:.2f}, kernel x{r['vbt'] / r['kernel']:.2f}; "
-            f"final equity rel. diff {r['rel']:.1e}"
+            f"  {name:<22} run_backtest x{r['vbt'] / r['wb']:.2f} (in-memory bars "
+            f"x{r['vbt'] / r['wb_plain']:.2f}), validate=False x{r['vbt'] / r['wb_trusted']:.2f}, "
+            f"kernel x{r['vbt'] / r['kernel']:.2f}; validation {100 * r['val_marked'] / r['wb']:.0f}% "
+            f"of the call ({100 * r['val_plain'] / r['wb_plain']:.0f}% in memory); "
+            f"final equity rel. diff {r['rel']:.1e} (peer {r['peer']})"
         )
-    print(f"  benchmark wall time {time.perf_counter() - t0:.1f} s")
+    print(f"  benchmark wall time {time.perf_counter() - t0:.1f} s; load after: {load_text()}")
 
 
 if __name__ == "__main__":
