@@ -53,6 +53,47 @@ measured; the first bar of a session, carrying the overnight gap, is not predict
 that cross sessions, or expect about ``0.9 * alpha`` with them). Against an ``h``-bar forward return the IC is
 :meth:`SyntheticSource.expected_ic`. The edge lives at 5Min; coarser bars keep a diluted trace.
 
+*Planted reversion to the session VWAP* (``vwap_reversion = beta``, 5Min bars inside a session).
+Let ``L_k`` be bar ``k``'s log close over the session open, ``P_j = (L_{j-1} + L_j) / 2`` the
+bar's mid (``L_{-1} = 0``), ``omega_j`` its share of the expected volume profile and
+``A_k = sum_{j<=k} omega_j P_j / sum_{j<=k} omega_j`` the expected-volume-weighted session mean:
+the session VWAP of the bars up to ``k`` with the noise of the volumes left out. With the VWAP
+deviation ``D_k = L_k - A_k`` and ``g_k sigma`` its standard deviation on a martingale path
+(``sigma`` the session's volatility; :func:`~workbench.data.sources._synthetic_paths.vwap_plan`),
+for ``k >= 1``::
+
+    r_k = -alpha (sigma_k / sigma_{k-1}) r_{k-1} - beta sigma_k D_{k-1} / (g_{k-1} sigma)
+          + sqrt(1 - alpha^2 - beta^2) n_k
+
+a linear map ``r = m n`` of the natural bar returns: the standardised next return is pulled
+against the standardised deviation from the session VWAP, whose pull persists over the following
+bars while the deviation lasts (it reverts over roughly ``g / beta`` bars). The reversion also
+shrinks the session's open-to-close variance to ``q`` times a martingale's (``q = 0.44`` at
+``beta = 0.1``, ``0.26`` at 0.2); the daily state's session returns are scaled by ``sqrt(q)``, and
+each session's bar returns are drawn from the map's law conditioned exactly on that total (the
+natural draws with a fresh total, mapped, then conditioned: unconditionally they follow the map
+exactly), so daily closes and every window stay independent of the intraday draws. The
+observable signal is :func:`vwap_signal`, ``-log(close_t / VWAP_t)`` with the bars' own session
+VWAP; its IC against the next 5Min close-to-close return in the session is
+:func:`vwap_expected_ic` (exact for ``-D``: 0.0735 at ``beta = 0.1``, 0.1248 at 0.2, 0.166 at
+0.3); the bars' VWAP, whose volumes are noisy, reads it about 0.005 lower (measured on 8 symbols
+over a quarter: 0.069 and 0.121, standard error 0.005). Measure it without demeaning inside a
+session (a deviation from the session's mean correlates with the session's mean return in a
+sample): the per-session ``sum(s r) / sqrt(sum s^2 sum r^2)``. With ``beta = 0`` the bars are
+those of the model without it, bit for bit.
+
+*Planted multi-day trend* (``trend = tau``). Each symbol's daily log return carries a drift
+``mu_t = phi mu_{t-1} + sqrt(1 - phi^2) tau sd_i xi_t`` (``phi =``
+:data:`~workbench.data.sources._synthetic_model.TREND_PERSISTENCE` ``= 0.9`` a session, a
+half-life of 6.6 sessions; ``sd_i`` the symbol's average daily volatility; stationary from the
+epoch; its own random stream), 15 % of it in the overnight gap and the rest spread over the
+session with the day's variance (holding overnight collects all of it). The ``N``-session
+momentum ``log(close_t / close_{t-N})`` then predicts the next ``H`` sessions' return
+``log(close_{t+H} / close_t)`` with :func:`trend_expected_ic` (0.103 at ``tau = 0.2``, 0.196 at 0.3
+for ``N = H = 5``; exact for the pooled Pearson IC); intraday, the drift is a slow tilt of the 5Min
+returns. :meth:`SyntheticSource.daily_closes` gives the daily closes over years without
+simulating a minute. With ``tau = 0`` the bars are unchanged, bit for bit.
+
 *Bars.* One-minute open and close are mid prices; high and low are exact draws of the maximum and
 minimum of a Brownian bridge with the minute's variance, widened by half the quoted spread
 (``base_spread_bps`` at midday, U-shaped). Volume: ``base_volume / 5`` shares per minute at midday
@@ -247,7 +288,7 @@ class SyntheticSource:
     """Simulated bars of a factor-structured market with a known planted edge.
 
     Parameters mirror :class:`workbench.config.SimulatorConfig`; see the module docstring for the
-    model and the exact planted-alpha formula.
+    model and the exact formulas of the planted edges.
 
     Parameters
     ----------
@@ -256,6 +297,13 @@ class SyntheticSource:
     alpha : float
         Planted predictability in ``[0, 1)``: the IC of :func:`planted_signal` for the next 5Min
         return. 0 gives a martingale.
+    vwap_reversion : float
+        Planted reversion to the session VWAP in ``[0, 1)`` (``alpha^2 + vwap_reversion^2 < 1``):
+        the pull of the standardised VWAP deviation on the next 5Min return; its IC is
+        :func:`vwap_expected_ic`. 0: none.
+    trend : float
+        Planted multi-day drift in ``[0, 1]``: its standard deviation in units of the symbol's
+        daily volatility; the momentum IC is :func:`trend_expected_ic`. 0: none.
     n_sectors : int
         Number of sector factors (>= 1).
     start_price : float
