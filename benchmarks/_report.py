@@ -110,3 +110,43 @@ def report(
         with open(path, "a") as fh:
             fh.write(json.dumps(out) + "\n")
     return out
+
+
+def store_rows(
+    row: str,
+    bars: Any,
+    insert: Any,
+    read: Any,
+    repeat: int = 3,
+) -> None:
+    """Report the store's insert and validated read beside a plain polars parquet write / read of
+    the same frame (one file), interleaved, best of ``repeat``.
+
+    ``insert(root)`` writes ``bars`` into a new store at ``root`` (a fresh folder each round);
+    ``read()`` reads them back from an existing store. Targets: insert >= 2, read >= 10 M bars/s.
+    """
+    import tempfile
+
+    import polars as pl
+
+    times: dict[str, list[float]] = {k: [] for k in ("insert", "write", "read", "pl_read")}
+    n = bars.height
+    with tempfile.TemporaryDirectory() as d:
+        for i in range(repeat):
+            root, path = Path(d) / f"store{i}", Path(d) / f"plain{i}.parquet"
+            for key, fn in (
+                ("insert", lambda root=root: insert(root)),
+                ("write", lambda path=path: bars.write_parquet(path)),
+                ("read", read),
+                ("pl_read", lambda path=path: pl.read_parquet(path)),
+            ):
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t0)
+    best = {k: n / min(v) / 1e6 for k, v in times.items()}
+    report(f"{row}: insert", best["insert"], best["write"], unit="M bars/s",
+           ours_label="BarStore.write (new keys)", peer_label="polars write_parquet, one file",
+           target=2.0, kind="min", note=f"{n:,} bars, best of {repeat}")  # fmt: skip
+    report(f"{row}: validated read", best["read"], best["pl_read"], unit="M bars/s",
+           ours_label="BarStore.read (checksums, contract)", peer_label="polars read_parquet",
+           target=10.0, kind="min")  # fmt: skip

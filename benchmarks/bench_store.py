@@ -14,6 +14,7 @@ import time
 from datetime import date
 
 import polars as pl
+from _report import store_rows
 
 from workbench.data.ingest import to_window
 from workbench.data.schema import BAR_SCHEMA, validate_bars
@@ -71,6 +72,7 @@ def main() -> None:
         m_off = timed("read (one month, 50 symbols, no verification)", m,
                       lambda: unverified_read(store, "2024-06-01", "2024-07-01"), 3)  # fmt: skip
         timed("fingerprint (all)", n, lambda: store.fingerprint(syms, "5Min"))
+        store_rows("store, 50 symbols x 1 year of 5Min", bars, lambda root: BarStore(root).write(bars, "5Min"), lambda: store.read(syms, "5Min"))  # fmt: skip
         print(
             f"verification cost: full read +{100 * (t_on / t_off - 1):.0f}% "
             f"({t_on - t_off:+.3f} s; sha256 alone {t_ver:.3f} s = {n / t_ver:,.0f} bars/s), "
