@@ -51,8 +51,8 @@ lab: $(VENV)/.base  ## JupyterLab on notebooks/ (--allow-root when run as root: 
 ui: $(VENV)/.base  ## MLflow UI on 127.0.0.1:5000 over the project's tracking store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts --host 127.0.0.1 --port 5000
 
-bench: $(VENV)/.bench  ## side-by-side benchmarks (not part of make test)
-	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+bench: $(VENV)/.bench  ## side-by-side benchmarks (not part of make test); writes benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/run_all.py
 
 lock: $(BIN)/python  ## re-resolve and rewrite requirements.lock (then commit it)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev,bench]'
