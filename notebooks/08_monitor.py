@@ -27,7 +27,7 @@
 # `monitoring.retrain_on_drift`, drift past the alert threshold asks for `weekly_retrain` early.
 
 # %% tags=["parameters"]
-store_root: str = ""  # bar store folder; empty means store.root
+store_root: str = ""  # bar store folder; empty means the latest ingest step's, else store.root
 model_name: str = "intraday_reversal"  # registered model to load by alias
 strategy: str = "intraday_reversal"  # strategy: feature set, risk policy of the backtest
 timeframe: str = "5Min"  # bar length
@@ -58,11 +58,12 @@ from workbench.monitoring.monitor import (
     performance_figure,
     psi_figure,
 )
-from workbench.notebook import setup_display
+from workbench.notebook import setup_display, store_root_or_default
 from workbench.tracking import start_stage
 
 setup_display()
 cfg = load_config()
+store_root = store_root_or_default(cfg, store_root, required=False)  # empty: the latest ingest's
 params = dict(store_root=store_root, model_name=model_name, strategy=strategy, timeframe=timeframe,
               symbols=symbols, sessions=sessions, backtest_sessions=backtest_sessions, as_of=as_of,
               model_alias=model_alias, send_alerts=send_alerts)

@@ -131,9 +131,24 @@ def fill_empty(
     return out
 
 
-def store_root_or_default(cfg: WorkbenchConfig, store_root: str) -> str:
-    """An empty store folder: the latest ingest step's, else config ``store.root``."""
+def store_root_or_default(cfg: WorkbenchConfig, store_root: str, *, required: bool = True) -> str:
+    """An empty store folder: the latest ingest step's, else config ``store.root`` when it holds
+    bars. Raises :class:`MissingInput` naming ``store_root`` when neither does (nothing ingested
+    yet), before the step records anything; with ``required=False`` (a step that reports an empty
+    store itself, as the monitor does) returns ``store.root`` then."""
     if store_root:
         return store_root
-    outputs, _ = latest_outputs(cfg, "ingest", ["store_root"])
-    return str(outputs.get("store_root") or cfg.path(cfg.store.root))
+    outputs, source = latest_outputs(cfg, "ingest", ["store_root"])
+    if source is not None:
+        print(f"store_root from {source}")
+        return str(outputs["store_root"])
+    from workbench.data.store import BarStore
+
+    root = cfg.path(cfg.store.root)
+    if required and not BarStore(root).timeframes():
+        raise MissingInput(
+            f"store_root is empty, no ingest step has handed one on under {cfg.path('runs')} and "
+            f"store.root ({root}) holds no bars. Fix: run 01_ingest (or `wb ingest`) first, or "
+            "set store_root to a bar store folder."
+        )
+    return str(root)

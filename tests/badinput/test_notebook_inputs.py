@@ -17,9 +17,10 @@ import nbformat
 import pytest
 
 from workbench.config import load_config
+from workbench.data.store import BarStore
 from workbench.notebook import MissingInput, fill_empty, latest_outputs, store_root_or_default
 
-from .conftest import fingerprint
+from .conftest import REPO, assert_clean_message, fingerprint
 
 TRAIN = {
     "model_name": "intraday_reversal",
@@ -59,10 +60,20 @@ def test_empty_inputs_take_the_latest_train_outputs(project: Path) -> None:
     assert fill_empty(cfg, "train", chosen, required="model_version", hint="") == chosen
 
 
-def test_empty_store_root_takes_the_latest_ingest_else_the_config(project: Path) -> None:
+def test_empty_store_root_takes_the_latest_ingest_else_the_config(
+    project: Path, store: BarStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = load_config(project)
-    assert store_root_or_default(cfg, "") == str(cfg.path(cfg.store.root))
+    before = fingerprint(project)
+    with pytest.raises(MissingInput) as err:  # nothing ingested anywhere yet
+        store_root_or_default(cfg, "")
+    assert_clean_message(str(err.value), "store_root is empty", str(cfg.path(cfg.store.root)),
+                         "Fix: run 01_ingest")  # fmt: skip
+    assert fingerprint(project) == before
     assert store_root_or_default(cfg, "given") == "given"
+    monkeypatch.setenv("WB_STORE__ROOT", str(store.root))  # the configured store holds bars
+    cfg = load_config(project)
+    assert store_root_or_default(cfg, "") == str(store.root)
     _outputs(
         project / "runs" / "research" / "s" / "ingest.outputs.json", "ingest", 0, store_root="/x"
     )
@@ -81,33 +92,66 @@ def test_no_earlier_output_stops_with_one_line_naming_the_parameter(project: Pat
     assert fingerprint(project) == before
 
 
+# Run All with the defaults on an empty project (no runs, no bars, no model): what each notebook
+# does. 01_ingest has no input from an earlier step: with its defaults it ingests the simulator's
+# bars into store.root, the same on an empty project as after a pipeline run (whose store lies
+# elsewhere), and is run with its defaults in tests/notebooks/test_research_pipeline.py.
+EMPTY_PROJECT = {
+    "02_features": ("MissingInput", "store_root is empty"),
+    "03_train": ("MissingInput", "features_path is empty"),
+    "04_validate": ("MissingInput", "features_path is empty"),
+    "05_trade_session": ("MissingInput", "store_root is empty"),
+    "06_portfolio": ("SourceError", "no strategy to allocate to"),
+    "07_session_review": None,  # runs: "nothing to review" (no model version yet)
+    "08_monitor": None,  # runs: "nothing to monitor"
+}
+
+
+def test_the_empty_project_cases_cover_every_stage_notebook() -> None:
+    stages = {p.stem for p in (REPO / "notebooks").glob("0*.ipynb")}
+    assert stages == {*EMPTY_PROJECT, "01_ingest"}
+
+
 @pytest.mark.notebook
-@pytest.mark.parametrize("name", ["03_train", "04_validate"])
-def test_notebook_with_defaults_on_an_empty_project_stops_in_one_line(
+@pytest.mark.parametrize("name", sorted(EMPTY_PROJECT))
+def test_notebook_with_defaults_on_an_empty_project_runs_or_stops_in_one_line(
     name: str, project: Path, isolated: Path
 ) -> None:
-    """Run All with the defaults: one error line naming the input, no traceback, nothing run."""
+    """Run All with the defaults: the notebook runs top to bottom, or stops at once with one error
+    line naming the input and the fix (no traceback) before anything ran."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     from workbench.pipeline.runner import kernel_manager
 
     out = isolated / f"{name}.out.ipynb"
-    with pytest.raises(PapermillExecutionError) as err, kernel_manager() as km:
-        papermill.execute_notebook(
-            str(project / "notebooks" / f"{name}.ipynb"), str(out), kernel_name="python3",
-            progress_bar=False, cwd=str(project / "notebooks"), km=km,
-        )  # fmt: skip
-    assert err.value.ename == "MissingInput" and "features_path is empty" in err.value.evalue
+    expected = EMPTY_PROJECT[name]
+    with kernel_manager() as km:
+        try:
+            papermill.execute_notebook(
+                str(project / "notebooks" / f"{name}.ipynb"), str(out), kernel_name="python3",
+                progress_bar=False, cwd=str(project / "notebooks"), km=km,
+            )  # fmt: skip
+            failure = None
+        except PapermillExecutionError as exc:
+            failure = exc
     errors = [
         o
         for c in nbformat.read(out, 4).cells
         for o in c.get("outputs", [])
         if o.get("output_type") == "error"
     ]
+    if expected is None:
+        assert failure is None and errors == [], failure
+        return
+    ename, says = expected
+    assert failure is not None, f"{name} ran on an empty project"
+    assert failure.ename == ename and says in failure.evalue, failure.evalue
+    assert "Fix:" in failure.evalue
     assert len(errors) == 1 and len(errors[0]["traceback"]) == 1  # one line, no frames
-    assert errors[0]["traceback"][0].startswith("MissingInput: features_path is empty")
-    assert not (isolated / "mlflow.db").exists()  # stopped before any run was recorded
+    assert errors[0]["traceback"][0].startswith(f"{ename}: {says}")
+    if ename == "MissingInput":
+        assert not (isolated / "mlflow.db").exists()  # stopped before any run was recorded
 
 
 def test_a_notebook_run_by_hand_hands_on_to_the_next(
