@@ -113,7 +113,7 @@ def _conform_types(df: pl.DataFrame) -> pl.DataFrame:
                 f"Fix: cast it, e.g. pl.col({name!r}).cast(pl.{want}) after cleaning bad values.",
                 rule="mistyped column",
             )
-        casts.append(pl.col(name).cast(want))
+        casts.append(pl.col(name) if got == want else pl.col(name).cast(want))
     return df.select(casts)
 
 
@@ -146,82 +146,123 @@ def validate_bars(df: pl.DataFrame) -> pl.DataFrame:
             rule="not a frame",
         )
     out = _conform_types(df)
-    _reject(
-        out,
-        pl.col("symbol").is_null() | (pl.col("symbol").str.len_chars() == 0),
-        "symbol is non-empty",
-        ["symbol", "ts"],
-        "drop rows without a symbol or fill it in.",
+    rules = _row_rules()
+    broken = out.select(
+        *(mask.any().alias(str(i)) for i, (mask, *_) in enumerate(rules)), _ts_back()
+    ).row(0)
+    if any(broken[:-1]):  # name the first broken rule, with its rows and fix
+        for mask, rule, cols, fix in rules:
+            _reject(out, mask, rule, cols, fix)
+    if not broken[-1] and out.get_column("symbol").is_sorted():
+        return out  # already sorted by (symbol, ts), strictly: unique as well
+    ordered = out.sort(KEY)
+    if ordered.select(_duplicate_key().any()).item():
+        _reject(  # rows numbered as the caller passed them
+            out,
+            pl.struct(KEY).is_duplicated(),
+            "unique (symbol, ts)",
+            ["symbol", "ts", "close"],
+            "deduplicate, e.g. df.unique(subset=['symbol', 'ts'], keep='last'), after deciding "
+            "which copy is right.",
+        )
+    return ordered
+
+
+def _ts_back() -> pl.Expr:
+    """True if within a symbol's run of rows some ``ts`` does not exceed the previous one."""
+    sym, ts = pl.col("symbol"), pl.col("ts")
+    ahead = (sym != sym.shift()) | (ts > ts.shift())
+    return (~ahead.fill_null(True)).any().alias("_back")
+
+
+def _duplicate_key() -> pl.Expr:
+    """True on a row of a frame sorted by (symbol, ts) whose key equals the previous row's."""
+    sym, ts = pl.col("symbol"), pl.col("ts")
+    return ((sym == sym.shift()) & (ts == ts.shift())).fill_null(False)
+
+
+def _row_rules() -> list[tuple[pl.Expr, str, list[str], str]]:
+    """The contract's row rules in checking order: (mask of bad rows, rule, columns shown, fix)."""
+    rules: list[tuple[pl.Expr, str, list[str], str]] = []
+    rules.append(
+        (
+            pl.col("symbol").is_null() | (pl.col("symbol").str.len_chars() == 0),
+            "symbol is non-empty",
+            ["symbol", "ts"],
+            "drop rows without a symbol or fill it in.",
+        )
     )
-    _reject(
-        out,
-        pl.col("ts").is_null(),
-        "ts is not null",
-        ["symbol", "ts"],
-        "drop rows without a timestamp.",
+    rules.append(
+        (
+            pl.col("ts").is_null(),
+            "ts is not null",
+            ["symbol", "ts"],
+            "drop rows without a timestamp.",
+        )
     )
     for col in PRICE_COLUMNS:
-        _reject(
-            out,
-            pl.col(col).is_null() | ~pl.col(col).is_finite(),
-            f"{col} is finite",
-            ["symbol", "ts", col],
-            "drop or repair NaN/inf/null prices (e.g. df.drop_nans().drop_nulls()) before writing.",
+        rules.append(
+            (
+                pl.col(col).is_null() | ~pl.col(col).is_finite(),
+                f"{col} is finite",
+                ["symbol", "ts", col],
+                "drop or repair NaN/inf/null prices (e.g. df.drop_nans().drop_nulls()) before writing.",
+            )
         )
-        _reject(
-            out,
-            pl.col(col) <= 0,
-            f"{col} > 0",
-            ["symbol", "ts", col],
-            "prices must be strictly positive; remove bad prints or fix the scaling.",
+        rules.append(
+            (
+                pl.col(col) <= 0,
+                f"{col} > 0",
+                ["symbol", "ts", col],
+                "prices must be strictly positive; remove bad prints or fix the scaling.",
+            )
         )
-    _reject(
-        out,
-        pl.col("high") < pl.max_horizontal("open", "close"),
-        "high >= max(open, close)",
-        ["symbol", "ts", "open", "high", "close"],
-        "high must be the bar's maximum; check for swapped columns or a bad print.",
+    rules.append(
+        (
+            pl.col("high") < pl.max_horizontal("open", "close"),
+            "high >= max(open, close)",
+            ["symbol", "ts", "open", "high", "close"],
+            "high must be the bar's maximum; check for swapped columns or a bad print.",
+        )
     )
-    _reject(
-        out,
-        pl.col("low") > pl.min_horizontal("open", "close"),
-        "low <= min(open, close)",
-        ["symbol", "ts", "open", "low", "close"],
-        "low must be the bar's minimum; check for swapped columns or a bad print.",
+    rules.append(
+        (
+            pl.col("low") > pl.min_horizontal("open", "close"),
+            "low <= min(open, close)",
+            ["symbol", "ts", "open", "low", "close"],
+            "low must be the bar's minimum; check for swapped columns or a bad print.",
+        )
     )
-    _reject(
-        out,
-        pl.col("volume").is_null() | ~pl.col("volume").is_finite(),
-        "volume is finite",
-        ["symbol", "ts", "volume"],
-        "fill missing volume with 0 only if the bar truly traded nothing, else drop the bar.",
+    rules.append(
+        (
+            pl.col("volume").is_null() | ~pl.col("volume").is_finite(),
+            "volume is finite",
+            ["symbol", "ts", "volume"],
+            "fill missing volume with 0 only if the bar truly traded nothing, else drop the bar.",
+        )
     )
-    _reject(
-        out,
-        pl.col("volume") < 0,
-        "volume >= 0",
-        ["symbol", "ts", "volume"],
-        "volume cannot be negative.",
+    rules.append(
+        (
+            pl.col("volume") < 0,
+            "volume >= 0",
+            ["symbol", "ts", "volume"],
+            "volume cannot be negative.",
+        )
     )
-    _reject(
-        out,
-        pl.col("vwap").is_not_null() & (~pl.col("vwap").is_finite() | (pl.col("vwap") <= 0)),
-        "vwap is null or finite and > 0",
-        ["symbol", "ts", "vwap"],
-        "set unknown vwap to null instead of NaN/0.",
+    rules.append(
+        (
+            pl.col("vwap").is_not_null() & (~pl.col("vwap").is_finite() | (pl.col("vwap") <= 0)),
+            "vwap is null or finite and > 0",
+            ["symbol", "ts", "vwap"],
+            "set unknown vwap to null instead of NaN/0.",
+        )
     )
-    _reject(
-        out,
-        pl.col("trade_count").is_not_null() & (pl.col("trade_count") < 0),
-        "trade_count >= 0",
-        ["symbol", "ts", "trade_count"],
-        "trade_count cannot be negative; set unknown counts to null.",
+    rules.append(
+        (
+            pl.col("trade_count").is_not_null() & (pl.col("trade_count") < 0),
+            "trade_count >= 0",
+            ["symbol", "ts", "trade_count"],
+            "trade_count cannot be negative; set unknown counts to null.",
+        )
     )
-    _reject(
-        out,
-        pl.struct(KEY).is_duplicated(),
-        "unique (symbol, ts)",
-        ["symbol", "ts", "close"],
-        "deduplicate, e.g. df.unique(subset=['symbol', 'ts'], keep='last'), after deciding which copy is right.",
-    )
-    return out.sort(KEY)
+    return rules
