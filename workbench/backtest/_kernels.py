@@ -252,7 +252,10 @@ def simulate_nb(
     ref, close, target, half_spread, sigma, volume, slip_row, borrow_row, tradable, shortable,
     fractionable, p,
 ):  # fmt: skip
-    """Run the portfolio: decisions at row t fill at the symbol's next bar at ``ref`` prices."""
+    """Run the portfolio: decisions at row t fill at the symbol's next bar at ``ref`` prices.
+
+    ``slip_row`` and ``borrow_row`` are ``[T]`` or, when constant, one row.
+    """
     n_t, n_s = close.shape
     cash = p[P_CASH]
     sizing = int(p[P_SIZING])
@@ -279,9 +282,11 @@ def simulate_nb(
 
     every_bar = p[P_EVERY_BAR] != 0.0
     n_pending = 0
+    due = np.empty(n_s, dtype=np.int64)  # columns whose pending decision fills at this row
+    ords = np.empty(n_s, dtype=np.int64)  # columns with an order at this row (ascending)
     for t in range(n_t):
         # 1. value the book at this row's reference prices (last close where the symbol has no bar)
-        any_order = False
+        n_due = 0
         e_open = cash
         gross = 0.0
         if n_pending > 0:
@@ -291,12 +296,13 @@ def simulate_nb(
                     e_open += q[j] * m
                     gross += abs(q[j]) * m
                 if pend_dec[j] >= 0 and not np.isnan(close[t, j]):
-                    any_order = True
+                    due[n_due] = j
+                    n_due += 1
         # 2. turn pending decisions into desired order quantities (risk rules recorded)
-        if any_order:
-            for j in range(n_s):
-                if pend_dec[j] < 0 or np.isnan(close[t, j]):
-                    continue
+        if n_due > 0:
+            n_ord = 0
+            for k in range(n_due):
+                j = due[k]
                 dec = pend_dec[j]
                 tg = pend_tgt[j]
                 pend_dec[j] = -1
@@ -337,9 +343,12 @@ def simulate_nb(
                     has_order[j] = True
                     delta[j] = d
                     ord_dec[j] = dec
+                    ords[n_ord] = j
+                    n_ord += 1
             # 3. two passes: pure reductions first (they free cash), then orders adding exposure
             for pass_ in range(2):
-                for j in range(n_s):
+                for k in range(n_ord):
+                    j = ords[k]
                     if not has_order[j]:
                         continue
                     d = delta[j]
@@ -355,7 +364,7 @@ def simulate_nb(
                         hs = 0.0
                     sg = _flex(sigma, dec, j)
                     vv = _flex(volume, dec, j)
-                    base_slip = slip_row[t]
+                    base_slip = slip_row[t if len(slip_row) > 1 else 0]
                     if p[P_IMPACT] > 0.0 and not np.isnan(sg) and not np.isnan(vv):
                         imp_k = p[P_IMPACT] * sg / np.sqrt(max(vv, 1.0))
                     else:
@@ -425,7 +434,7 @@ def simulate_nb(
                     n_fill += 1
         # 4. mark at the close, charge borrow on shorts, record the row; take this close's decisions
         value = 0.0
-        br = borrow_row[t]
+        br = borrow_row[t if len(borrow_row) > 1 else 0]
         for j in range(n_s):
             c = close[t, j]
             if not np.isnan(c):

@@ -84,6 +84,13 @@ class CostModel:
         """The kernel's impact coefficient (learned: 1, the per-symbol factor is in ``sigma``)."""
         return 1.0 if self.curve is not None else self.config.impact_coef
 
+    def constant_rows(self, *, intraday: bool) -> tuple[bool, bool]:
+        """Whether :meth:`prepare`'s ``slip_row`` and ``borrow_row`` hold one value on every row
+        (then the kernel may read a one-row view and save a pass over two ``[T]`` arrays)."""
+        c = self.config
+        u_shaped = c.slippage_bps > 0 and intraday and c.intraday_u_shape > 0
+        return self.curve is None and not u_shaped, c.borrow_bps_annual <= 0
+
     def commission(self, shares: np.ndarray | float, price: np.ndarray | float) -> np.ndarray:
         """Return the commission of orders of ``shares`` (absolute) executed at ``price``.
 

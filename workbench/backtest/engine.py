@@ -169,6 +169,7 @@ def run_backtest(
             initial_cash=cfg.initial_cash,
         )
     else:
+        const_slip, const_borrow = cost_model.constant_rows(intraday=grid.intraday)
         out = K.simulate_nb(
             *K.frozen(
                 ref,
@@ -177,8 +178,8 @@ def run_backtest(
                 cost_arrays.half_spread,
                 cost_arrays.sigma,
                 cost_arrays.volume,
-                cost_arrays.slip_row,
-                cost_arrays.borrow_row,
+                cost_arrays.slip_row[:1] if const_slip else cost_arrays.slip_row,
+                cost_arrays.borrow_row[:1] if const_borrow else cost_arrays.borrow_row,
                 tradable,
                 shortable,
                 fractionable,
