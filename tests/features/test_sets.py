@@ -21,6 +21,21 @@ def cfg():
     return load_config()
 
 
+@pytest.fixture(scope="module")
+def long_bars():
+    """16 sessions: past the swing set's multi-day warm-up (780 bars), which the shared 10-session
+    fixture never leaves."""
+    from tests.features.conftest import make_bars
+
+    return make_bars(n_days=16)
+
+
+def _enough(name, cfg, bars, long_bars):
+    """The shared bars, or longer ones when the set's warm-up would leave too few rows."""
+    need = resolve_feature_set(name, cfg).warmup("5Min") + 150
+    return bars if bars["ts"].n_unique() > need else long_bars
+
+
 def _close(a: pl.DataFrame, b: pl.DataFrame, rtol: float) -> None:
     assert a.select("symbol", "ts").equals(b.select("symbol", "ts"))
     for col in a.columns[2:]:
@@ -34,7 +49,8 @@ def _close(a: pl.DataFrame, b: pl.DataFrame, rtol: float) -> None:
 
 
 @pytest.mark.parametrize("name", CONFIGURED)
-def test_configured_sets_build_a_keyed_float_frame(bars, cfg, name):
+def test_configured_sets_build_a_keyed_float_frame(bars, cfg, name, long_bars):
+    bars = _enough(name, cfg, bars, long_bars)
     fs = resolve_feature_set(name, cfg)
     out = build_features(bars, name, cfg)
     assert out.columns == ["symbol", "ts", *fs.columns]
@@ -46,6 +62,7 @@ def test_configured_sets_build_a_keyed_float_frame(bars, cfg, name):
     )
     # past each feature's warm-up every value exists (vwap_z is null on session opens only)
     late = out.filter(pl.int_range(pl.len()).over("symbol") >= fs.warmup("5Min"))
+    assert late.height > 0
     nulls = {c: n for c, n in late.null_count().row(0, named=True).items() if n}
     assert set(nulls) <= {"vwap_z"}
 
@@ -139,7 +156,8 @@ def test_registry_entries_document_formula_and_warmup():
 
 
 @pytest.mark.parametrize("name", CONFIGURED)
-def test_live_engine_bar_by_bar_and_batches_equal_batch(bars, cfg, name):
+def test_live_engine_bar_by_bar_and_batches_equal_batch(bars, cfg, name, long_bars):
+    bars = _enough(name, cfg, bars, long_bars)
     batch = build_features(bars, name, cfg)
     engine = FeatureEngine(name, cfg, timeframe="5Min")
     ts = bars.get_column("ts").unique().sort()
