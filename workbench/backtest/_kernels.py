@@ -75,24 +75,23 @@ def frozen(*args):
 
 @njit(cache=True, nogil=True)
 def view_runs_nb(views, offset, n):
-    """Start rows of the runs of equal 16-byte Arrow string views (``views``: uint64 pairs).
+    """Start rows of the runs of equal 16-byte Arrow string views (``views``: uint64 pairs), one pass.
 
     Equal views are equal strings (same length and inline bytes, or same buffer and offset);
     unequal views may still hold equal strings (a long string stored twice), so a run found here
     may be split: callers check the runs' symbols are strictly ascending, which rules that out.
     """
     v = views.reshape(-1, 2)[offset : offset + n]
-    k = 1 if n > 0 else 0
-    for i in range(1, n):  # count first, then fill (indices from 1: the loop vectorises)
-        if v[i, 0] != v[i - 1, 0] or v[i, 1] != v[i - 1, 1]:
-            k += 1
-    starts = np.zeros(k, dtype=np.int64)
-    k = 1
-    for i in range(1, n):
+    starts = np.empty(n, dtype=np.int64)  # pages untouched past the runs found stay unmapped
+    k = 0
+    if n > 0:
+        starts[0] = 0
+        k = 1
+    for i in range(1, n):  # indices from 1, no early exit: the loop vectorises
         if v[i, 0] != v[i - 1, 0] or v[i, 1] != v[i - 1, 1]:
             starts[k] = i
             k += 1
-    return starts
+    return starts[:k].copy()
 
 
 @njit(cache=True, nogil=True)
