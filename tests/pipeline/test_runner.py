@@ -91,3 +91,105 @@ def test_experiments_are_created_as_model_training_experiments(isolated: Path) -
     assert "mlflow.experimentKind" not in client.get_experiment(old).tags
     assert tracking.setup(cfg, experiment="older") == old
     assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+# Each step hands on its kernel's pid and whether anything of the step before is visible in it.
+PROBE = """# %% tags=["parameters"]
+x: int = 1  # a number
+output_path: str = ""  # set by the runner
+parent_run_id: str = ""  # set by the runner
+pipeline: str = ""  # set by the runner
+
+# %%
+import sys
+
+warm = "{probe}" in sys.modules  # before this notebook imports it
+
+# %%
+import colorsys  # imported by no kernel of its own accord: loaded ahead when warmed
+import json
+import os
+
+# %%
+seen = sorted(k for k in globals() if k.startswith(("leak", "__wb")))
+leak_{step} = x  # a name the next step must not see
+json.dump({{"outputs": {{"pid": os.getpid(), "seen": seen, "x": x + 1, "cwd": os.getcwd(),
+           "warm": warm, "ran": len(In)}}}}, open(output_path, "w"))
+"""
+PROBE_SPEC = """name: probe
+parameters: {x: 1}
+steps:
+  - name: a
+    notebook: nb/pa.ipynb
+    parameters: {x: "${x}"}
+    outputs: [pid, x]
+  - name: b
+    notebook: nb/pb.ipynb
+    parameters: {x: "${steps.a.x}"}
+    outputs: [pid, x]
+  - name: c
+    notebook: nb/pc.ipynb
+    parameters: {x: "${steps.b.x}"}
+    outputs: [pid, x]
+"""
+
+
+def test_each_step_gets_a_fresh_kernel_started_ahead(tiny_project: Path, notebook_writer) -> None:
+    """Kernels started ahead serve one step each: distinct processes, nothing of the step before
+    visible, the step's own folder; their notebooks' imports are loaded, no code of theirs ran."""
+    (tiny_project / "pipelines" / "probe.yaml").write_text(PROBE_SPEC)
+    for s in "abc":
+        notebook_writer(tiny_project / "nb" / f"p{s}.ipynb", PROBE.format(step=s, probe="colorsys"))
+    res = run_pipeline("probe", {"x": 3}, cfg=load_config(tiny_project), echo=lambda _: None)
+    assert res.ok, res.summary()
+    outs = [res.outputs(s) for s in "abc"]
+    assert len({o["pid"] for o in outs}) == 3
+    assert [o["seen"] for o in outs] == [[], [], []]
+    assert [o["x"] for o in outs] == [4, 5, 6]
+    assert {o["cwd"] for o in outs} == {str(tiny_project / "nb")}
+    assert all(o["warm"] for o in outs)
+    assert [o["ran"] for o in outs] == [6, 6, 6]  # In: "", parameters, injected, 3 cells
+
+
+def test_a_kernel_is_used_only_for_the_key_it_was_started_for(tmp_path: Path) -> None:
+    from workbench.pipeline.kernels import KernelKey, KernelPool, notebook_imports
+
+    nb = tmp_path / "n.ipynb"
+    nb.write_text(
+        json.dumps(
+            {
+                "cells": [
+                    {"cell_type": "code", "source": ["%matplotlib inline\n", "import colorsys\n"]},
+                    {"cell_type": "code", "source": "from json import dumps\nx = (\n"},  # no parse
+                    {"cell_type": "code", "source": "from email import message\n"},
+                    {"cell_type": "markdown", "source": "import nothing"},
+                ]
+            }
+        )
+    )
+    assert notebook_imports(nb) == ["colorsys", "email"]
+
+    def pid_and_modules(km: object) -> dict:
+        kc = km.wb_client  # type: ignore[attr-defined]
+        code = "import os, sys; print(os.getpid(), 'colorsys' in sys.modules, 'colorsys' in dir())"
+        out: list[str] = []
+        kc.execute_interactive(code, output_hook=lambda m: out.append(m["content"].get("text", "")))
+        pid, mod, name = "".join(out).split()
+        return {"pid": int(pid), "imported": mod == "True", "named": name == "True"}
+
+    key = KernelKey.for_step(nb, {"WB_PROBE": "1"})
+    with KernelPool() as pool:
+        pool.prepare(key)
+        km, warmed = pool.take(key)
+        first = pid_and_modules(km)
+        assert warmed and first["imported"] and not first["named"]
+        pool.release(km)
+        # prepared for another environment: not used, a fresh kernel instead
+        pool.prepare(key)
+        other = KernelKey.for_step(nb, {"WB_PROBE": "2"})
+        km2, warmed2 = pool.take(other)
+        second = pid_and_modules(km2)
+        assert not warmed2 and not second["imported"] and second["pid"] != first["pid"]
+        assert dict(other.env)["WB_PROBE"] == "2"
+        pool.release(km2, background=False)
+    assert not km.is_alive() and not km2.is_alive()

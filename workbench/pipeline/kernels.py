@@ -138,7 +138,10 @@ def new_kernel_manager(kernel_name: str = "python3") -> Any:
 
 def start_kernel(key: KernelKey, warm: list[str] | None = None, timeout: float = 60.0) -> Any:
     """Start a kernel for ``key`` (its spec, folder and environment), wait until it answers, and
-    import ``warm`` in it; return its manager. Raises when the kernel does not start."""
+    import ``warm`` in it; return its manager. Raises when the kernel does not start.
+
+    The connected client stays open as ``km.wb_client`` (the papermill engine executes the
+    notebook on it: no second connection and readiness wait); :func:`shutdown` closes it."""
     km = new_kernel_manager(key.kernel_name)
     km.start_kernel(extra_arguments=list(EXTRA_ARGUMENTS), cwd=key.cwd, env=dict(key.env))
     kc = km.client()
@@ -156,12 +159,16 @@ def start_kernel(key: KernelKey, warm: list[str] | None = None, timeout: float =
         kc.stop_channels()
         shutdown(km, now=True)
         raise
-    kc.stop_channels()
+    km.wb_client = kc
     return km
 
 
 def shutdown(km: Any, now: bool = False) -> None:
-    """Shut a kernel down (graceful unless ``now``) and free its connection files."""
+    """Shut a kernel down (graceful unless ``now``) and free its client and connection files."""
+    kc = getattr(km, "wb_client", None)
+    if kc is not None:
+        km.wb_client = None
+        kc.stop_channels()
     try:
         if km.has_kernel:
             km.shutdown_kernel(now=now)

@@ -455,6 +455,7 @@ def _run_steps(
                     cwd=str(nb_path.parent),
                     execution_timeout=step.timeout or execution_timeout,
                     km=km,
+                    kc=km.wb_client,
                 )
                 done = True
             except PapermillExecutionError as exc:
