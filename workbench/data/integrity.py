@@ -46,6 +46,7 @@ from workbench.errors import StoreError
 MANIFEST = "_manifest.json"
 LEGACY_PROVENANCE = "_provenance.json"
 FORMAT = 1
+CONTRACT_VERSION = 1  # bump when the bar contract (schema.validate_bars) gains a rule
 _SHOWN = 10
 
 
@@ -168,10 +169,10 @@ class Manifest:
             "partitions": self.partitions,
             "chunks": self.chunks,
         }
-        return json.dumps(
+        return json.dumps(  # compact: json's C encoder (indent would use the slow Python one)
             {**body, "manifest_sha256": hashlib.sha256(_canonical(body)).hexdigest()},
-            indent=1,
             sort_keys=True,
+            separators=(",", ":"),
         ).encode()
 
     def save(self, folder: Path) -> None:
@@ -239,8 +240,15 @@ def folder_keys(folder: Path) -> tuple[str, str]:
     return tf, sym
 
 
-def partition_record(df: pl.DataFrame, digest: str, size: int, provenance: dict | None) -> dict:
-    """Return the manifest entry of a partition about to be written."""
+def partition_record(
+    df: pl.DataFrame, digest: str, size: int, provenance: dict | None, *, validated: bool = False
+) -> dict:
+    """Return the manifest entry of a partition about to be written.
+
+    ``validated``: the store wrote these bytes from bars that passed the bar contract, sorted and
+    unique (recorded as ``contract``: :data:`CONTRACT_VERSION`); a read whose checksum matches
+    need not check them again.
+    """
     ts = df.get_column("ts")
     rec: dict[str, Any] = {
         "sha256": digest,
@@ -249,9 +257,25 @@ def partition_record(df: pl.DataFrame, digest: str, size: int, provenance: dict 
         "first_ts": ts.min().isoformat() if df.height else None,
         "last_ts": ts.max().isoformat() if df.height else None,
     }
+    if validated:
+        rec["contract"] = CONTRACT_VERSION
     if provenance:
         rec["provenance"] = {k: str(v) for k, v in sorted(provenance.items())}
     return rec
+
+
+def proven(manifest: Manifest | None, period: str) -> bool:
+    """Return whether a verified partition's bytes are bars the store validated when writing them.
+
+    True when the manifest records ``contract`` = :data:`CONTRACT_VERSION` for the period (and no
+    pending replacement): matching the checksum then proves the file holds exactly the bars that
+    passed the contract at write time, so a read can skip re-checking them. Partitions adopted
+    from legacy folders, or written under an older contract, are re-checked.
+    """
+    if manifest is None:
+        return False
+    rec = manifest.partitions.get(period)
+    return bool(rec) and rec.get("contract") == CONTRACT_VERSION and not rec.get("pending")
 
 
 def check_file(path: Path, manifest: Manifest | None, period: str, *, root: Path) -> Problem | None:

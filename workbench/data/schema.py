@@ -154,7 +154,7 @@ def validate_bars(df: pl.DataFrame) -> pl.DataFrame:
         for mask, rule, cols, fix in rules:
             _reject(out, mask, rule, cols, fix)
     if not broken[-1] and out.get_column("symbol").is_sorted():
-        return out  # already sorted by (symbol, ts), strictly: unique as well
+        return out.with_columns(pl.col("symbol").set_sorted())  # strictly sorted: unique too
     ordered = out.sort(KEY)
     if ordered.select(_duplicate_key().any()).item():
         _reject(  # rows numbered as the caller passed them
