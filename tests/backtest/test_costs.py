@@ -90,3 +90,59 @@ def test_intraday_slippage_is_u_shaped(bars_factory):
         first["slippage_cost"] / first["ref_price"] > 1.8 * mid["slippage_cost"] / mid["ref_price"]
     )
     assert mid["slippage_cost"] / mid["ref_price"] / 100 == pytest.approx(1e-3, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    "costs, intraday",
+    [
+        (CostsConfig(slippage_bps=2.0, intraday_u_shape=1.0), True),
+        (CostsConfig(slippage_bps=2.0, intraday_u_shape=1.0), False),
+        (CostsConfig(slippage_bps=2.0), True),
+        (CostsConfig(borrow_bps_annual=40.0), False),
+        (CostsConfig(), True),
+    ],
+)
+def test_constant_rows_are_exactly_the_rows_that_hold_one_value(costs, intraday):
+    """The kernel reads a one-row view of the rows this calls constant: it must never be wrong."""
+    grid = _us(
+        datetime(2024, 1, 2, 14, 30, tzinfo=UTC),
+        datetime(2024, 1, 2, 17, 45, tzinfo=UTC),
+        datetime(2024, 1, 3, 21, 0, tzinfo=UTC),
+        datetime(2024, 1, 8, 23, 0, tzinfo=UTC),
+    )
+    model = CostModel.from_config(costs)
+    close = np.full((4, 1), 10.0)
+    ca = model.prepare(close, close, close, close, grid, intraday=intraday)
+    slip_const, borrow_const = model.constant_rows(intraday=intraday)
+    assert not slip_const or np.all(ca.slip_row == ca.slip_row[0])  # constant: truly one value
+    assert not borrow_const or np.all(ca.borrow_row == ca.borrow_row[0])
+    assert slip_const == (costs.slippage_bps == 0 or not intraday or costs.intraday_u_shape == 0)
+    assert borrow_const == (costs.borrow_bps_annual == 0)
+
+
+def test_one_row_cost_views_give_the_same_backtest(daily_bars):
+    from workbench.backtest import _kernels as K
+
+    n_s = daily_bars["symbol"].n_unique()
+    close = daily_bars["close"].to_numpy().reshape(n_s, -1).T.copy()
+    ref = daily_bars["open"].to_numpy().reshape(n_s, -1).T.copy()
+    rng = np.random.default_rng(3)
+    target = np.where(
+        rng.random(close.shape) < 0.2, rng.choice([-0.3, 0.0, 0.4], close.shape), np.nan
+    )
+    params = np.zeros(K.N_PARAMS)
+    params[[K.P_CASH, K.P_FRACTIONAL, K.P_ALLOW_SHORT, K.P_LEVERAGE, K.P_BPS]] = 1e5, 1, 1, 1.5, 1
+    ones = np.ones(n_s, dtype=np.bool_)
+    half = np.full((1, 1), 2e-4)
+    nan11 = np.full((1, 1), np.nan)
+    slip, borrow = np.full(len(close), 1e-4), np.full(len(close), 3e-6)
+    full = K.simulate_nb(
+        *K.frozen(ref, close, target, half, nan11, nan11, slip, borrow, ones, ones, ones, params)
+    )
+    one = K.simulate_nb(
+        *K.frozen(
+            ref, close, target, half, nan11, nan11, slip[:1], borrow[:1], ones, ones, ones, params
+        )
+    )
+    for a, b in zip(full, one, strict=True):
+        np.testing.assert_array_equal(a, b)
