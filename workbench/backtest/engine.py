@@ -63,8 +63,11 @@ def run_backtest(
     periods_per_year : float, optional
         Annualisation factor of the statistics (default: observed bars per session x 252).
     validate : bool, default True
-        Run :func:`validate_bars`; pass False only for bars that already passed it (e.g. read
-        from the store), which saves its cost on large inputs.
+        Check the bars against the bar contract (:func:`validate_bars`, or its one-pass
+        equivalent when the frame already conforms). A frame returned by ``BarStore.read``, or
+        one this function already checked, carries a mark (:mod:`workbench.data.validated`)
+        and is not checked again while it is unchanged; an edited frame loses the mark. False
+        trusts the caller: only the columns and the ``ts`` type are checked.
     risk : workbench.risk.RiskPolicy, optional
         Trade under a risk policy: ``targets`` then carries model predictions (columns ``symbol,
         ts, prediction``) and the policy's decision, sizing, limits, kill switch and end-of-day
