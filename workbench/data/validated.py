@@ -73,7 +73,7 @@ def same_buffers(a: pl.Series, b: pl.Series) -> bool:
 def _forget(key: int, ref: weakref.ref) -> None:
     mark = _MARKS.get(key)
     if mark is not None and mark.ref is ref:
-        del _MARKS[key]
+        _MARKS.pop(key, None)
 
 
 def mark_validated(df: pl.DataFrame) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def validated_facts(df: object) -> dict[str, Any] | None:
     except (pa.ArrowException, TypeError, ValueError):
         same = False
     if not same:
-        del _MARKS[id(df)]
+        _MARKS.pop(id(df), None)
         return None
     return mark.facts
 
