@@ -14,6 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from workbench.data import integrity
+from workbench.data.schema import validate_bars
 from workbench.data.store import BarStore, frame_fingerprint
 from workbench.errors import SchemaError, StoreError
 
@@ -226,3 +228,73 @@ def test_killed_writer_leaves_old_or_new_partition_verified(tmp_path: Path, mode
     assert not list(store.root.rglob(".*.tmp-*"))
     man = store.manifest("AAA", "5Min")
     assert man is not None and not any("pending" in r for r in man.partitions.values())
+
+
+def test_read_serves_proven_partitions_sorted_whatever_the_symbol_order(tmp_path: Path) -> None:
+    store = BarStore(tmp_path)
+    df = make_bars(["CCC", "AAA", "BBB"], T0, 400)  # Jan and Feb partitions per symbol
+    store.write(df.sample(fraction=1.0, shuffle=True, seed=3), "5Min")  # unsorted input
+    man = store.manifest("AAA", "5Min")
+    assert man is not None and all(r["contract"] == 1 for r in man.partitions.values())
+    out = store.read(["BBB", "CCC", "AAA"], "5Min")
+    assert out.equals(df.sort("symbol", "ts"))
+    assert out.equals(validate_bars(out))  # a valid frame without re-validation
+    assert out.get_column("symbol").flags["SORTED_ASC"]
+    part = store.read(["CCC", "AAA"], "5Min", T0 + timedelta(days=1), "2024-02-01")
+    want = df.filter(pl.col("symbol").is_in(["AAA", "CCC"]))
+    want = want.filter(
+        (pl.col("ts") >= T0 + timedelta(days=1)) & (pl.col("ts") < datetime(2024, 2, 1, tzinfo=UTC))
+    )
+    assert part.equals(want.sort("symbol", "ts"))
+
+
+def test_partition_not_proven_by_its_record_is_validated_on_read(tmp_path: Path) -> None:
+    """Checksummed bytes that the store did not validate (no ``contract`` in their record, as
+    for adopted legacy files) are checked again: duplicated rows are refused."""
+    store = BarStore(tmp_path)
+    store.write(make_bars(["AAA"], T0, 20), "5Min")
+    path = store.partition_path("AAA", "5Min", "2024-01")
+    bad = pl.read_parquet(path)
+    bad = pl.concat([bad, bad.head(2)])
+    bad.write_parquet(path)
+    man = store.manifest("AAA", "5Min")
+    assert man is not None
+    digest, size = integrity.sha256_file(path)
+    man.partitions["2024-01"] = {**man.partitions["2024-01"], "sha256": digest, "bytes": size}
+    man.partitions["2024-01"].pop("contract")
+    man.save(path.parent)
+    with pytest.raises(SchemaError, match=r"unique \(symbol, ts\)"):
+        store.read(["AAA"], "5Min")
+
+
+def test_identical_and_partial_rewrites_count_and_touch_only_changed_files(tmp_path: Path) -> None:
+    store = BarStore(tmp_path)
+    df = make_bars(["AAA", "BBB"], T0, 400)
+    store.write(df, "5Min")
+    before = snapshot(tmp_path)
+    man_before = (tmp_path / "timeframe=5Min" / "symbol=AAA" / "_manifest.json").read_bytes()
+    sub = df.filter(pl.col("symbol") == "AAA").head(30)  # a part of one partition, unchanged
+    rep = store.write(sub, "5Min")
+    assert (rep.inserted, rep.updated, rep.unchanged, rep.partitions) == (0, 0, 30, 0)
+    one = sub.head(1).with_columns(volume=pl.col("volume") + 1)
+    rep = store.write(pl.concat([one, sub.slice(1)]), "5Min")
+    assert (rep.inserted, rep.updated, rep.unchanged, rep.partitions) == (0, 1, 29, 1)
+    after = snapshot(tmp_path)
+    changed = sorted(k for k in after if after[k] != before[k])
+    assert changed == ["timeframe=5Min/symbol=AAA/2024-01.parquet"]
+    assert (
+        tmp_path / "timeframe=5Min" / "symbol=AAA" / "_manifest.json"
+    ).read_bytes() != man_before
+    assert store.verify().ok
+
+
+def test_identical_rewrite_still_detects_a_damaged_partition(tmp_path: Path) -> None:
+    store = BarStore(tmp_path)
+    df = make_bars(["AAA"], T0, 20)
+    store.write(df, "5Min")
+    path = store.partition_path("AAA", "5Min", "2024-01")
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(integrity.CorruptPartitionError, match="2024-01.parquet"):
+        store.write(df, "5Min")
