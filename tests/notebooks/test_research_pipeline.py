@@ -390,3 +390,99 @@ class TestNullMarket:
         assert by_step["trade_session"].data.tags["skip_reason"] == why
         assert not list(res.run_dir.glob("*trade_session*.ipynb"))
         assert "fills_path" not in res.outputs("trade_session")
+
+
+# Run All in JupyterLab after `wb run research`: every stage notebook with its defaults in the
+# project the run belongs to (its runs/ folder holds the run's <step>.outputs.json). Only the
+# search is made small, through the environment (the strategy's config, not a parameter): the
+# train step's defaults would otherwise repeat the run's 16-trial search.
+SMALL_SEARCH = {
+    "WB_STRATEGIES__INTRADAY_REVERSAL__SEARCH__N_TRIALS": "2",
+    "WB_STRATEGIES__INTRADAY_REVERSAL__SEARCH__N_FOLDS": "2",
+    "WB_STRATEGIES__INTRADAY_REVERSAL__SEARCH__PBO_CONFIGS": "2",
+}
+
+
+def _interactive_runs() -> dict[str, object]:
+    """The latest MLflow run of each step run outside a pipeline, by step."""
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string="tags.pipeline = 'interactive'",
+        order_by=["attributes.start_time ASC"],
+        output_format="list",
+    )
+    return {r.data.tags["step"]: r for r in runs if "step" in r.data.tags}
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_every_notebook_runs_with_its_defaults_after_the_pipeline_run(
+    research: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stage notebook, executed with no parameters, runs top to bottom, and its empty inputs
+    take what the run's step before it handed on (store, feature table, model version, split)."""
+    import shutil
+
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from workbench.pipeline.runner import kernel_manager
+
+    res, tmp = research
+    assert res.ok, res.summary()
+    shutil.copytree(REPO / "config", tmp / "config", dirs_exist_ok=True)
+    (tmp / "notebooks").mkdir(exist_ok=True)
+    names = sorted(p.stem for p in (REPO / "notebooks").glob("0*.ipynb"))
+    for name in names:
+        shutil.copy2(REPO / "notebooks" / f"{name}.ipynb", tmp / "notebooks" / f"{name}.ipynb")
+    monkeypatch.setenv("WB_PROJECT_ROOT", str(tmp))
+    for k, v in SMALL_SEARCH.items():
+        monkeypatch.setenv(k, v)
+    out_dir = tmp / "defaults"
+    out_dir.mkdir(exist_ok=True)
+    failed = {}
+    for name in names:
+        out = out_dir / f"{name}.ipynb"
+        with kernel_manager() as km:
+            try:
+                papermill.execute_notebook(
+                    str(tmp / "notebooks" / f"{name}.ipynb"), str(out), kernel_name="python3",
+                    progress_bar=False, cwd=str(tmp / "notebooks"), km=km,
+                )  # fmt: skip
+            except PapermillExecutionError as exc:
+                failed[name] = f"{exc.ename}: {exc.evalue}"
+        errors = [
+            o
+            for c in nbformat.read(out, 4).cells
+            for o in c.get("outputs", [])
+            if o.get("output_type") == "error"
+        ]
+        assert not errors or name in failed, name
+    assert failed == {}, failed
+    ran = _interactive_runs()
+    steps = {
+        "ingest", "features", "train", "validate", "trade_session", "portfolio",
+        "session_review", "monitor",
+    }  # fmt: skip
+    assert set(ran) == steps and all(r.info.status == "FINISHED" for r in ran.values())
+    ingest, features, train = res.outputs("ingest"), res.outputs("features"), res.outputs("train")
+    p = {step: run.data.params for step, run in ran.items()}
+    store = ingest["store_root"]
+    # the empty store folder of every later step: the run's ingest store
+    for step in ("features", "train", "validate", "trade_session", "monitor"):
+        assert p[step]["store_root"] == store, step
+    table = features["features_path"]
+    assert p["train"]["features_path"] == p["validate"]["features_path"] == table
+    # validate took the run's train outputs (not the interactive train's, which hands on nothing)
+    assert p["validate"]["model_version"] == train["model_version"]
+    assert p["validate"]["split_ts"] == train["split_ts"]
+    assert p["validate"]["n_trials"] == str(train["n_trials"])
+    assert p["trade_session"]["model_version"] == train["model_version"]
+    # the train step's empty search size was the strategy's (made small above)
+    assert ran["train"].data.metrics["search_trials"] == 2
+    # ingest has no earlier step: its empty store is store.root, in this project
+    assert p["ingest"]["store_root"] == ""
+    assert (tmp / "data" / "bars").is_dir()
+    # the portfolio found the validated strategy
+    assert "intraday_reversal" in json.loads(p["portfolio"]["validate_run_ids"])
