@@ -158,3 +158,48 @@ def test_property_random_series_match_talib(seed, n, window, vol, level):
                 scale = 100.0 if name in ("rsi", "adx") else level
                 err = np.max(np.abs(got[have] - want[have]))
                 assert err <= TOL * max(1.0, scale / 100.0), f"{name}({window}) {sym}: {err:.3e}"
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    lengths=st.lists(st.integers(0, 120), min_size=1, max_size=12),
+    window=st.integers(2, 30),
+)
+def test_property_parallel_kernels_on_ragged_groups_match_talib(seed, lengths, window):
+    """Symbols of random lengths (empty, shorter than the window, long) computed together by the
+    parallel kernels equal TA-Lib per symbol, and each symbol computed alone."""
+    rng = np.random.default_rng(seed)
+    n = sum(lengths)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    high = close * np.exp(np.abs(rng.normal(0, 0.005, n)))
+    low = close * np.exp(-np.abs(rng.normal(0, 0.005, n)))
+    syms = [f"S{i:02d}" for i, k in enumerate(lengths) for _ in range(k)]
+    df = pl.DataFrame({"symbol": syms, "high": high, "low": low, "close": close})
+    exprs = [
+        ind.ema(window=window).alias("ema"),
+        ind.rsi(window=window).alias("rsi"),
+        ind.atr(window=window).alias("atr"),
+        ind.zscore(window=window).alias("z"),
+        ind.sma(window=window).alias("sma"),
+    ]
+    out = df.with_columns(exprs)
+    cols = ["ema", "rsi", "atr", "z", "sma"]
+    for (sym,), part in out.group_by("symbol", maintain_order=True):
+        alone = part.select("symbol", "high", "low", "close").with_columns(exprs)
+        assert alone.select(cols).equals(part.select(cols)), f"{sym}: depends on other symbols"
+        c, h, lo = (part.get_column(k).to_numpy() for k in ("close", "high", "low"))
+        wants = {
+            "ema": talib.EMA(c, window),
+            "rsi": talib.RSI(c, window),
+            "atr": talib.ATR(h, lo, c, window),
+            "z": _zscore_two_pass(c, window) if c.size >= window else np.full(c.size, np.nan),
+            "sma": talib.SMA(c, window),
+        }
+        for name, want in wants.items():
+            got = _col(part, name)
+            have = ~np.isnan(want)
+            assert np.array_equal(np.isnan(got), ~have), f"{name} {sym} warm-up"
+            if have.any():
+                err = np.max(np.abs(got[have] - want[have]))
+                assert err <= TOL, f"{name}({window}) {sym}: {err:.3e}"
