@@ -5,6 +5,11 @@ step's outputs file and ``summary.json``. The runner stops at the first failing 
 failed notebook, and reports which cell failed and why. A step whose ``when:`` condition is false
 is skipped, with the reason in the summary and in MLflow (a child run tagged ``skipped``).
 
+Each step runs in a kernel process of its own, started (with its notebook's imports loaded)
+while the steps before it run, and used only if its kernel spec, folder and environment are the
+step's (:mod:`workbench.pipeline.kernels`); a step's kernel exits, and its notebook is logged to
+MLflow, in the background while the next step runs (a failed step's, before the run stops).
+
 A run holds its pipeline's run lock (:mod:`workbench.pipeline.lock`) from before the run folder
 exists until the summary is written: a second run of the same pipeline, manual or scheduled, is
 refused with a message naming the holder.
@@ -464,8 +469,9 @@ def _run_steps(
                     f"cell {exc.cell_index} (In [{exc.exec_count}]): {exc.ename}: {exc.evalue}"
                 )
                 failed = step.name
-            finally:  # a finished step's kernel exits in the background; any other, here
-                kernels.release(km, background=done)
+            finally:
+                if not done:  # a failed or interrupted step's kernel has exited before it is told
+                    kernels.release(km, background=False)
             pm_seconds = time.perf_counter() - t_pm
             produced = _read_outputs(out_file)
             res.mlflow_run_id = produced.get("mlflow_run_id", "")
@@ -477,6 +483,8 @@ def _run_steps(
                     res.error = f"notebook finished but did not hand on declared output(s) {missing} (StageRun.hand_on)."
                 for k, v in produced.get("outputs", {}).items():
                     scope[f"steps.{step.name}.{k}"] = v
+            if done:  # the notebook ran to its end: its kernel exits in the background if ok
+                kernels.release(km, background=res.status == "ok")
             if res.mlflow_run_id and res.status == "ok":  # logged while the next step runs
                 records.append(
                     recorder.submit(_record_notebook, client, res, out_nb, step.notebook, params)
