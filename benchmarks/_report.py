@@ -2,7 +2,7 @@
 
 Every benchmark calls :func:`report` once per row it measures; the row is printed (ratio and
 whether the target is met) and, when ``benchmarks/run_all.py`` runs the benchmark, appended as
-one JSON line to the file named by ``$WB_BENCH_REPORT``, from which ``run_all.py`` writes the
+one JSON line to the file named by ``$BENCH_REPORT_PATH``, from which ``run_all.py`` writes the
 table. Figures come from runs interleaved with the peer's in the same process, best of N.
 
     from _report import report
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-ENV = "WB_BENCH_REPORT"
+ENV = "BENCH_REPORT_PATH"
 Kind = Literal["ratio", "min", "max"]
 
 

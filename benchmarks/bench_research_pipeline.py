@@ -66,7 +66,7 @@ def run_once() -> tuple[float, list[dict]]:
             "WB_RISK__STATE_URL": f"sqlite:///{tmp / 'risk.db'}",
             "WB_ALERTS__HISTORY_PATH": str(tmp / "alerts.jsonl"),
         }
-        env.pop("WB_BENCH_REPORT", None)
+        env.pop("BENCH_REPORT_PATH", None)
         t0 = time.perf_counter()
         out = subprocess.run(
             [sys.executable, "-c", RUN, str(tmp), str(REPO)],

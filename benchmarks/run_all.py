@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FIRST = ["bench_backtest.py", "bench_features.py", "bench_store.py", "bench_research_pipeline.py"]
-ENV = "WB_BENCH_REPORT"
+ENV = "BENCH_REPORT_PATH"
 
 
 def benches(only: list[str]) -> list[Path]:
