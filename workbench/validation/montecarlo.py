@@ -182,7 +182,8 @@ def bootstrap_returns(
             f"horizon must be an int in 1..{r.size} (the returns given); got {horizon!r}."
         )
     if block is None:
-        opt = float(optimal_block_length(r)["stationary"].iloc[0])
+        # constant returns (a model that never traded): no autocorrelation to estimate
+        opt = float(optimal_block_length(r)["stationary"].iloc[0]) if np.ptp(r) > 0 else 1.0
         block = max(1.0, opt if math.isfinite(opt) else 1.0)
     if not (math.isfinite(block) and 1.0 <= block <= r.size):
         raise ParameterError(f"block must be in [1, {r.size}] periods; got {block!r}.")
