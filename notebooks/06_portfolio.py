@@ -44,11 +44,19 @@ pipeline: str = ""  # set by the pipeline runner: pipeline name
 # %%
 from workbench.config import load_config
 from workbench.notebook import setup_display
-from workbench.stages.portfolio import portfolio_figures, portfolio_tables, run_portfolio
+from workbench.stages.portfolio import (
+    portfolio_figures,
+    portfolio_tables,
+    resolve_validate_runs,
+    run_portfolio,
+)
 from workbench.tracking import start_stage
 
 setup_display()
 cfg = load_config()
+# the validate runs to allocate across, found before this run is recorded
+chosen = resolve_validate_runs(cfg, run_ids=run_ids or None, experiment=experiment or None,
+                               strategies=strategies)
 params = dict(method=method, options=options, level=level, experiment=experiment, run_ids=run_ids,
               strategies=strategies, frequency=frequency, max_weight=max_weight,
               strategy_caps=strategy_caps, type_caps=type_caps, current_weights=current_weights,
@@ -56,9 +64,8 @@ params = dict(method=method, options=options, level=level, experiment=experiment
 stage = start_stage("portfolio", params, pipeline=pipeline, parent_run_id=parent_run_id, output_path=output_path, cfg=cfg)
 
 # %%
-res = run_portfolio(cfg, run_ids=run_ids or None, experiment=experiment or None, strategies=strategies,
-                    method=method, options=options, frequency=frequency, max_weight=max_weight,
-                    strategy_caps=strategy_caps, type_caps=type_caps, current_weights=current_weights,
+res = run_portfolio(cfg, run_ids=chosen, method=method, options=options, frequency=frequency,
+                    max_weight=max_weight, strategy_caps=strategy_caps, type_caps=type_caps, current_weights=current_weights,
                     threshold=threshold, level=level, exclude_run_id=stage.run_id)
 stage.set_fingerprint(res.data_fingerprint)
 stage.log_params({"validate_run_ids": res.run_ids, "current_source": res.current_source})

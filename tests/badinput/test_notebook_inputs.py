@@ -150,8 +150,14 @@ def test_notebook_with_defaults_on_an_empty_project_runs_or_stops_in_one_line(
     assert "Fix:" in failure.evalue
     assert len(errors) == 1 and len(errors[0]["traceback"]) == 1  # one line, no frames
     assert errors[0]["traceback"][0].startswith(f"{ename}: {says}")
+    db = isolated / "mlflow.db"
     if ename == "MissingInput":
-        assert not (isolated / "mlflow.db").exists()  # stopped before any run was recorded
+        assert not db.exists()  # stopped before any run was recorded
+    elif db.exists():  # the store was read (looking for runs), and nothing was recorded in it
+        import sqlite3
+
+        with sqlite3.connect(db) as con:
+            assert con.execute("select count(*) from runs").fetchone() == (0,)
 
 
 def test_a_notebook_run_by_hand_hands_on_to_the_next(

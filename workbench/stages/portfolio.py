@@ -151,7 +151,8 @@ def find_validate_runs(
     try:
         found = _latest_validate_runs(_client(cfg), name)
     except SourceError as exc:
-        raise SourceError(f"no strategy to allocate to: {exc} {how}") from None
+        found_nothing = str(exc).split(" Fix:")[0]  # one fix: the one below
+        raise SourceError(f"no strategy to allocate to: {found_nothing} {how}") from None
     if not strategies:
         return found
     missing = [s for s in strategies if s not in found]
@@ -326,6 +327,37 @@ def _var_table(r: np.ndarray, level: float) -> pl.DataFrame:
 
 
 # ------------------------------------------------------------------------------------- stage
+def resolve_validate_runs(
+    cfg: WorkbenchConfig,
+    *,
+    run_ids: Mapping[str, str] | None = None,
+    experiment: str | None = None,
+    strategies: Sequence[str] = (),
+) -> dict[str, str]:
+    """Return strategy -> validate run id the portfolio allocates across (see
+    :func:`run_portfolio`), or raise naming the fix. Records nothing: the notebook calls it
+    before its run starts, so a portfolio with nothing to allocate to leaves no run behind."""
+    if run_ids and experiment:
+        raise ParameterError(
+            "run_portfolio takes either 'run_ids' or 'experiment', not both. Got experiment="
+            f"{experiment!r} with run_ids {dict(run_ids)!r}. Fix: empty one of them."
+        )
+    if run_ids:
+        chosen = {str(k): str(v) for k, v in run_ids.items()}
+        if strategies:
+            chosen = {s: chosen[s] for s in strategies if s in chosen}
+    else:
+        chosen = find_validate_runs(cfg, experiment=experiment, strategies=strategies)
+    if not chosen:
+        raise ParameterError(
+            f"run_portfolio has no strategy left: run_ids {dict(run_ids or {})!r} name none of "
+            f"strategies {list(strategies)!r}. Fix: empty 'strategies' or add their run ids."
+        )
+    if PORTFOLIO in chosen:
+        raise ParameterError(f"a strategy cannot be named {PORTFOLIO!r} (the portfolio's column).")
+    return chosen
+
+
 def run_portfolio(
     cfg: WorkbenchConfig,
     *,
@@ -383,24 +415,9 @@ def run_portfolio(
     PortfolioStageResult
     """
     _check_args(method, frequency, level, max_weight)
-    if run_ids and experiment:
-        raise ParameterError(
-            "run_portfolio takes either 'run_ids' or 'experiment', not both. Got experiment="
-            f"{experiment!r} with run_ids {dict(run_ids)!r}. Fix: empty one of them."
-        )
-    if run_ids:
-        chosen = {str(k): str(v) for k, v in run_ids.items()}
-        if strategies:
-            chosen = {s: chosen[s] for s in strategies if s in chosen}
-    else:
-        chosen = find_validate_runs(cfg, experiment=experiment, strategies=strategies)
-    if not chosen:
-        raise ParameterError(
-            f"run_portfolio has no strategy left: run_ids {dict(run_ids or {})!r} name none of "
-            f"strategies {list(strategies)!r}. Fix: empty 'strategies' or add their run ids."
-        )
-    if PORTFOLIO in chosen:
-        raise ParameterError(f"a strategy cannot be named {PORTFOLIO!r} (the portfolio's column).")
+    chosen = resolve_validate_runs(
+        cfg, run_ids=run_ids, experiment=experiment, strategies=strategies
+    )
     from workbench.tracking import tracking_uri
 
     with quiet_downloads():
