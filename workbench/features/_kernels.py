@@ -415,29 +415,3 @@ def session_vwap(gid, local_us, price, volume, with_sd):
                 var = syy / vol - m * m
                 sd[k] = np.sqrt(var) if var > 0.0 else 0.0
     return vwap, sd
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def valid_bits(x, bits):
-    """Fill ``bits`` with the Arrow validity bitmap of ``x`` (bit ``k`` set where ``x[k]`` is not
-    NaN; ``(len(x) + 7) // 8`` bytes) and return the number of NaNs."""
-    size = x.shape[0]
-    n_bytes = (size + 7) // 8
-    nans = 0
-    for i in prange(n_bytes):
-        byte = 0
-        lo = 8 * i
-        hi = min(lo + 8, size)
-        for k in range(lo, hi):
-            if not np.isnan(x[k]):
-                byte |= 1 << (k - lo)
-        bits[i] = byte
-        nans += (hi - lo) - _popcount8(byte)
-    return nans
-
-
-@njit(cache=True, nogil=True)
-def _popcount8(b):
-    b = (b & 0x55) + ((b >> 1) & 0x55)
-    b = (b & 0x33) + ((b >> 2) & 0x33)
-    return (b & 0x0F) + (b >> 4)
