@@ -107,6 +107,8 @@ def run_backtest(
             "bars rejected: the frame is empty. Fix: load at least two bars per symbol.",
             rule="empty",
         )
+    if max(bars.n_chunks("all")) > 1:  # one copy now; zero-copy numpy views from here on
+        bars = bars.rechunk()
     runs = facts.get("runs") if facts is not None else None
     if runs is None:
         runs = _symbol_runs(bars["symbol"])
