@@ -353,3 +353,46 @@ def test_market_data_stream_to_a_dead_endpoint_gives_up_naming_it(
         from datetime import UTC, datetime
 
         agg.advance(datetime.now(UTC))
+
+
+def test_a_live_session_stops_at_the_open_when_the_data_stream_never_connects(
+    silent: SilentServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session's live bar source, on a market-data stream that never connects, fails at
+    the stream's deadline with its error (endpoint, deadline, fix): its bars poll the stream's
+    aggregators every 0.2 s, so no bar boundary is waited for."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from workbench.config import WorkbenchConfig
+    from workbench.stages.session import _live_source
+
+    monkeypatch.setenv("APCA_API_KEY_ID", KEY_ID)
+    monkeypatch.setenv("APCA_API_SECRET_KEY", SECRET)
+    url = f"{silent.ws_url}/v2/iex"
+    cfg = WorkbenchConfig(
+        alpaca=AlpacaConfig(stream_url=url, timeout_seconds=0.3, deadline_seconds=1.0)
+    )
+
+    class Clock:  # the open is now
+        def now(self) -> datetime:
+            return datetime.now(UTC)
+
+        async def sleep_until(self, when: datetime) -> None:
+            return None
+
+    now = datetime.now(UTC)
+    source = _live_source(cfg, ["AAPL"], "5Min", Clock(), now, now + timedelta(hours=6))
+
+    async def first() -> object:
+        return await source.__anext__()
+
+    t0 = time.monotonic()
+    with pytest.raises(SourceError) as err:
+        asyncio.run(first())
+    took = time.monotonic() - t0
+    assert took < 1.0 + 1.0, took  # the deadline, not the first 5-minute bar's close
+    msg = str(err.value)
+    assert_clean_message(msg, f"market-data stream: the endpoint {url}", "1 s deadline",
+                         "Fix: check that this endpoint")  # fmt: skip
+    assert KEY_ID not in msg and SECRET not in msg
