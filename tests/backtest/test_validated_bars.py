@@ -36,6 +36,7 @@ def stored(tmp_path, daily_bars) -> pl.DataFrame:
 
 def test_store_read_is_marked_and_skips_the_contract_check(stored, monkeypatch):
     assert V.is_validated(stored)
+    assert max(stored.n_chunks("all")) == 1  # one chunk a column: an O(columns) mark
     tg = _targets(stored)
     plain = run_backtest(stored.clone(), tg)  # a clone is a new, unmarked frame: checked
     assert not V.is_validated(pl.DataFrame(stored.to_dict()))
@@ -94,6 +95,19 @@ def test_renamed_or_derived_frames_are_not_marked(stored):
     assert not any(V.is_validated(d) for d in derived)
     frame.columns = [c if c != "open" else "o" for c in frame.columns]
     assert not V.is_validated(frame)
+
+
+def test_many_chunk_frames_give_the_same_backtest(daily_bars):
+    parts = [daily_bars.slice(i, 37) for i in range(0, daily_bars.height, 37)]
+    chunked = pl.concat(parts, rechunk=False)
+    assert max(chunked.n_chunks("all")) > 1
+    tg = _targets(daily_bars)
+    a = run_backtest(daily_bars, tg)
+    b = run_backtest(chunked, tg)
+    V.mark_validated(chunked)
+    c = run_backtest(chunked, _targets(chunked))
+    assert a.equity.equals(b.equity) and a.equity.equals(c.equity)
+    assert a.fills.equals(b.fills) and a.fills.equals(c.fills)
 
 
 def test_the_mark_dies_with_the_frame(daily_bars):
