@@ -26,6 +26,8 @@ end: str = "2024-02-29"  # last session, inclusive (YYYY-MM-DD)
 source: str = "synthetic"  # data source: synthetic | alpaca
 seed: int = 7  # simulator seed (synthetic source only)
 alpha: float = 0.0  # simulator planted predictability (0 means nothing to find)
+vwap_reversion: float = 0.0  # simulator planted reversion to the session VWAP (0 means none)
+trend: float = 0.0  # simulator planted multi-day drift (0 means none)
 store_root: str = ""  # bar store folder, relative to the project; empty means config store.root
 chart_symbol: str = ""  # symbol for the candlestick; empty means the first symbol
 output_path: str = ""  # set by the pipeline runner: where this step hands on its outputs
@@ -41,12 +43,13 @@ from workbench.tracking import start_stage
 setup_display()
 cfg = load_config()
 params = dict(symbols=symbols, timeframe=timeframe, start=start, end=end, source=source, seed=seed,
-              alpha=alpha, store_root=store_root, chart_symbol=chart_symbol)
+              alpha=alpha, vwap_reversion=vwap_reversion, trend=trend, store_root=store_root,
+              chart_symbol=chart_symbol)
 stage = start_stage("ingest", params, pipeline=pipeline, parent_run_id=parent_run_id, output_path=output_path, cfg=cfg)
 
 # %%
 res = run_ingest(cfg, source=source, symbols=symbols, timeframe=timeframe, start=start, end=end, seed=seed,
-                 alpha=alpha, store_root=store_root)
+                 alpha=alpha, vwap_reversion=vwap_reversion, trend=trend, store_root=store_root)
 stage.set_fingerprint(res.fingerprint)
 stage.log_params({f"provenance.{k}": v for k, v in res.provenance.items()})
 stage.log_metrics({"bars": res.coverage["rows"].sum(), "chunks_fetched": res.report.fetched,

@@ -23,6 +23,8 @@ P_VALUES = {
         "Fix: add config/strategies/nosuch.yaml",
     ],
     "alpha=0.9": ["'alpha' = 0.9", "less than or equal to 0.5", "Fix"],
+    "vwap_reversion=0.7": ["'vwap_reversion' = 0.7", "less than or equal to 0.5", "Fix"],
+    "trend=-0.1": ["'trend' = -0.1", "greater than or equal to 0", "Fix"],
     "seed=-1": ["'seed' = -1", "0 <= seed", "Fix: a non-negative integer"],
     "start=2024-02-30": ["'start' = '2024-02-30'", "day is out of range", "Fix: a real date"],
     "end=2023-12-01": [

@@ -474,6 +474,8 @@ def _value_checks(cfg: Any) -> dict[str, Any]:
         "end": _date_value,
         "session_date": lambda v: _date_value(v) if v else None,
         "alpha": _field_value(SimulatorConfig, "alpha"),
+        "vwap_reversion": _field_value(SimulatorConfig, "vwap_reversion"),
+        "trend": _field_value(SimulatorConfig, "trend"),
         "seed": _seed_value,
         "n_trials": _count_value,
         "n_folds": _count_value,
@@ -490,7 +492,8 @@ def check_values(params: dict[str, Any], where: str, cfg: Any = None) -> list[st
     """Return a problem per parameter whose value a config model or the data layer refuses.
 
     The parameters checked by name: ``timeframe`` (a known bar length), ``start``, ``end`` and
-    ``session_date`` (real calendar dates, ``start <= end``), ``alpha`` (the simulator's bounds),
+    ``session_date`` (real calendar dates, ``start <= end``), ``alpha``, ``vwap_reversion`` and
+    ``trend`` (the simulator's bounds),
     ``seed`` (``0 <= seed < 2**32``), ``n_trials``/``n_folds``/``pbo_configs`` (``>= 0``),
     ``train_frac`` (in (0, 1)), ``symbols`` (not empty), ``strategy`` (a configured one) and
     ``broker``/``mode``. Values that are still references (``${steps...}``) are skipped.

@@ -27,9 +27,21 @@ class IngestStageResult:
     quality: QualityReport
 
 
-def simulator_config(cfg: WorkbenchConfig, seed: int, alpha: float) -> WorkbenchConfig:
-    """Return ``cfg`` with the simulator's seed and alpha replaced (validated)."""
-    sim = type(cfg.simulator)(**{**cfg.simulator.model_dump(), "seed": seed, "alpha": alpha})
+def simulator_config(
+    cfg: WorkbenchConfig,
+    seed: int,
+    alpha: float,
+    *,
+    vwap_reversion: float | None = None,
+    trend: float | None = None,
+) -> WorkbenchConfig:
+    """Return ``cfg`` with the simulator's seed and planted edges replaced (validated): ``alpha``
+    (last-bar reversal), and ``vwap_reversion`` and ``trend`` unless None (the config's)."""
+    edges = {"vwap_reversion": vwap_reversion, "trend": trend}
+    given = {k: v for k, v in edges.items() if v is not None}
+    sim = type(cfg.simulator)(
+        **{**cfg.simulator.model_dump(), "seed": seed, "alpha": alpha, **given}
+    )
     return cfg.model_copy(update={"simulator": sim})
 
 
@@ -45,9 +57,15 @@ def run_ingest(
     alpha: float,
     store_root: str = "",
     progress: bool = True,
+    vwap_reversion: float | None = None,
+    trend: float | None = None,
 ) -> IngestStageResult:
-    """Ingest ``symbols`` into the store and return coverage and the data fingerprint."""
-    src = make_source(simulator_config(cfg, seed, alpha), source)
+    """Ingest ``symbols`` into the store and return coverage and the data fingerprint.
+
+    ``seed``, ``alpha``, ``vwap_reversion`` and ``trend`` set the simulator (the synthetic
+    source; None keeps the config's edge)."""
+    sim_cfg = simulator_config(cfg, seed, alpha, vwap_reversion=vwap_reversion, trend=trend)
+    src = make_source(sim_cfg, source)
     store = BarStore(cfg.path(store_root or cfg.store.root), cfg.store.partition)
     rep = ingest(
         src,
