@@ -134,6 +134,7 @@ steps:
 """
 
 
+@pytest.mark.slow
 def test_each_step_gets_a_fresh_kernel_started_ahead(tiny_project: Path, notebook_writer) -> None:
     """Kernels started ahead serve one step each: distinct processes, nothing of the step before
     visible, the step's own folder; their notebooks' imports are loaded, no code of theirs ran."""
