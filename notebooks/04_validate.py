@@ -121,7 +121,9 @@ if res.walk_forward is not None:
 # %% [markdown]
 # ## Monte Carlo and the rule baseline
 # A stationary bootstrap of the judged daily returns (its Sharpe interval feeds the gate
-# `min_sharpe_ci_low`), and the strategy's rule (momentum or mean reversion, fitted on the
+# `min_sharpe_ci_low`; the interval and its point `mc_sharpe` are Sharpe ratios of daily returns,
+# annualised with 252 sessions, so they differ from the backtest's `sharpe` of bar returns), and
+# the strategy's rule (momentum or mean reversion, fitted on the
 # training rows) traded on the same window with the same costs (`beats_baseline`).
 
 # %%

@@ -79,9 +79,15 @@ class MonteCarloResult:
         return float(np.quantile(self.max_drawdown_draws, q))
 
     def summary(self) -> dict[str, float]:
-        """Flat metrics for MLflow and the gates (``sharpe_ci_low`` is the gate's value)."""
+        """Flat metrics for MLflow and the gates (``sharpe_ci_low`` is the gate's value).
+
+        ``mc_sharpe`` is the Sharpe ratio of the series that was resampled (the validation step
+        passes daily returns, annualised with ``periods_per_year``): the point the interval is
+        about. It differs from a backtest's Sharpe ratio of bar returns.
+        """
         lo, hi = self.sharpe_ci
         return {
+            "mc_sharpe": float(self.sharpe),
             "sharpe_ci_low": lo,
             "sharpe_ci_high": hi,
             "mc_max_drawdown_p50": float(np.median(self.max_drawdown_draws)),
