@@ -106,3 +106,35 @@ def test_search_settings_are_validated(isolated: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("WB_STRATEGIES__INTRADAY_REVERSAL__SEARCH__SCORE", "auc")
     with pytest.raises(ConfigError, match="score"):
         load_config(REPO)
+
+
+def test_a_sector_cap_is_searched_with_the_sectors_validation_and_sessions_use(
+    data: tuple[Path, Path], isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The train step's fold backtests apply a strategy's sector cap with the simulator's sectors
+    (the ones validation and the session use): before, they had none and the search failed."""
+    from workbench.risk import RiskPolicy
+
+    cfg = load_config(REPO)
+    strat = cfg.strategies["intraday_reversal"]
+    limits = strat.risk.limits.model_copy(update={"sector_cap": 0.5})
+    capped = strat.model_copy(update={"risk": strat.risk.model_copy(update={"limits": limits})})
+    cfg = cfg.model_copy(update={"strategies": {**cfg.strategies, "intraday_reversal": capped}})
+    seen: list[dict | None] = []
+    real = RiskPolicy.from_config.__func__
+
+    def spy(cls, *a, **kw):
+        seen.append(kw.get("sectors"))
+        return real(cls, *a, **kw)
+
+    monkeypatch.setattr(RiskPolicy, "from_config", classmethod(spy))
+    features_path, store = data
+    with mlflow.start_run():
+        res = run_train(cfg, features_path=features_path, store_root=store,
+                        strategy="intraday_reversal", timeframe="5Min", n_trials=2, n_folds=2,
+                        pbo_configs=0, seed=3, progress=False,
+                        storage=f"sqlite:///{isolated / 'optuna.db'}")  # fmt: skip
+    assert res.search.n_trials == 2
+    from workbench.validation.evaluate import default_sectors
+
+    assert seen and seen[0] == default_sectors(cfg, SYMBOLS) and set(seen[0]) == set(SYMBOLS)

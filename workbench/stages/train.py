@@ -44,7 +44,12 @@ from workbench.risk import RiskPolicy
 from workbench.risk.decision import DecisionPolicy
 from workbench.validation.cpcv import CPCVResult, cpcv_pbo
 from workbench.validation.cv import CombinatorialPurgedKFold, PurgedKFold
-from workbench.validation.evaluate import NON_FEATURES, feature_columns, ic  # noqa: F401
+from workbench.validation.evaluate import (  # noqa: F401
+    NON_FEATURES,
+    default_sectors,
+    feature_columns,
+    ic,
+)
 from workbench.validation.overfitting import effective_trials, sharpe_per_period
 
 _NOT_SEARCHED = ("objective", "metric", "seed", "early_stopping_rounds")
@@ -196,7 +201,11 @@ def run_train(
             "thresholds would need its fold models' training predictions. Fix: search with "
             "method: threshold, then validate the registered model with quantile thresholds."
         )
-    policy = RiskPolicy.from_config(cfg, strategy, timeframe=timeframe)
+    # the sectors the validation and the session give a sector cap (the simulator's, by default)
+    sectors = None
+    if strat.risk.limits.sector_cap:
+        sectors = default_sectors(cfg, bars["symbol"].unique(maintain_order=True).to_list())
+    policy = RiskPolicy.from_config(cfg, strategy, timeframe=timeframe, sectors=sectors)
     bt = StrategyBacktest(cfg, policy, bars)
 
     space = search_space(sc.space)
