@@ -471,3 +471,23 @@ def test_without_a_pruner_no_round_is_reported_and_the_trials_are_the_same(
     assert [t.value for t in a] == [t.value for t in b]  # the same models, exactly
     assert all(t.intermediate_values for t in b)  # a pruner gets its per-round reports
     assert not any(t.intermediate_values for t in a)  # nothing reads them: none written
+
+
+def test_an_sqlite_study_is_kept_in_wal_mode_and_resumes_from_a_plain_url(
+    tmp_path: Path, table: pl.DataFrame, experiment: str
+) -> None:
+    """SQLite storage runs in WAL mode with normal sync (a commit per pruning report would
+    otherwise cost several fsyncs); the file is an ordinary Optuna database."""
+    import sqlite3
+
+    with mlflow.start_run():
+        res = _search(tmp_path, table)
+    with sqlite3.connect(tmp_path / "optuna.db") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    again = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.value for t in again.trials] == [t.value for t in res.study.trials]
+    conn = search_mod.sqlite_storage(f"sqlite:///{tmp_path / 'optuna.db'}").engine.raw_connection()
+    try:
+        assert conn.cursor().execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    finally:
+        conn.close()

@@ -759,6 +759,32 @@ def _storage(storage: str | optuna.storages.BaseStorage) -> str | optuna.storage
         url = make_url(storage)
         if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            return sqlite_storage(storage)
+    return storage
+
+
+def _fast_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def sqlite_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage on an SQLite file in WAL mode with ``synchronous=NORMAL``.
+
+    Every pruning report and trial update is a commit; with SQLite's default rollback journal
+    and full sync each one costs several fsyncs (about 14 ms here; 0.1 ms in WAL with normal
+    sync), which made the storage a third of a search's time. WAL with normal sync survives a
+    crash of the process without losing a commit; only a power cut can lose the last ones (the
+    study is then resumed with those trials run again). The file stays an ordinary SQLite
+    database that Optuna's own tools and a plain URL open.
+    """
+    import sqlalchemy
+
+    storage = optuna.storages.RDBStorage(url)
+    sqlalchemy.event.listen(storage.engine, "connect", _fast_sqlite)
+    storage.engine.dispose()  # connections made while Optuna set up the schema: reopen with it
     return storage
 
 
