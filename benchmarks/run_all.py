@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FIRST = ["bench_backtest.py", "bench_features.py", "bench_store.py", "bench_research_pipeline.py"]
+FIRST = ["bench_backtest.py", "bench_features.py", "bench_store.py", "bench_pipeline.py"]
 ENV = "BENCH_REPORT_PATH"
 
 
