@@ -403,6 +403,16 @@ SMALL_SEARCH = {
 }
 
 
+def _has_alias(name: str, alias: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return False
+    return True
+
+
 def _interactive_runs() -> dict[str, object]:
     """The latest MLflow run of each step run outside a pipeline, by step."""
     runs = mlflow.search_runs(
@@ -478,7 +488,15 @@ def test_every_notebook_runs_with_its_defaults_after_the_pipeline_run(
     assert p["validate"]["model_version"] == train["model_version"]
     assert p["validate"]["split_ts"] == train["split_ts"]
     assert p["validate"]["n_trials"] == str(train["n_trials"])
-    assert p["trade_session"]["model_version"] == train["model_version"]
+    # the session traded its default alias (champion, else challenger): the version it names
+    # (the run's own model, unless an earlier test of this module promoted one to champion)
+    traded = p["trade_session"]
+    want = "champion" if _has_alias(train["model_name"], "champion") else "challenger"
+    assert traded["model_alias"] == want
+    alias_version = mlflow.MlflowClient().get_model_version_by_alias(train["model_name"], want)
+    assert traded["model_version"] == str(alias_version.version)
+    if want == "challenger":
+        assert traded["model_version"] == train["model_version"]
     # the train step's empty search size was the strategy's (made small above)
     assert ran["train"].data.metrics["search_trials"] == 2
     # ingest has no earlier step: its empty store is store.root, in this project
