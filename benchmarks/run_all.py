@@ -108,9 +108,10 @@ def main() -> int:
         if rc:
             failed.append(path.name)
     order = [p.name for p in benches([])]
-    rows = [r for b in sorted(rows_by_bench, key=lambda b: order.index(b) if b in order else 99)
+    # rows of a benchmark that no longer exists are dropped, not carried forward
+    rows = [r for b in sorted((b for b in rows_by_bench if b in order), key=order.index)
             for r in rows_by_bench[b]]  # fmt: skip
-    runs = {k: runs[k] for k in sorted(runs, key=lambda b: order.index(b) if b in order else 99)}
+    runs = {k: runs[k] for k in sorted((k for k in runs if k in order), key=order.index)}
     store.write_text(json.dumps({"rows": rows, "runs": runs}, indent=1) + "\n")
     out.write_text(table(rows, runs))
     print(f"wrote {out} ({len(rows)} rows)" + (f"; failed: {failed}" if failed else ""))
