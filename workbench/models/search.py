@@ -47,6 +47,7 @@ from workbench.models.estimator import (
     estimator_params,
 )
 from workbench.models.lgbm import feature_matrix
+from workbench.models.pruning import cache_completed, inner_pruner
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 """Default Optuna storage: an SQLite file in the working directory."""
@@ -312,7 +313,9 @@ def run_search(
         direction=spec.direction,
         load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=10),
+        pruner=cache_completed(
+            pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=10)
+        ),
     )
     stride = _check_study(study, score, label, list(features), len(folds), space, fixed)
     stored = len(study.get_trials(deepcopy=False))
@@ -483,7 +486,7 @@ class _Objective:
             if decision is not None:
                 mlflow.log_params({f"decision.{k}": str(v) for k, v in decision.items()})
             # without a pruner nothing reads the per-round scores: no callback, no journal writes
-            prunes = not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
+            prunes = not isinstance(inner_pruner(trial.study.pruner), optuna.pruners.NopPruner)
             try:
                 for k, (train, test) in enumerate(self.folds):
                     steps = None
