@@ -283,28 +283,39 @@ def check_file(path: Path, manifest: Manifest | None, period: str, *, root: Path
 
     A legacy folder (``manifest is None``) gets the structural check of :func:`check_structure`.
     """
+    return read_checked(path, manifest, period, root=root)[1]
+
+
+def read_checked(
+    path: Path, manifest: Manifest | None, period: str, *, root: Path
+) -> tuple[bytes | None, Problem | None]:
+    """Read one partition's bytes once and verify them: ``(bytes, None)`` or ``(None, problem)``.
+
+    The bytes returned are the very bytes that passed the check (hashed, or for a legacy folder
+    parsed and checked structurally), so a caller that decodes them serves what was verified even
+    if the file changes afterwards. ``(None, None)``: the file is absent and need not exist (not
+    recorded, or a new partition whose writer died before renaming it in).
+    """
     tf, sym = folder_keys(path.parent)
     keys = {"timeframe": tf, "symbol": sym, "period": period}
     fix = repair_fix(root)
-    if manifest is None:
-        return check_structure(path, period, root=root)
-    rec = manifest.partitions.get(period)
-    if rec is None:
+    rec = manifest.partitions.get(period) if manifest is not None else None
+    if manifest is not None and rec is None:
         if path.exists():
-            return Problem(
+            return None, Problem(
                 path,
                 "unrecorded",
                 "partition is not in its folder's manifest (not written by the store; copied in?)",
                 f"remove it, or {fix}",
                 **keys,
             )
-        return None
+        return None, None
     try:
-        digest, size = sha256_file(path)
+        data = path.read_bytes()
     except FileNotFoundError:
-        if rec.get("sha256") is None:
-            return None  # a new partition whose writer died before renaming it in
-        return Problem(
+        if rec is None or rec.get("sha256") is None:
+            return None, None  # legacy file gone, or a new partition whose writer died
+        return None, Problem(
             path,
             "missing",
             f"partition recorded in {MANIFEST} ({rec['rows']} rows) is missing",
@@ -312,18 +323,23 @@ def check_file(path: Path, manifest: Manifest | None, period: str, *, root: Path
             **keys,
         )
     except OSError as exc:
-        return Problem(path, "unreadable", f"cannot be read ({exc.strerror})", fix, **keys)
+        return None, Problem(path, "unreadable", f"cannot be read ({exc.strerror})", fix, **keys)
+    if manifest is None:
+        problem = check_structure(path, period, root=root, data=data)
+        return (None, problem) if problem is not None else (data, None)
+    digest = hashlib.sha256(data).hexdigest()
     if digest in manifest.accepted(period):
-        return None
+        return data, None
+    size = len(data)
     ref = rec if rec.get("sha256") else rec["pending"][-1]
     if size != ref["bytes"]:
         detail = (
             f"size is {size} bytes, recorded {ref['bytes']} (truncated or overwritten); "
             f"sha256 is {digest[:12]}..., recorded {ref['sha256'][:12]}..."
         )
-        return Problem(path, "size", detail, fix, **keys)
+        return None, Problem(path, "size", detail, fix, **keys)
     detail = f"sha256 is {digest[:12]}..., recorded {ref['sha256'][:12]}... (bytes changed on disk)"
-    return Problem(path, "checksum", detail, fix, **keys)
+    return None, Problem(path, "checksum", detail, fix, **keys)
 
 
 def period_bounds(period: str) -> tuple[datetime, datetime]:
@@ -394,8 +410,11 @@ def frame_problem(
     return None
 
 
-def check_structure(path: Path, period: str, *, root: Path) -> Problem | None:
-    """Parse a partition and check its bars structurally (the check of a legacy partition)."""
+def check_structure(
+    path: Path, period: str, *, root: Path, data: bytes | None = None
+) -> Problem | None:
+    """Parse a partition (or its bytes ``data``, already read) and check its bars structurally
+    (the check of a legacy partition)."""
     from workbench.data.schema import validate_bars
     from workbench.errors import SchemaError
 
@@ -403,7 +422,7 @@ def check_structure(path: Path, period: str, *, root: Path) -> Problem | None:
     keys = {"timeframe": tf, "symbol": sym, "period": period}
     fix = repair_fix(root)
     try:
-        df = pl.read_parquet(path)
+        df = pl.read_parquet(path if data is None else data)
     except FileNotFoundError:
         return None
     except Exception as exc:  # polars raises several types for a damaged file
