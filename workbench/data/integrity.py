@@ -74,7 +74,7 @@ class Problem:
     """A file of the store that failed a check: where, which check, what was found, the fix."""
 
     path: Path
-    check: str  # checksum | size | missing | unrecorded | unreadable | symbol | timeframe | period | schema | manifest
+    check: str  # checksum | size | missing | unrecorded | unreadable | symbol | timeframe | period | schema | manifest | layout
     detail: str
     fix: str
     timeframe: str = ""

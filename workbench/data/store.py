@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
 Partition = Literal["day", "month", "year"]
 _PERIOD_FMT = {"day": "%Y-%m-%d", "month": "%Y-%m", "year": "%Y"}
+_LAYOUT_OF_LEN: dict[int, Partition] = {10: "day", 7: "month", 4: "year"}  # by period name
 QUARANTINE = "_quarantine"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -188,6 +189,42 @@ def _pool_map(fn: Any, items: Any, *, wait_all: bool = False) -> list[Any]:
     return [f.exception() or f.result() for f in futures]
 
 
+def _day_key(ts: datetime | None) -> str | None:
+    return None if ts is None else ts.astimezone(UTC).strftime(_PERIOD_FMT["day"])
+
+
+def _window_keys(start: datetime | None, end: datetime | None) -> tuple[str | None, str | None]:
+    """Return the days of the first and last instant of ``[start, end)`` (None: unbounded)."""
+    return _day_key(start), _day_key(None if end is None else end - timedelta(microseconds=1))
+
+
+def _in_window(period: str, lo: str | None, hi: str | None) -> bool:
+    """Whether a partition of any layout overlaps the window of :func:`_window_keys`.
+
+    A period name (``YYYY``, ``YYYY-MM`` or ``YYYY-MM-DD``) is a prefix of the days it covers,
+    so comparing it with the window's first and last day cut to its length is an overlap test.
+    """
+    n = len(period)
+    return (lo is None or period >= lo[:n]) and (hi is None or period <= hi[:n])
+
+
+def _layout_problem(d: Path, names: Collection[str], root: Path) -> Problem | None:
+    """A problem when a folder holds partitions of different periods (e.g. months and a year)."""
+    found = sorted({_LAYOUT_OF_LEN[len(n)] for n in names if len(n) in _LAYOUT_OF_LEN})
+    if len(found) < 2:
+        return None
+    tf, sym = folder_keys(d)
+    return Problem(
+        d,
+        "layout",
+        f"folder holds partitions of different periods ({', '.join(found)}): a bar could be "
+        "stored twice (not written by the store; files copied in?)",
+        f"move out the files of the layout you do not keep, then {repair_fix(root)}",
+        timeframe=tf,
+        symbol=sym,
+    )
+
+
 def _unwritable(path: Path, exc: OSError) -> StoreError:
     return StoreError(
         f"cannot write to the bar store at {path}: {exc.strerror or exc}. Nothing was written. "
@@ -231,13 +268,10 @@ class BarStore:
             return self.root / f"timeframe={timeframe.name}" / f"symbol={safe}"
         return self.root / f"timeframe={timeframe.name}" / f"symbol={symbol}"
 
-    def period_of(self, ts: datetime) -> str:
-        """Return the partition period (file stem) holding a bar stamped ``ts``."""
-        return ts.astimezone(UTC).strftime(_PERIOD_FMT[self.partition])
-
-    def _last_period(self, end: datetime | None) -> str | None:
-        """Return the period of the last bar before an exclusive ``end``."""
-        return None if end is None else self.period_of(end - timedelta(microseconds=1))
+    def period_of(self, ts: datetime, partition: Partition | None = None) -> str:
+        """Return the partition period (file stem) holding a bar stamped ``ts`` in a new folder
+        (or, with ``partition``, in a folder of that layout)."""
+        return ts.astimezone(UTC).strftime(_PERIOD_FMT[partition or self.partition])
 
     def partition_path(self, symbol: str, timeframe: str | Timeframe, period: str) -> Path:
         """Return the file of one partition (whether or not it exists)."""
@@ -357,18 +391,22 @@ class BarStore:
             problems: list[Problem] = []
             for symbol in [*runs, *(s for s in chunks_of if s not in runs)]:
                 d = self._symbol_dir(tf, symbol)
-                group = runs.get(symbol, [])
-                if not group and not (d / MANIFEST).exists():
+                rows = runs.get(symbol)
+                if rows is None and not (d / MANIFEST).exists():
                     continue  # no bars and no folder: nothing to record the chunk in
-                periods = {period for period, _ in group}
                 mine = {p for s, p in replace if s == symbol}
                 if d.is_dir():
                     self._clean_temp(d)  # left by a writer that died
                 try:
                     man, dirty = self._manifest_for_write(d, tf, symbol, mine)
+                    layout = self._folder_layout(d, man)
                 except CorruptPartitionError as exc:
                     problems += exc.problems
                     continue
+                # a folder keeps the layout it was written with (the store's setting applies to
+                # new folders), so that no bar can be stored in two files of different periods
+                group = [] if rows is None else self._periods(rows, layout or self.partition)
+                periods = {period for period, _ in group}
                 k = len(folders)
                 for period, chunk in group:
                     target = d / f"{period}.parquet"
@@ -415,32 +453,50 @@ class BarStore:
             parts = self._commit_all(plans, provenance)
         return WriteReport(inserted, updated, unchanged, parts)
 
-    def _runs(self, new: pl.DataFrame) -> dict[str, list[tuple[str, pl.DataFrame]]]:
-        """Split validated (sorted) bars into their partitions: per symbol, (period, rows).
-
-        Rows of one (symbol, period) are contiguous in a frame sorted by (symbol, ts): each
-        partition is a zero-copy slice, cut where the symbol changes (one run-length pass) and
-        at the period boundaries found by binary search in the symbol's timestamps.
-        """
+    @staticmethod
+    def _runs(new: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        """Split validated (sorted) bars by symbol: zero-copy slices cut where the symbol changes
+        (one run-length pass)."""
         if new.is_empty():
             return {}
         runs = new.get_column("symbol").rle()
-        lens = runs.struct.field("len").to_numpy()
+        lens = runs.struct.field("len").to_list()
         names = runs.struct.field("value").to_list()
-        us = new.get_column("ts").dt.epoch("us").to_numpy()
-        out: dict[str, list[tuple[str, pl.DataFrame]]] = {}
+        out: dict[str, pl.DataFrame] = {}
         lo = 0
-        for symbol, length in zip(names, lens.tolist(), strict=True):
-            hi = lo + length
-            a = lo
-            while a < hi:
-                period = self.period_of(_EPOCH + timedelta(microseconds=int(us[a])))
-                end_us = int(period_bounds(period)[1].timestamp()) * 1_000_000
-                b = lo + int(np.searchsorted(us[lo:hi], end_us, side="left"))
-                out.setdefault(symbol, []).append((period, new.slice(a, b - a)))
-                a = b
-            lo = hi
+        for symbol, length in zip(names, lens, strict=True):
+            out[symbol] = new.slice(lo, length)
+            lo += length
         return out
+
+    def _periods(self, rows: pl.DataFrame, layout: Partition) -> list[tuple[str, pl.DataFrame]]:
+        """Split one symbol's sorted bars into partitions of ``layout``: (period, zero-copy slice),
+        cut at the period boundaries found by binary search in the timestamps."""
+        us = rows.get_column("ts").dt.epoch("us").to_numpy()
+        out: list[tuple[str, pl.DataFrame]] = []
+        a = 0
+        while a < len(us):
+            period = self.period_of(_EPOCH + timedelta(microseconds=int(us[a])), layout)
+            end_us = int(period_bounds(period)[1].timestamp()) * 1_000_000
+            b = int(np.searchsorted(us, end_us, side="left"))
+            out.append((period, rows.slice(a, b - a)))
+            a = b
+        return out
+
+    def _folder_layout(self, d: Path, man: Manifest | None) -> Partition | None:
+        """Return the period of the partitions a folder holds (None: none yet).
+
+        Raises
+        ------
+        CorruptPartitionError
+            If the folder holds partitions of different periods.
+        """
+        names = {p.stem for p in d.glob("[!.]*.parquet")} | set(man.partitions if man else ())
+        problem = _layout_problem(d, names, self.root)
+        if problem is not None:
+            raise CorruptPartitionError([problem])
+        lens = {len(n) for n in names} & set(_LAYOUT_OF_LEN)
+        return _LAYOUT_OF_LEN[lens.pop()] if lens else None
 
     def _stage(
         self, d: Path, man: Manifest, _k: int, period: str, chunk: pl.DataFrame, kind: str
@@ -660,9 +716,12 @@ class BarStore:
             return [], exc.problems, None
         on_disk = {p.stem for p in d.glob("[!.]*.parquet")}
         periods = sorted(on_disk | set(man.partitions if man else ()))
+        layout = _layout_problem(d, periods, self.root)
+        if layout is not None:
+            return [], [layout], man
         files, problems = [], []
         for period in periods:
-            if (lo and period < lo) or (hi and period > hi):
+            if not _in_window(period, lo, hi):
                 continue
             path = d / f"{period}.parquet"
             data, problem = read_checked(path, man, period, root=self.root)
@@ -689,8 +748,7 @@ class BarStore:
             if symbols is not None
             else self._symbol_dirs(tf)
         )
-        lo = start.strftime(_PERIOD_FMT[self.partition]) if start else None
-        hi = self._last_period(end)
+        lo, hi = _window_keys(start, end)
 
         def one(d: Path) -> tuple[list[tuple[Path, bytes | None]], list[Problem], Manifest | None]:
             if not d.is_dir():
@@ -737,9 +795,7 @@ class BarStore:
             if timeframe is not None
             else [Timeframe.parse(t) for t in self.timeframes()]
         )
-        lo_dt, hi_dt = _utc(start), _utc(end)
-        lo = lo_dt.strftime(_PERIOD_FMT[self.partition]) if lo_dt else None
-        hi = self._last_period(hi_dt)
+        lo, hi = _window_keys(_utc(start), _utc(end))
         for tf in tfs:
             dirs = (
                 [self._symbol_dir(tf, s) for s in symbols]
