@@ -110,7 +110,7 @@ def test_resume_runs_only_missing_trials(
 def test_resume_after_interruption(
     tmp_path: Path, table: pl.DataFrame, experiment: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_fit = LGBMForecaster.fit
+    real_fit = LGBMForecaster.fit_binned  # what each fold calls
     calls = {"n": 0}
 
     def fit_then_interrupt(self: LGBMForecaster, *a: Any, **kw: Any) -> LGBMForecaster:
@@ -119,11 +119,11 @@ def test_resume_after_interruption(
             raise KeyboardInterrupt
         return real_fit(self, *a, **kw)
 
-    monkeypatch.setattr(LGBMForecaster, "fit", fit_then_interrupt)
+    monkeypatch.setattr(LGBMForecaster, "fit_binned", fit_then_interrupt)
     with mlflow.start_run() as parent:
         with pytest.raises(KeyboardInterrupt):
             _search(tmp_path, table, n_trials=5)
-        monkeypatch.setattr(LGBMForecaster, "fit", real_fit)
+        monkeypatch.setattr(LGBMForecaster, "fit_binned", real_fit)
         res = _search(tmp_path, table, n_trials=5)
     states = [t.state for t in res.study.trials]
     assert states.count(TrialState.COMPLETE) == 5 and states.count(TrialState.FAIL) == 1

@@ -23,6 +23,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from workbench.errors import ParameterError
+from workbench.models.binned import BinnedRows
 from workbench.models.lgbm import feature_matrix, label_vector
 
 VALID_NAME = "valid"
@@ -227,19 +228,69 @@ class LGBMForecaster(BaseEstimator):
         label = label_vector(y, x.shape[0], name="y")
         params = self.lgb_params()
         train_set = lgb.Dataset(x, label=label, feature_name=names, params=params)
-        valid_sets: list[lgb.Dataset] = []
-        cbs = list(callbacks or ())
-        evals: dict[str, Any] = {}
         if (eval_X is None) != (eval_y is None):
             given, missing = ("eval_X", "eval_y") if eval_y is None else ("eval_y", "eval_X")
             raise ParameterError(
                 f"The '{missing}' parameter of LGBMForecaster.fit must be given with '{given}'. "
                 f"Got {missing}=None. Fix: pass both or neither."
             )
+        valid_set = None
         if eval_X is not None:
             ex, _ = feature_matrix(eval_X, names if not isinstance(eval_X, np.ndarray) else None)
             ey = label_vector(eval_y, ex.shape[0], name="eval_y")
-            valid_sets.append(lgb.Dataset(ex, label=ey, reference=train_set))
+            valid_set = lgb.Dataset(ex, label=ey, reference=train_set)
+        return self._train(params, train_set, valid_set, names, eval_metric, callbacks)
+
+    def fit_binned(
+        self,
+        rows: BinnedRows,
+        *,
+        evaluate: bool = False,
+        eval_metric: Callable[..., Any] | Sequence[Callable[..., Any]] | None = None,
+        callbacks: Sequence[Callable[..., Any]] | None = None,
+    ) -> LGBMForecaster:
+        """Train on rows binned once (:class:`BinnedRows`): the same booster as :meth:`fit` on
+        ``rows``' arrays, without binning them again.
+
+        Parameters
+        ----------
+        rows : BinnedRows
+            The training rows (and evaluation rows, read when ``evaluate`` is set).
+        evaluate : bool, default False
+            Evaluate on ``rows``' evaluation rows (named ``"valid"``), as ``fit(..., eval_X,
+            eval_y)`` does.
+        eval_metric, callbacks
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        LGBMForecaster
+            ``self``, fitted.
+        """
+        self._check_params()
+        params = self.lgb_params()
+        if evaluate and rows.eval_x is None:
+            raise ParameterError(
+                "The 'evaluate' parameter of LGBMForecaster.fit_binned needs evaluation rows. "
+                "Got evaluate=True and BinnedRows without eval_x. Fix: pass eval_x and eval_y "
+                "to BinnedRows, or evaluate=False."
+            )
+        train_set, valid_set = rows.datasets(params, evaluate=evaluate)
+        return self._train(params, train_set, valid_set, rows.names, eval_metric, callbacks)
+
+    def _train(
+        self,
+        params: dict[str, Any],
+        train_set: lgb.Dataset,
+        valid_set: lgb.Dataset | None,
+        names: list[str],
+        eval_metric: Callable[..., Any] | Sequence[Callable[..., Any]] | None,
+        callbacks: Sequence[Callable[..., Any]] | None,
+    ) -> LGBMForecaster:
+        valid_sets = [] if valid_set is None else [valid_set]
+        cbs = list(callbacks or ())
+        evals: dict[str, Any] = {}
+        if valid_sets:
             cbs.append(lgb.record_evaluation(evals))
         if self.early_stopping_rounds is not None:
             if not valid_sets:

@@ -40,6 +40,7 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from workbench.errors import ParameterError, SchemaError, WorkbenchError
+from workbench.models.binned import BinnedRows
 from workbench.models.estimator import (
     VALID_NAME,
     LGBMForecaster,
@@ -451,6 +452,25 @@ class _Objective:
         self.spec, self.score, self.fixed, self.space = spec, score, fixed, space
         self.backtest_fn, self.stride, self.study_name = backtest_fn, stride, study_name
         self.decisions = dict(decisions or {})
+        self._rows: list[BinnedRows | None] = [None] * len(folds)
+
+    def __getstate__(self) -> dict[str, Any]:  # shipped to Dask workers without its Datasets
+        return {**self.__dict__, "_rows": [None] * len(self.folds)}
+
+    def _binned(self, k: int) -> BinnedRows:
+        """Fold ``k``'s rows, binned once for every trial (:mod:`workbench.models.binned`)."""
+        rows = self._rows[k]
+        if rows is None:
+            train, test = self.folds[k]
+            rows = BinnedRows(
+                self.x[train],
+                self.y[train],
+                eval_x=self.x[test],
+                eval_y=self.y[test],
+                max_min_data=_largest(self.space, self.fixed, "min_child_samples", 20),
+            )
+            self._rows[k] = rows
+        return rows
 
     def __call__(self, trial: optuna.Trial) -> float:
         import mlflow
@@ -488,7 +508,7 @@ class _Objective:
             # without a pruner nothing reads the per-round scores: no callback, no journal writes
             prunes = not isinstance(inner_pruner(trial.study.pruner), optuna.pruners.NopPruner)
             try:
-                for k, (train, test) in enumerate(self.folds):
+                for k, (_, test) in enumerate(self.folds):
                     steps = None
                     if prunes:
                         pruning = LightGBMPruningCallback(
@@ -498,7 +518,7 @@ class _Objective:
                             report_interval=REPORT_EVERY,
                         )
                         steps = _FoldSteps(pruning, k * self.stride)
-                    s, sr = self._fold(params, train, test, steps, decision)
+                    s, sr = self._fold(params, k, test, steps, decision)
                     scores.append(s)
                     trial.set_user_attr("fold_scores", scores)
                     if math.isfinite(s):
@@ -530,7 +550,7 @@ class _Objective:
     def _fold(
         self,
         params: dict[str, Any],
-        train: np.ndarray,
+        k: int,
         test: np.ndarray,
         pruning: _FoldSteps | None,
         decision: dict[str, Any] | None = None,
@@ -538,18 +558,19 @@ class _Objective:
         """Return the fold's score and, with a ``backtest_fn``, its backtest Sharpe ratio.
 
         Without ``pruning`` (and without early stopping) the test rows are not scored every
-        boosting round: LightGBM's trees do not depend on them, so the model is the same.
+        boosting round: LightGBM's trees do not depend on them, so the model is the same. The
+        fold's rows are binned once for all trials (the same trees as binning them per fit).
         """
-        x_test, y_test = self.x[test], self.y[test]
+        rows = self._binned(k)
+        x_test, y_test = rows.eval_x, rows.eval_y
+        assert x_test is not None and y_test is not None
         est = LGBMForecaster(**params)
         if pruning is None and est.early_stopping_rounds is None:
-            model = est.fit(self.x[train], self.y[train])
+            model = est.fit_binned(rows)
         else:
-            model = est.fit(
-                self.x[train],
-                self.y[train],
-                x_test,
-                y_test,
+            model = est.fit_binned(
+                rows,
+                evaluate=True,
                 eval_metric=_ic_feval if self.spec.metric == "None" else None,
                 callbacks=[] if pruning is None else [pruning],
             )
@@ -586,6 +607,22 @@ class _Objective:
                 f"as a float. Got {type(out).__name__} {out!r} instead. Fix: return "
                 "result.stats['sharpe'] from your backtest."
             ) from None
+
+
+def _largest(
+    space: Mapping[str, BaseDistribution], fixed: Mapping[str, Any], name: str, default: int
+) -> int | None:
+    """The largest value ``name`` takes in a search (None when it cannot be told)."""
+    dist = space.get(name)
+    if dist is None:
+        value = fixed.get(name, default)
+        return int(value) if isinstance(value, Integral) else None
+    if isinstance(dist, IntDistribution | FloatDistribution):
+        return math.ceil(dist.high)
+    if isinstance(dist, CategoricalDistribution):
+        ints = [c for c in dist.choices if isinstance(c, Integral | float)]
+        return math.ceil(max(ints)) if len(ints) == len(dist.choices) else None
+    return None
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
