@@ -116,3 +116,16 @@ def test_errors(planted: pl.DataFrame) -> None:
     with pytest.raises(ParameterError, match="non-finite value.*return 0 for bars"):
         cpcv_pbo(planted, FEATURES, configs=[GOOD, USELESS], splitter=CombinatorialPurgedKFold(4, 2),
                  returns_fn=lambda p: np.full(50, np.nan), n_splits=4, progress=False)  # fmt: skip
+
+
+def test_splits_fitted_in_threads_give_the_same_result(planted: pl.DataFrame) -> None:
+    configs = [GOOD, {**GOOD, "num_leaves": 2, "min_child_samples": 20}, USELESS]
+    kw = {"configs": configs, "returns_fn": sign_pnl(planted), "n_splits": 4, "progress": False}
+    cv = CombinatorialPurgedKFold(6, 2, embargo=2)
+    serial = cpcv_pbo(planted, FEATURES, splitter=cv, **kw)
+    threads = cpcv_pbo(planted, FEATURES, splitter=cv, jobs=2, **kw)
+    np.testing.assert_array_equal(threads.path_sharpes, serial.path_sharpes)
+    np.testing.assert_array_equal(threads.pbo.logits, serial.pbo.logits)
+    assert threads.pbo.pbo == serial.pbo.pbo and threads.correlation == serial.correlation
+    with pytest.raises(ParameterError, match="'jobs' parameter of cpcv_pbo must be an int >= 1"):
+        cpcv_pbo(planted, FEATURES, splitter=cv, jobs=0, **kw)

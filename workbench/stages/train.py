@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -112,6 +113,13 @@ class StrategyBacktest:
         """``run_search``'s ``backtest_fn``: per-bar Sharpe over the fold's time span, costs on,
         trading the trial's decision (``decision``) with the strategy's sizing and limits."""
         return sharpe_per_period(self.returns(preds, fold["ts"].min(), fold["ts"].max(), decision))
+
+
+def fit_jobs(configs: list[dict[str, Any]]) -> int:
+    """LightGBM fits to run at once: one per core when every fit uses one thread, else 1."""
+    if any(int(c.get("n_jobs", 1)) != 1 for c in configs):
+        return 1  # each fit already uses several threads
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
 def search_space(space: dict[str, ParamRange]) -> dict[str, BaseDistribution]:
@@ -277,6 +285,7 @@ def run_train(
             progress=progress,
             duplicate_correlation=sc.pbo_duplicate_correlation,
             min_distinct=strat.gates.pbo_min_distinct,
+            jobs=fit_jobs(configs),
         )
 
     rho = cpcv.correlation if cpcv else 0.0  # no CPCV: treat the trials as independent
