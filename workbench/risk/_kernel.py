@@ -128,6 +128,8 @@ N_DENIAL = 8
 # room a caller of decide_row_nb makes in its record buffers before each row, per symbol
 ORD_PER_ROW = 2  # a model order and a kill-switch flatten
 DEN_PER_ORDER = 10  # at most one denial per rule an order meets
+# rows a backtest's fill and order buffers start with (at most; virtual memory until written)
+REC_ROWS = 1 << 21
 PDT_EQUITY = 25_000.0
 PDT_MAX_DAY_TRADES = 3
 
@@ -351,6 +353,8 @@ def regime_nb(vol, day, lookback, lo_pct, hi_pct, m_lo, m_mid, m_hi, from_row):
     n_t, n_s = vol.shape
     out = np.full((n_t, n_s), m_mid)
     buf = np.empty(lookback)
+    # np.percentile's 0 and 100 read the extremes with rules of their own for infinities
+    fast = 0.0 < lo_pct < 100.0 and 0.0 < hi_pct < 100.0
     hist = np.empty(n_t)
     for j in range(n_s):
         lo = np.nan
@@ -374,8 +378,11 @@ def regime_nb(vol, day, lookback, lo_pct, hi_pct, m_lo, m_mid, m_hi, from_row):
                     if k >= max(lookback // 2, 2):
                         for i in range(k):
                             buf[i] = hist[n_at_start - k + i]
-                        lo = np.percentile(buf[:k], lo_pct)
-                        hi = np.percentile(buf[:k], hi_pct)
+                        if fast:
+                            lo, hi = _two_percentiles(buf, k, lo_pct, hi_pct)
+                        if not fast or np.isnan(lo):
+                            lo = np.percentile(buf[:k], lo_pct)
+                            hi = np.percentile(buf[:k], hi_pct)
                     else:
                         lo = np.nan
                         hi = np.nan
@@ -387,6 +394,76 @@ def regime_nb(vol, day, lookback, lo_pct, hi_pct, m_lo, m_mid, m_hi, from_row):
             hist[n_hist] = v
             n_hist += 1
     return out
+
+
+@_leaf
+def _kth_nb(a, lo, hi, k):
+    """Rearrange ``a[lo..hi]`` so that ``a[k]`` holds its ``k``-th smallest value, every value
+    before it is no larger and every one after no smaller (Hoare's selection); return it."""
+    while lo < hi:
+        x0 = a[lo]
+        x1 = a[(lo + hi) >> 1]
+        x2 = a[hi]
+        x = max(min(x0, x1), min(max(x0, x1), x2))  # the median of three: a value in range
+        i = lo
+        j = hi
+        while i <= j:
+            while a[i] < x:
+                i += 1
+            while x < a[j]:
+                j -= 1
+            if i <= j:
+                t = a[i]
+                a[i] = a[j]
+                a[j] = t
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return a[k]
+
+
+@_leaf
+def _min_nb(a, lo, hi):
+    m = a[lo]
+    for i in range(lo + 1, hi + 1):
+        if a[i] < m:
+            m = a[i]
+    return m
+
+
+@_leaf
+def _two_percentiles(a, n, p0, p1):
+    """``np.percentile(a[:n], p0)`` and ``(..., p1)`` (for ``0 < p < 100``), bit for bit: the
+    same ranks and the same linear interpolation between the two order statistics around them,
+    found by selection in place (``a[:n]`` is rearranged). ``n >= 2`` finite values."""
+    r0 = 1 + (n - 1) * (p0 / 100.0)
+    r1 = 1 + (n - 1) * (p1 / 100.0)
+    f0 = np.floor(r0)
+    f1 = np.floor(r1)
+    k0 = int(f0) - 1
+    k1 = int(f1) - 1
+    # the lower rank first; the higher one is selected among the values above it
+    ka, kb = (k0, k1) if k0 <= k1 else (k1, k0)
+    if kb > n - 2:  # a percentile a hair under 100 may round to the top rank: not handled here
+        return np.nan, np.nan
+    a_lo = _kth_nb(a, 0, n - 1, ka)
+    a_hi = _min_nb(a, ka + 1, n - 1)
+    if kb == ka:
+        b_lo = a_lo
+        b_hi = a_hi
+    else:
+        b_lo = _kth_nb(a, ka + 1, n - 1, kb)
+        b_hi = _min_nb(a, kb + 1, n - 1)
+    if k0 > k1:
+        a_lo, a_hi, b_lo, b_hi = b_lo, b_hi, a_lo, a_hi
+    m0 = r0 - f0
+    m1 = r1 - f1
+    return a_lo * (1 - m0) + a_hi * m0, b_lo * (1 - m1) + b_hi * m1
 
 
 @_leaf
@@ -1170,10 +1247,13 @@ def simulate_risk_nb(ref, close, high, low, pred, atr, vol, sma, regime, ret, ha
     frac_ok = np.empty(n_s, dtype=np.bool_)
     for j in range(n_s):
         frac_ok[j] = rp[R_FRACTIONAL] != 0.0 and fractionable[j]
-    cap = max(64, n_t // 64)
+    # Record buffers sized for a fill and an order on every cell (up to REC_ROWS rows; more by
+    # doubling): rows never written are never touched, so a run that records little costs little
+    # memory, and one that records on every bar neither copies nor grows its buffers.
+    cap = max(64, min(n_t * n_s, REC_ROWS))
     fills = np.empty((max(cap, n_s), BK.N_FILL))
     orders = np.empty((max(cap, ORD_PER_ROW * n_s), N_ORDER))
-    den = np.empty((max(cap, DEN_PER_ORDER * n_s + n_s), N_DENIAL))
+    den = np.empty((max(max(64, n_t // 64), DEN_PER_ORDER * n_s + n_s), N_DENIAL))
     n_fill = 0
     n_ord = 0
     n_den = 0
@@ -1199,12 +1279,5 @@ def simulate_risk_nb(ref, close, high, low, pred, atr, vol, sma, regime, ret, ha
             n_den = _deny(den, n_den, int(s[j, S_PEND_ROW]), j, BK.END_OF_DATA,
                           s[j, S_HELD], np.nan, 0.0, np.nan, np.nan)  # fmt: skip
     last_close = s[:, S_LAST].copy()
-    return (
-        equity,
-        positions,
-        fills[:n_fill].copy(),
-        den[:n_den].copy(),
-        last_close,
-        cum_borrow,
-        orders[:n_ord].copy(),
-    )
+    # views: the unwritten rows of the buffers were never touched (no copy of what was)
+    return equity, positions, fills[:n_fill], den[:n_den], last_close, cum_borrow, orders[:n_ord]
