@@ -176,6 +176,8 @@ def risk_inputs_nb(high, low, close, atr_w, vol_w, sma_w, need_atr, need_vol, ne
     sma = np.full((n_t if (need_sma or not compact) else 1, n_s), np.nan)
     ret = np.full((n_t if (need_ret or not compact) else 1, n_s), np.nan)
     want_ret = need_ret or not compact
+    if not (need_atr or need_vol or need_sma or want_ret):
+        return atr, vol, sma, ret  # no rule reads any: rows of NaN, no pass over the bars
     idx = np.empty(n_t, dtype=np.int64)
     c = np.empty(n_t)
     tr = np.empty(n_t)
@@ -241,27 +243,41 @@ def _window_means(x, idx, m, w, k0, out, j):
 @njit(cache=True, nogil=True)
 def _window_stds(x, idx, m, w, k0, out, j):
     # out[idx[k], j] = sample std (ddof=1, two passes: mean, then squared deviations) of
-    # x[k-w+1 .. k] for k >= k0; two cells at a time, each summed in order as one cell alone
+    # x[k-w+1 .. k] for k >= k0; four cells at a time, each summed in order as one cell alone
     k = k0
-    while k + 1 < m:
+    while k + 3 < m:
         b = k - w + 1
         mu0 = 0.0
         mu1 = 0.0
+        mu2 = 0.0
+        mu3 = 0.0
         for i in range(w):
             mu0 += x[b + i]
             mu1 += x[b + i + 1]
+            mu2 += x[b + i + 2]
+            mu3 += x[b + i + 3]
         mu0 /= w
         mu1 /= w
+        mu2 /= w
+        mu3 /= w
         s0 = 0.0
         s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
         for i in range(w):
             d0 = x[b + i] - mu0
             d1 = x[b + i + 1] - mu1
+            d2 = x[b + i + 2] - mu2
+            d3 = x[b + i + 3] - mu3
             s0 += d0 * d0
             s1 += d1 * d1
+            s2 += d2 * d2
+            s3 += d3 * d3
         out[idx[k], j] = np.sqrt(s0 / (w - 1))
         out[idx[k + 1], j] = np.sqrt(s1 / (w - 1))
-        k += 2
+        out[idx[k + 2], j] = np.sqrt(s2 / (w - 1))
+        out[idx[k + 3], j] = np.sqrt(s3 / (w - 1))
+        k += 4
     while k < m:
         mu = 0.0
         for i in range(k - w + 1, k + 1):
