@@ -491,3 +491,32 @@ def test_an_sqlite_study_is_kept_in_wal_mode_and_resumes_from_a_plain_url(
         assert conn.cursor().execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
     finally:
         conn.close()
+
+
+def test_folds_fitted_in_threads_give_the_same_study(
+    tmp_path: Path, table: pl.DataFrame, experiment: str
+) -> None:
+    """The folds' reports are replayed in the serial order: the same pruning, values, reports."""
+
+    def trials(res: search_mod.SearchResult) -> list[tuple[Any, ...]]:
+        return [
+            (t.state, t.value, t.params, t.intermediate_values, t.user_attrs)
+            for t in res.study.trials
+        ]
+
+    def pruner() -> optuna.pruners.BasePruner:
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+
+    with mlflow.start_run():
+        serial = _search(tmp_path / "serial", table, n_trials=8, seed=1, pruner=pruner())
+        threads = _search(tmp_path / "threads", table, n_trials=8, seed=1, pruner=pruner(), jobs=2)
+        nop = [
+            _search(tmp_path / f"nop{j}", table, pruner=optuna.pruners.NopPruner(), jobs=j)
+            for j in (1, 2)
+        ]
+    assert serial.n_pruned >= 1  # some trials stop part-way, at the same fold and round
+    assert trials(threads) == trials(serial)
+    assert threads.fold_scores.equals(serial.fold_scores)
+    assert trials(nop[1]) == trials(nop[0])
+    with pytest.raises(ParameterError, match="'jobs' parameter of run_search must be an int >= 1"):
+        _search(tmp_path / "bad", table, jobs=0)

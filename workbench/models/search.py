@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -214,6 +215,7 @@ def run_search(
     workers: int = 1,
     cluster: Any = None,
     decision_space: Mapping[str, BaseDistribution] | None = None,
+    jobs: int = 1,
 ) -> SearchResult:
     """Search LightGBM hyperparameters by the mean ``score`` over the folds of ``splitter``.
 
@@ -269,6 +271,12 @@ def run_search(
         backtested with them (``backtest_fn(fold, preds, decision={...})``), so the score is
         that of what would be traded. Needs a ``backtest_fn``; stored as the trial's user
         attribute ``decision`` (:meth:`SearchResult.top_candidates`, ``best_decision``).
+    jobs : int, default 1
+        A trial's folds fitted at once, each in a thread (LightGBM lets go of the GIL while it
+        trains; each fit keeps its own ``n_jobs``). The pruner sees the folds' reports in the
+        serial order, so the trials, their values and the pruning are the same for any
+        ``jobs``; only the folds after a pruned one may have been trained for nothing. With
+        ``workers > 1`` each worker fits its folds one after another.
 
     Returns
     -------
@@ -290,6 +298,7 @@ def run_search(
     spec = _check_score(score, backtest_fn)
     _check_int("n_trials", n_trials, 1)
     _check_int("seed", seed, 0)
+    _check_int("jobs", jobs, 1)
     if workers != 1:  # before anything is created: SQLite cannot take concurrent writers
         from workbench.models.parallel_search import check_parallel_storage
 
@@ -349,6 +358,7 @@ def run_search(
             stride,
             study_name,
             decisions=decisions,
+            jobs=jobs if workers == 1 else 1,  # a Dask worker runs one trial per thread
         )
         if remaining > 0 and workers > 1:
             from workbench.models.parallel_search import optimize_on_dask
@@ -425,10 +435,55 @@ class _FoldSteps:
 
     def __init__(self, inner: Callable[[Any], None], offset: int) -> None:
         self._inner = inner
-        self._offset = offset
+        self.offset = offset
 
     def __call__(self, env: Any) -> None:
-        self._inner(dataclasses.replace(env, iteration=env.iteration + self._offset))
+        self._inner(dataclasses.replace(env, iteration=env.iteration + self.offset))
+
+
+class _Recording:
+    """Keep the rounds a pruning callback reports (fold offset ``offset``), to replay them."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.reports: list[Any] = []
+
+    def __call__(self, env: Any) -> None:
+        # a copy without the booster: the list is read after the fit, in another thread
+        self.reports.append(dataclasses.replace(env, model=None))
+
+
+class _Reported:
+    """Score the evaluation rows on the rounds the pruning callback reports, and only those.
+
+    LightGBM would evaluate them every round; the callback reads one round in ``REPORT_EVERY``.
+    ``feval`` (the IC) is computed through ``Booster.eval_valid`` on exactly those rounds, giving
+    the values the per-round evaluation gives there; without one (a LightGBM metric) the
+    round's own evaluation is passed on.
+    """
+
+    def __init__(self, inner: _FoldSteps | _Recording, feval: Callable[..., Any] | None) -> None:
+        self.inner, self.feval = inner, feval
+
+    def __call__(self, env: Any) -> None:
+        if (env.iteration + self.inner.offset + 1) % REPORT_EVERY:
+            return  # LightGBMPruningCallback reports nothing on this round
+        if self.feval is not None:
+            env = dataclasses.replace(env, evaluation_result_list=env.model.eval_valid(self.feval))
+        self.inner(env)
+
+
+class _Stopped(Exception):
+    """A fold's fit stopped because its trial ended (pruned or failed) in another fold."""
+
+
+class _Stop:
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, env: Any) -> None:
+        if self.event.is_set():
+            raise _Stopped
 
 
 class _Objective:
@@ -447,8 +502,10 @@ class _Objective:
         study_name: str,
         *,
         decisions: dict[str, BaseDistribution] | None = None,
+        jobs: int = 1,
     ) -> None:
         self.x, self.y, self.folds, self.data = x, y, folds, data
+        self.jobs = jobs
         self.spec, self.score, self.fixed, self.space = spec, score, fixed, space
         self.backtest_fn, self.stride, self.study_name = backtest_fn, stride, study_name
         self.decisions = dict(decisions or {})
@@ -474,7 +531,6 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         import mlflow
-        from optuna_integration import LightGBMPruningCallback
 
         params = {**self.fixed, **{k: _suggest(trial, k, d) for k, d in self.space.items()}}
         trial.set_user_attr("params", params)
@@ -507,27 +563,20 @@ class _Objective:
                 mlflow.log_params({f"decision.{k}": str(v) for k, v in decision.items()})
             # without a pruner nothing reads the per-round scores: no callback, no journal writes
             prunes = not isinstance(inner_pruner(trial.study.pruner), optuna.pruners.NopPruner)
+
+            def record(k: int, s: float, sr: float | None) -> None:
+                scores.append(s)
+                trial.set_user_attr("fold_scores", scores)
+                if math.isfinite(s):
+                    mlflow.log_metric(f"{self.score}_fold_{k}", s)
+                if sr is not None:
+                    sharpes.append(sr)
+                    trial.set_user_attr("fold_sharpes", sharpes)
+                    if self.score != "sharpe" and math.isfinite(sr):
+                        mlflow.log_metric(f"sharpe_fold_{k}", sr)
+
             try:
-                for k, (_, test) in enumerate(self.folds):
-                    steps = None
-                    if prunes:
-                        pruning = LightGBMPruningCallback(
-                            trial,
-                            self.spec.prune_metric,
-                            valid_name=VALID_NAME,
-                            report_interval=REPORT_EVERY,
-                        )
-                        steps = _FoldSteps(pruning, k * self.stride)
-                    s, sr = self._fold(params, k, test, steps, decision)
-                    scores.append(s)
-                    trial.set_user_attr("fold_scores", scores)
-                    if math.isfinite(s):
-                        mlflow.log_metric(f"{self.score}_fold_{k}", s)
-                    if sr is not None:
-                        sharpes.append(sr)
-                        trial.set_user_attr("fold_sharpes", sharpes)
-                        if self.score != "sharpe" and math.isfinite(sr):
-                            mlflow.log_metric(f"sharpe_fold_{k}", sr)
+                self._run_folds(trial, params, prunes, decision, record)
             except optuna.TrialPruned as exc:
                 # end the MLflow run as FINISHED with state=pruned; Optuna gets the exception below
                 pruned = exc
@@ -547,34 +596,101 @@ class _Objective:
             raise pruned
         return value
 
-    def _fold(
+    def _pruning(self, trial: optuna.Trial, k: int) -> _FoldSteps:
+        from optuna_integration import LightGBMPruningCallback
+
+        pruning = LightGBMPruningCallback(
+            trial, self.spec.prune_metric, valid_name=VALID_NAME, report_interval=REPORT_EVERY
+        )
+        return _FoldSteps(pruning, k * self.stride)
+
+    def _run_folds(
+        self,
+        trial: optuna.Trial,
+        params: dict[str, Any],
+        prunes: bool,
+        decision: dict[str, Any] | None,
+        record: Callable[[int, float, float | None], None],
+    ) -> None:
+        """Fit, score and ``record`` every fold in order; raise ``TrialPruned`` where pruned.
+
+        With ``jobs > 1`` the folds train at once in threads, each recording its pruning reports;
+        the reports are then replayed fold after fold through the pruning callback, in the order
+        a serial search makes them, so the pruner sees the same values at the same steps and
+        stops the trial at the same fold and round (the folds after it are stopped and dropped).
+        """
+        n = len(self.folds)
+        if self.jobs <= 1 or n == 1:
+            for k in range(n):
+                steps = self._pruning(trial, k) if prunes else None
+                pred, _ = self._fit(params, k, steps, None)
+                record(k, *self._score(k, pred, decision))
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        stop = threading.Event()
+        with ThreadPoolExecutor(min(self.jobs, n), thread_name_prefix="search-fold") as pool:
+            futures = [
+                pool.submit(
+                    self._fit, params, k, _Recording(k * self.stride) if prunes else None, stop
+                )
+                for k in range(n)
+            ]
+            try:
+                for k, future in enumerate(futures):
+                    pred, reports = future.result()
+                    if prunes:
+                        steps = self._pruning(trial, k)
+                        for env in reports:
+                            steps(env)  # raises TrialPruned where the live callback would
+                    record(k, *self._score(k, pred, decision))
+            finally:  # pruned or failed: the folds not started are dropped, the others stop
+                for future in futures:
+                    future.cancel()
+                stop.set()
+
+    def _fit(
         self,
         params: dict[str, Any],
         k: int,
-        test: np.ndarray,
-        pruning: _FoldSteps | None,
-        decision: dict[str, Any] | None = None,
-    ) -> tuple[float, float | None]:
-        """Return the fold's score and, with a ``backtest_fn``, its backtest Sharpe ratio.
+        pruning: _FoldSteps | _Recording | None,
+        stop: threading.Event | None,
+    ) -> tuple[np.ndarray, list[Any]]:
+        """Fit fold ``k`` and return its test predictions (and the reports a ``_Recording``
+        kept).
 
         Without ``pruning`` (and without early stopping) the test rows are not scored every
-        boosting round: LightGBM's trees do not depend on them, so the model is the same. The
-        fold's rows are binned once for all trials (the same trees as binning them per fit).
+        boosting round: LightGBM's trees do not depend on them, so the model is the same. With
+        it, the IC is computed only on the rounds the pruning callback reports. The fold's rows
+        are binned once for all trials (the same trees as binning them per fit).
         """
         rows = self._binned(k)
-        x_test, y_test = rows.eval_x, rows.eval_y
-        assert x_test is not None and y_test is not None
+        assert rows.eval_x is not None
         est = LGBMForecaster(**params)
-        if pruning is None and est.early_stopping_rounds is None:
-            model = est.fit_binned(rows)
-        else:
+        callbacks: list[Callable[[Any], None]] = [] if stop is None else [_Stop(stop)]
+        if est.early_stopping_rounds is not None:  # every round scored: the stopping rule reads it
             model = est.fit_binned(
                 rows,
                 evaluate=True,
                 eval_metric=_ic_feval if self.spec.metric == "None" else None,
-                callbacks=[] if pruning is None else [pruning],
+                callbacks=[*callbacks, *([] if pruning is None else [pruning])],
             )
-        pred = model.predict(x_test)
+        elif pruning is None:
+            model = est.fit_binned(rows, callbacks=callbacks)
+        else:
+            feval = _ic_feval if self.spec.metric == "None" else None
+            callbacks.append(_Reported(pruning, feval))
+            model = est.fit_binned(rows, evaluate=True, callbacks=callbacks)
+        reports = pruning.reports if isinstance(pruning, _Recording) else []
+        return model.predict(rows.eval_x), reports
+
+    def _score(
+        self, k: int, pred: np.ndarray, decision: dict[str, Any] | None
+    ) -> tuple[float, float | None]:
+        """Return fold ``k``'s score and, with a ``backtest_fn``, its backtest Sharpe ratio."""
+        test = self.folds[k][1]
+        y_test = self._binned(k).eval_y
+        assert y_test is not None
         sharpe = None if self.backtest_fn is None else self._sharpe(test, pred, decision)
         if self.score == "ic":
             return _pearson(pred, y_test), sharpe

@@ -253,6 +253,7 @@ def run_train(
         decision_space=decisions,
         workers=sc.workers,  # > 1: trials on Dask workers (dask.address or a LocalCluster)
         cluster=cfg.dask,
+        jobs=fit_jobs([fixed]),  # a trial's folds at once, one per core
     )
     if distributed:  # lightgbm.dask on cfg.dask's cluster (a LocalCluster by default)
         from workbench.cluster import open_client
