@@ -488,6 +488,25 @@ def _names(codes: np.ndarray, names: Mapping[int, str]) -> pl.Series:
     return pl.Series(table, dtype=pl.String).gather(codes.astype(np.int64))
 
 
+def _groups(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of equal float columns (bit for bit): the first row of each group and each row's
+    group (one sort of integer keys)."""
+    n = len(cols[0])
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    bits = [np.ascontiguousarray(c, dtype=np.float64).view(np.int64) for c in cols]
+    order = np.lexsort(bits[::-1])
+    new = np.zeros(n, dtype=np.bool_)
+    new[0] = True
+    for b in bits:
+        sb = b[order]
+        new[1:] |= sb[1:] != sb[:-1]
+    group = np.cumsum(new) - 1
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = group
+    return order[new], inverse
+
+
 def denials_frame(den: np.ndarray, symbols: Sequence[str], ts_us: np.ndarray) -> pl.DataFrame:
     """Denials and cuts: ``decision_ts, symbol, reason, target, requested_qty, allowed_qty,
     value, limit, detail`` (``reason`` is the rule's name, ``detail`` a sentence)."""
@@ -499,10 +518,10 @@ def denials_frame(den: np.ndarray, symbols: Sequence[str], ts_us: np.ndarray) ->
     limit = den[:, K.DR_LIMIT]
     # one sentence per distinct (rule, value, limit): runs of one rule (the end-of-day window,
     # a halted kill switch) repeat theirs
-    keys = np.stack([den[:, BK.D_CODE], value, limit], axis=1) if len(den) else np.empty((0, 3))
-    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    first, inverse = _groups(den[:, BK.D_CODE], value, limit)
     texts = [
-        reason_text(RULE_NAMES[int(c)], float(x), float(y)) for c, x, y in uniq
+        reason_text(RULE_NAMES[int(den[i, BK.D_CODE])], float(value[i]), float(limit[i]))
+        for i in first
     ]  # fmt: skip
     return pl.DataFrame(
         {
