@@ -5,9 +5,10 @@ were before these edges existed."""
 
 from __future__ import annotations
 
-import hashlib
+import json
 import math
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -190,23 +191,35 @@ def test_planted_edges_keep_window_and_symbol_independence(kw: dict[str, float])
 
 
 def test_default_bars_are_unchanged_by_the_new_edges() -> None:
-    """Strengths 0 are the simulator from before the new edges, bit for bit (digest of a
-    fetch made before they existed), and the provenance of old stores still matches."""
-    h = hashlib.sha256()
+    """Strengths 0 are the simulator from before the new edges (a reference fetch made with the
+    code before they existed), and the provenance of old stores still matches.
+
+    The reference holds every 13th row of each column and each column's sum. The tolerance is a
+    few ulps of compounding, not a model error: numpy's exp/log kernels differ in the last bit
+    between CPUs (AVX2 vs AVX-512 dispatch), so a byte digest of the bars is machine-dependent;
+    on any one machine old and new code give the same bytes.
+    """
+    ref = json.loads((FIXTURES / "synthetic_default_bars.json").read_text())
+    step = ref["rows_every"]
     for alpha in (0.0, 0.25):
         bars = SyntheticSource(seed=3, alpha=alpha).fetch(
             ["SYN000", "SYN001"], "5Min", utc(2024, 1, 2), utc(2024, 1, 20)
         )
+        assert bars.height == ref["n_rows"]
         for c in ("open", "high", "low", "close", "volume", "vwap"):
-            h.update(bars[c].to_numpy().tobytes())
-    assert h.hexdigest()[:16] == DEFAULT_DIGEST
+            key = f"{alpha}_{c}"
+            got = bars[c].to_numpy()
+            atol = 1.0 if c == "volume" else 0.0  # whole shares: a last-bit change may round once
+            np.testing.assert_allclose(got[::step], ref["values"][key], rtol=1e-10, atol=atol,
+                                       err_msg=key)  # fmt: skip
+            np.testing.assert_allclose(got.sum(), ref["sums"][key], rtol=1e-10, err_msg=key)
     prov = SyntheticSource(seed=3).provenance()
     assert "vwap_reversion" not in prov and "trend" not in prov
     planted = SyntheticSource(seed=3, vwap_reversion=0.1, trend=0.2).provenance()
     assert planted["vwap_reversion"] == "0.1" and planted["trend"] == "0.2"
 
 
-DEFAULT_DIGEST = "a453a774915333c8"  # computed with the simulator before vwap_reversion and trend
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def test_bad_strengths_are_named() -> None:
