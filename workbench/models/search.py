@@ -22,8 +22,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import queue
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
@@ -442,15 +443,28 @@ class _FoldSteps:
 
 
 class _Recording:
-    """Keep the rounds a pruning callback reports (fold offset ``offset``), to replay them."""
+    """Pass on the rounds a pruning callback reports (fold offset ``offset``) to another
+    thread, which replays them: ``replay`` yields each one as it comes, until the fit ends."""
 
     def __init__(self, offset: int) -> None:
         self.offset = offset
-        self.reports: list[Any] = []
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def __call__(self, env: Any) -> None:
-        # a copy without the booster: the list is read after the fit, in another thread
-        self.reports.append(dataclasses.replace(env, model=None))
+        self._queue.put(dataclasses.replace(env, model=None))  # without the booster
+
+    def done(self) -> None:
+        self._queue.put(None)
+
+    def replay(self) -> Iterator[Any]:
+        while True:
+            try:  # a timeout: a waiting get() would hold Ctrl-C off
+                env = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if env is None:
+                return
+            yield env
 
 
 class _Reported:
@@ -614,36 +628,40 @@ class _Objective:
     ) -> None:
         """Fit, score and ``record`` every fold in order; raise ``TrialPruned`` where pruned.
 
-        With ``jobs > 1`` the folds train at once in threads, each recording its pruning reports;
-        the reports are then replayed fold after fold through the pruning callback, in the order
-        a serial search makes them, so the pruner sees the same values at the same steps and
-        stops the trial at the same fold and round (the folds after it are stopped and dropped).
+        With ``jobs > 1`` the folds train at once in threads, each passing on its pruning reports;
+        they are replayed through the pruning callback fold after fold as they come (a fold's
+        once every fold before it is done), the order a serial search makes them in, so the
+        pruner sees the same values at the same steps and stops the trial at the same fold and
+        round (the fold training then stops; those after it are stopped and dropped).
         """
         n = len(self.folds)
         if self.jobs <= 1 or n == 1:
             for k in range(n):
                 steps = self._pruning(trial, k) if prunes else None
-                pred, _ = self._fit(params, k, steps, None)
-                record(k, *self._score(k, pred, decision))
+                record(k, *self._score(k, self._fit(params, k, steps, None), decision))
             return
         from concurrent.futures import ThreadPoolExecutor
 
         stop = threading.Event()
+        recordings = [_Recording(k * self.stride) if prunes else None for k in range(n)]
+
+        def fit(k: int) -> np.ndarray:
+            try:
+                return self._fit(params, k, recordings[k], stop)
+            finally:
+                if recordings[k] is not None:
+                    recordings[k].done()
+
         with ThreadPoolExecutor(min(self.jobs, n), thread_name_prefix="search-fold") as pool:
-            futures = [
-                pool.submit(
-                    self._fit, params, k, _Recording(k * self.stride) if prunes else None, stop
-                )
-                for k in range(n)
-            ]
+            futures = [pool.submit(fit, k) for k in range(n)]
             try:
                 for k, future in enumerate(futures):
-                    pred, reports = future.result()
-                    if prunes:
+                    rec = recordings[k]
+                    if rec is not None:  # fold k's reports as they come (folds before it: done)
                         steps = self._pruning(trial, k)
-                        for env in reports:
+                        for env in rec.replay():
                             steps(env)  # raises TrialPruned where the live callback would
-                    record(k, *self._score(k, pred, decision))
+                    record(k, *self._score(k, future.result(), decision))
             finally:  # pruned or failed: the folds not started are dropped, the others stop
                 for future in futures:
                     future.cancel()
@@ -655,9 +673,8 @@ class _Objective:
         k: int,
         pruning: _FoldSteps | _Recording | None,
         stop: threading.Event | None,
-    ) -> tuple[np.ndarray, list[Any]]:
-        """Fit fold ``k`` and return its test predictions (and the reports a ``_Recording``
-        kept).
+    ) -> np.ndarray:
+        """Fit fold ``k`` and return its test predictions.
 
         Without ``pruning`` (and without early stopping) the test rows are not scored every
         boosting round: LightGBM's trees do not depend on them, so the model is the same. With
@@ -681,8 +698,7 @@ class _Objective:
             feval = _ic_feval if self.spec.metric == "None" else None
             callbacks.append(_Reported(pruning, feval))
             model = est.fit_binned(rows, evaluate=True, callbacks=callbacks)
-        reports = pruning.reports if isinstance(pruning, _Recording) else []
-        return model.predict(rows.eval_x), reports
+        return model.predict(rows.eval_x)
 
     def _score(
         self, k: int, pred: np.ndarray, decision: dict[str, Any] | None
