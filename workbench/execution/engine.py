@@ -808,6 +808,9 @@ class SessionEngine:
 
     def _work_open_orders(self, t: datetime) -> None:
         with self._batch(durable=False):
+            # the events of the orders just sent (their acceptance) are recorded here, after
+            # the orders are out, not at the start of the next bar, on its decision path
+            self._drain()
             self._resolve_pending()
             working = [w for ws in self._working().values() for w in ws]
             plans = self.execution.manage(working, self.clock.now(), self._last)

@@ -413,6 +413,9 @@ WAL_AUTOCHECKPOINT_PAGES = 16_384
 #: the log size from which ``OrderLedger.checkpoint()`` runs (SQLite's own default is ~4 MB)
 WAL_CHECKPOINT_BYTES = 4 << 20
 _OPEN_VALUES = frozenset(s.value for s in OPEN)
+#: the ledger's queued writes go straight to the SQLite driver (False: through SQLAlchemy)
+_RAW_MANY = True
+_INTENT_STATE_COLS = frozenset({"state", "broker_order_id", "error"})  # set on an intent row
 _ORDER_COLS = tuple(c.name for c in _ORDERS.columns if c.name != "id")
 _KEPT_COLS = ("limit_price", "stop_price", "replaces", "replaced_by", "created_at")
 
@@ -453,6 +456,7 @@ class _SessionCache:
 
     intents: list[tuple[int, str]] | None = None  # (seq, client order id), by seq
     orders: list[str] | None = None  # order ids, in recorded order
+    open: dict[str, None] | None = None  # ids of the open ones among them, in recorded order
     positions: dict[str, float] | None = None  # start snapshot + fills so far (zeros kept)
     fill_ids: set[str] | None = None  # execution ids of the session's fills
 
@@ -516,6 +520,9 @@ class OrderLedger:
             ) from None
         self._url, self._path = _resolve(url, Path.cwd())
         self._engine = self._make_engine()
+        # queued writes straight to the SQLite driver (see _many); compiled once per column set
+        self._raw_many = self._engine.dialect.name == "sqlite" and _RAW_MANY
+        self._raw_plans: dict[tuple[Any, tuple[str, ...]], tuple[str, tuple, tuple]] = {}
         fast = _conflict_free_inserts(self._engine.dialect.name)
         self._i_intent_new, self._i_order_new, self._i_fill_new = fast or (None, None, None)
         with self._tx("open") as conn:  # one transaction: concurrent first opens serialize
@@ -1103,7 +1110,12 @@ class OrderLedger:
         """Recorded orders (of a session; only open ones), in recorded order."""
         with self._locked():
             if session_id is not None and session_id in self._owned:
-                ids = self._cache(session_id).orders
+                cache = self._cache(session_id)
+                if open_only and cache.orders is not None and cache.open is not None:
+                    rows = [self._order_rows.get(oid) for oid in cache.open]
+                    if all(r is not None for r in rows):
+                        return [self._order_obj(r) for r in rows]
+                ids = cache.orders
                 if ids is None:
                     with self._tx("orders") as conn:
                         ids = self._load_orders(conn, session_id)
@@ -1114,6 +1126,7 @@ class OrderLedger:
                     rows = [self._order_rows[oid] for oid in ids]
                 if open_only:
                     rows = [r for r in rows if r["status"] in _OPEN_VALUES]
+                    cache.open = {r["order_id"]: None for r in rows}
                 return [self._order_obj(r) for r in rows]
         q = sa.select(_ORDERS).order_by(_ORDERS.c.id)
         if session_id is not None:
@@ -1766,7 +1779,7 @@ class OrderLedger:
         inserts, appends, updates = self._q_inserts, self._q_appends, self._q_updates
         self._drop_queued()
         for (stmt, what), rows in inserts.items():
-            if conn.execute(stmt, rows).rowcount != len(rows):
+            if self._many(conn, stmt, rows) != len(rows):
                 key = {"intents": "a client order id or a seq", "fills": "an execution id"}.get(
                     what, "an order id"
                 )
@@ -1778,12 +1791,61 @@ class OrderLedger:
                     f"with its ledger; `wb session status` shows what is recorded."
                 )
         for stmt, rows in appends.items():
-            conn.execute(stmt, rows)
+            self._many(conn, stmt, rows)
         groups: dict[tuple[Any, tuple[str, ...]], list[dict[str, Any]]] = {}
         for (stmt, _key), row in updates.items():
             groups.setdefault((stmt, tuple(sorted(row))), []).append(row)
         for (stmt, _cols), rows in groups.items():
-            conn.execute(stmt, rows)
+            self._many(conn, stmt, rows)
+
+    def _many(self, conn: Connection, stmt: Any, rows: list[dict[str, Any]]) -> int:
+        """Execute ``stmt`` once per row (an executemany) and return the rows it changed.
+
+        With SQLite the rows go straight to the driver: the statement is compiled once per
+        column set and each value converted by its column type's own bind processor (what
+        SQLAlchemy does per row, without its per-row bookkeeping, most of the cost of a bar's
+        writes). The rows of one call must name the same columns; elsewhere, and for rows that
+        do not, SQLAlchemy executes them.
+        """
+        if not self._raw_many:
+            return conn.execute(stmt, rows).rowcount
+        keys = tuple(rows[0])
+        if any(tuple(r) != keys for r in rows):
+            return conn.execute(stmt, rows).rowcount
+        plan = self._raw_plans.get((stmt, keys))
+        if plan is None:
+            plan = self._raw_plans[(stmt, keys)] = self._raw_plan(stmt, keys)
+        sql, get, convert = plan
+        params = []
+        for r in rows:
+            values = get(r)
+            for i, proc in convert:
+                values[i] = proc(values[i])
+            params.append(values)
+        cur = conn.connection.dbapi_connection.cursor()
+        try:
+            cur.executemany(sql, params)
+            return cur.rowcount
+        finally:
+            cur.close()
+
+    def _raw_plan(self, stmt: Any, keys: tuple[str, ...]) -> tuple[str, Any, list]:
+        """``stmt`` for the driver: its SQL, a row -> positional values getter, and the bind
+        processors of the positions that have one (datetimes memoized: a bar's rows share a few)."""
+        dialect = self._engine.dialect
+        compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+        names = tuple(compiled.positiontup or ())
+        convert = []
+        for i, n in enumerate(names):
+            typ = compiled.binds[n].type
+            proc = typ.dialect_impl(dialect).bind_processor(dialect)
+            if proc is not None:
+                convert.append((i, _memo(proc) if isinstance(typ, _DT | sa.DateTime) else proc))
+
+        def get(row: Mapping[str, Any]) -> list[Any]:
+            return [row[n] for n in names]
+
+        return str(compiled), get, convert
 
     def _queue_insert(self, stmt: Any, what: str, row: dict[str, Any]) -> None:
         """Queue an ``INSERT ... ON CONFLICT DO NOTHING`` whose row the caches say is new; the
@@ -1874,7 +1936,11 @@ class OrderLedger:
         row = self._intent_rows.get(cid)
         if row is not None:
             row.update(cols)
-            self._intent_recs.pop(cid, None)
+            rec = self._intent_recs.get(cid)
+            if rec is not None:  # the request is unchanged: not parsed again
+                self._intent_recs[cid] = replace(
+                    rec, **{k: v for k, v in cols.items() if k in _INTENT_STATE_COLS}
+                )
 
     def _session_intents_cached(self, session_id: str) -> list[tuple[int, str]] | None:
         cache = self._session_caches.get(session_id)
@@ -1910,6 +1976,9 @@ class OrderLedger:
             self._order_rows[order_id] = row
             self._order_objs.pop(order_id, None)
             self._order_legs.pop(order_id, None)
+            cache = self._session_caches.get(row["session_id"])
+            if cache is not None:
+                cache.open = None  # a row read again: the open index is rebuilt
         return row
 
     def _order_row(self, conn: Connection, order_id: str) -> dict[str, Any] | None:
@@ -1925,14 +1994,15 @@ class OrderLedger:
                 self._order_objs.pop(oid, None)
                 self._order_legs.pop(oid, None)
             ids.append(oid)
-        self._cache(session_id).orders = ids
+        cache = self._cache(session_id)
+        cache.orders, cache.open = ids, None
         return ids
 
     def _order_obj(self, row: Mapping[str, Any]) -> BrokerOrder:
         oid = row["order_id"]
         obj = self._order_objs.get(oid)
         if obj is None:
-            obj = _order(row)
+            obj = _order(row, self._row_legs(oid, row))
             if self._order_rows.get(oid) is row:
                 self._order_objs[oid] = obj
         return obj
@@ -1952,13 +2022,15 @@ class OrderLedger:
         cache = self._session_caches.get(owner)
         if _has_nan(row):  # SQLite stores NaN as NULL: read the row back instead
             if cache is not None:
-                cache.orders = None
+                cache.orders = cache.open = None
             return
         self._order_rows[oid] = row
         self._order_objs.pop(oid, None)
         self._order_legs[oid] = legs
         if cache is not None and cache.orders is not None:
             cache.orders.append(oid)
+            if cache.open is not None and row["status"] in _OPEN_VALUES:
+                cache.open[oid] = None
 
     def _cache_order_update(
         self, order_id: str, changed: Mapping[str, Any], legs: list[Any] | None
@@ -1967,10 +2039,20 @@ class OrderLedger:
         if row is None:
             return
         self._order_objs.pop(order_id, None)
+        cache = self._session_caches.get(row["session_id"])
         if _has_nan(changed):
             del self._order_rows[order_id]
             self._order_legs.pop(order_id, None)
+            if cache is not None:
+                cache.open = None
             return
+        status = changed.get("status")
+        if status is not None and cache is not None and cache.open is not None:
+            if status in _OPEN_VALUES:
+                if order_id not in cache.open:  # open again: the index is rebuilt in order
+                    cache.open = None
+            else:
+                cache.open.pop(order_id, None)
         row.update(changed)
         if legs is not None:
             self._order_legs[order_id] = legs
@@ -2072,12 +2154,33 @@ def _ledger_sqlite_on_connect(dbapi_conn: sqlite3.Connection, record: object) ->
         cur.execute("PRAGMA synchronous = FULL")
         # checkpoints run in checkpoint(), off the decision path; this bounds the log otherwise
         cur.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        # the log restarts empty after a checkpoint (SQLite reuses the file at its old size
+        # otherwise, and checkpoint() would run after every bar once it had reached 4 MB)
+        cur.execute("PRAGMA journal_size_limit = 0")
     finally:
         cur.close()
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+_MISSING = object()
+
+
+def _memo(proc: Any, size: int = 4096) -> Any:
+    """``proc`` remembering its last results by value (equal datetimes store the same value)."""
+    seen: dict[Any, Any] = {}
+
+    def run(value: Any) -> Any:
+        out = seen.get(value, _MISSING)
+        if out is _MISSING:
+            if len(seen) >= size:
+                seen.clear()
+            out = seen[value] = proc(value)
+        return out
+
+    return run
 
 
 def _name(value: str, what: str) -> str:
@@ -2115,9 +2218,12 @@ def _nan_to_none(value: Any) -> Any:
     return value
 
 
+_SORTED_JSON = json.JSONEncoder(sort_keys=True)  # json.dumps(..., sort_keys=True), one encoder
+
+
 def _dumps(value: Any, what: str) -> str:
     try:
-        return json.dumps(value, sort_keys=True)
+        return _SORTED_JSON.encode(value)
     except (TypeError, ValueError) as exc:
         raise ParameterError(f"{what} must be JSON-serialisable ({exc}); got {value!r}.") from None
 
@@ -2223,9 +2329,11 @@ def _order_from_dict(d: dict[str, Any]) -> BrokerOrder:
     )
 
 
-def _order(row: sa.RowMapping) -> BrokerOrder:
-    """The ledger's view: the latest snapshot with the ledger's status and cumulative fill."""
-    raw = json.loads(row["raw"])
+def _order(row: Mapping[str, Any], legs: list[Any] | None = None) -> BrokerOrder:
+    """The ledger's view: the latest snapshot with the ledger's status and cumulative fill
+    (``legs``: the snapshot's legs when known, else read from ``raw``)."""
+    if legs is None:
+        legs = json.loads(row["raw"]).get("legs", ())
     return BrokerOrder(
         id=row["order_id"],
         client_order_id=row["client_order_id"],
@@ -2245,7 +2353,7 @@ def _order(row: sa.RowMapping) -> BrokerOrder:
         updated_at=row["updated_at"],
         replaced_by=row["replaced_by"],
         replaces=row["replaces"],
-        legs=tuple(_order_from_dict(leg) for leg in raw.get("legs", ())),
+        legs=tuple(_order_from_dict(leg) for leg in legs),
         raw_status=row["raw_status"],
     )
 

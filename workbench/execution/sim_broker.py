@@ -274,6 +274,8 @@ def _fill_from(d: dict[str, Any]) -> Fill:
     return Fill(**kw)
 
 
+_JSON = json.JSONEncoder()  # json.dumps' defaults, one encoder
+
 #: the automatic WAL checkpoint threshold (4 KiB pages); the session checkpoints after each bar
 _WAL_AUTOCHECKPOINT_PAGES = 16_384
 _WAL_CHECKPOINT_BYTES = 4 << 20  # checkpoint() runs once the log is this large
@@ -296,6 +298,7 @@ class _Store:
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=NORMAL")  # crash-safe; see above
                 cur.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+                cur.execute("PRAGMA journal_size_limit=0")  # the log restarts empty (ledger.py)
                 cur.execute("PRAGMA busy_timeout=10000")
                 cur.close()
 
@@ -338,6 +341,17 @@ class _Store:
             sa.Column("amount", sa.Float),
         )
         md.create_all(self.engine)
+        # statements built once (SQLAlchemy caches their compiled form by statement)
+        self._del_state = self.meta.delete().where(self.meta.c.key == "state")
+        self._ins_meta = self.meta.insert()
+        self._del_orders = self.orders.delete().where(
+            self.orders.c.id.in_(sa.bindparam("ids", expanding=True))
+        )
+        self._ins_orders = self.orders.insert()
+        self._ins_fills = self.fills.insert()
+        self._ins_events = self.events.insert()
+        self._del_events = self.events.delete().where(self.events.c.seq <= sa.bindparam("upto"))
+        self._ins_borrow = self.borrow.insert()
         url_obj = self.engine.url
         if url_obj.get_backend_name() == "sqlite":
             self.where = url_obj.database or ":memory:"
@@ -379,37 +393,82 @@ class _Store:
         drained_to: int | None,
         borrow: list[tuple[int, datetime, str, float]],
     ) -> None:
+        dumps = _JSON.encode
+        if self.engine.dialect.name == "sqlite":
+            self._commit_sqlite(state, orders, fills, events, drained_to, borrow)
+            return
         with self.engine.begin() as conn:
-            conn.execute(self.meta.delete().where(self.meta.c.key == "state"))
-            conn.execute(self.meta.insert(), [{"key": "state", "value": json.dumps(state)}])
+            conn.execute(self._del_state)
+            conn.execute(self._ins_meta, [{"key": "state", "value": dumps(state)}])
             if orders:
+                conn.execute(self._del_orders, {"ids": [o.id for o in orders]})
                 conn.execute(
-                    self.orders.delete().where(self.orders.c.id.in_([o.id for o in orders]))
-                )
-                conn.execute(
-                    self.orders.insert(),
-                    [{"id": o.id, "seq": o.seq, "data": json.dumps(o.to_json())} for o in orders],
+                    self._ins_orders,
+                    [{"id": o.id, "seq": o.seq, "data": dumps(o.to_json())} for o in orders],
                 )
             if fills:
                 conn.execute(
-                    self.fills.insert(),
-                    [{"seq": s, "data": json.dumps(_fill_json(f))} for s, f in fills],
+                    self._ins_fills, [{"seq": s, "data": dumps(_fill_json(f))} for s, f in fills]
                 )
             if events:
                 conn.execute(
-                    self.events.insert(),
-                    [{"seq": s, "data": json.dumps(_event_json(e))} for s, e in events],
+                    self._ins_events,
+                    [{"seq": s, "data": dumps(_event_json(e))} for s, e in events],
                 )
             if drained_to is not None:
-                conn.execute(self.events.delete().where(self.events.c.seq <= drained_to))
+                conn.execute(self._del_events, {"upto": drained_to})
             if borrow:
                 conn.execute(
-                    self.borrow.insert(),
+                    self._ins_borrow,
                     [
                         {"seq": s, "ts": ts.isoformat(), "symbol": sym, "amount": a}
                         for s, ts, sym, a in borrow
                     ],
                 )
+
+    def _commit_sqlite(
+        self,
+        state: dict[str, Any],
+        orders: list[_Order],
+        fills: list[tuple[int, Fill]],
+        events: list[tuple[int, OrderEvent]],
+        drained_to: int | None,
+        borrow: list[tuple[int, datetime, str, float]],
+    ) -> None:
+        """:meth:`commit` on SQLite, straight to the driver (the tables hold text and numbers:
+        no conversions), in the transaction SQLAlchemy begins (``BEGIN IMMEDIATE``)."""
+        dumps = _JSON.encode
+        with self.engine.begin() as conn:
+            cur = conn.connection.dbapi_connection.cursor()
+            try:
+                cur.execute(
+                    "INSERT OR REPLACE INTO sim_meta (key, value) VALUES ('state', ?)",
+                    (dumps(state),),
+                )
+                if orders:
+                    cur.executemany(
+                        "INSERT OR REPLACE INTO sim_orders (id, seq, data) VALUES (?, ?, ?)",
+                        [(o.id, o.seq, dumps(o.to_json())) for o in orders],
+                    )
+                if fills:
+                    cur.executemany(
+                        "INSERT INTO sim_fills (seq, data) VALUES (?, ?)",
+                        [(s, dumps(_fill_json(f))) for s, f in fills],
+                    )
+                if events:
+                    cur.executemany(
+                        "INSERT INTO sim_events (seq, data) VALUES (?, ?)",
+                        [(s, dumps(_event_json(e))) for s, e in events],
+                    )
+                if drained_to is not None:
+                    cur.execute("DELETE FROM sim_events WHERE seq <= ?", (drained_to,))
+                if borrow:
+                    cur.executemany(
+                        "INSERT INTO sim_borrow (seq, ts, symbol, amount) VALUES (?, ?, ?, ?)",
+                        [(s, ts.isoformat(), sym, a) for s, ts, sym, a in borrow],
+                    )
+            finally:
+                cur.close()
 
     def checkpoint(self) -> None:
         if self.engine.dialect.name == "sqlite":
@@ -541,6 +600,8 @@ class SimulatedBroker:
         self._events: list[tuple[int, OrderEvent]] = []  # not delivered by this object yet
         self._log: list[OrderEvent] = []  # every event the venue ever sent (durable)
         self._depth = 0  # open batch() contexts
+        # (_reserved(), _margin_room()) while no order, position, mark or cash changed
+        self._held: tuple[float, float] | None = None
         self._borrow: list[tuple[datetime, str, float]] = []
         self._cum_borrow: dict[str, float] = {}
         self._halted: set[str] = set(halted)
@@ -592,6 +653,7 @@ class SimulatedBroker:
         }
 
     def _restore(self, loaded: dict[str, Any]) -> None:
+        self._held = None
         st = loaded["state"]
         self._cash = float(st["cash"])
         self._initial_cash = float(st["initial_cash"])
@@ -735,6 +797,7 @@ class SimulatedBroker:
         return max(var, c.commission_min) + c.commission_flat
 
     def _set_status(self, o: _Order, status: OrderStatus, ts: datetime | None = None) -> None:
+        self._held = None
         o.status = status
         o.updated_at = ts if ts is not None else self._now(o.updated_at)
         if status in _LIVE:
@@ -766,12 +829,14 @@ class SimulatedBroker:
             raw_status=o.status.value,
         )
 
-    def _emit(self, event: str, o: _Order, ts: datetime | None = None, **kw: Any) -> None:
-        e = OrderEvent(event, self._snapshot(o), ts if ts is not None else o.updated_at, **kw)
+    def _emit(self, event: str, o: _Order, ts: datetime | None = None, **kw: Any) -> BrokerOrder:
+        snap = self._snapshot(o)
+        e = OrderEvent(event, snap, ts if ts is not None else o.updated_at, **kw)
         item = (self._next("event"), e)
         self._events.append(item)
         self._new_events.append(item)
         self._log.append(item[1])
+        return snap
 
     def _get(self, order_id: str) -> _Order:
         try:
@@ -797,22 +862,30 @@ class SimulatedBroker:
             return qty if q >= 0 else max(0.0, qty - abs(q))
         return qty if q <= 0 else max(0.0, qty - q)
 
-    def _reserved(self, exclude: str | None = None) -> float:
-        total = 0.0
-        for i in self._live:
-            o = self._orders[i]
-            if i == exclude or o.status is OrderStatus.HELD or o.parent is not None:
-                continue
-            if o.order_class is OrderClass.OCO:
-                continue
-            px = self._price_hint(o)
-            if not math.isnan(px):
-                total += self._opening(o.symbol, o.side, o.qty - o.filled_qty) * px
-        return total
+    def _reserve_of(self, o: _Order) -> float:
+        """What a live order holds of the buying power (its opening shares at its price)."""
+        if o.status is OrderStatus.HELD or o.parent is not None or o.order_class is OrderClass.OCO:
+            return 0.0
+        px = self._price_hint(o)
+        if math.isnan(px):
+            return 0.0
+        return self._opening(o.symbol, o.side, o.qty - o.filled_qty) * px
 
-    def _buying_power(self, exclude: str | None = None) -> float:
+    def _reserved(self, exclude: str | None = None) -> float:
+        return sum(self._reserve_of(self._orders[i]) for i in self._live if i != exclude)
+
+    def _margin_room(self) -> float:
+        """``margin * equity - gross exposure`` (the buying power before open orders)."""
         gross = sum(abs(q) * self._marks.get(s, 0.0) for s, q in self._pos.items())
-        return max(0.0, self.margin * self.equity - gross - self._reserved(exclude))
+        return self.margin * self.equity - gross
+
+    def _buying_power(
+        self, exclude: str | None = None, held: tuple[float, float] | None = None
+    ) -> float:
+        reserved, room = (
+            held if held is not None else (self._reserved(exclude), self._margin_room())
+        )
+        return max(0.0, room - reserved)
 
     # ------------------------------------------------------------------ commands
 
@@ -826,6 +899,9 @@ class SimulatedBroker:
             )
         facts = self._facts(req.symbol)
         position = self._pos.get(req.symbol, 0.0)
+        # the buying power the live orders hold and the margin room: computed once, then kept
+        # up to date by the orders this submit and the next ones add (nothing else changes)
+        held = self._held if self._held is not None else (self._reserved(), self._margin_room())
         try:
             check_request(
                 req,
@@ -874,16 +950,19 @@ class SimulatedBroker:
         self._set_status(o, OrderStatus.NEW, now)
         if cls_ is not OrderClass.SIMPLE:
             self._make_legs(o, req, now)
-        self._emit("new", o, now)
-        reason = self._venue_check(o)
+        snap = self._emit("new", o, now)
+        reason = self._venue_check(o, held)
         if reason:
             o.reason = reason
             for i in o.legs:
                 self._set_status(self._orders[i], OrderStatus.REJECTED, now)
             self._set_status(o, OrderStatus.REJECTED, now)
-            self._emit("rejected", o, now)
+            snap = self._emit("rejected", o, now)
+            self._held = held
+        else:
+            self._held = (held[0] + self._reserve_of(o), held[1])
         self._commit()
-        return self._snapshot(o)
+        return snap
 
     def _make_legs(self, o: _Order, req: OrderRequest, now: datetime) -> None:
         exit_side = (
@@ -938,7 +1017,7 @@ class SimulatedBroker:
             tp, sl = self._orders[roles["take_profit"]], self._orders[roles["stop_loss"]]
             tp.sibling, sl.sibling = sl.id, tp.id
 
-    def _venue_check(self, o: _Order) -> str:
+    def _venue_check(self, o: _Order, held: tuple[float, float] | None = None) -> str:
         if o.symbol in self._halted:
             return f"{o.symbol} is halted"
         opening = self._opening(o.symbol, o.side, o.qty)
@@ -947,7 +1026,7 @@ class SimulatedBroker:
         px = self._price_hint(o)
         if opening > _EPS and not math.isnan(px):
             need = opening * px
-            bp = self._buying_power(exclude=o.id)
+            bp = self._buying_power(exclude=o.id, held=held)
             if need > bp + 1e-9:
                 return (
                     f"insufficient buying power: {o.side.value} {o.qty:g} {o.symbol} needs "
@@ -1073,9 +1152,10 @@ class SimulatedBroker:
             self._orders[new.sibling].sibling = new.id
             self._dirty.add(new.sibling)
         self._emit("replaced", old, now)
-        self._emit("new", new, now)
+        snap = self._emit("new", new, now)
+        self._held = None
         self._commit()
-        return self._snapshot(new)
+        return snap
 
     def set_halted(self, symbol: str, halted: bool = True) -> None:
         """Halt (or resume) a symbol: new orders are rejected, working ones do not trade."""
@@ -1225,6 +1305,7 @@ class SimulatedBroker:
         """Charge borrow at the open timestamp's close, as the backtest's ``borrow_row``."""
         t = self._row_open
         assert t is not None
+        self._held = None  # borrow is charged to cash
         prev = self._row_prev
         bps = self.costs.borrow_bps_annual
         if prev is not None and bps > 0:
@@ -1243,6 +1324,7 @@ class SimulatedBroker:
         self._row_open = None
 
     def _process(self, bar: Mapping[str, Any]) -> bool:
+        self._held = None  # marks and fills change
         symbol = str(bar["symbol"])
         ts_us = _us(bar["ts"])
         st = self._sym(symbol)
@@ -1422,6 +1504,7 @@ class SimulatedBroker:
                     self._emit("new", leg, ts)
 
     def _apply(self, symbol: str, d: float, price: float, comm: float) -> None:
+        self._held = None
         q0 = self._pos.get(symbol, 0.0)
         q1 = q0 + d
         self._cash -= d * price + comm
@@ -1438,6 +1521,7 @@ class SimulatedBroker:
 
     def mark(self, closes: Mapping[str, float]) -> float:
         """Update the marks and return equity (cash + positions at the marks)."""
+        self._held = None
         self._marks.update({k: float(v) for k, v in closes.items()})
         return self.equity
 
