@@ -71,6 +71,8 @@ def report(
     note : str
         Anything the reader needs to judge the row (sizes, what the peer's figure includes).
     """
+    ours = float(ours)  # numpy scalars (and the bools compared from them) are not JSON
+    peer = float(peer) if peer is not None else None
     ratio = None
     if peer:
         ratio = peer / ours if kind == "max" else ours / peer
