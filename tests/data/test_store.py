@@ -298,3 +298,26 @@ def test_identical_rewrite_still_detects_a_damaged_partition(tmp_path: Path) -> 
     path.write_bytes(bytes(raw))
     with pytest.raises(integrity.CorruptPartitionError, match="2024-01.parquet"):
         store.write(df, "5Min")
+
+
+def test_new_folders_are_flushed_to_their_parents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new timeframe or symbol folder is fsynced into its parent, so a crash cannot forget
+    the folder (and the files committed inside it); an existing folder costs no extra flush."""
+    import workbench.data.store as store_mod
+
+    flushed: list[Path] = []
+    real = store_mod.fsync_dir
+    monkeypatch.setattr(store_mod, "fsync_dir", lambda d: (flushed.append(Path(d)), real(d)))
+    t0 = datetime(2024, 1, 30, 14, 30, tzinfo=UTC)
+    store = BarStore(tmp_path)
+    store.write(make_bars(["AAA"], t0, 50), "5Min")
+    tf = tmp_path / "timeframe=5Min"
+    assert tmp_path in flushed and tf in flushed  # entries of timeframe=5Min and symbol=AAA
+    flushed.clear()
+    store.write(make_bars(["AAA", "BBB"], t0, 60, seed=2), "5Min")
+    assert tf in flushed and tmp_path not in flushed  # symbol=BBB is new, timeframe=5Min is not
+    flushed.clear()
+    store.write(make_bars(["AAA"], t0, 70, seed=3), "5Min")
+    assert tf not in flushed and tmp_path not in flushed

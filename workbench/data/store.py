@@ -625,7 +625,7 @@ class BarStore:
     def _commit_folder(
         self, d: Path, man: Manifest, staged: list[_Staged], provenance: dict | None
     ) -> int:
-        d.mkdir(parents=True, exist_ok=True)
+        _make_durable_dir(d)
         temps: dict[str, tuple[Path, dict[str, Any]]] = {}
         try:
             for st in staged:
@@ -1057,3 +1057,23 @@ def frame_fingerprint(df: pl.DataFrame) -> str:
         else:
             h.update(s.fill_null(0).to_numpy().tobytes())
     return h.hexdigest()
+
+
+def _make_durable_dir(d: Path) -> None:
+    """Create ``d`` and any missing parents, and flush each new entry to its parent folder.
+
+    Without the parent's fsync a crash can forget a new symbol folder, and the files committed
+    into it, although every file and rename inside it was flushed.
+    """
+    if d.is_dir():
+        return
+    new: list[Path] = []
+    p = d
+    while not p.exists():
+        new.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    d.mkdir(parents=True, exist_ok=True)
+    for q in reversed(new):
+        fsync_dir(q.parent)
